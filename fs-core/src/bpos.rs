@@ -1,0 +1,107 @@
+//! Key positions and btree ids: the coordinates every error, key and node uses.
+
+use std::fmt;
+
+/// A key position, ordered as bcachefs orders `struct bpos`: inode, then offset, then snapshot.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Bpos {
+    pub inode: u64,
+    pub offset: u64,
+    pub snapshot: u32,
+}
+
+impl Bpos {
+    pub const MIN: Bpos = Bpos { inode: 0, offset: 0, snapshot: 0 };
+    pub const MAX: Bpos = Bpos { inode: u64::MAX, offset: u64::MAX, snapshot: u32::MAX };
+
+    pub const fn new(inode: u64, offset: u64, snapshot: u32) -> Self {
+        Bpos { inode, offset, snapshot }
+    }
+}
+
+impl fmt::Display for Bpos {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match *self {
+            Bpos::MIN => f.write_str("POS_MIN"),
+            Bpos::MAX => f.write_str("POS_MAX"),
+            Bpos { inode, offset, snapshot } => write!(f, "{inode}:{offset}:{snapshot}"),
+        }
+    }
+}
+
+macro_rules! btree_ids {
+    ($( $variant:ident = $id:literal, $name:literal; )*) => {
+        /// Btree ids with bcachefs's stable numbers; an id is never renumbered.
+        #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+        #[repr(u8)]
+        pub enum BtreeId { $( $variant = $id, )* }
+
+        impl BtreeId {
+            pub const ALL: &'static [BtreeId] = &[$( BtreeId::$variant, )*];
+
+            pub const fn name(self) -> &'static str {
+                match self { $( BtreeId::$variant => $name, )* }
+            }
+
+            pub const fn from_u8(id: u8) -> Option<BtreeId> {
+                match id { $( $id => Some(BtreeId::$variant), )* _ => None }
+            }
+
+            pub fn from_name(name: &str) -> Option<BtreeId> {
+                match name { $( $name => Some(BtreeId::$variant), )* _ => None }
+            }
+        }
+    };
+}
+
+btree_ids! {
+    Extents = 0, "extents";
+    Inodes = 1, "inodes";
+    Dirents = 2, "dirents";
+    Xattrs = 3, "xattrs";
+    Alloc = 4, "alloc";
+    Quotas = 5, "quotas";
+    Stripes = 6, "stripes";
+    Reflink = 7, "reflink";
+    Subvolumes = 8, "subvolumes";
+    Snapshots = 9, "snapshots";
+    Lru = 10, "lru";
+    Freespace = 11, "freespace";
+    NeedDiscard = 12, "need_discard";
+    Backpointers = 13, "backpointers";
+    BucketGens = 14, "bucket_gens";
+    SnapshotTrees = 15, "snapshot_trees";
+    DeletedInodes = 16, "deleted_inodes";
+    LoggedOps = 17, "logged_ops";
+}
+
+impl fmt::Display for BtreeId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The on-disk id of every btree maps back to itself and names are unique.
+    #[test]
+    fn btree_ids_round_trip() {
+        for &id in BtreeId::ALL {
+            assert_eq!(BtreeId::from_u8(id as u8), Some(id));
+            assert_eq!(BtreeId::from_name(id.name()), Some(id));
+        }
+        assert_eq!(BtreeId::from_u8(200), None);
+    }
+
+    /// Positions order by inode, then offset, then snapshot, as bkey_cmp does.
+    #[test]
+    fn bpos_order() {
+        assert!(Bpos::new(1, 0, 0) > Bpos::new(0, u64::MAX, u32::MAX));
+        assert!(Bpos::new(1, 2, 0) > Bpos::new(1, 1, u32::MAX));
+        assert!(Bpos::new(1, 1, 1) > Bpos::new(1, 1, 0));
+        assert_eq!(Bpos::MAX.to_string(), "POS_MAX");
+        assert_eq!(Bpos::new(1, 2, 3).to_string(), "1:2:3");
+    }
+}

@@ -1,0 +1,137 @@
+//! Fsck error ids: a table with stable numbers, bcachefs's `sb/errors_format.h` numbering.
+//!
+//! Rules of the table: an id is never reused or renumbered, even when an error is retired (its
+//! number goes to [`RETIRED_IDS`]); the superblock persists counts by id, so an id this build
+//! does not know is kept as a raw number, not dropped. Later recovery passes add rows here.
+
+use bitflags::bitflags;
+
+bitflags! {
+    /// How fsck may treat an error (`enum bch_fsck_flags`).
+    #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+    pub struct FsckFlags: u8 {
+        const CAN_FIX = 1 << 0;
+        const CAN_IGNORE = 1 << 1;
+        const NEED_FSCK = 1 << 2;
+        const NO_RATELIMIT = 1 << 3;
+        /// Fixed without asking, even without `fix_errors`.
+        const AUTOFIX = 1 << 4;
+    }
+}
+
+macro_rules! fsck_errs {
+    ($( $variant:ident = $id:literal, $name:literal, $flags:expr; )*) => {
+        #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+        #[repr(u16)]
+        pub enum FsckErr { $( $variant = $id, )* }
+
+        impl FsckErr {
+            pub const ALL: &'static [FsckErr] = &[$( FsckErr::$variant, )*];
+
+            pub const fn id(self) -> u16 {
+                self as u16
+            }
+
+            pub const fn name(self) -> &'static str {
+                match self { $( FsckErr::$variant => $name, )* }
+            }
+
+            pub const fn flags(self) -> FsckFlags {
+                match self { $( FsckErr::$variant => $flags, )* }
+            }
+
+            pub const fn from_id(id: u16) -> Option<FsckErr> {
+                match id { $( $id => Some(FsckErr::$variant), )* _ => None }
+            }
+
+            pub fn from_name(name: &str) -> Option<FsckErr> {
+                match name { $( $name => Some(FsckErr::$variant), )* _ => None }
+            }
+        }
+    };
+}
+
+const NONE: FsckFlags = FsckFlags::empty();
+const AUTOFIX: FsckFlags = FsckFlags::AUTOFIX;
+
+fsck_errs! {
+    CleanButJournalNotEmpty = 0, "clean_but_journal_not_empty", NONE;
+    DirtyButNoJournalEntries = 1, "dirty_but_no_journal_entries", NONE;
+    SbCleanJournalSeqMismatch = 3, "sb_clean_journal_seq_mismatch", NONE;
+    SbCleanBtreeRootMismatch = 4, "sb_clean_btree_root_mismatch", NONE;
+    JsetLastSeqNewerThanSeq = 8, "jset_last_seq_newer_than_seq", NONE;
+    JsetPastBucketEnd = 9, "jset_past_bucket_end", NONE;
+    JsetSeqBlacklisted = 10, "jset_seq_blacklisted", NONE;
+    JournalEntriesMissing = 11, "journal_entries_missing", NONE;
+    JournalEntryPastJsetEnd = 13, "journal_entry_past_jset_end", NONE;
+    JournalEntryReplicasDataMismatch = 14, "journal_entry_replicas_data_mismatch", NONE;
+    JournalEntryBkeyInvalid = 18, "journal_entry_bkey_invalid", NONE;
+    BtreeNodeUnreadable = 30, "btree_node_unreadable", NONE;
+    BtreeNodeBadMagic = 32, "btree_node_bad_magic", NONE;
+    BtreeNodeBadSeq = 33, "btree_node_bad_seq", NONE;
+    BtreeNodeDataMissing = 37, "btree_node_data_missing", NONE;
+    BtreeNodeReplicasDataMismatch = 40, "btree_node_replicas_data_mismatch", NONE;
+    BsetBadCsum = 42, "bset_bad_csum", NONE;
+    BsetBlacklistedJournalSeq = 47, "bset_blacklisted_journal_seq", NONE;
+    BtreeNodeBadBtree = 49, "btree_node_bad_btree", NONE;
+    BtreeNodeBadLevel = 50, "btree_node_bad_level", NONE;
+    BtreeNodeBadMinKey = 51, "btree_node_bad_min_key", NONE;
+    BtreeNodeBadMaxKey = 52, "btree_node_bad_max_key", NONE;
+    BtreeNodeBkeyOutOfOrder = 57, "btree_node_bkey_out_of_order", NONE;
+    BtreeRootReadError = 59, "btree_root_read_error", NONE;
+    BtreeNodeReadError = 62, "btree_node_read_error", NONE;
+    BtreeNodeTopologyBadMinKey = 63, "btree_node_topology_bad_min_key", NONE;
+    BtreeNodeTopologyBadMaxKey = 64, "btree_node_topology_bad_max_key", NONE;
+    AllocKeyDataTypeWrong = 106, "alloc_key_data_type_wrong", AUTOFIX;
+    AllocKeyGenWrong = 107, "alloc_key_gen_wrong", AUTOFIX;
+    AllocKeyDirtySectorsWrong = 108, "alloc_key_dirty_sectors_wrong", AUTOFIX;
+    NeedDiscardKeyWrong = 114, "need_discard_key_wrong", NONE;
+    FreespaceKeyWrong = 115, "freespace_key_wrong", NONE;
+    PtrToMissingAllocKey = 148, "ptr_to_missing_alloc_key", AUTOFIX;
+    PtrGenNewerThanBucketGen = 152, "ptr_gen_newer_than_bucket_gen", NONE;
+    PtrBucketDataTypeMismatch = 155, "ptr_bucket_data_type_mismatch", NONE;
+    InodeWrongNlink = 209, "inode_wrong_nlink", AUTOFIX;
+    DirentToMissingInode = 229, "dirent_to_missing_inode", NONE;
+    JournalEntryDupSameDevice = 246, "journal_entry_dup_same_device", NONE;
+    JournalBucketSeqNotMonotonic = 358, "journal_bucket_seq_not_monotonic", NONE;
+}
+
+/// Ids that once named an error and must not be given to a new one.
+pub const RETIRED_IDS: &[u16] = &[];
+
+/// One past the highest id in use: a new error takes this number.
+pub const NEXT_ID: u16 = 359;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashSet;
+
+    /// Ids and names are unique, ids never reach the next free id, retired ids stay unused, and
+    /// every id and name maps back to its row.
+    #[test]
+    fn table_rules_hold() {
+        let mut ids = HashSet::new();
+        let mut names = HashSet::new();
+        for &e in FsckErr::ALL {
+            assert!(ids.insert(e.id()), "id {} used twice", e.id());
+            assert!(names.insert(e.name()), "name {} used twice", e.name());
+            assert!(e.id() < NEXT_ID, "{} id {} not below NEXT_ID", e.name(), e.id());
+            assert!(!RETIRED_IDS.contains(&e.id()), "{} reuses a retired id", e.name());
+            assert_eq!(FsckErr::from_id(e.id()), Some(e));
+            assert_eq!(FsckErr::from_name(e.name()), Some(e));
+        }
+    }
+
+    /// The numbers bcachefs gives these errors: persisted counts depend on them.
+    #[test]
+    fn ids_match_bcachefs() {
+        assert_eq!(FsckErr::JournalEntriesMissing.id(), 11);
+        assert_eq!(FsckErr::BtreeNodeBadBtree.id(), 49);
+        assert_eq!(FsckErr::BtreeNodeBadMaxKey.id(), 52);
+        assert_eq!(FsckErr::NeedDiscardKeyWrong.id(), 114);
+        assert_eq!(FsckErr::FreespaceKeyWrong.id(), 115);
+        assert_eq!(FsckErr::JournalBucketSeqNotMonotonic.id(), 358);
+        assert!(FsckErr::PtrToMissingAllocKey.flags().contains(FsckFlags::AUTOFIX));
+    }
+}
