@@ -3,6 +3,9 @@
 //! change always wakes. Under `--cfg loom` every interleaving is checked (a lost wake-up is a
 //! loom deadlock); in a normal build the same bodies run once on real threads.
 
+// A failed unwrap or index in a test is that test failing, with its message.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
+
 use std::time::Duration;
 
 use fs_core::opts::{LiveOpts, OptId, OptValue, Options};

@@ -3,7 +3,8 @@
 //! Reading tries copy 0 at its fixed offset, copy 1 where the device's end puts it, and the
 //! offsets any valid copy records (the device may have grown since format). The valid copy with
 //! the highest seq wins; the others that failed are reported, not fatal. Writing always writes
-//! both copies and then flushes, so a damaged copy is healed by the next write.
+//! both copies, one flushed before the other, so a damaged copy is healed by the next write and
+//! a crash never damages both.
 
 use super::{HEADER_BYTES, SB_MAX_BYTES, SB_OFFSET_0, Superblock, backup_offset};
 use crate::dev::BlockDevice;
@@ -137,12 +138,14 @@ fn no_valid_copy(name: &str, results: Vec<(u64, Result<Superblock>)>) -> Error {
         .path(name)
 }
 
-/// Writes both copies of `sb` to `dev` (at `sb.offsets`) and flushes.
+/// Writes both copies of `sb` to `dev` (at `sb.offsets`), flushing after each: at most one copy
+/// is ever in flight, so a crash or torn write can damage only one and the other stays valid.
 pub fn write_super(dev: &dyn BlockDevice, sb: &Superblock) -> Result<()> {
     let bytes = sb.encode()?;
     for &offset in &sb.offsets {
         dev.write_at(&bytes, offset)
+            .and_then(|()| dev.flush())
             .map_err(|e| e.prefix(format_args!("writing superblock copy at byte {offset}")))?;
     }
-    dev.flush()
+    Ok(())
 }

@@ -35,6 +35,19 @@ impl DeviceSet {
             let r = read_super(dev.as_ref())?;
             read.push(MemberDevice { dev, sb: r.sb, damaged: r.damaged });
         }
+        // The first device names the filesystem; the newest superblock of that filesystem is
+        // the filesystem-wide view.
+        let first = read.first().map(|m| (m.sb.uuid, m.dev.name().to_owned()));
+        let Some((uuid, first_name)) = first else {
+            return Err(Error::new(ErrCode::InvalidArgument, "no devices given"));
+        };
+        if let Some(odd) = read.iter().find(|m| m.sb.uuid != uuid) {
+            return Err(Error::new(
+                ErrCode::FsUuidMismatch,
+                format!("belongs to filesystem {}, but {first_name} belongs to {uuid}", odd.sb.uuid),
+            )
+            .path(odd.dev.name()));
+        }
         let newest = read.iter().map(|m| &m.sb).max_by_key(|sb| sb.seq).cloned();
         let sb = newest.ok_or_else(|| Error::new(ErrCode::InvalidArgument, "no devices given"))?;
         let mut devices: Vec<Option<MemberDevice>> = (0..sb.members.len()).map(|_| None).collect();
@@ -103,15 +116,6 @@ impl DeviceSet {
 
 fn check_member(fs: &Superblock, m: &MemberDevice, seen: &[Option<MemberDevice>]) -> Result<()> {
     let name = m.dev.name();
-    if m.sb.uuid != fs.uuid {
-        let other =
-            seen.iter().flatten().find(|o| o.sb.uuid == fs.uuid).map_or("the others", |o| o.dev.name());
-        return Err(Error::new(
-            ErrCode::FsUuidMismatch,
-            format!("belongs to filesystem {}, but {other} belongs to {}", m.sb.uuid, fs.uuid),
-        )
-        .path(name));
-    }
     let idx = usize::from(m.sb.dev_idx);
     if let Some(prev) = seen.get(idx).and_then(Option::as_ref) {
         return Err(Error::new(

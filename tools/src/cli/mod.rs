@@ -1,0 +1,78 @@
+//! Argument parsing and dispatch. Each command module parses its own flags, calls the library
+//! and prints; none of them decides anything about an image.
+
+mod demo;
+mod format;
+mod show_super;
+
+use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
+
+use bcsim::exit;
+use fs_core::error::Error;
+
+#[derive(Parser)]
+#[command(
+    name = "bcsim",
+    version,
+    about = "A userspace model of bcachefs recovery (btree, key cache, journal, allocator) on image files",
+    long_about = "bcsim models the bcachefs recovery machinery on image files, one file per device \
+                  (usable behind a loop device), to reproduce recovery bugs and check their fixes.\n\n\
+                  Exit codes follow fsck(8): 0 success, 8 operational error, 16 usage error.",
+    after_help = "Run 'bcsim demo' to format a default 8-device set in a temporary directory and show it."
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    Format(Box<format::FormatArgs>),
+    #[command(name = "show-super")]
+    ShowSuper(show_super::ShowSuperArgs),
+    Demo(demo::DemoArgs),
+}
+
+/// What a command returns: an exit code on success paths, an error otherwise.
+pub type CmdResult = Result<u8, Error>;
+
+pub fn main() -> u8 {
+    let matches = match Cli::command().try_get_matches() {
+        Ok(m) => m,
+        Err(e) => return clap_exit(&e),
+    };
+    let cli = match Cli::from_arg_matches(&matches) {
+        Ok(c) => c,
+        Err(e) => return clap_exit(&e),
+    };
+    let sub = matches.subcommand().map(|(_, m)| m);
+    let result = match (cli.command, sub) {
+        (Command::Format(args), Some(m)) => format::run(*args, m),
+        (Command::ShowSuper(args), _) => show_super::run(args),
+        (Command::Demo(args), _) => demo::run(args),
+        (Command::Format(_), None) => Ok(exit::USAGE),
+    };
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("bcsim: {e}");
+            bcsim::exit_code(&e)
+        }
+    }
+}
+
+/// Help and version print and succeed; every other parse failure is a usage error (16), not
+/// clap's own 2, so scripts see fsck(8) codes throughout.
+fn clap_exit(e: &clap::Error) -> u8 {
+    use clap::error::ErrorKind;
+    let _ = e.print();
+    match e.kind() {
+        ErrorKind::DisplayHelp | ErrorKind::DisplayVersion => exit::OK,
+        _ => exit::USAGE,
+    }
+}
+
+/// Prints a JSON value on one line of stdout.
+pub fn print_json(v: &serde_json::Value) {
+    println!("{v}");
+}

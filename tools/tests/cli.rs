@@ -1,0 +1,234 @@
+//! The `bcsim` binary on good and bad input: every bad input gets one line on stderr naming the
+//! problem and the image, exit 8 (operational) or 16 (usage) as fsck(8) has it, never a panic;
+//! refused formats leave the images as they were; per-device flags reach the right devices.
+
+// A failed unwrap or index in a test is that test failing, with its message.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+struct Out {
+    code: i32,
+    stdout: String,
+    stderr: String,
+}
+
+fn bcsim(args: &[&str], dir: &Path) -> Out {
+    let out = Command::new(env!("CARGO_BIN_EXE_bcsim")).args(args).current_dir(dir).output().unwrap();
+    Out {
+        code: out.status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
+}
+
+/// Asserts a failure: the exit code, one stderr line containing `needle`, no panic.
+fn fails(out: &Out, code: i32, needle: &str) {
+    assert_eq!(out.code, code, "stderr: {}", out.stderr);
+    assert!(!out.stderr.contains("panicked") && !out.stderr.contains("RUST_BACKTRACE"), "{}", out.stderr);
+    assert_eq!(out.stderr.lines().count(), 1, "expected one line: {}", out.stderr);
+    assert!(out.stderr.contains(needle), "expected '{needle}' in: {}", out.stderr);
+}
+
+fn tmp() -> tempfile::TempDir {
+    tempfile::tempdir().unwrap()
+}
+
+fn format_ok(dir: &Path, args: &[&str]) {
+    let out = bcsim(&[&["format"], args].concat(), dir);
+    assert_eq!(out.code, 0, "format failed: {}", out.stderr);
+}
+
+fn flip_byte(path: &Path, offset: u64) {
+    use std::os::unix::fs::FileExt;
+    let f = std::fs::OpenOptions::new().read(true).write(true).open(path).unwrap();
+    let mut b = [0u8; 1];
+    f.read_exact_at(&mut b, offset).unwrap();
+    b[0] ^= 0xff;
+    f.write_all_at(&b, offset).unwrap();
+}
+
+fn sb_offsets(dir: &Path, image: &str) -> (u64, u64) {
+    let out = bcsim(&["show-super", "--json", image], dir);
+    let v: serde_json::Value = serde_json::from_str(&out.stdout).unwrap();
+    (v["copies"][0].as_u64().unwrap(), v["copies"][1].as_u64().unwrap())
+}
+
+#[test]
+fn format_then_show_super_round_trips() {
+    let d = tmp();
+    format_ok(
+        d.path(),
+        &[
+            "--size",
+            "1G",
+            "--label",
+            "hdd.a",
+            "a.img",
+            "--label",
+            "ssd.n0",
+            "--durability",
+            "2",
+            "b.img",
+            "--bucket-size",
+            "512k",
+            "c.img",
+            "--metadata-replicas",
+            "2",
+            "--metadata-target",
+            "ssd",
+            "-U",
+            "11111111-2222-4333-8444-555555555555",
+        ][..],
+    );
+    let out = bcsim(&["show-super", "--json", "c.img"], d.path());
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let v: serde_json::Value = serde_json::from_str(&out.stdout).unwrap();
+    assert_eq!(v["uuid"], "11111111-2222-4333-8444-555555555555");
+    assert_eq!(v["dev_idx"], 2);
+    let m = &v["members"];
+    // Per-device flags apply to the images after them, until given again.
+    assert_eq!(m[0]["label"], "hdd.a");
+    assert_eq!(m[0]["durability"], 1);
+    assert_eq!(m[1]["label"], "ssd.n0");
+    assert_eq!(m[1]["durability"], 2);
+    assert_eq!(m[2]["label"], "ssd.n0");
+    assert_eq!(m[2]["durability"], 2);
+    assert_eq!(m[2]["bucket_size"], 512 << 10);
+    assert_eq!(m[0]["bucket_size"], 256 << 10);
+    assert_eq!(v["options"]["metadata_replicas"], 2);
+    assert_eq!(v["options"]["metadata_target"], "ssd");
+    assert_eq!(v["clean"], true);
+
+    let text = bcsim(&["show-super", "-f", "members", "a.img"], d.path());
+    assert_eq!(text.code, 0);
+    assert!(text.stdout.contains("Label:               hdd.a"), "{}", text.stdout);
+    assert!(!text.stdout.contains("Options:"), "-f members shows members only");
+
+    let all = bcsim(&["show-super", "a.img", "b.img", "c.img"], d.path());
+    assert_eq!(all.code, 0, "{}", all.stderr);
+    assert_eq!(all.stdout.matches("External UUID:").count(), 3);
+}
+
+#[test]
+fn missing_directory_empty_and_garbage_images() {
+    let d = tmp();
+    fails(&bcsim(&["show-super", "nope.img"], d.path()), 8, "nope.img: no such file");
+    fails(&bcsim(&["show-super", "."], d.path()), 8, "is a directory");
+    std::fs::write(d.path().join("empty.img"), b"").unwrap();
+    fails(&bcsim(&["show-super", "empty.img"], d.path()), 8, "empty.img: not a bcsim filesystem");
+    let garbage: Vec<u8> = (0..3_000_000u32).map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8).collect();
+    std::fs::write(d.path().join("junk.img"), garbage).unwrap();
+    fails(&bcsim(&["show-super", "junk.img"], d.path()), 8, "junk.img: not a bcsim filesystem");
+}
+
+#[test]
+fn truncated_and_damaged_images() {
+    let d = tmp();
+    format_ok(d.path(), &["--size", "256M", "a.img", "b.img"]);
+    let (copy0, copy1) = sb_offsets(d.path(), "a.img");
+
+    // One damaged copy: still readable, the damage is reported.
+    flip_byte(&d.path().join("a.img"), copy0 + 200);
+    let out = bcsim(&["show-super", "a.img"], d.path());
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert!(out.stdout.contains(&format!("Damaged copy:            at {copy0}")), "{}", out.stdout);
+
+    // Both copies damaged.
+    flip_byte(&d.path().join("a.img"), copy1 + 200);
+    fails(&bcsim(&["show-super", "a.img"], d.path()), 8, "no valid superblock copy");
+
+    // Truncated: the backup copy and most buckets are gone.
+    let f = std::fs::OpenOptions::new().write(true).open(d.path().join("b.img")).unwrap();
+    f.set_len(64 << 20).unwrap();
+    fails(&bcsim(&["show-super", "b.img"], d.path()), 8, "truncated");
+}
+
+#[test]
+fn images_of_two_filesystems_are_refused() {
+    let d = tmp();
+    format_ok(d.path(), &["--size", "256M", "a.img", "b.img"]);
+    format_ok(d.path(), &["--size", "256M", "c.img"]);
+    fails(&bcsim(&["show-super", "a.img", "c.img"], d.path()), 8, "c.img: belongs to filesystem");
+    fails(&bcsim(&["show-super", "a.img", "a.img"], d.path()), 8, "given twice");
+}
+
+#[test]
+fn format_refusals_change_nothing() {
+    let d = tmp();
+    fails(
+        &bcsim(&["format", "--size", "1M", "small.img"], d.path()),
+        8,
+        "small.img: device of 1048576 bytes is too small",
+    );
+    fails(
+        &bcsim(&["format", "--size", "1G", "--bucket-size", "300k", "x.img"], d.path()),
+        16,
+        "power of two",
+    );
+    fails(
+        &bcsim(&["format", "--size", "1G", "--metadata-replicas", "3", "a.img", "b.img"], d.path()),
+        16,
+        "metadata_replicas=3",
+    );
+    fails(
+        &bcsim(&["format", "--metadata-target", "ssd", "--size", "1G", "a.img"], d.path()),
+        16,
+        "matches no device label",
+    );
+    fails(
+        &bcsim(&["format", "-o", "errors=maybe", "--size", "1G", "a.img"], d.path()),
+        16,
+        "continue|ro|panic",
+    );
+    fails(
+        &bcsim(&["format", "-o", "frobnicate", "--size", "1G", "a.img"], d.path()),
+        16,
+        "unknown option 'frobnicate'",
+    );
+    fails(&bcsim(&["format", "new.img"], d.path()), 16, "give --size");
+    fails(&bcsim(&["format", "--size", "1G", "a.img", "--label", "x"], d.path()), 16, "after the last image");
+    let left: Vec<PathBuf> = std::fs::read_dir(d.path()).unwrap().map(|e| e.unwrap().path()).collect();
+    assert!(left.is_empty(), "refused formats created {left:?}");
+
+    // An existing filesystem needs -f; the refusal leaves it intact.
+    format_ok(d.path(), &["--size", "256M", "-U", "11111111-2222-4333-8444-555555555555", "a.img"]);
+    fails(&bcsim(&["format", "a.img"], d.path()), 8, "already holds bcsim filesystem 11111111");
+    let out = bcsim(&["show-super", "--json", "a.img"], d.path());
+    assert!(out.stdout.contains("11111111-2222-4333-8444-555555555555"));
+    format_ok(d.path(), &["-f", "a.img"]);
+    let out = bcsim(&["show-super", "--json", "a.img"], d.path());
+    assert!(!out.stdout.contains("11111111-2222-4333-8444-555555555555"), "-f formats anew");
+}
+
+#[test]
+fn usage_errors_exit_16_and_help_exits_0() {
+    let d = tmp();
+    assert_eq!(bcsim(&[], d.path()).code, 16);
+    assert_eq!(bcsim(&["frobnicate"], d.path()).code, 16);
+    assert_eq!(bcsim(&["format"], d.path()).code, 16);
+    assert_eq!(bcsim(&["show-super", "--bogus", "a.img"], d.path()).code, 16);
+    fails(&bcsim(&["show-super", "-f", "nonsense", "a.img"], d.path()), 16, "unknown field 'nonsense'");
+    for cmd in ["format", "show-super", "demo"] {
+        let out = bcsim(&[cmd, "--help"], d.path());
+        assert_eq!(out.code, 0);
+        assert!(out.stdout.contains("Usage: bcsim"), "{cmd} --help: {}", out.stdout);
+    }
+}
+
+#[test]
+fn demo_formats_the_default_set() {
+    let d = tmp();
+    let out = bcsim(&["demo", "--dir", "set"], d.path());
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert_eq!(out.stdout.matches("  dev ").count(), 8, "{}", out.stdout);
+    assert!(out.stdout.contains("metadata_replicas:       2"), "{}", out.stdout);
+    // Sparse: eight terabyte-scale images take metadata only.
+    use std::os::unix::fs::MetadataExt;
+    let used: u64 = std::fs::read_dir(d.path().join("set"))
+        .unwrap()
+        .map(|e| e.unwrap().metadata().unwrap().blocks() * 512)
+        .sum();
+    assert!(used < 8 << 20, "images use {used} bytes");
+}
