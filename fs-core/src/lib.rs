@@ -7,7 +7,9 @@
 //! It must never depend on a higher crate: where it needs a service from one (a node allocator,
 //! a journal-key overlay) it defines a trait the higher crate implements.
 
+pub mod bkey;
 pub mod bpos;
+pub mod btree;
 pub mod dev;
 pub mod encode;
 pub mod error;
