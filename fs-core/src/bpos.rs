@@ -17,6 +17,52 @@ impl Bpos {
     pub const fn new(inode: u64, offset: u64, snapshot: u32) -> Self {
         Bpos { inode, offset, snapshot }
     }
+
+    /// The next position in key order; `POS_MAX` stays `POS_MAX`.
+    pub const fn successor(self) -> Bpos {
+        if self.snapshot < u32::MAX {
+            return Bpos { snapshot: self.snapshot + 1, ..self };
+        }
+        if self.offset < u64::MAX {
+            return Bpos { inode: self.inode, offset: self.offset + 1, snapshot: 0 };
+        }
+        if self.inode < u64::MAX {
+            return Bpos { inode: self.inode + 1, offset: 0, snapshot: 0 };
+        }
+        Bpos::MAX
+    }
+
+    /// The previous position in key order; `POS_MIN` stays `POS_MIN`.
+    pub const fn predecessor(self) -> Bpos {
+        if self.snapshot > 0 {
+            return Bpos { snapshot: self.snapshot - 1, ..self };
+        }
+        if self.offset > 0 {
+            return Bpos { inode: self.inode, offset: self.offset - 1, snapshot: u32::MAX };
+        }
+        if self.inode > 0 {
+            return Bpos { inode: self.inode - 1, offset: u64::MAX, snapshot: u32::MAX };
+        }
+        Bpos::MIN
+    }
+
+    /// Parses `inode:offset[:snapshot]`, `POS_MIN` or `POS_MAX`.
+    pub fn parse(s: &str) -> Option<Bpos> {
+        match s {
+            "POS_MIN" | "min" => return Some(Bpos::MIN),
+            "POS_MAX" | "max" => return Some(Bpos::MAX),
+            _ => {}
+        }
+        let mut parts = s.split(':');
+        let inode = parts.next()?.parse().ok()?;
+        let offset = parts.next().map_or(Some(0), |p| p.parse().ok())?;
+        let snapshot =
+            parts.next().map_or(Some(0), |p| if p == "U32_MAX" { Some(u32::MAX) } else { p.parse().ok() })?;
+        if parts.next().is_some() {
+            return None;
+        }
+        Some(Bpos { inode, offset, snapshot })
+    }
 }
 
 impl fmt::Display for Bpos {
@@ -103,5 +149,26 @@ mod tests {
         assert!(Bpos::new(1, 1, 1) > Bpos::new(1, 1, 0));
         assert_eq!(Bpos::MAX.to_string(), "POS_MAX");
         assert_eq!(Bpos::new(1, 2, 3).to_string(), "1:2:3");
+    }
+
+    /// successor and predecessor step by one position, carry across fields and stop at the ends.
+    #[test]
+    fn successor_predecessor_and_parse() {
+        for p in [
+            Bpos::new(1, 2, 3),
+            Bpos::new(1, 2, u32::MAX),
+            Bpos::new(1, u64::MAX, u32::MAX),
+            Bpos::new(0, 0, 1),
+        ] {
+            assert!(p.successor() > p);
+            assert_eq!(p.successor().predecessor(), p);
+        }
+        assert_eq!(Bpos::MAX.successor(), Bpos::MAX);
+        assert_eq!(Bpos::MIN.predecessor(), Bpos::MIN);
+        assert_eq!(Bpos::parse("1:2:3"), Some(Bpos::new(1, 2, 3)));
+        assert_eq!(Bpos::parse("7"), Some(Bpos::new(7, 0, 0)));
+        assert_eq!(Bpos::parse("POS_MAX"), Some(Bpos::MAX));
+        assert_eq!(Bpos::parse("1:x"), None);
+        assert_eq!(Bpos::parse("1:2:3:4"), None);
     }
 }

@@ -151,6 +151,7 @@ errcodes! {
     EnospcDiskReservation = "ENOSPC_disk_reservation", Enospc, "disk reservation failed";
     EnospcBucketAlloc = "ENOSPC_bucket_alloc", Enospc, "bucket allocation failed for lack of space";
     EnospcSb = "ENOSPC_sb", Enospc, "superblock does not fit its reserved area";
+    EnospcBtreeDepth = "ENOSPC_btree_depth", Enospc, "the btree would grow deeper than its maximum depth";
     DeviceTooSmall = "device_too_small", Enospc, "device too small to hold a filesystem";
 
     // EINVAL: the command line or option string is wrong (usage errors)

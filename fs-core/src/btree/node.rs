@@ -1,0 +1,432 @@
+//! A btree node in memory and on disk.
+//!
+//! On disk a node is a header sector followed by bsets appended over time, each sector-aligned:
+//!
+//! ```text
+//! node header (sector 0; 88 bytes used)
+//!  0 csum      u32  crc32c of bytes [4, 88)
+//!  4 reserved  u32
+//!  8 magic     u64  fs_magic(uuid, BTREE_NODE_SALT)
+//! 16 seq       u64  the node's identity; its pointer carries the same seq
+//! 24 btree_id  u8 | 25 level u8 | 26 reserved u16 | 28 version u32 (FORMAT_VERSION)
+//! 32 min_key   24 bytes (inode u64, offset u64, snapshot u32, reserved u32)
+//! 56 max_key   24 bytes
+//! 80 reserved  u64
+//! bset (at a sector boundary after the header sector)
+//!  0 csum        u32  crc32c of bytes [4, bytes)
+//!  4 bytes       u32  header and keys, before padding to a sector
+//!  8 node_seq    u64  the node's seq: a bset left by an earlier node in this place is not ours
+//! 16 journal_seq u64  newest journal seq whose updates this bset carries
+//! 24 nr_keys     u32
+//! 28 reserved    u32
+//! 32 keys        sorted, strictly increasing positions, each a bkey
+//! ```
+//!
+//! In memory a leaf keeps its keys in a map; a deletion of a key that may be on disk stays as a
+//! whiteout until a bset carrying it is written. Interior nodes hold child pointers keyed by the
+//! child's max_key.
+
+use std::collections::BTreeMap;
+
+use crate::bkey::ptr::{SECTOR_BYTES, decode_pos, encode_pos};
+use crate::bkey::{Bkey, BtreePtrV2, ExtentPtr, KeyType};
+use crate::bpos::{Bpos, BtreeId};
+use crate::encode::{Reader, Writer};
+use crate::error::{ErrCode, Error, Result};
+
+/// Salt for node magic numbers.
+pub const BTREE_NODE_SALT: u64 = 0x6263_7369_6d5f_626e; // "bcsim_bn"
+pub const NODE_HEADER_BYTES: usize = 88;
+pub const BSET_HEADER_BYTES: usize = 32;
+/// The header takes the whole first sector; bsets start after it.
+pub const HEADER_SECTORS: u32 = 1;
+/// btree levels run 0 (leaves) to MAX_LEVEL.
+pub const MAX_LEVEL: u8 = 3;
+
+/// A leaf key's type, size and value (its position is the map key).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct KeyVal {
+    pub ty: KeyType,
+    pub size: u32,
+    pub val: Box<[u8]>,
+    /// Changed since the node was last written: goes into the next bset.
+    pub pending: bool,
+}
+
+impl KeyVal {
+    pub fn from_key(k: Bkey, pending: bool) -> (Bpos, KeyVal) {
+        (k.pos, KeyVal { ty: k.ty, size: k.size, val: k.val, pending })
+    }
+
+    pub fn to_key(&self, pos: Bpos) -> Bkey {
+        Bkey { pos, ty: self.ty, size: self.size, val: self.val.clone() }
+    }
+
+    pub fn is_deleted(&self) -> bool {
+        self.ty.is_deleted()
+    }
+
+    pub fn encoded_bytes(&self) -> usize {
+        crate::bkey::KEY_HEADER_BYTES + self.val.len().next_multiple_of(8)
+    }
+}
+
+/// An interior node's pointer to a child, keyed by the child's max_key.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Child {
+    pub ptr: BtreePtrV2,
+    pub pending: bool,
+}
+
+impl Child {
+    /// Encoded size of the pointer key.
+    pub fn encoded_bytes(&self) -> usize {
+        crate::bkey::KEY_HEADER_BYTES + (40 + 16 * self.ptr.ptrs.len()).next_multiple_of(8)
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum NodeKeys {
+    Leaf(BTreeMap<Bpos, KeyVal>),
+    Interior(BTreeMap<Bpos, Child>),
+}
+
+/// What a node's header says about it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct NodeHeader {
+    pub btree: BtreeId,
+    pub level: u8,
+    pub min_key: Bpos,
+    pub max_key: Bpos,
+    pub seq: u64,
+}
+
+#[derive(Clone, Debug)]
+pub struct Node {
+    pub hdr: NodeHeader,
+    /// Where the node lives, one pointer per replica.
+    pub ptrs: Vec<ExtentPtr>,
+    pub keys: NodeKeys,
+    /// Sectors of the node written so far (header included); 0 for a node never written.
+    pub sectors_written: u32,
+    /// Encoded bytes of the keys (live and whiteouts): what a full rewrite would take.
+    pub key_bytes: usize,
+    /// Newest journal seq among pending keys.
+    pub journal_seq: u64,
+    /// Dirty: has pending keys or was never written.
+    pub dirty: bool,
+    /// Logical clock of the last access, for cache eviction.
+    pub last_used: u64,
+}
+
+impl Node {
+    pub fn new(hdr: NodeHeader, ptrs: Vec<ExtentPtr>) -> Self {
+        let keys = if hdr.level == 0 {
+            NodeKeys::Leaf(BTreeMap::new())
+        } else {
+            NodeKeys::Interior(BTreeMap::new())
+        };
+        Node { hdr, ptrs, keys, sectors_written: 0, key_bytes: 0, journal_seq: 0, dirty: true, last_used: 0 }
+    }
+
+    pub fn nr_keys(&self) -> usize {
+        match &self.keys {
+            NodeKeys::Leaf(m) => m.len(),
+            NodeKeys::Interior(m) => m.len(),
+        }
+    }
+
+    /// The pointer a parent holds for this node.
+    pub fn ptr(&self) -> BtreePtrV2 {
+        BtreePtrV2 {
+            seq: self.hdr.seq,
+            sectors_written: self.sectors_written,
+            min_key: self.hdr.min_key,
+            ptrs: self.ptrs.clone(),
+        }
+    }
+
+    /// Encodes the header sector.
+    pub fn encode_header(&self, magic: u64) -> Vec<u8> {
+        let mut w = Writer::with_capacity(SECTOR_BYTES as usize);
+        w.u32(0);
+        w.u32(0);
+        w.u64(magic);
+        w.u64(self.hdr.seq);
+        w.u8(self.hdr.btree as u8);
+        w.u8(self.hdr.level);
+        w.u16(0);
+        w.u32(u32::from(crate::sb::FORMAT_VERSION));
+        encode_pos(&mut w, self.hdr.min_key);
+        encode_pos(&mut w, self.hdr.max_key);
+        w.u64(0);
+        let mut out = w.into_vec();
+        let csum = crc32c::crc32c(out.get(4..NODE_HEADER_BYTES).unwrap_or_default());
+        if let Some(dst) = out.get_mut(0..4) {
+            dst.copy_from_slice(&csum.to_le_bytes());
+        }
+        out.resize(SECTOR_BYTES as usize, 0);
+        out
+    }
+
+    /// Encodes a bset of the pending keys (all keys when `all`), padded to whole sectors.
+    pub fn encode_bset(&self, all: bool) -> Vec<u8> {
+        let mut w = Writer::with_capacity(BSET_HEADER_BYTES + self.key_bytes.min(1 << 20));
+        w.u32(0);
+        w.u32(0);
+        w.u64(self.hdr.seq);
+        w.u64(self.journal_seq);
+        w.u32(0);
+        w.u32(0);
+        let mut nr: u32 = 0;
+        match &self.keys {
+            NodeKeys::Leaf(m) => {
+                for (pos, kv) in m.iter().filter(|(_, kv)| all || kv.pending) {
+                    if all && kv.is_deleted() {
+                        continue;
+                    }
+                    kv.to_key(*pos).encode(&mut w);
+                    nr += 1;
+                }
+            }
+            NodeKeys::Interior(m) => {
+                for (pos, c) in m.iter().filter(|(_, c)| all || c.pending) {
+                    Bkey::new(*pos, KeyType::BtreePtrV2, c.ptr.encode()).encode(&mut w);
+                    nr += 1;
+                }
+            }
+        }
+        let bytes = w.len() as u32;
+        w.patch_u32(24, nr);
+        w.patch_u32(4, bytes);
+        let mut out = w.into_vec();
+        let csum = crc32c::crc32c(out.get(4..).unwrap_or_default());
+        if let Some(dst) = out.get_mut(0..4) {
+            dst.copy_from_slice(&csum.to_le_bytes());
+        }
+        out.resize((out.len() as u64).next_multiple_of(SECTOR_BYTES) as usize, 0);
+        out
+    }
+
+    /// After a bset was written: nothing pending, whiteouts forgotten (the bset carries them).
+    pub fn mark_written(&mut self, sectors_written: u32) {
+        self.sectors_written = sectors_written;
+        self.dirty = false;
+        self.journal_seq = 0;
+        match &mut self.keys {
+            NodeKeys::Leaf(m) => {
+                let mut removed = 0;
+                m.retain(|_, kv| {
+                    kv.pending = false;
+                    let keep = !kv.is_deleted();
+                    if !keep {
+                        removed += kv.encoded_bytes();
+                    }
+                    keep
+                });
+                self.key_bytes = self.key_bytes.saturating_sub(removed);
+            }
+            NodeKeys::Interior(m) => m.values_mut().for_each(|c| c.pending = false),
+        }
+    }
+}
+
+/// What a reader expects of a node, from the pointer that led to it.
+#[derive(Clone, Copy, Debug)]
+pub struct Expected {
+    pub btree: BtreeId,
+    pub level: u8,
+    pub min_key: Bpos,
+    pub max_key: Bpos,
+    pub seq: u64,
+    pub sectors_written: u32,
+}
+
+fn node_err(code: ErrCode, exp: &Expected, msg: impl Into<String>) -> Error {
+    Error::new(code, msg).btree(exp.btree).level(exp.level).pos(exp.max_key)
+}
+
+/// Decodes and validates a node image (`buf` is the whole node-sized area). `blacklisted` says
+/// which journal seqs' bsets must be ignored. The node's `sectors_written` says how far valid
+/// bsets reached, so replicas can be compared.
+pub fn decode_node(
+    buf: &[u8],
+    magic: u64,
+    exp: &Expected,
+    blacklisted: &dyn Fn(u64) -> bool,
+) -> Result<Node> {
+    let hdr = decode_header(buf, magic, exp)?;
+    let mut node = Node::new(hdr, Vec::new());
+    let mut offset = u64::from(HEADER_SECTORS) * SECTOR_BYTES;
+    let written_bytes = u64::from(exp.sectors_written) * SECTOR_BYTES;
+    while let Some(rest) = buf.get(offset as usize..) {
+        let Some((bset_bytes, journal_seq, keys)) = decode_bset(rest, exp, offset < written_bytes)? else {
+            break;
+        };
+        if !blacklisted(journal_seq) {
+            apply_bset(&mut node, keys, exp)?;
+        }
+        offset += (bset_bytes as u64).next_multiple_of(SECTOR_BYTES);
+    }
+    if offset < written_bytes {
+        return Err(node_err(
+            ErrCode::BtreeNodeDataMissing,
+            exp,
+            format!("btree node has {offset} bytes of bsets, its pointer says {written_bytes}"),
+        ));
+    }
+    node.sectors_written = (offset / SECTOR_BYTES) as u32;
+    node.dirty = false;
+    Ok(node)
+}
+
+fn decode_header(buf: &[u8], magic: u64, exp: &Expected) -> Result<NodeHeader> {
+    let Some(h) = buf.get(..NODE_HEADER_BYTES) else {
+        return Err(node_err(ErrCode::BtreeNodeDataMissing, exp, "btree node shorter than its header"));
+    };
+    let mut r = Reader::new(h, "btree node header", ErrCode::BtreeNodeReadErr);
+    let csum = r.u32()?;
+    r.skip(4)?;
+    let got_magic = r.u64()?;
+    if got_magic != magic {
+        return Err(node_err(
+            ErrCode::BtreeNodeBadMagic,
+            exp,
+            "bad btree node magic (not a node of this filesystem)",
+        ));
+    }
+    let computed = crc32c::crc32c(h.get(4..).unwrap_or_default());
+    if csum != computed {
+        return Err(node_err(
+            ErrCode::BtreeNodeReadErr,
+            exp,
+            format!("btree node header checksum mismatch: stored {csum:#010x}, computed {computed:#010x}"),
+        ));
+    }
+    let seq = r.u64()?;
+    let raw_btree = r.u8()?;
+    let level = r.u8()?;
+    r.skip(2)?;
+    let _version = r.u32()?;
+    let min_key = decode_pos(&mut r)?;
+    let max_key = decode_pos(&mut r)?;
+    if seq != exp.seq {
+        return Err(node_err(
+            ErrCode::BtreeNodeBadSeq,
+            exp,
+            format!("got wrong btree node: seq {seq:#x}, pointer wants {:#x}", exp.seq),
+        ));
+    }
+    let btree = BtreeId::from_u8(raw_btree).filter(|&b| b == exp.btree).ok_or_else(|| {
+        node_err(
+            ErrCode::BtreeNodeBadBtree,
+            exp,
+            format!("btree node is of btree {raw_btree}, wanted {}", exp.btree),
+        )
+    })?;
+    let checks = [
+        (level == exp.level, ErrCode::BtreeNodeBadLevel, format!("level {level}, wanted {}", exp.level)),
+        (
+            min_key == exp.min_key,
+            ErrCode::BtreeNodeBadMinKey,
+            format!("min_key {min_key}, wanted {}", exp.min_key),
+        ),
+        (
+            max_key == exp.max_key,
+            ErrCode::BtreeNodeBadMaxKey,
+            format!("max_key {max_key}, wanted {}", exp.max_key),
+        ),
+    ];
+    for (ok, code, what) in checks {
+        if !ok {
+            return Err(node_err(code, exp, format!("btree node header doesn't match ptr: {what}")));
+        }
+    }
+    Ok(NodeHeader { btree, level, min_key, max_key, seq })
+}
+
+/// Decodes the bset at the start of `buf`. `None`: no bset of this node here (end of data).
+/// A damaged bset inside the written range is an error; past it, a torn tail that ends the node.
+fn decode_bset(buf: &[u8], exp: &Expected, within_written: bool) -> Result<Option<(usize, u64, Vec<Bkey>)>> {
+    let Some(h) = buf.get(..BSET_HEADER_BYTES) else { return Ok(None) };
+    let mut r = Reader::new(h, "bset header", ErrCode::BsetBadCsum);
+    let csum = r.u32()?;
+    let bytes = r.u32()? as usize;
+    let node_seq = r.u64()?;
+    let journal_seq = r.u64()?;
+    let nr_keys = r.u32()?;
+    if node_seq != exp.seq || bytes < BSET_HEADER_BYTES {
+        return if within_written {
+            Err(node_err(ErrCode::BtreeNodeDataMissing, exp, "bset missing inside the node's written range"))
+        } else {
+            Ok(None)
+        };
+    }
+    let body = match buf.get(..bytes) {
+        Some(b) if crc32c::crc32c(b.get(4..).unwrap_or_default()) == csum => b,
+        _ if within_written => {
+            return Err(
+                node_err(ErrCode::BsetBadCsum, exp, "bset checksum mismatch").journal_seq(journal_seq)
+            );
+        }
+        _ => return Ok(None),
+    };
+    let mut r = Reader::new(body, "bset", ErrCode::BtreeNodeReadErr);
+    r.skip(BSET_HEADER_BYTES)?;
+    let mut keys = Vec::with_capacity(nr_keys as usize);
+    for _ in 0..nr_keys {
+        keys.push(Bkey::decode(&mut r)?);
+    }
+    if !r.is_empty() {
+        return Err(node_err(ErrCode::BtreeNodeReadErr, exp, "bytes after the last key of a bset"));
+    }
+    Ok(Some((bytes, journal_seq, keys)))
+}
+
+fn apply_bset(node: &mut Node, keys: Vec<Bkey>, exp: &Expected) -> Result<()> {
+    let mut prev: Option<Bpos> = None;
+    for k in keys {
+        if prev.is_some_and(|p| p >= k.pos) || k.pos < node.hdr.min_key || k.pos > node.hdr.max_key {
+            return Err(node_err(
+                ErrCode::BtreeNodeReadErr,
+                exp,
+                format!(
+                    "key {} out of order or outside the node's range {}..={}",
+                    k.pos, node.hdr.min_key, node.hdr.max_key
+                ),
+            ));
+        }
+        prev = Some(k.pos);
+        match &mut node.keys {
+            NodeKeys::Leaf(m) => {
+                // A whiteout in a later bset deletes what an earlier one had.
+                let (pos, kv) = KeyVal::from_key(k, false);
+                let old = if kv.is_deleted() {
+                    m.remove(&pos)
+                } else {
+                    node.key_bytes += kv.encoded_bytes();
+                    m.insert(pos, kv)
+                };
+                node.key_bytes = node.key_bytes.saturating_sub(old.map_or(0, |o| o.encoded_bytes()));
+            }
+            NodeKeys::Interior(m) => {
+                if k.ty != KeyType::BtreePtrV2 {
+                    return Err(node_err(
+                        ErrCode::BtreeNodeReadErr,
+                        exp,
+                        format!("interior node holds a {} key", k.ty),
+                    ));
+                }
+                let ptr =
+                    BtreePtrV2::decode(&k.val).map_err(|e| e.btree(exp.btree).level(exp.level).pos(k.pos))?;
+                let child = Child { ptr, pending: false };
+                let added = child.encoded_bytes();
+                if let Some(old) = m.insert(k.pos, child) {
+                    node.key_bytes = node.key_bytes.saturating_sub(old.encoded_bytes());
+                }
+                node.key_bytes += added;
+            }
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,403 @@
+//! The btree against a `BTreeMap` model (inserts, overwrites, deletes, lookups, iteration both
+//! ways, write-back and reload from disk), node corruption with replica fallback, swapped
+//! nodes, header/pointer mismatches in both profiles, blocked allocation with no partial change,
+//! and the overlay rules (journal wins; deletions hide btree keys).
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use proptest::prelude::*;
+
+use super::*;
+use crate::bkey::{Bkey, ExtentPtr, KeyType};
+use crate::bpos::{Bpos, BtreeId};
+use crate::dev::{BlockDevice, MemDevice, SharedDevice};
+use crate::error::ErrCode;
+use crate::opts::Behavior;
+use crate::sync::Mutex;
+
+const NODE: u64 = 4096;
+const DEV_BYTES: u64 = 64 << 20;
+const MAGIC: u64 = 0x1234_5678;
+
+/// A bump allocator over memory devices; it can be told to block, and counts what it handed out.
+struct TestAlloc {
+    state: Mutex<AllocState>,
+    replicas: usize,
+    nr_devs: usize,
+}
+
+#[derive(Default)]
+struct AllocState {
+    next: Vec<u64>,
+    blocked: bool,
+    live: usize,
+}
+
+impl TestAlloc {
+    fn new(nr_devs: usize, replicas: usize) -> Arc<Self> {
+        Arc::new(TestAlloc {
+            state: Mutex::new(AllocState { next: vec![NODE; nr_devs], ..Default::default() }),
+            replicas,
+            nr_devs,
+        })
+    }
+    fn block(&self, on: bool) {
+        self.state.lock().blocked = on;
+    }
+}
+
+impl NodeAllocator for TestAlloc {
+    fn alloc_nodes(&self, nr: usize, _btree: BtreeId, _level: u8) -> crate::error::Result<Vec<NodeLocation>> {
+        let mut s = self.state.lock();
+        if s.blocked {
+            return Err(crate::error::Error::code_only(ErrCode::BucketAllocBlocked));
+        }
+        let mut out = Vec::new();
+        for _ in 0..nr {
+            let mut ptrs = Vec::new();
+            for dev in 0..self.replicas.min(self.nr_devs) {
+                let off = s.next[dev];
+                s.next[dev] += NODE;
+                ptrs.push(ExtentPtr { dev: dev as u8, bucket_gen: 0, offset: off / 512 });
+            }
+            out.push(NodeLocation { ptrs });
+        }
+        s.live += nr;
+        Ok(out)
+    }
+    fn release_unused(&self, nodes: Vec<NodeLocation>) {
+        self.state.lock().live -= nodes.len();
+    }
+    fn free_node(&self, _ptrs: &[ExtentPtr]) {
+        self.state.lock().live -= 1;
+    }
+}
+
+struct Setup {
+    devs: Vec<Arc<MemDevice>>,
+    alloc: Arc<TestAlloc>,
+}
+
+impl Setup {
+    fn new(nr_devs: usize, replicas: usize) -> Self {
+        let devs = (0..nr_devs).map(|i| Arc::new(MemDevice::new(format!("mem{i}"), DEV_BYTES))).collect();
+        Setup { devs, alloc: TestAlloc::new(nr_devs, replicas) }
+    }
+    fn open(&self, roots: Vec<Root>, behavior: Behavior) -> Btrees {
+        let devices = self.devs.iter().map(|d| Some(d.clone() as SharedDevice)).collect();
+        let cfg = BtreeConfig { behavior, cache_nodes: 32, seq_seed: None };
+        Btrees::new(NodeIo::new(devices, MAGIC, NODE), self.alloc.clone(), roots, cfg)
+    }
+}
+
+fn key(i: u64, v: u64) -> Bkey {
+    Bkey::new(Bpos::new(i / 7, i, 0), KeyType::Set, v.to_le_bytes().repeat((v % 3) as usize + 1))
+}
+
+fn contents(t: &mut Btrees, btree: BtreeId) -> Vec<Bkey> {
+    let mut it = t.iter(btree, Bpos::MIN);
+    let mut out = Vec::new();
+    while let Some(k) = it.next(t, None).unwrap() {
+        out.push(k);
+    }
+    out
+}
+
+fn contents_rev(t: &mut Btrees, btree: BtreeId) -> Vec<Bkey> {
+    let mut it = t.iter(btree, Bpos::MAX);
+    let mut out = Vec::new();
+    while let Some(k) = it.prev(t, None).unwrap() {
+        out.push(k);
+    }
+    out.reverse();
+    out
+}
+
+#[derive(Clone, Debug)]
+enum Op {
+    Insert(u64, u64),
+    Delete(u64),
+    Get(u64),
+    WriteBack,
+    Reload,
+}
+
+fn arb_op() -> impl Strategy<Value = Op> {
+    prop_oneof![
+        8 => (0u64..3000, any::<u64>()).prop_map(|(k, v)| Op::Insert(k, v)),
+        3 => (0u64..3000).prop_map(Op::Delete),
+        2 => (0u64..3000).prop_map(Op::Get),
+        1 => Just(Op::WriteBack),
+        1 => Just(Op::Reload),
+    ]
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 48, ..ProptestConfig::default() })]
+
+    /// The btree holds exactly what a BTreeMap given the same operations holds, forwards and
+    /// backwards, across write-back and reload from disk with an empty cache.
+    #[test]
+    fn btree_matches_model(ops in prop::collection::vec(arb_op(), 1..1500)) {
+        let s = Setup::new(2, 2);
+        let mut t = s.open(Vec::new(), Behavior::Fixed);
+        let mut model: BTreeMap<Bpos, Bkey> = BTreeMap::new();
+        for (seq, op) in ops.iter().enumerate() {
+            match op {
+                Op::Insert(k, v) => {
+                    let k = key(*k, *v);
+                    t.insert(BtreeId::Extents, k.clone(), seq as u64).unwrap();
+                    model.insert(k.pos, k);
+                }
+                Op::Delete(k) => {
+                    let pos = key(*k, 0).pos;
+                    t.delete(BtreeId::Extents, pos, seq as u64).unwrap();
+                    model.remove(&pos);
+                }
+                Op::Get(k) => {
+                    let pos = key(*k, 0).pos;
+                    prop_assert_eq!(t.get(BtreeId::Extents, pos).unwrap(), model.get(&pos).cloned());
+                }
+                Op::WriteBack => {
+                    t.write_dirty().unwrap();
+                    prop_assert_eq!(t.dirty_nodes(), 0);
+                }
+                Op::Reload => {
+                    t.write_dirty().unwrap();
+                    let roots = t.roots();
+                    t = s.open(roots, Behavior::Fixed);
+                }
+            }
+        }
+        let want: Vec<Bkey> = model.values().cloned().collect();
+        prop_assert_eq!(&contents(&mut t, BtreeId::Extents), &want);
+        prop_assert_eq!(&contents_rev(&mut t, BtreeId::Extents), &want);
+        t.write_dirty().unwrap();
+        let roots = t.roots();
+        let mut t = s.open(roots, Behavior::Fixed);
+        prop_assert_eq!(contents(&mut t, BtreeId::Extents), want);
+    }
+}
+
+/// Enough keys in small nodes grow the tree to depth 3 or more; every node's keys lie inside
+/// its range and children tile their parent's range exactly.
+#[test]
+fn splits_reach_depth_three_and_topology_holds() {
+    let s = Setup::new(1, 1);
+    let mut t = s.open(Vec::new(), Behavior::Fixed);
+    let mut rng = crate::rng::Rng::new(42);
+    for i in 0..20_000u64 {
+        t.insert(BtreeId::Inodes, key(rng.below(1 << 30), i), i).unwrap();
+    }
+    t.write_dirty().unwrap();
+    let infos = t.node_infos(BtreeId::Inodes).unwrap();
+    let root_level = infos[0].level;
+    assert!(root_level >= 2, "root level {root_level}: depth below 3");
+    for level in 0..=root_level {
+        let mut at_level: Vec<_> = infos.iter().filter(|n| n.level == level).collect();
+        at_level.sort_by_key(|n| n.min_key);
+        assert_eq!(at_level.first().unwrap().min_key, Bpos::MIN, "level {level}");
+        assert_eq!(at_level.last().unwrap().max_key, Bpos::MAX, "level {level}");
+        for w in at_level.windows(2) {
+            assert_eq!(w[0].max_key.successor(), w[1].min_key, "level {level}: gap or overlap");
+        }
+    }
+}
+
+/// Sequential inserts leave full nodes behind: the node count stays near the minimum.
+#[test]
+fn sequential_inserts_fill_nodes() {
+    let s = Setup::new(1, 1);
+    let mut t = s.open(Vec::new(), Behavior::Fixed);
+    for i in 0..10_000u64 {
+        t.insert(BtreeId::Extents, Bkey::new(Bpos::new(0, i, 0), KeyType::Set, vec![0u8; 8]), 1).unwrap();
+    }
+    let infos = t.node_infos(BtreeId::Extents).unwrap();
+    let leaves = infos.iter().filter(|n| n.level == 0).count();
+    let per_leaf = (NODE as usize - 512) * 2 / 3 / 40;
+    assert!(leaves <= 10_000 / per_leaf + 2, "{leaves} leaves for {per_leaf} keys per leaf");
+}
+
+fn written_tree(s: &Setup) -> (Vec<Root>, Vec<Bkey>) {
+    let mut t = s.open(Vec::new(), Behavior::Fixed);
+    for i in 0..2000 {
+        t.insert(BtreeId::Alloc, key(i, i), 1).unwrap();
+    }
+    t.write_dirty().unwrap();
+    let all = contents(&mut t, BtreeId::Alloc);
+    (t.roots(), all)
+}
+
+fn leaf_ptrs(s: &Setup, roots: &[Root]) -> Vec<Vec<ExtentPtr>> {
+    let mut t = s.open(roots.to_vec(), Behavior::Fixed);
+    t.node_infos(BtreeId::Alloc).unwrap().into_iter().filter(|n| n.level == 0).map(|n| n.ptrs).collect()
+}
+
+fn flip(dev: &MemDevice, offset: u64) {
+    let mut b = [0u8];
+    dev.read_at(&mut b, offset).unwrap();
+    b[0] ^= 0x40;
+    dev.write_at(&b, offset).unwrap();
+}
+
+/// A corrupt replica is reported and the other replica serves the read; with every replica
+/// corrupt the read is a typed error with btree, level and position, never a panic.
+#[test]
+fn corrupt_replica_falls_back_then_fails_typed() {
+    let s = Setup::new(2, 2);
+    let (roots, all) = written_tree(&s);
+    let leaf = leaf_ptrs(&s, &roots)[1].clone();
+    flip(&s.devs[leaf[0].dev as usize], leaf[0].byte_offset() + 700);
+    let mut t = s.open(roots.clone(), Behavior::Fixed);
+    assert!(contents(&mut t, BtreeId::Alloc) == all, "keys lost or changed reading past a bad replica");
+    let log = t.take_log();
+    assert!(
+        log.iter().any(|l| l.contains("read from another replica") && l.contains("bset_bad_csum")),
+        "{log:?}"
+    );
+
+    flip(&s.devs[leaf[1].dev as usize], leaf[1].byte_offset() + 700);
+    let mut t = s.open(roots, Behavior::Fixed);
+    let mut it = t.iter(BtreeId::Alloc, Bpos::MIN);
+    let err = loop {
+        match it.next(&mut t, None) {
+            Ok(Some(_)) => continue,
+            Ok(None) => panic!("iteration succeeded over a node with no good replica"),
+            Err(e) => break e,
+        }
+    };
+    assert!(err.matches(ErrCode::Eio), "{err}");
+    assert_eq!(err.context().btree, Some(BtreeId::Alloc));
+    assert_eq!(err.context().level, Some(0));
+    assert!(err.to_string().contains("all 2 replicas bad"), "{err}");
+}
+
+/// Two nodes swapped on disk: the pointer's seq catches it ("got wrong btree node").
+#[test]
+fn swapped_nodes_are_detected() {
+    let s = Setup::new(1, 1);
+    let (roots, _) = written_tree(&s);
+    let leaves = leaf_ptrs(&s, &roots);
+    let (a, b) = (leaves[0][0], leaves[1][0]);
+    let dev = &s.devs[0];
+    let mut na = vec![0u8; NODE as usize];
+    let mut nb = vec![0u8; NODE as usize];
+    dev.read_at(&mut na, a.byte_offset()).unwrap();
+    dev.read_at(&mut nb, b.byte_offset()).unwrap();
+    dev.write_at(&nb, a.byte_offset()).unwrap();
+    dev.write_at(&na, b.byte_offset()).unwrap();
+    let mut t = s.open(roots, Behavior::Fixed);
+    let err = t.first_from(BtreeId::Alloc, Bpos::MIN).unwrap_err();
+    assert_eq!(err.code(), ErrCode::BtreeNodeBadSeq, "{err}");
+    assert!(err.to_string().contains("got wrong btree node"), "{err}");
+}
+
+/// A cached node whose header stops matching its pointer: v1.37.5 logs the topology error and
+/// uses the node; the fixed profile refuses with btree_need_topology_repair.
+#[test]
+fn header_mismatch_on_cached_node_per_profile() {
+    for behavior in [Behavior::V1_37_5, Behavior::Fixed] {
+        let s = Setup::new(1, 1);
+        let (roots, all) = written_tree(&s);
+        let mut t = s.open(roots, behavior);
+        let pos = all[500].pos;
+        assert!(t.get(BtreeId::Alloc, pos).unwrap().is_some());
+        assert!(t.corrupt_cached_header(BtreeId::Alloc, 0, pos).unwrap());
+        let r = t.get(BtreeId::Alloc, pos);
+        assert_eq!(t.topology_errors(), 1, "{behavior:?}");
+        let log = t.take_log();
+        assert!(log[0].starts_with("btree node header doesn't match ptr: btree=alloc level=0"), "{log:?}");
+        match behavior {
+            Behavior::V1_37_5 => assert!(r.unwrap().is_some()),
+            Behavior::Fixed => assert_eq!(r.unwrap_err().code(), ErrCode::BtreeNeedTopologyRepair),
+        }
+        // With header checks off (before check_allocations) nothing is checked.
+        t.set_check_headers(false);
+        assert!(t.get(BtreeId::Alloc, pos).is_ok());
+    }
+}
+
+/// An insert that needs new nodes while the allocator is blocked returns operation_blocked and
+/// leaves the tree exactly as it was; after unblocking the same insert succeeds.
+#[test]
+fn blocked_allocation_changes_nothing() {
+    let s = Setup::new(1, 1);
+    let mut t = s.open(Vec::new(), Behavior::Fixed);
+    let mut i = 0;
+    // Fill until the next insert must split.
+    loop {
+        s.alloc.block(true);
+        let r = t.insert(BtreeId::Extents, key(i, i), 1);
+        s.alloc.block(false);
+        match r {
+            Ok(()) => i += 1,
+            Err(e) => {
+                assert!(e.matches(ErrCode::OperationBlocked), "{e}");
+                break;
+            }
+        }
+        assert!(i < 100_000, "never needed a new node");
+    }
+    let before = contents(&mut t, BtreeId::Extents);
+    let nodes_before = t.node_infos(BtreeId::Extents).unwrap().len();
+    assert_eq!(before.len() as u64, i, "the blocked insert left a key behind");
+    t.insert(BtreeId::Extents, key(i, i), 1).unwrap();
+    assert_eq!(contents(&mut t, BtreeId::Extents).len() as u64, i + 1);
+    assert!(t.node_infos(BtreeId::Extents).unwrap().len() > nodes_before);
+}
+
+struct MapOverlay(BTreeMap<Bpos, Bkey>);
+
+impl KeyOverlay for MapOverlay {
+    fn first_from(&self, _btree: BtreeId, pos: Bpos) -> Option<Bkey> {
+        self.0.range(pos..).next().map(|(_, k)| k.clone())
+    }
+    fn last_until(&self, _btree: BtreeId, pos: Bpos) -> Option<Bkey> {
+        self.0.range(..=pos).next_back().map(|(_, k)| k.clone())
+    }
+}
+
+/// Through an overlay the journal's key wins at its position, a journal deletion hides the
+/// btree key (peek skips it, peek_slot shows it deleted), and new journal keys appear.
+#[test]
+fn overlay_rules() {
+    let s = Setup::new(1, 1);
+    let mut t = s.open(Vec::new(), Behavior::Fixed);
+    for i in 1..=5u64 {
+        t.insert(BtreeId::Alloc, Bkey::new(Bpos::new(0, i * 10, 0), KeyType::Set, vec![1; 8]), 1).unwrap();
+    }
+    let mut ov = BTreeMap::new();
+    ov.insert(Bpos::new(0, 20, 0), Bkey::new(Bpos::new(0, 20, 0), KeyType::Set, vec![2; 8]));
+    ov.insert(Bpos::new(0, 30, 0), Bkey::deleted(Bpos::new(0, 30, 0)));
+    ov.insert(Bpos::new(0, 35, 0), Bkey::new(Bpos::new(0, 35, 0), KeyType::Set, vec![3; 8]));
+    let ov = MapOverlay(ov);
+    let o: Option<&dyn KeyOverlay> = Some(&ov);
+
+    let mut it = t.iter(BtreeId::Alloc, Bpos::MIN);
+    let mut seen = Vec::new();
+    while let Some(k) = it.next(&mut t, o).unwrap() {
+        seen.push((k.pos.offset, k.val[0]));
+    }
+    assert_eq!(seen, vec![(10, 1), (20, 2), (35, 3), (40, 1), (50, 1)]);
+    assert_eq!(t.peek(BtreeId::Alloc, Bpos::new(0, 26, 0), o).unwrap().unwrap().pos.offset, 35);
+    assert_eq!(t.prev(BtreeId::Alloc, Bpos::new(0, 34, 0), o).unwrap().unwrap().pos.offset, 20);
+    assert!(t.peek_slot(BtreeId::Alloc, Bpos::new(0, 30, 0), o).unwrap().is_deleted());
+    assert!(!t.peek_slot(BtreeId::Alloc, Bpos::new(0, 30, 0), None).unwrap().is_deleted());
+    assert!(t.peek_slot(BtreeId::Alloc, Bpos::new(0, 31, 0), o).unwrap().is_deleted());
+}
+
+/// Regression (shrunk by proptest): a key at POS_MIN made reverse iteration repeat it forever,
+/// because POS_MIN's predecessor is POS_MIN.
+#[test]
+fn reverse_iteration_stops_at_pos_min() {
+    let s = Setup::new(1, 1);
+    let mut t = s.open(Vec::new(), Behavior::Fixed);
+    t.insert(BtreeId::Extents, Bkey::new(Bpos::MIN, KeyType::Set, vec![1; 8]), 1).unwrap();
+    t.insert(BtreeId::Extents, Bkey::new(Bpos::new(0, 5, 0), KeyType::Set, vec![2; 8]), 1).unwrap();
+    assert_eq!(contents_rev(&mut t, BtreeId::Extents).len(), 2);
+    let mut it = t.iter(BtreeId::Extents, Bpos::MIN);
+    assert!(it.prev(&mut t, None).unwrap().is_some());
+    assert!(it.prev(&mut t, None).unwrap().is_none());
+    assert!(it.prev(&mut t, None).unwrap().is_none());
+}

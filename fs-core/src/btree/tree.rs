@@ -1,0 +1,836 @@
+//! All btrees of a filesystem: roots, the node cache, descent, inserts with splits, write-back.
+//!
+//! The structure is single-threaded (`&mut self`); the filesystem serialises access to it. A
+//! node is identified by its seq; the cache maps seq to node. Clean nodes are evicted beyond the
+//! cache bound; dirty nodes stay until written.
+//!
+//! An update that needs new nodes (a split, a new root, a rewrite) reserves all of them from the
+//! [`NodeAllocator`] before it changes anything, so `operation_blocked` leaves the tree as it was.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+
+use crate::bkey::{Bkey, BtreePtrV2, ExtentPtr};
+use crate::bpos::{Bpos, BtreeId};
+use crate::btree::io::NodeIo;
+use crate::btree::node::{Child, Expected, KeyVal, MAX_LEVEL, Node, NodeHeader, NodeKeys};
+use crate::btree::node_alloc::{NodeAllocator, NodeLocation};
+use crate::error::{ErrCode, Error, Result};
+use crate::opts::Behavior;
+use crate::rng::Rng;
+
+const NR_BTREE_SLOTS: usize = 32;
+
+/// A btree root as persisted (journal `btree_root` entries, the superblock clean section).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Root {
+    pub btree: BtreeId,
+    pub level: u8,
+    pub ptr: BtreePtrV2,
+}
+
+/// What a node looks like, for `bcsim list --nodes` and tests.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NodeInfo {
+    pub btree: BtreeId,
+    pub level: u8,
+    pub min_key: Bpos,
+    pub max_key: Bpos,
+    pub seq: u64,
+    pub ptrs: Vec<ExtentPtr>,
+    pub sectors_written: u32,
+    pub nr_keys: usize,
+    pub dirty: bool,
+}
+
+/// Settings of the btree layer.
+#[derive(Clone, Copy, Debug)]
+pub struct BtreeConfig {
+    pub behavior: Behavior,
+    /// Clean nodes kept in memory at most (dirty ones are never evicted).
+    pub cache_nodes: usize,
+    /// Seed for node seqs (unique identities of node incarnations). `None` draws one from the
+    /// system: seqs must not repeat across mounts, or a new node could take an old one's seq.
+    pub seq_seed: Option<u64>,
+}
+
+impl Default for BtreeConfig {
+    fn default() -> Self {
+        BtreeConfig { behavior: Behavior::Fixed, cache_nodes: 4096, seq_seed: None }
+    }
+}
+
+pub struct Btrees {
+    io: NodeIo,
+    alloc: Arc<dyn NodeAllocator>,
+    cfg: BtreeConfig,
+    /// Root node seq per btree, once the root is in the cache.
+    root_seq: [Option<u64>; NR_BTREE_SLOTS],
+    /// Persisted roots not yet read.
+    root_ptr: [Option<Root>; NR_BTREE_SLOTS],
+    nodes: HashMap<u64, Node>,
+    clock: u64,
+    seqs: Rng,
+    /// Keys of a node may take this many bytes before it splits: a third of the space after
+    /// the header stays for appended bsets.
+    split_bytes: usize,
+    /// Header checks on cached nodes are off until `check_allocations` has run, as in bcachefs.
+    check_headers: bool,
+    topology_errors: u64,
+    blacklisted: Box<dyn Fn(u64) -> bool + Send + Sync>,
+    log: Vec<String>,
+}
+
+fn slot(btree: BtreeId) -> usize {
+    btree as usize % NR_BTREE_SLOTS
+}
+
+fn missing_node(seq: u64) -> Error {
+    Error::new(ErrCode::BtreeNeedTopologyRepair, format!("btree node {seq:#x} vanished from the cache"))
+}
+
+impl Btrees {
+    /// Opens the btrees with the persisted `roots` (none for a new filesystem).
+    pub fn new(io: NodeIo, alloc: Arc<dyn NodeAllocator>, roots: Vec<Root>, cfg: BtreeConfig) -> Self {
+        let usable = io.node_size().saturating_sub(crate::bkey::ptr::SECTOR_BYTES) as usize;
+        let mut root_ptr: [Option<Root>; NR_BTREE_SLOTS] = std::array::from_fn(|_| None);
+        for r in roots {
+            if let Some(s) = root_ptr.get_mut(slot(r.btree)) {
+                *s = Some(r);
+            }
+        }
+        Btrees {
+            io,
+            alloc,
+            cfg,
+            root_seq: [None; NR_BTREE_SLOTS],
+            root_ptr,
+            nodes: HashMap::new(),
+            clock: 0,
+            seqs: Rng::new(cfg.seq_seed.unwrap_or_else(|| crate::uuid::Uuid::random().low_u64())),
+            split_bytes: usable * 2 / 3,
+            check_headers: true,
+            topology_errors: 0,
+            blacklisted: Box::new(|_| false),
+            log: Vec::new(),
+        }
+    }
+
+    pub fn set_check_headers(&mut self, on: bool) {
+        self.check_headers = on;
+    }
+
+    /// Bsets carrying a journal seq for which `f` is true are ignored when nodes are read.
+    pub fn set_blacklist(&mut self, f: impl Fn(u64) -> bool + Send + Sync + 'static) {
+        self.blacklisted = Box::new(f);
+    }
+
+    pub fn topology_errors(&self) -> u64 {
+        self.topology_errors
+    }
+
+    /// Log lines (bad replicas, topology errors) since the last call.
+    pub fn take_log(&mut self) -> Vec<String> {
+        std::mem::take(&mut self.log)
+    }
+
+    pub fn cached_nodes(&self) -> usize {
+        self.nodes.len()
+    }
+
+    pub fn dirty_nodes(&self) -> usize {
+        self.nodes.values().filter(|n| n.dirty).count()
+    }
+
+    fn new_seq(&mut self) -> u64 {
+        loop {
+            let s = self.seqs.next_u64();
+            if s != 0 && !self.nodes.contains_key(&s) {
+                return s;
+            }
+        }
+    }
+
+    fn node(&self, seq: u64) -> Result<&Node> {
+        self.nodes.get(&seq).ok_or_else(|| missing_node(seq))
+    }
+
+    fn node_mut(&mut self, seq: u64) -> Result<&mut Node> {
+        self.nodes.get_mut(&seq).ok_or_else(|| missing_node(seq))
+    }
+
+    fn touch(&mut self, seq: u64) {
+        self.clock += 1;
+        let clock = self.clock;
+        if let Some(n) = self.nodes.get_mut(&seq) {
+            n.last_used = clock;
+        }
+    }
+
+    /// The root node's seq, reading the root if needed; `None` for an empty btree.
+    fn root(&mut self, btree: BtreeId) -> Result<Option<u64>> {
+        let s = slot(btree);
+        if let Some(seq) = self.root_seq.get(s).copied().flatten() {
+            if self.nodes.contains_key(&seq) {
+                return Ok(Some(seq));
+            }
+        }
+        let Some(root) = self.root_ptr.get(s).cloned().flatten() else { return Ok(None) };
+        let exp = Expected {
+            btree,
+            level: root.level,
+            min_key: root.ptr.min_key,
+            max_key: Bpos::MAX,
+            seq: root.ptr.seq,
+            sectors_written: root.ptr.sectors_written,
+        };
+        let node = self.read(&root.ptr.ptrs, &exp)?;
+        let seq = node.hdr.seq;
+        self.nodes.insert(seq, node);
+        if let Some(r) = self.root_seq.get_mut(s) {
+            *r = Some(seq);
+        }
+        Ok(Some(seq))
+    }
+
+    fn read(&mut self, ptrs: &[ExtentPtr], exp: &Expected) -> Result<Node> {
+        let (node, bad) = self.io.read_node(ptrs, exp, &*self.blacklisted)?;
+        for b in bad {
+            self.log.push(format!(
+                "btree node read error on dev {}, read from another replica: {}",
+                b.dev, b.error
+            ));
+        }
+        Ok(node)
+    }
+
+    /// The child of interior node `parent` covering `pos`, read into the cache if needed.
+    fn child(&mut self, btree: BtreeId, parent: u64, pos: Bpos) -> Result<u64> {
+        let p = self.node(parent)?;
+        let level = p.hdr.level.saturating_sub(1);
+        let NodeKeys::Interior(children) = &p.keys else {
+            return Err(Error::new(ErrCode::BtreeNeedTopologyRepair, "descending below a leaf").btree(btree));
+        };
+        let Some((&max_key, child)) = children.range(pos..).next() else {
+            return Err(Error::new(ErrCode::BtreeNeedTopologyRepair, "no child covers the position")
+                .btree(btree)
+                .level(p.hdr.level)
+                .pos(pos));
+        };
+        let exp = Expected {
+            btree,
+            level,
+            min_key: child.ptr.min_key,
+            max_key,
+            seq: child.ptr.seq,
+            sectors_written: child.ptr.sectors_written,
+        };
+        if let Some(cached) = self.nodes.get(&exp.seq) {
+            let hdr = cached.hdr;
+            self.check_header(&hdr, &exp)?;
+            return Ok(exp.seq);
+        }
+        let ptrs = child.ptr.ptrs.clone();
+        let node = self.read(&ptrs, &exp)?;
+        self.nodes.insert(exp.seq, node);
+        Ok(exp.seq)
+    }
+
+    /// `btree_check_header`: a cached node must still match the pointer that leads to it. On a
+    /// mismatch a topology error is recorded and logged; v1.37.5 then uses the node anyway, the
+    /// fixed profile refuses with `btree_need_topology_repair`.
+    fn check_header(&mut self, hdr: &NodeHeader, exp: &Expected) -> Result<()> {
+        if !self.check_headers {
+            return Ok(());
+        }
+        let matches = hdr.btree == exp.btree
+            && hdr.level == exp.level
+            && hdr.max_key == exp.max_key
+            && hdr.min_key == exp.min_key;
+        if matches {
+            return Ok(());
+        }
+        self.topology_errors += 1;
+        let line = format!(
+            "btree node header doesn't match ptr: btree={} level={} ptr: {}..{} node: btree={} level={} {}..{}",
+            exp.btree, exp.level, exp.min_key, exp.max_key, hdr.btree, hdr.level, hdr.min_key, hdr.max_key
+        );
+        self.log.push(line.clone());
+        match self.cfg.behavior {
+            Behavior::V1_37_5 => Ok(()),
+            Behavior::Fixed => Err(Error::new(ErrCode::BtreeNeedTopologyRepair, line)
+                .btree(exp.btree)
+                .level(exp.level)
+                .pos(exp.max_key)),
+        }
+    }
+
+    /// Seqs from the root down to the node at `level` covering `pos`; empty for an empty btree.
+    fn path(&mut self, btree: BtreeId, pos: Bpos, level: u8) -> Result<Vec<u64>> {
+        let Some(mut seq) = self.root(btree)? else { return Ok(Vec::new()) };
+        let mut path = vec![seq];
+        self.touch(seq);
+        while self.node(seq)?.hdr.level > level {
+            seq = self.child(btree, seq, pos)?;
+            self.touch(seq);
+            path.push(seq);
+        }
+        Ok(path)
+    }
+
+    /// Reads every node of `btree` into the cache and describes them, root first.
+    pub fn node_infos(&mut self, btree: BtreeId) -> Result<Vec<NodeInfo>> {
+        let mut out = Vec::new();
+        let Some(root) = self.root(btree)? else { return Ok(out) };
+        let mut stack = vec![root];
+        while let Some(seq) = stack.pop() {
+            let n = self.node(seq)?;
+            out.push(NodeInfo {
+                btree,
+                level: n.hdr.level,
+                min_key: n.hdr.min_key,
+                max_key: n.hdr.max_key,
+                seq,
+                ptrs: n.ptrs.clone(),
+                sectors_written: n.sectors_written,
+                nr_keys: n.nr_keys(),
+                dirty: n.dirty,
+            });
+            let children: Vec<Bpos> = match &n.keys {
+                NodeKeys::Interior(m) => m.keys().rev().copied().collect(),
+                NodeKeys::Leaf(_) => Vec::new(),
+            };
+            for max_key in children {
+                stack.push(self.child(btree, seq, max_key)?);
+            }
+        }
+        self.maybe_evict();
+        Ok(out)
+    }
+
+    /// The persisted form of every root; meaningful once `write_dirty` has run.
+    pub fn roots(&mut self) -> Vec<Root> {
+        let mut out = Vec::new();
+        for &btree in BtreeId::ALL {
+            let s = slot(btree);
+            match self.root_seq.get(s).copied().flatten().and_then(|seq| self.nodes.get(&seq)) {
+                Some(n) => out.push(Root { btree, level: n.hdr.level, ptr: n.ptr() }),
+                None => {
+                    if let Some(r) = self.root_ptr.get(s).cloned().flatten() {
+                        out.push(r);
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    // ---- lookups -------------------------------------------------------------------------
+
+    /// The live key at `pos`, if any.
+    pub fn get(&mut self, btree: BtreeId, pos: Bpos) -> Result<Option<Bkey>> {
+        let path = self.path(btree, pos, 0)?;
+        let Some(&leaf) = path.last() else { return Ok(None) };
+        let found = match &self.node(leaf)?.keys {
+            NodeKeys::Leaf(m) => m.get(&pos).filter(|kv| !kv.is_deleted()).map(|kv| kv.to_key(pos)),
+            NodeKeys::Interior(_) => None,
+        };
+        self.maybe_evict();
+        Ok(found)
+    }
+
+    /// The first live key at or after `pos`.
+    pub fn first_from(&mut self, btree: BtreeId, mut pos: Bpos) -> Result<Option<Bkey>> {
+        for _ in 0..self.walk_bound() {
+            let path = self.path(btree, pos, 0)?;
+            let Some(&leaf) = path.last() else { return Ok(None) };
+            let n = self.node(leaf)?;
+            let found = match &n.keys {
+                NodeKeys::Leaf(m) => {
+                    m.range(pos..).find(|(_, kv)| !kv.is_deleted()).map(|(p, kv)| kv.to_key(*p))
+                }
+                NodeKeys::Interior(_) => None,
+            };
+            let max_key = n.hdr.max_key;
+            if found.is_some() || max_key == Bpos::MAX {
+                self.maybe_evict();
+                return Ok(found);
+            }
+            if max_key < pos {
+                return Err(self.walk_error(btree, pos));
+            }
+            pos = max_key.successor();
+        }
+        Err(self.walk_error(btree, pos))
+    }
+
+    /// The last live key at or before `pos`.
+    pub fn last_until(&mut self, btree: BtreeId, mut pos: Bpos) -> Result<Option<Bkey>> {
+        for _ in 0..self.walk_bound() {
+            let path = self.path(btree, pos, 0)?;
+            let Some(&leaf) = path.last() else { return Ok(None) };
+            let n = self.node(leaf)?;
+            let found = match &n.keys {
+                NodeKeys::Leaf(m) => {
+                    m.range(..=pos).rev().find(|(_, kv)| !kv.is_deleted()).map(|(p, kv)| kv.to_key(*p))
+                }
+                NodeKeys::Interior(_) => None,
+            };
+            let min_key = n.hdr.min_key;
+            if found.is_some() || min_key == Bpos::MIN {
+                self.maybe_evict();
+                return Ok(found);
+            }
+            if min_key > pos {
+                return Err(self.walk_error(btree, pos));
+            }
+            pos = min_key.predecessor();
+        }
+        Err(self.walk_error(btree, pos))
+    }
+
+    /// A walk across leaves visits each leaf at most once; more steps than there can be leaves
+    /// means the topology is broken (a node's range does not cover what its pointer says).
+    fn walk_bound(&self) -> usize {
+        (self.io.node_size() as usize).saturating_mul(1 << 20)
+    }
+
+    fn walk_error(&self, btree: BtreeId, pos: Bpos) -> Error {
+        Error::new(
+            ErrCode::BtreeNeedTopologyRepair,
+            "leaf walk does not advance: node ranges overlap or leave gaps",
+        )
+        .btree(btree)
+        .pos(pos)
+    }
+
+    // ---- updates -------------------------------------------------------------------------
+
+    /// Inserts or overwrites `key` (a deleted or whiteout key deletes). `journal_seq` is the
+    /// journal entry the update belongs to; the node's next bset records it.
+    pub fn insert(&mut self, btree: BtreeId, key: Bkey, journal_seq: u64) -> Result<()> {
+        key.validate()?;
+        if self.root(btree)?.is_none() {
+            if key.is_deleted() {
+                return Ok(());
+            }
+            self.new_root_leaf(btree)?;
+        }
+        let path = self.path(btree, key.pos, 0)?;
+        let &leaf = path.last().ok_or_else(|| Error::new(ErrCode::BtreeNeedTopologyRepair, "no leaf"))?;
+        let (pos, kv) = KeyVal::from_key(key, true);
+        let n = self.node(leaf)?;
+        let NodeKeys::Leaf(m) = &n.keys else {
+            return Err(
+                Error::new(ErrCode::BtreeNeedTopologyRepair, "descent ended above a leaf").btree(btree)
+            );
+        };
+        let old_bytes = m.get(&pos).map_or(0, KeyVal::encoded_bytes);
+        let fits = n.key_bytes - old_bytes.min(n.key_bytes) + kv.encoded_bytes() <= self.split_bytes;
+        if kv.is_deleted() || fits {
+            self.apply_to_leaf(leaf, pos, kv, journal_seq)?;
+        } else {
+            self.split_insert(btree, &path, pos, kv, journal_seq)?;
+        }
+        self.maybe_evict();
+        Ok(())
+    }
+
+    /// Deletes the key at `pos` (nothing if there is none).
+    pub fn delete(&mut self, btree: BtreeId, pos: Bpos, journal_seq: u64) -> Result<()> {
+        self.insert(btree, Bkey::whiteout(pos), journal_seq)
+    }
+
+    fn apply_to_leaf(&mut self, leaf: u64, pos: Bpos, kv: KeyVal, journal_seq: u64) -> Result<()> {
+        let n = self.node_mut(leaf)?;
+        let written = n.sectors_written > 0;
+        let NodeKeys::Leaf(m) = &mut n.keys else { return Ok(()) };
+        let added = kv.encoded_bytes();
+        let old = if kv.is_deleted() {
+            // A whiteout is needed only if the key may be on disk; the map holds everything the
+            // disk has, so a key that is not in it needs no whiteout.
+            match m.get(&pos) {
+                None => return Ok(()),
+                Some(_) if written => m.insert(pos, kv),
+                Some(_) => m.remove(&pos),
+            }
+        } else {
+            m.insert(pos, kv)
+        };
+        let still_there = m.contains_key(&pos);
+        n.key_bytes = n.key_bytes.saturating_sub(old.map_or(0, |o| o.encoded_bytes()));
+        if still_there {
+            n.key_bytes += added;
+        }
+        n.dirty = true;
+        n.journal_seq = n.journal_seq.max(journal_seq);
+        Ok(())
+    }
+
+    fn new_root_leaf(&mut self, btree: BtreeId) -> Result<()> {
+        let mut locs = self.alloc.alloc_nodes(1, btree, 0)?;
+        let Some(loc) = locs.pop() else {
+            return Err(Error::new(ErrCode::BucketAllocBlocked, "allocator returned no node").btree(btree));
+        };
+        let seq = self.new_seq();
+        let hdr = NodeHeader { btree, level: 0, min_key: Bpos::MIN, max_key: Bpos::MAX, seq };
+        self.nodes.insert(seq, Node::new(hdr, loc.ptrs));
+        if let Some(r) = self.root_seq.get_mut(slot(btree)) {
+            *r = Some(seq);
+        }
+        Ok(())
+    }
+
+    /// How many new nodes a split of the leaf at the end of `path` takes: two per splitting
+    /// level (both halves are new nodes) and one for a new root.
+    fn nodes_for_split(&self, path: &[u64]) -> Result<(usize, bool)> {
+        let mut need = 2;
+        for (i, &seq) in path.iter().enumerate().rev().skip(1) {
+            let n = self.node(seq)?;
+            // The parent gains one pointer; a little slack for its size.
+            let ptr_bytes = 128;
+            if n.key_bytes + ptr_bytes <= self.split_bytes {
+                return Ok((need, false));
+            }
+            need += 2;
+            if i == 0 {
+                break;
+            }
+        }
+        let root_level = path.first().map(|&s| self.node(s).map(|n| n.hdr.level)).transpose()?.unwrap_or(0);
+        if root_level >= MAX_LEVEL {
+            return Err(Error::new(
+                ErrCode::EnospcBtreeDepth,
+                format!("btree would grow past level {MAX_LEVEL}: node size too small for this many keys"),
+            ));
+        }
+        Ok((need + 1, true))
+    }
+
+    fn split_insert(
+        &mut self,
+        btree: BtreeId,
+        path: &[u64],
+        pos: Bpos,
+        kv: KeyVal,
+        journal_seq: u64,
+    ) -> Result<()> {
+        let (need, _new_root) = self.nodes_for_split(path)?;
+        // The point of no return: everything the split needs is reserved first.
+        let mut reserved = self.alloc.alloc_nodes(need, btree, 0)?;
+        let leaf = *path.last().ok_or_else(|| missing_node(0))?;
+        self.apply_to_leaf(leaf, pos, kv, journal_seq)?;
+        let result = self.split_upwards(btree, path, pos, journal_seq, &mut reserved);
+        if !reserved.is_empty() {
+            self.alloc.release_unused(reserved);
+        }
+        result
+    }
+
+    /// Splits the node at the end of `path` and, as long as a parent overflows, the parent.
+    fn split_upwards(
+        &mut self,
+        btree: BtreeId,
+        path: &[u64],
+        mut hot: Bpos,
+        journal_seq: u64,
+        reserved: &mut Vec<NodeLocation>,
+    ) -> Result<()> {
+        let mut depth = path.len();
+        while depth > 0 {
+            let seq = *path.get(depth - 1).ok_or_else(|| missing_node(0))?;
+            let node = self.nodes.remove(&seq).ok_or_else(|| missing_node(seq))?;
+            let (left, right) = self.split_node(node, hot, reserved)?;
+            let (l_ptr, l_max, r_ptr, r_max, level) =
+                (left.ptr(), left.hdr.max_key, right.ptr(), right.hdr.max_key, left.hdr.level);
+            self.nodes.insert(left.hdr.seq, left);
+            self.nodes.insert(right.hdr.seq, right);
+            if depth == 1 {
+                return self.grow_root(btree, level + 1, [(l_max, l_ptr), (r_max, r_ptr)], reserved);
+            }
+            let parent = *path.get(depth - 2).ok_or_else(|| missing_node(0))?;
+            let p = self.node_mut(parent)?;
+            if let NodeKeys::Interior(m) = &mut p.keys {
+                for (max_key, ptr) in [(l_max, l_ptr), (r_max, r_ptr)] {
+                    let child = Child { ptr, pending: true };
+                    p.key_bytes += child.encoded_bytes();
+                    if let Some(old) = m.insert(max_key, child) {
+                        p.key_bytes = p.key_bytes.saturating_sub(old.encoded_bytes());
+                    }
+                }
+            }
+            p.dirty = true;
+            p.journal_seq = p.journal_seq.max(journal_seq);
+            if p.key_bytes <= self.split_bytes {
+                return Ok(());
+            }
+            hot = l_max;
+            depth -= 1;
+        }
+        Ok(())
+    }
+
+    fn take_location(reserved: &mut Vec<NodeLocation>, btree: BtreeId) -> Result<NodeLocation> {
+        reserved.pop().ok_or_else(|| {
+            Error::new(ErrCode::BtreeNeedTopologyRepair, "split used more nodes than it reserved")
+                .btree(btree)
+        })
+    }
+
+    /// Replaces `node` by two new nodes (new seqs, new locations) holding its keys; the old
+    /// node's space goes back to the allocator.
+    fn split_node(
+        &mut self,
+        node: Node,
+        hot: Bpos,
+        reserved: &mut Vec<NodeLocation>,
+    ) -> Result<(Node, Node)> {
+        let hdr = node.hdr;
+        let l_loc = Self::take_location(reserved, hdr.btree)?;
+        let r_loc = Self::take_location(reserved, hdr.btree)?;
+        let (l_seq, r_seq) = (self.new_seq(), self.new_seq());
+        let (left_keys, right_keys, left_max) = split_keys(node.keys, hot);
+        let mk = |seq, min_key, max_key, keys, loc: NodeLocation| {
+            let mut n = Node::new(NodeHeader { min_key, max_key, seq, ..hdr }, loc.ptrs);
+            n.keys = keys;
+            n.key_bytes = key_bytes(&n.keys);
+            n.journal_seq = node.journal_seq;
+            n
+        };
+        let left = mk(l_seq, hdr.min_key, left_max, left_keys, l_loc);
+        let right = mk(r_seq, left_max.successor(), hdr.max_key, right_keys, r_loc);
+        if node.sectors_written > 0 {
+            self.alloc.free_node(&node.ptrs);
+        } else {
+            self.alloc.release_unused(vec![NodeLocation { ptrs: node.ptrs }]);
+        }
+        Ok((left, right))
+    }
+
+    fn grow_root(
+        &mut self,
+        btree: BtreeId,
+        level: u8,
+        children: [(Bpos, BtreePtrV2); 2],
+        reserved: &mut Vec<NodeLocation>,
+    ) -> Result<()> {
+        let loc = Self::take_location(reserved, btree)?;
+        let seq = self.new_seq();
+        let mut root =
+            Node::new(NodeHeader { btree, level, min_key: Bpos::MIN, max_key: Bpos::MAX, seq }, loc.ptrs);
+        if let NodeKeys::Interior(m) = &mut root.keys {
+            for (max_key, ptr) in children {
+                m.insert(max_key, Child { ptr, pending: true });
+            }
+        }
+        root.key_bytes = key_bytes(&root.keys);
+        self.nodes.insert(seq, root);
+        if let Some(r) = self.root_seq.get_mut(slot(btree)) {
+            *r = Some(seq);
+        }
+        Ok(())
+    }
+
+    // ---- write-back ----------------------------------------------------------------------
+
+    /// Writes every dirty node, level by level from the leaves up. After each level the
+    /// devices are flushed, and only then do parents record the children's new
+    /// `sectors_written` (and new places, after a rewrite): a pointer never claims sectors that
+    /// are not durable. Returns how many node writes were made.
+    pub fn write_dirty(&mut self) -> Result<usize> {
+        let mut writes = 0;
+        for level in 0..=MAX_LEVEL {
+            let mut dirty: Vec<u64> =
+                self.nodes.iter().filter(|(_, n)| n.dirty && n.hdr.level == level).map(|(&s, _)| s).collect();
+            if dirty.is_empty() {
+                continue;
+            }
+            dirty.sort_unstable();
+            let mut written = Vec::with_capacity(dirty.len());
+            for seq in dirty {
+                written.push(self.write_node(seq)?);
+                writes += 1;
+            }
+            self.io.flush()?;
+            for seq in written {
+                self.update_parent_ptr(seq)?;
+            }
+        }
+        self.maybe_evict();
+        Ok(writes)
+    }
+
+    /// Points the parent of node `seq` at the node as it now is on disk.
+    fn update_parent_ptr(&mut self, seq: u64) -> Result<()> {
+        let n = self.node(seq)?;
+        let (btree, level, max_key, ptr) = (n.hdr.btree, n.hdr.level, n.hdr.max_key, n.ptr());
+        if self.root_seq.get(slot(btree)).copied().flatten() == Some(seq) {
+            return Ok(());
+        }
+        let path = self.path(btree, max_key, level + 1)?;
+        let parent = *path.last().ok_or_else(|| missing_node(seq))?;
+        let p = self.node_mut(parent)?;
+        if p.hdr.level != level + 1 {
+            return Err(Error::new(ErrCode::BtreeNeedTopologyRepair, "parent of a written node not found")
+                .btree(btree)
+                .level(level)
+                .pos(max_key));
+        }
+        if let NodeKeys::Interior(m) = &mut p.keys {
+            m.insert(max_key, Child { ptr, pending: true });
+        }
+        p.dirty = true;
+        Ok(())
+    }
+
+    /// Writes one dirty node; returns its seq afterwards (new if it had to be rewritten).
+    fn write_node(&mut self, seq: u64) -> Result<u64> {
+        let node = self.node(seq)?;
+        let node_bytes = self.io.node_size();
+        if node.sectors_written == 0 {
+            self.write_whole(seq)?;
+            return Ok(seq);
+        }
+        let bset = node.encode_bset(false);
+        let at = u64::from(node.sectors_written) * crate::bkey::ptr::SECTOR_BYTES;
+        if at + bset.len() as u64 > node_bytes {
+            return self.rewrite(seq);
+        }
+        self.io.write(&node.ptrs, at, &bset)?;
+        let sectors = node.sectors_written + (bset.len() as u64 / crate::bkey::ptr::SECTOR_BYTES) as u32;
+        self.node_mut(seq)?.mark_written(sectors);
+        Ok(seq)
+    }
+
+    fn write_whole(&mut self, seq: u64) -> Result<()> {
+        let node = self.node(seq)?;
+        let mut bytes = node.encode_header(self.io.magic());
+        bytes.extend_from_slice(&node.encode_bset(true));
+        if bytes.len() as u64 > self.io.node_size() {
+            return Err(Error::new(
+                ErrCode::BtreeNodeReadErr,
+                format!("btree node of {} bytes does not fit node size {}", bytes.len(), self.io.node_size()),
+            )
+            .btree(node.hdr.btree)
+            .level(node.hdr.level)
+            .pos(node.hdr.max_key));
+        }
+        self.io.write(&node.ptrs, 0, &bytes)?;
+        let sectors = (bytes.len() as u64 / crate::bkey::ptr::SECTOR_BYTES) as u32;
+        self.node_mut(seq)?.mark_written(sectors);
+        Ok(())
+    }
+
+    /// A node whose space is used up is written anew elsewhere (compacted) under a new seq;
+    /// its parent is pointed at the new place after the write is flushed.
+    fn rewrite(&mut self, seq: u64) -> Result<u64> {
+        let (btree, level) = {
+            let n = self.node(seq)?;
+            (n.hdr.btree, n.hdr.level)
+        };
+        let mut locs = self.alloc.alloc_nodes(1, btree, level)?;
+        let loc = Self::take_location(&mut locs, btree)?;
+        let new_seq = self.new_seq();
+        let mut node = self.nodes.remove(&seq).ok_or_else(|| missing_node(seq))?;
+        let old_ptrs = std::mem::replace(&mut node.ptrs, loc.ptrs);
+        node.hdr.seq = new_seq;
+        node.sectors_written = 0;
+        if let NodeKeys::Leaf(m) = &mut node.keys {
+            m.retain(|_, kv| !kv.is_deleted());
+        }
+        node.key_bytes = key_bytes(&node.keys);
+        self.nodes.insert(new_seq, node);
+        self.alloc.free_node(&old_ptrs);
+        if let Some(r) = self.root_seq.get_mut(slot(btree)).filter(|r| **r == Some(seq)) {
+            *r = Some(new_seq);
+        }
+        self.write_whole(new_seq)?;
+        Ok(new_seq)
+    }
+
+    /// Evicts the least recently used clean nodes beyond the cache bound; roots stay.
+    fn maybe_evict(&mut self) {
+        let bound = self.cfg.cache_nodes.max(16);
+        if self.nodes.len() <= bound + bound / 8 {
+            return;
+        }
+        let roots: Vec<u64> = self.root_seq.iter().flatten().copied().collect();
+        let mut clean: Vec<(u64, u64)> = self
+            .nodes
+            .iter()
+            .filter(|(s, n)| !n.dirty && !roots.contains(s))
+            .map(|(&s, n)| (n.last_used, s))
+            .collect();
+        clean.sort_unstable();
+        let excess = self.nodes.len().saturating_sub(bound);
+        for (_, s) in clean.into_iter().take(excess) {
+            self.nodes.remove(&s);
+        }
+    }
+
+    /// Fault injection for scenarios: makes the cached node at `level` covering `pos` claim a
+    /// different max_key, as the nodes in #1107 were found to after being read correctly.
+    /// Returns false if no such node is cached.
+    pub fn corrupt_cached_header(&mut self, btree: BtreeId, level: u8, pos: Bpos) -> Result<bool> {
+        let path = self.path(btree, pos, level)?;
+        let Some(&seq) = path.last() else { return Ok(false) };
+        let n = self.node_mut(seq)?;
+        if n.hdr.level != level {
+            return Ok(false);
+        }
+        n.hdr.max_key = n.hdr.max_key.predecessor();
+        Ok(true)
+    }
+}
+
+/// Splits a node's keys in two by encoded bytes. When the update that caused the split is at
+/// the end of the node (`hot` is one of the last two keys: appends in key order), the right
+/// node gets only the last key, so sequential inserts leave full nodes behind them instead of
+/// half-empty ones.
+fn split_keys(keys: NodeKeys, hot: Bpos) -> (NodeKeys, NodeKeys, Bpos) {
+    match keys {
+        NodeKeys::Leaf(m) => {
+            let live = m.into_iter().filter(|(_, kv)| !kv.is_deleted()).collect();
+            let (l, r, max) = split_map(live, KeyVal::encoded_bytes, hot);
+            (NodeKeys::Leaf(l), NodeKeys::Leaf(r), max)
+        }
+        NodeKeys::Interior(m) => {
+            let (l, r, max) = split_map(m, Child::encoded_bytes, hot);
+            (NodeKeys::Interior(l), NodeKeys::Interior(r), max)
+        }
+    }
+}
+
+fn split_map<V>(
+    mut m: BTreeMap<Bpos, V>,
+    bytes: impl Fn(&V) -> usize,
+    hot: Bpos,
+) -> (BTreeMap<Bpos, V>, BTreeMap<Bpos, V>, Bpos) {
+    let second_last = m.keys().rev().nth(1).copied();
+    let left_max = match second_last {
+        Some(p) if hot >= p => p,
+        _ => {
+            let total: usize = m.values().map(&bytes).sum();
+            let mut acc = 0;
+            let mut at = m.keys().next().copied().unwrap_or(Bpos::MIN);
+            for (p, v) in &m {
+                at = *p;
+                acc += bytes(v);
+                if acc * 2 >= total {
+                    break;
+                }
+            }
+            // Never leave the right half empty.
+            if Some(&at) == m.keys().next_back() { second_last.unwrap_or(at) } else { at }
+        }
+    };
+    let right = m.split_off(&left_max.successor());
+    (m, right, left_max)
+}
+
+fn key_bytes(keys: &NodeKeys) -> usize {
+    match keys {
+        NodeKeys::Leaf(m) => m.values().map(KeyVal::encoded_bytes).sum(),
+        NodeKeys::Interior(m) => m.values().map(Child::encoded_bytes).sum(),
+    }
+}
