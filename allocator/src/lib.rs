@@ -1,10 +1,36 @@
 //! allocator: buckets on every member device and who gets them.
 //!
-//! This crate will own per-device bucket state (gen, data type, sector counts,
+//! This crate owns per-device bucket state (gen, data type, sector counts,
 //! `journal_seq_empty`) with `alloc_v4` keys as its persistent record and the `freespace` /
 //! `need_discard` indexes kept consistent with them; watermarks and reserves; replica placement
-//! across a target's devices by durability; discards; and the wait list for blocked allocations,
-//! which in the fixed profile restarts a waiting request when replica options change, on
-//! emergency read-only, on new free buckets, and after a timeout with a stuck report.
+//! across a target's devices by durability; btree node allocation for the btree; and, next,
+//! discards and the wait list for blocked allocations, which in the fixed profile restarts a
+//! waiting request when replica options change, on emergency read-only, on new free buckets, and
+//! after a timeout with a stuck report.
 //!
-//! It decides and returns alloc-key updates; it never commits them itself.
+//! It decides and returns alloc-key updates; it never commits them itself, and it never writes
+//! to a device.
+//!
+//! - [`alloc`]: the [`Allocator`]: bucket allocation, sector accounting, release, discard,
+//!   alloc-key updates.
+//! - [`alloc_read`]: rebuilding the allocator from the alloc btree at mount.
+//! - [`device`]: one device's buckets, their states and counts; [`DevUsage`] for reports.
+//! - [`watermark`]: watermarks and the reserves they leave.
+//! - `placement`: which devices a request's replicas go to.
+//! - [`node_alloc`]: [`BtreeNodeAlloc`], the btree's `NodeAllocator`.
+//! - `check`: `check_invariants`, the full consistency scan tests run after every step.
+//! - `bucket_set`: the bitmap behind the free list and the set of changed buckets.
+
+pub mod alloc;
+pub mod alloc_read;
+mod bucket_set;
+mod check;
+pub mod device;
+pub mod node_alloc;
+mod placement;
+pub mod watermark;
+
+pub use alloc::{AllocRequest, AllocatedBucket, Allocator};
+pub use device::{BucketState, DevUsage, DeviceInit};
+pub use node_alloc::BtreeNodeAlloc;
+pub use watermark::{Watermark, nr_btree_reserve, reserved_buckets};

@@ -176,6 +176,7 @@ errcodes! {
     FsckErrorsNotFixed = "fsck_errors_not_fixed", Fsck, "fsck left errors unfixed";
     FsckRepairUnimplemented = "fsck_repair_unimplemented", Fsck, "fsck cannot repair this yet";
     FsckRepairImpossible = "fsck_repair_impossible", Fsck, "the error cannot be repaired";
+    BucketAccounting = "bucket_accounting", Fsck, "bucket state or sector accounting inconsistent (alloc keys disagree with their users)";
 }
 
 /// How a command-line tool reports an error class, as fsck(8) exit codes do.

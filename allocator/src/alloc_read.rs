@@ -1,0 +1,107 @@
+//! `alloc_read`: the allocator rebuilt from the alloc btree at mount.
+//!
+//! Keys are taken verbatim (bcachefs replays bucket states as they are, without triggers), after
+//! checks that a key could have been written by this allocator: a key that contradicts the device
+//! layout or itself is a typed error naming its position, left for fsck to repair, never
+//! silently rewritten. Buckets without a key get their layout state and are reported by the next
+//! `take_updates`, so the record becomes complete.
+//!
+//! Not persistent, so not rebuilt: the in-memory `written` mark (a bucket whose key says
+//! allocated with 0 sectors counts as never written: nothing durable points into it) and the
+//! open btree buckets (partly used btree buckets stay as they are and are not filled further).
+
+use fs_core::bkey::alloc::{AllocV4, DataType};
+use fs_core::bpos::{Bpos, BtreeId};
+use fs_core::error::{ErrCode, Error, Result};
+
+use crate::alloc::{Allocator, Inner};
+use crate::device::{BucketState, Device, DeviceInit, Layout, is_allocatable};
+
+impl Allocator {
+    /// Rebuilds the allocator from the alloc keys of the given devices (`alloc_read`).
+    ///
+    /// Errors (`fsck` class, with position, device and bucket): a key for no member device or
+    /// beyond its buckets, a key given twice, a data type the layout forbids there (a superblock
+    /// or journal bucket that is not, or the reverse), sector counts out of range for the data
+    /// type, flags that disagree with the data type, cached sectors or `need_gc_gens` (neither
+    /// is modelled).
+    pub fn from_alloc_keys(
+        devices: Vec<DeviceInit>,
+        btree_node_size: u64,
+        keys: impl IntoIterator<Item = (Bpos, AllocV4)>,
+    ) -> Result<Allocator> {
+        let alloc = Allocator::new(devices, btree_node_size)?;
+        {
+            let mut inner = alloc.lock();
+            for (pos, key) in keys {
+                inner.read_alloc_key(pos, &key)?;
+            }
+        }
+        Ok(alloc)
+    }
+}
+
+impl Inner {
+    fn read_alloc_key(&mut self, pos: Bpos, key: &AllocV4) -> Result<()> {
+        let err = |msg: String| Error::new(ErrCode::BucketAccounting, msg).btree(BtreeId::Alloc).pos(pos);
+        let dev = u8::try_from(pos.inode)
+            .ok()
+            .filter(|dev| self.devs.contains_key(dev))
+            .ok_or_else(|| err(format!("alloc key for no member device ({})", pos.inode)))?;
+        let d = self.devs.get_mut(&dev).ok_or_else(|| err(format!("no member device {dev}")))?;
+        let bucket = pos.offset;
+        let err = |msg: String| err(msg).dev(u32::from(dev)).bucket(bucket);
+        if pos.snapshot != 0 || bucket >= d.nbuckets() {
+            return Err(err(format!("alloc key beyond the device's {} buckets", d.nbuckets())));
+        }
+        // Every bucket starts out changed; reading its key clears that, so a clear mark here
+        // means the key came twice.
+        if !d.is_changed(bucket) {
+            return Err(err("alloc key given twice".to_owned()));
+        }
+        let state =
+            bucket_from_key(d, bucket, key).map_err(|msg| err(format!("alloc key {key:?}: {msg}")))?;
+        d.set(bucket, state);
+        d.set_changed(bucket, false);
+        Ok(())
+    }
+}
+
+/// The bucket state an alloc key stands for, if the key is one this allocator could have written.
+fn bucket_from_key(d: &Device, bucket: u64, key: &AllocV4) -> Result<BucketState, String> {
+    let layout_ok = match d.layout(bucket) {
+        Layout::Sb => key.data_type == DataType::Sb,
+        Layout::Journal => key.data_type == DataType::Journal,
+        Layout::Data => !matches!(key.data_type, DataType::Sb | DataType::Journal),
+    };
+    if !layout_ok {
+        return Err(format!("data type {} where the layout has {:?}", key.data_type, d.layout(bucket)));
+    }
+    if key.cached_sectors != 0 {
+        return Err("cached sectors are not modelled".to_owned());
+    }
+    if key.dirty_sectors > d.bucket_sectors() {
+        return Err(format!("more sectors than the bucket's {}", d.bucket_sectors()));
+    }
+    let sectors_ok = match key.data_type {
+        DataType::Free | DataType::NeedDiscard => key.dirty_sectors == 0,
+        DataType::Sb | DataType::Journal => key.dirty_sectors > 0,
+        DataType::NeedGcGens => return Err("need_gc_gens is not modelled".to_owned()),
+        t => is_allocatable(t),
+    };
+    if !sectors_ok {
+        return Err(format!("{} sectors for data type {}", key.dirty_sectors, key.data_type));
+    }
+    let state = BucketState {
+        bucket_gen: key.bucket_gen,
+        oldest_gen: key.oldest_gen,
+        data_type: key.data_type,
+        written: false,
+        dirty_sectors: key.dirty_sectors,
+        journal_seq_empty: key.journal_seq_empty,
+    };
+    if state.alloc_v4().flags != key.flags {
+        return Err(format!("flags {:#x} do not match data type {}", key.flags, key.data_type));
+    }
+    Ok(state)
+}

@@ -1,0 +1,361 @@
+//! Btree node allocation: the allocator's answer to the btree's [`NodeAllocator`].
+//!
+//! Buckets are larger than nodes, so each device has at most one open btree bucket from which
+//! node-sized slots are handed out in order; a full bucket is closed and the next node on that
+//! device opens a new one (data type `btree`). A node takes one slot on each of enough distinct
+//! devices to reach `metadata_replicas` durability, target devices first (see `placement`). A
+//! slot in use adds `btree_node_size / 512` sectors to its bucket, so the alloc keys record it.
+//!
+//! Slots are never reused within a bucket: a slot given back lowers the sector count, and the
+//! bucket becomes free again only by emptying. If it empties with no node in it ever freed as
+//! written (every slot came back through `release_unused`), nothing durable points into it and
+//! it goes straight back to free with its gen unchanged; otherwise it goes to `need_discard`.
+
+use std::collections::BTreeMap;
+
+use fs_core::bkey::DataType;
+use fs_core::bkey::ptr::{ExtentPtr, SECTOR_BYTES};
+use fs_core::bpos::BtreeId;
+use fs_core::btree::{NodeAllocator, NodeLocation};
+use fs_core::error::{ErrCode, Error, Result};
+use fs_core::opts::Options;
+use fs_core::sync::{Arc, AtomicU64, Mutex, Ordering};
+
+use crate::alloc::{Allocator, Inner, inconsistent};
+use crate::device::Device;
+use crate::placement::{Candidate, place};
+use crate::watermark::Watermark;
+
+/// Errors kept from the trait's `release_unused` and `free_node`, which cannot return them.
+const MAX_KEPT_ERRORS: usize = 16;
+
+/// A device's bucket that btree nodes are being placed in.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct OpenBtreeBucket {
+    bucket: u64,
+    bucket_gen: u8,
+    next_slot: u64,
+    nr_slots: u64,
+}
+
+struct NodeState {
+    metadata_replicas: u8,
+    metadata_target: String,
+    watermark: Watermark,
+    open: BTreeMap<u8, OpenBtreeBucket>,
+    /// The first errors from `release_unused` / `free_node`, oldest first.
+    errors: Vec<Error>,
+}
+
+/// Btree node allocation on top of an [`Allocator`].
+///
+/// Lock order: this allocator's state, then the bucket allocator's; nothing takes them the other
+/// way round.
+pub struct BtreeNodeAlloc {
+    alloc: Arc<Allocator>,
+    state: Mutex<NodeState>,
+    /// The journal seq a freed node's bucket records as `journal_seq_empty` when the trait's
+    /// `free_node` (which carries no seq) empties it.
+    journal_seq: AtomicU64,
+}
+
+impl BtreeNodeAlloc {
+    /// Node allocation with `metadata_replicas` replicas on `metadata_target` (`""` for any
+    /// device; pass `Options::metadata_target()`, which falls back to `foreground_target`). The
+    /// node size is the allocator's `btree_node_size`; nodes go in at the `btree` watermark.
+    pub fn new(
+        alloc: Arc<Allocator>,
+        metadata_replicas: u8,
+        metadata_target: impl Into<String>,
+    ) -> Result<BtreeNodeAlloc> {
+        check_replicas(metadata_replicas)?;
+        Ok(BtreeNodeAlloc {
+            alloc,
+            state: Mutex::new(NodeState {
+                metadata_replicas,
+                metadata_target: metadata_target.into(),
+                watermark: Watermark::Btree,
+                open: BTreeMap::new(),
+                errors: Vec::new(),
+            }),
+            journal_seq: AtomicU64::new(0),
+        })
+    }
+
+    /// Node allocation as the options say; their `btree_node_size` must be the allocator's.
+    pub fn from_options(alloc: Arc<Allocator>, opts: &Options) -> Result<BtreeNodeAlloc> {
+        if opts.btree_node_size() != alloc.btree_node_size() {
+            return Err(Error::new(
+                ErrCode::InvalidArgument,
+                format!(
+                    "btree_node_size {} differs from the allocator's {}",
+                    opts.btree_node_size(),
+                    alloc.btree_node_size()
+                ),
+            ));
+        }
+        let replicas = u8::try_from(opts.metadata_replicas()).map_err(|_| {
+            Error::new(ErrCode::OptionValueInvalid, format!("metadata_replicas {}", opts.metadata_replicas()))
+        })?;
+        BtreeNodeAlloc::new(alloc, replicas, opts.metadata_target())
+    }
+
+    pub fn allocator(&self) -> &Arc<Allocator> {
+        &self.alloc
+    }
+
+    pub fn metadata_replicas(&self) -> u8 {
+        self.state.lock().metadata_replicas
+    }
+
+    /// Changes the replica count for node allocations from now on; the next step makes this
+    /// follow the live `metadata_replicas` option.
+    pub fn set_metadata_replicas(&self, nr: u8) -> Result<()> {
+        check_replicas(nr)?;
+        self.state.lock().metadata_replicas = nr;
+        Ok(())
+    }
+
+    pub fn metadata_target(&self) -> String {
+        self.state.lock().metadata_target.clone()
+    }
+
+    pub fn set_metadata_target(&self, target: impl Into<String>) {
+        self.state.lock().metadata_target = target.into();
+    }
+
+    pub fn watermark(&self) -> Watermark {
+        self.state.lock().watermark
+    }
+
+    /// Journal replay allocates at `reclaim`, interior updates at `interior_updates`.
+    pub fn set_watermark(&self, watermark: Watermark) {
+        self.state.lock().watermark = watermark;
+    }
+
+    /// The journal seq that the trait's `free_node` records when it empties a bucket.
+    pub fn set_journal_seq(&self, journal_seq: u64) {
+        self.journal_seq.store(journal_seq, Ordering::Release);
+    }
+
+    /// Errors that `release_unused` and `free_node` hit (they cannot return them), oldest first;
+    /// at most the first 16 are kept. Taking them clears the list.
+    pub fn take_errors(&self) -> Vec<Error> {
+        std::mem::take(&mut self.state.lock().errors)
+    }
+
+    /// The open btree buckets as `(dev, bucket, next_slot)`, for reports and tests.
+    pub fn open_buckets(&self) -> Vec<(u8, u64, u64)> {
+        self.state.lock().open.iter().map(|(&dev, ob)| (dev, ob.bucket, ob.next_slot)).collect()
+    }
+
+    /// Allocates `nr` node locations, all or nothing: if any fails, every slot and bucket this
+    /// call took is given back exactly as it was and the error returned. Errors:
+    /// `insufficient_devices` (the devices can never give the durability) or
+    /// `bucket_alloc_blocked` (they could, but not now: wait and retry).
+    pub fn try_alloc_nodes(&self, nr: usize) -> Result<Vec<NodeLocation>> {
+        let mut st = self.state.lock();
+        let NodeState { metadata_replicas, metadata_target, watermark, open, .. } = &mut *st;
+        let req =
+            NodeRequest { replicas: *metadata_replicas, target: metadata_target, watermark: *watermark };
+        let journal_seq = self.journal_seq.load(Ordering::Acquire);
+        let saved_open = open.clone();
+        let mut inner = self.alloc.lock();
+        let result = inner.atomically(|inner| {
+            (0..nr).map(|_| alloc_node(inner, open, &req, journal_seq)).collect::<Result<Vec<_>>>()
+        });
+        if result.is_err() {
+            *open = saved_open;
+        }
+        result
+    }
+
+    /// Gives back node locations that were never written, all or nothing.
+    pub fn try_release_unused(&self, nodes: &[NodeLocation]) -> Result<()> {
+        let seq = self.journal_seq.load(Ordering::Acquire);
+        self.give_back(nodes.iter().flat_map(|n| n.ptrs.iter()), seq, false)
+    }
+
+    /// Frees a written node's slots, all or nothing; a bucket this empties goes to `need_discard`
+    /// with `journal_seq_empty = journal_seq`.
+    pub fn try_free_node(&self, ptrs: &[ExtentPtr], journal_seq: u64) -> Result<()> {
+        self.give_back(ptrs.iter(), journal_seq, true)
+    }
+
+    fn give_back<'a>(
+        &self,
+        ptrs: impl Iterator<Item = &'a ExtentPtr>,
+        journal_seq: u64,
+        written: bool,
+    ) -> Result<()> {
+        let mut st = self.state.lock();
+        let mut inner = self.alloc.lock();
+        let node_size = inner.btree_node_size;
+        let node_sectors = node_sectors(node_size)?;
+        inner.atomically(|inner| {
+            for ptr in ptrs {
+                let bucket = slot_bucket(inner, ptr, node_size)?;
+                inner.change_sectors(
+                    ptr.dev,
+                    bucket,
+                    DataType::Btree,
+                    -node_sectors,
+                    journal_seq,
+                    written,
+                )?;
+            }
+            Ok(())
+        })?;
+        // A bucket that emptied is free or need_discard now: it must not hand out more slots.
+        st.open.retain(|dev, ob| inner.devs.get(dev).is_some_and(|d| still_open(d, ob)));
+        Ok(())
+    }
+
+    fn keep_error(&self, err: Error) {
+        let mut st = self.state.lock();
+        if st.errors.len() < MAX_KEPT_ERRORS {
+            st.errors.push(err);
+        }
+    }
+}
+
+impl NodeAllocator for BtreeNodeAlloc {
+    fn alloc_nodes(&self, nr: usize, btree: BtreeId, level: u8) -> Result<Vec<NodeLocation>> {
+        self.try_alloc_nodes(nr).map_err(|e| e.btree(btree).level(level))
+    }
+
+    fn release_unused(&self, nodes: Vec<NodeLocation>) {
+        if let Err(e) = self.try_release_unused(&nodes) {
+            self.keep_error(e.prefix("releasing unused btree nodes"));
+        }
+    }
+
+    fn free_node(&self, ptrs: &[ExtentPtr]) {
+        let seq = self.journal_seq.load(Ordering::Acquire);
+        if let Err(e) = self.try_free_node(ptrs, seq) {
+            self.keep_error(e.prefix("freeing a btree node"));
+        }
+    }
+}
+
+struct NodeRequest<'a> {
+    replicas: u8,
+    target: &'a str,
+    watermark: Watermark,
+}
+
+fn check_replicas(nr: u8) -> Result<()> {
+    if nr == 0 {
+        return Err(Error::new(ErrCode::InvalidArgument, "metadata_replicas of 0"));
+    }
+    Ok(())
+}
+
+fn node_sectors(node_size: u64) -> Result<i64> {
+    i64::try_from(node_size / SECTOR_BYTES)
+        .ok()
+        .filter(|s| *s > 0 && node_size % SECTOR_BYTES == 0)
+        .ok_or_else(|| Error::new(ErrCode::InvalidArgument, format!("btree_node_size {node_size} invalid")))
+}
+
+/// True if `ob` can still hand out a slot: the bucket is still the btree bucket it opened.
+fn still_open(d: &Device, ob: &OpenBtreeBucket) -> bool {
+    ob.next_slot < ob.nr_slots
+        && d.bucket(ob.bucket)
+            .is_some_and(|b| b.data_type == DataType::Btree && b.bucket_gen == ob.bucket_gen)
+}
+
+fn alloc_node(
+    inner: &mut Inner,
+    open: &mut BTreeMap<u8, OpenBtreeBucket>,
+    req: &NodeRequest<'_>,
+    journal_seq: u64,
+) -> Result<NodeLocation> {
+    let node_size = inner.btree_node_size;
+    let cands = inner
+        .devs
+        .values()
+        .map(|d| {
+            let fits = d.bucket_size() / node_size.max(1) > 0;
+            let has_slot = open.get(&d.dev).is_some_and(|ob| still_open(d, ob));
+            Candidate {
+                dev: d.dev,
+                durability: d.durability(),
+                in_target: d.member.in_target(req.target),
+                available: if fits { d.available(req.watermark) + u64::from(has_slot) } else { 0 },
+                could_ever_serve: fits && d.could_ever_serve(req.watermark),
+            }
+        })
+        .collect();
+    let devs = place(cands, req.replicas).map_err(|s| {
+        inner.shortfall_error(
+            s,
+            ErrCode::BucketAllocBlocked,
+            &format!("btree node of {} replicas", req.replicas),
+            req.target,
+            req.watermark,
+        )
+    })?;
+    let ptrs = devs.into_iter().map(|dev| take_slot(inner, open, dev, journal_seq)).collect::<Result<_>>()?;
+    Ok(NodeLocation { ptrs })
+}
+
+/// Takes the next slot on `dev`, opening a new btree bucket if the device has none open.
+fn take_slot(
+    inner: &mut Inner,
+    open: &mut BTreeMap<u8, OpenBtreeBucket>,
+    dev: u8,
+    journal_seq: u64,
+) -> Result<ExtentPtr> {
+    let node_size = inner.btree_node_size;
+    let node_sectors = node_sectors(node_size)?;
+    let d = inner.device(dev)?;
+    let bucket_size = d.bucket_size();
+    let current = open.get(&dev).copied().filter(|ob| still_open(d, ob));
+    let mut ob = match current {
+        Some(ob) => ob,
+        None => {
+            let nr_slots = bucket_size / node_size;
+            let (bucket, bucket_gen) = inner.take_free_bucket(dev, DataType::Btree)?;
+            OpenBtreeBucket { bucket, bucket_gen, next_slot: 0, nr_slots }
+        }
+    };
+    let slot = ob.next_slot;
+    inner.change_sectors(dev, ob.bucket, DataType::Btree, node_sectors, journal_seq, false)?;
+    ob.next_slot += 1;
+    if ob.next_slot < ob.nr_slots {
+        open.insert(dev, ob);
+    } else {
+        open.remove(&dev);
+    }
+    let byte = ob
+        .bucket
+        .checked_mul(bucket_size)
+        .and_then(|b| b.checked_add(slot.checked_mul(node_size)?))
+        .ok_or_else(|| inconsistent(dev, ob.bucket, "node offset overflows"))?;
+    Ok(ExtentPtr { dev, bucket_gen: ob.bucket_gen, offset: byte / SECTOR_BYTES })
+}
+
+/// The bucket a node pointer's slot is in, after checking the pointer: on a member device,
+/// inside its buckets, at a slot boundary, and carrying the bucket's current gen.
+fn slot_bucket(inner: &Inner, ptr: &ExtentPtr, node_size: u64) -> Result<u64> {
+    let d = inner.device(ptr.dev)?;
+    let bucket_size = d.bucket_size();
+    let byte = ptr.offset.saturating_mul(SECTOR_BYTES);
+    let bucket = byte.checked_div(bucket_size).unwrap_or(u64::MAX);
+    let bad = |msg: String| inconsistent(ptr.dev, bucket, msg).offset(byte);
+    if bucket >= d.nbuckets() {
+        return Err(bad(format!("btree node pointer beyond the device's {} buckets", d.nbuckets())));
+    }
+    if byte.checked_rem(bucket_size).and_then(|within| within.checked_rem(node_size)) != Some(0) {
+        return Err(bad(format!("btree node pointer not at a {node_size}-byte slot")));
+    }
+    let st = inner.state(ptr.dev, bucket)?;
+    if st.bucket_gen != ptr.bucket_gen {
+        return Err(bad(format!(
+            "stale btree node pointer: gen {}, bucket gen {}",
+            ptr.bucket_gen, st.bucket_gen
+        )));
+    }
+    Ok(bucket)
+}
