@@ -242,3 +242,71 @@ pub fn member_json(m: &Member) -> Value {
         "used": !m.is_unused(),
     })
 }
+
+/// One key as `bcachefs list` prints it: position, type, then the value decoded where bcsim
+/// knows the type.
+pub fn key_text(k: &fs_core::bkey::Bkey) -> String {
+    use fs_core::bkey::{AllocV4, BtreePtrV2, KeyType};
+    let val = match k.ty {
+        KeyType::AllocV4 => AllocV4::decode(&k.val).map_or_else(
+            |e| format!("invalid: {e}"),
+            |a| {
+                format!(
+                    "gen {} oldest_gen {} data_type {} dirty_sectors {} cached_sectors {} journal_seq_empty {} flags {:#x}",
+                    a.bucket_gen, a.oldest_gen, a.data_type, a.dirty_sectors, a.cached_sectors, a.journal_seq_empty, a.flags
+                )
+            },
+        ),
+        KeyType::BtreePtrV2 => BtreePtrV2::decode(&k.val).map_or_else(
+            |e| format!("invalid: {e}"),
+            |p| {
+                let ptrs: Vec<String> =
+                    p.ptrs.iter().map(|x| format!("ptr: {}:{} gen {}", x.dev, x.offset, x.bucket_gen)).collect();
+                format!("seq {:x} written {} min_key {} {}", p.seq, p.sectors_written, p.min_key, ptrs.join(" "))
+            },
+        ),
+        _ if k.val.is_empty() => String::new(),
+        _ => k.val.iter().take(32).map(|b| format!("{b:02x}")).collect::<String>(),
+    };
+    let size = if k.size > 0 { format!(" len {}", k.size) } else { String::new() };
+    format!("{} {}{}: {}", k.pos, k.ty, size, val).trim_end().to_owned()
+}
+
+pub fn key_json(k: &fs_core::bkey::Bkey) -> Value {
+    json!({
+        "pos": k.pos.to_string(),
+        "type": k.ty.name(),
+        "size": k.size,
+        "value": key_text(k).split_once(": ").map(|(_, v)| v.to_owned()).unwrap_or_default(),
+        "value_bytes": k.val.len(),
+    })
+}
+
+pub fn node_text(n: &fs_core::btree::NodeInfo) -> String {
+    let ptrs: Vec<String> = n.ptrs.iter().map(|p| format!("{}:{}", p.dev, p.offset)).collect();
+    format!(
+        "{}{} level {} {}..{} seq {:x} keys {} written {} sectors ptrs {}",
+        "  ".repeat(usize::from(3u8.saturating_sub(n.level))),
+        n.btree,
+        n.level,
+        n.min_key,
+        n.max_key,
+        n.seq,
+        n.nr_keys,
+        n.sectors_written,
+        ptrs.join(" "),
+    )
+}
+
+pub fn node_json(n: &fs_core::btree::NodeInfo) -> Value {
+    json!({
+        "btree": n.btree.name(),
+        "level": n.level,
+        "min_key": n.min_key.to_string(),
+        "max_key": n.max_key.to_string(),
+        "seq": format!("{:x}", n.seq),
+        "nr_keys": n.nr_keys,
+        "sectors_written": n.sectors_written,
+        "ptrs": n.ptrs.iter().map(|p| json!({"dev": p.dev, "offset_sectors": p.offset, "gen": p.bucket_gen})).collect::<Vec<_>>(),
+    })
+}

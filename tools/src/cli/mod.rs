@@ -3,6 +3,7 @@
 
 mod demo;
 mod format;
+mod list;
 mod show_super;
 
 use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
@@ -30,6 +31,7 @@ enum Command {
     Format(Box<format::FormatArgs>),
     #[command(name = "show-super")]
     ShowSuper(show_super::ShowSuperArgs),
+    List(list::ListArgs),
     Demo(demo::DemoArgs),
 }
 
@@ -49,6 +51,7 @@ pub fn main() -> u8 {
     let result = match (cli.command, sub) {
         (Command::Format(args), Some(m)) => format::run(*args, m),
         (Command::ShowSuper(args), _) => show_super::run(args),
+        (Command::List(args), _) => list::run(args),
         (Command::Demo(args), _) => demo::run(args),
         (Command::Format(_), None) => Ok(exit::USAGE),
     };
