@@ -21,6 +21,27 @@ use crate::rng::Rng;
 
 const NR_BTREE_SLOTS: usize = 32;
 
+/// Node seqs are random 64-bit numbers, so they are their own hash: hashing them again (SipHash,
+/// the std default) costs a large share of every descent for nothing.
+#[derive(Default)]
+struct SeqHasher(u64);
+
+impl std::hash::Hasher for SeqHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 = self.0.rotate_left(8) ^ u64::from(b);
+        }
+    }
+    fn write_u64(&mut self, n: u64) {
+        self.0 = n;
+    }
+}
+
+type NodeMap = HashMap<u64, Node, std::hash::BuildHasherDefault<SeqHasher>>;
+
 /// A btree root as persisted (journal `btree_root` entries, the superblock clean section).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Root {
@@ -68,7 +89,7 @@ pub struct Btrees {
     root_seq: [Option<u64>; NR_BTREE_SLOTS],
     /// Persisted roots not yet read.
     root_ptr: [Option<Root>; NR_BTREE_SLOTS],
-    nodes: HashMap<u64, Node>,
+    nodes: NodeMap,
     clock: u64,
     seqs: Rng,
     /// Keys of a node may take this many bytes before it splits: a third of the space after
@@ -105,7 +126,7 @@ impl Btrees {
             cfg,
             root_seq: [None; NR_BTREE_SLOTS],
             root_ptr,
-            nodes: HashMap::new(),
+            nodes: NodeMap::default(),
             clock: 0,
             seqs: Rng::new(cfg.seq_seed.unwrap_or_else(|| crate::uuid::Uuid::random().low_u64())),
             split_bytes: usable * 2 / 3,
@@ -265,6 +286,22 @@ impl Btrees {
         }
     }
 
+    /// The leaf covering `pos`, without recording the path; `None` for an empty btree. This is
+    /// the hot path of every insert and lookup.
+    fn leaf(&mut self, btree: BtreeId, pos: Bpos) -> Result<Option<u64>> {
+        let Some(mut seq) = self.root(btree)? else { return Ok(None) };
+        loop {
+            self.clock += 1;
+            let clock = self.clock;
+            let n = self.nodes.get_mut(&seq).ok_or_else(|| missing_node(seq))?;
+            n.last_used = clock;
+            if n.hdr.level == 0 {
+                return Ok(Some(seq));
+            }
+            seq = self.child(btree, seq, pos)?;
+        }
+    }
+
     /// Seqs from the root down to the node at `level` covering `pos`; empty for an empty btree.
     fn path(&mut self, btree: BtreeId, pos: Bpos, level: u8) -> Result<Vec<u64>> {
         let Some(mut seq) = self.root(btree)? else { return Ok(Vec::new()) };
@@ -329,8 +366,7 @@ impl Btrees {
 
     /// The live key at `pos`, if any.
     pub fn get(&mut self, btree: BtreeId, pos: Bpos) -> Result<Option<Bkey>> {
-        let path = self.path(btree, pos, 0)?;
-        let Some(&leaf) = path.last() else { return Ok(None) };
+        let Some(leaf) = self.leaf(btree, pos)? else { return Ok(None) };
         let found = match &self.node(leaf)?.keys {
             NodeKeys::Leaf(m) => m.get(&pos).filter(|kv| !kv.is_deleted()).map(|kv| kv.to_key(pos)),
             NodeKeys::Interior(_) => None,
@@ -342,8 +378,7 @@ impl Btrees {
     /// The first live key at or after `pos`.
     pub fn first_from(&mut self, btree: BtreeId, mut pos: Bpos) -> Result<Option<Bkey>> {
         for _ in 0..self.walk_bound() {
-            let path = self.path(btree, pos, 0)?;
-            let Some(&leaf) = path.last() else { return Ok(None) };
+            let Some(leaf) = self.leaf(btree, pos)? else { return Ok(None) };
             let n = self.node(leaf)?;
             let found = match &n.keys {
                 NodeKeys::Leaf(m) => {
@@ -367,8 +402,7 @@ impl Btrees {
     /// The last live key at or before `pos`.
     pub fn last_until(&mut self, btree: BtreeId, mut pos: Bpos) -> Result<Option<Bkey>> {
         for _ in 0..self.walk_bound() {
-            let path = self.path(btree, pos, 0)?;
-            let Some(&leaf) = path.last() else { return Ok(None) };
+            let Some(leaf) = self.leaf(btree, pos)? else { return Ok(None) };
             let n = self.node(leaf)?;
             let found = match &n.keys {
                 NodeKeys::Leaf(m) => {
@@ -416,22 +450,32 @@ impl Btrees {
             }
             self.new_root_leaf(btree)?;
         }
-        let path = self.path(btree, key.pos, 0)?;
-        let &leaf = path.last().ok_or_else(|| Error::new(ErrCode::BtreeNeedTopologyRepair, "no leaf"))?;
+        let leaf = self
+            .leaf(btree, key.pos)?
+            .ok_or_else(|| Error::new(ErrCode::BtreeNeedTopologyRepair, "no leaf"))?;
         let (pos, kv) = KeyVal::from_key(key, true);
-        let n = self.node(leaf)?;
-        let NodeKeys::Leaf(m) = &n.keys else {
-            return Err(
-                Error::new(ErrCode::BtreeNeedTopologyRepair, "descent ended above a leaf").btree(btree)
-            );
-        };
-        let old_bytes = m.get(&pos).map_or(0, KeyVal::encoded_bytes);
-        let fits = n.key_bytes - old_bytes.min(n.key_bytes) + kv.encoded_bytes() <= self.split_bytes;
-        if kv.is_deleted() || fits {
-            self.apply_to_leaf(leaf, pos, kv, journal_seq)?;
-        } else {
-            self.split_insert(btree, &path, pos, kv, journal_seq)?;
+        let split_bytes = self.split_bytes;
+        let n = self.node_mut(leaf)?;
+        if !kv.is_deleted() {
+            if let NodeKeys::Leaf(m) = &mut n.keys {
+                let old_bytes = m.get(&pos).map_or(0, KeyVal::encoded_bytes);
+                let new_bytes = n.key_bytes.saturating_sub(old_bytes) + kv.encoded_bytes();
+                if new_bytes <= split_bytes {
+                    // The common case: the key fits; one map operation, no path.
+                    m.insert(pos, kv);
+                    n.key_bytes = new_bytes;
+                    n.dirty = true;
+                    n.journal_seq = n.journal_seq.max(journal_seq);
+                    self.maybe_evict();
+                    return Ok(());
+                }
+                let path = self.path(btree, pos, 0)?;
+                self.split_insert(btree, &path, pos, kv, journal_seq)?;
+                self.maybe_evict();
+                return Ok(());
+            }
         }
+        self.apply_to_leaf(leaf, pos, kv, journal_seq)?;
         self.maybe_evict();
         Ok(())
     }
