@@ -14,9 +14,11 @@
 //! ```
 
 pub mod alloc;
+pub mod fs;
 pub mod ptr;
 
 pub use alloc::{AllocV4, DataType};
+pub use fs::{Dirent, Extent, Inode};
 pub use ptr::{BtreePtrV2, ExtentPtr};
 
 use crate::bpos::Bpos;

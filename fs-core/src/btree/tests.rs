@@ -401,3 +401,61 @@ fn reverse_iteration_stops_at_pos_min() {
     assert!(it.prev(&mut t, None).unwrap().is_none());
     assert!(it.prev(&mut t, None).unwrap().is_none());
 }
+
+/// Every node validation failure is its own typed error carrying btree, level and position:
+/// bad magic, wrong seq, btree, level, min_key, max_key, a bad bset checksum inside the written
+/// range, and fewer sectors than the pointer says.
+#[test]
+fn node_validation_errors_are_typed() {
+    use crate::btree::node::{Expected, KeyVal, Node, NodeHeader, NodeKeys, decode_node};
+    let hdr = NodeHeader {
+        btree: BtreeId::Alloc,
+        level: 0,
+        min_key: Bpos::new(1, 0, 0),
+        max_key: Bpos::new(9, 0, 0),
+        seq: 77,
+    };
+    let mut n = Node::new(hdr, Vec::new());
+    if let NodeKeys::Leaf(m) = &mut n.keys {
+        for i in 0..20 {
+            let (p, kv) = KeyVal::from_key(Bkey::new(Bpos::new(2, i, 0), KeyType::Set, vec![1; 8]), true);
+            m.insert(p, kv);
+        }
+    }
+    let mut img = n.encode_header(MAGIC);
+    img.extend_from_slice(&n.encode_bset(true));
+    let sectors = (img.len() / 512) as u32;
+    img.resize(NODE as usize, 0);
+    let good = Expected {
+        btree: hdr.btree,
+        level: 0,
+        min_key: hdr.min_key,
+        max_key: hdr.max_key,
+        seq: 77,
+        sectors_written: sectors,
+    };
+    let none = |_: u64| false;
+    assert_eq!(decode_node(&img, MAGIC, &good, &none).unwrap().nr_keys(), 20);
+
+    let cases = [
+        (Expected { seq: 78, ..good }, ErrCode::BtreeNodeBadSeq),
+        (Expected { btree: BtreeId::Inodes, ..good }, ErrCode::BtreeNodeBadBtree),
+        (Expected { level: 1, ..good }, ErrCode::BtreeNodeBadLevel),
+        (Expected { min_key: Bpos::MIN, ..good }, ErrCode::BtreeNodeBadMinKey),
+        (Expected { max_key: Bpos::MAX, ..good }, ErrCode::BtreeNodeBadMaxKey),
+        (Expected { sectors_written: sectors + 3, ..good }, ErrCode::BtreeNodeDataMissing),
+    ];
+    for (exp, code) in cases {
+        let e = decode_node(&img, MAGIC, &exp, &none).unwrap_err();
+        assert_eq!(e.code(), code, "{e}");
+        assert_eq!(e.context().btree, Some(exp.btree), "{e}");
+        assert_eq!(e.context().level, Some(exp.level), "{e}");
+        assert_eq!(e.context().pos, Some(exp.max_key), "{e}");
+    }
+    assert_eq!(decode_node(&img, MAGIC ^ 1, &good, &none).unwrap_err().code(), ErrCode::BtreeNodeBadMagic);
+    let mut bad = img.clone();
+    bad[512 + 100] ^= 1;
+    assert_eq!(decode_node(&bad, MAGIC, &good, &none).unwrap_err().code(), ErrCode::BsetBadCsum);
+    // A blacklisted journal seq drops the bset's keys.
+    assert_eq!(decode_node(&img, MAGIC, &good, &|_| true).unwrap().nr_keys(), 0);
+}

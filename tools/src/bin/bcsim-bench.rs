@@ -200,10 +200,15 @@ fn bench_btree(n: u64) -> Result<serde_json::Value, String> {
             return Err(format!("phase {phase} failed: {}", String::from_utf8_lossy(&out.stderr).trim()));
         }
         let v: serde_json::Value = serde_json::from_slice(&out.stdout).map_err(|err| err.to_string())?;
-        eprintln!("bcsim-bench: {phase}: {:.2} s", v.get("seconds").and_then(serde_json::Value::as_f64).unwrap_or(0.0));
+        eprintln!(
+            "bcsim-bench: {phase}: {:.2} s",
+            v.get("seconds").and_then(serde_json::Value::as_f64).unwrap_or(0.0)
+        );
         results.insert(phase.to_owned(), v);
     }
-    let secs = |p: &str| results.get(p).and_then(|v| v.get("seconds")).and_then(serde_json::Value::as_f64).unwrap_or(f64::NAN);
+    let secs = |p: &str| {
+        results.get(p).and_then(|v| v.get("seconds")).and_then(serde_json::Value::as_f64).unwrap_or(f64::NAN)
+    };
     let ratios = json!({
         "mem_sorted_vs_btreemap": secs("mem-sorted") / secs("btreemap-sorted"),
         "mem_random_vs_btreemap": secs("mem-random") / secs("btreemap-random"),
