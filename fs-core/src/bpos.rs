@@ -75,55 +75,27 @@ impl fmt::Display for Bpos {
     }
 }
 
-macro_rules! btree_ids {
-    ($( $variant:ident = $id:literal, $name:literal; )*) => {
-        /// Btree ids with bcachefs's stable numbers; an id is never renumbered.
-        #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
-        #[repr(u8)]
-        pub enum BtreeId { $( $variant = $id, )* }
-
-        impl BtreeId {
-            pub const ALL: &'static [BtreeId] = &[$( BtreeId::$variant, )*];
-
-            pub const fn name(self) -> &'static str {
-                match self { $( BtreeId::$variant => $name, )* }
-            }
-
-            pub const fn from_u8(id: u8) -> Option<BtreeId> {
-                match id { $( $id => Some(BtreeId::$variant), )* _ => None }
-            }
-
-            pub fn from_name(name: &str) -> Option<BtreeId> {
-                match name { $( $name => Some(BtreeId::$variant), )* _ => None }
-            }
-        }
-    };
-}
-
-btree_ids! {
-    Extents = 0, "extents";
-    Inodes = 1, "inodes";
-    Dirents = 2, "dirents";
-    Xattrs = 3, "xattrs";
-    Alloc = 4, "alloc";
-    Quotas = 5, "quotas";
-    Stripes = 6, "stripes";
-    Reflink = 7, "reflink";
-    Subvolumes = 8, "subvolumes";
-    Snapshots = 9, "snapshots";
-    Lru = 10, "lru";
-    Freespace = 11, "freespace";
-    NeedDiscard = 12, "need_discard";
-    Backpointers = 13, "backpointers";
-    BucketGens = 14, "bucket_gens";
-    SnapshotTrees = 15, "snapshot_trees";
-    DeletedInodes = 16, "deleted_inodes";
-    LoggedOps = 17, "logged_ops";
-}
-
-impl fmt::Display for BtreeId {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.name())
+crate::ids::stable_ids! {
+    /// Btree ids with bcachefs's stable numbers; an id is never renumbered.
+    pub enum BtreeId {
+        Extents = 0, "extents";
+        Inodes = 1, "inodes";
+        Dirents = 2, "dirents";
+        Xattrs = 3, "xattrs";
+        Alloc = 4, "alloc";
+        Quotas = 5, "quotas";
+        Stripes = 6, "stripes";
+        Reflink = 7, "reflink";
+        Subvolumes = 8, "subvolumes";
+        Snapshots = 9, "snapshots";
+        Lru = 10, "lru";
+        Freespace = 11, "freespace";
+        NeedDiscard = 12, "need_discard";
+        Backpointers = 13, "backpointers";
+        BucketGens = 14, "bucket_gens";
+        SnapshotTrees = 15, "snapshot_trees";
+        DeletedInodes = 16, "deleted_inodes";
+        LoggedOps = 17, "logged_ops";
     }
 }
 

@@ -7,6 +7,9 @@
 //! It must never depend on a higher crate: where it needs a service from one (a node allocator,
 //! a journal-key overlay) it defines a trait the higher crate implements.
 
+#[macro_use]
+mod ids;
+
 pub mod bkey;
 pub mod bpos;
 pub mod btree;

@@ -5,43 +5,19 @@ use crate::bpos::Bpos;
 use crate::encode::{Reader, Writer};
 use crate::error::{ErrCode, Error, Result};
 
-macro_rules! data_types {
-    ($( $variant:ident = $num:literal, $name:literal; )*) => {
-        /// What a bucket holds (`enum bch_data_type`).
-        #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-        #[repr(u8)]
-        pub enum DataType { $( $variant = $num, )* }
-
-        impl DataType {
-            pub const ALL: &'static [DataType] = &[$( DataType::$variant, )*];
-
-            pub const fn name(self) -> &'static str {
-                match self { $( DataType::$variant => $name, )* }
-            }
-
-            pub const fn from_u8(n: u8) -> Option<DataType> {
-                match n { $( $num => Some(DataType::$variant), )* _ => None }
-            }
-        }
-    };
-}
-
-data_types! {
-    Free = 0, "free";
-    Sb = 1, "sb";
-    Journal = 2, "journal";
-    Btree = 3, "btree";
-    User = 4, "user";
-    Cached = 5, "cached";
-    Parity = 6, "parity";
-    Stripe = 7, "stripe";
-    NeedGcGens = 8, "need_gc_gens";
-    NeedDiscard = 9, "need_discard";
-}
-
-impl std::fmt::Display for DataType {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.name())
+crate::ids::stable_ids! {
+    /// What a bucket holds (`enum bch_data_type`).
+    pub enum DataType {
+        Free = 0, "free";
+        Sb = 1, "sb";
+        Journal = 2, "journal";
+        Btree = 3, "btree";
+        User = 4, "user";
+        Cached = 5, "cached";
+        Parity = 6, "parity";
+        Stripe = 7, "stripe";
+        NeedGcGens = 8, "need_gc_gens";
+        NeedDiscard = 9, "need_discard";
     }
 }
 

@@ -29,47 +29,25 @@ pub const KEY_HEADER_BYTES: usize = 32;
 /// Largest value a key may carry.
 pub const MAX_VAL_BYTES: usize = 4096;
 
-macro_rules! key_types {
-    ($( $variant:ident = $num:literal, $name:literal; )*) => {
-        /// Key types with bcachefs's `KEY_TYPE_*` numbers.
-        #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-        #[repr(u8)]
-        pub enum KeyType { $( $variant = $num, )* }
-
-        impl KeyType {
-            pub const fn name(self) -> &'static str {
-                match self { $( KeyType::$variant => $name, )* }
-            }
-
-            pub const fn from_u8(n: u8) -> Option<KeyType> {
-                match n { $( $num => Some(KeyType::$variant), )* _ => None }
-            }
-        }
-    };
-}
-
-key_types! {
-    Deleted = 0, "deleted";
-    Whiteout = 1, "whiteout";
-    Extent = 6, "extent";
-    Inode = 8, "inode";
-    Dirent = 10, "dirent";
-    Xattr = 11, "xattr";
-    BtreePtrV2 = 18, "btree_ptr_v2";
-    Set = 25, "set";
-    AllocV4 = 27, "alloc_v4";
+crate::ids::stable_ids! {
+    /// Key types with bcachefs's `KEY_TYPE_*` numbers.
+    pub enum KeyType {
+        Deleted = 0, "deleted";
+        Whiteout = 1, "whiteout";
+        Extent = 6, "extent";
+        Inode = 8, "inode";
+        Dirent = 10, "dirent";
+        Xattr = 11, "xattr";
+        BtreePtrV2 = 18, "btree_ptr_v2";
+        Set = 25, "set";
+        AllocV4 = 27, "alloc_v4";
+    }
 }
 
 impl KeyType {
     /// Deleted and whiteout keys say "nothing here".
     pub fn is_deleted(self) -> bool {
         matches!(self, KeyType::Deleted | KeyType::Whiteout)
-    }
-}
-
-impl std::fmt::Display for KeyType {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.name())
     }
 }
 
