@@ -9,3 +9,7 @@
 //!
 //! It must never commit btree updates itself or reach into the key cache or the allocator: those
 //! sit above it and register flush callbacks on its pins.
+
+pub mod format;
+
+pub use format::{Jset, JsetEntry, JsetRead, decode_jset};
