@@ -79,7 +79,9 @@ impl JsetEntry {
             JsetEntry::BtreeKeys { keys, .. } | JsetEntry::Overwrite { keys, .. } => {
                 keys.iter().for_each(|k| k.encode(w));
             }
-            JsetEntry::BtreeRoot { ptr, .. } => Bkey::new(Bpos::MAX, KeyType::BtreePtrV2, ptr.encode()).encode(w),
+            JsetEntry::BtreeRoot { ptr, .. } => {
+                Bkey::new(Bpos::MAX, KeyType::BtreePtrV2, ptr.encode()).encode(w)
+            }
             JsetEntry::Blacklist { start, end } => {
                 w.u64(*start);
                 w.u64(*end);
@@ -100,7 +102,8 @@ impl JsetEntry {
         }
         let mut body = r.sub(bytes - ENTRY_HEADER_BYTES, "journal entry")?;
         let btree = || {
-            BtreeId::from_u8(raw_btree).ok_or_else(|| body_error(format_args!("unknown btree id {raw_btree}")))
+            BtreeId::from_u8(raw_btree)
+                .ok_or_else(|| body_error(format_args!("unknown btree id {raw_btree}")))
         };
         let entry = match ty {
             TYPE_BTREE_KEYS | TYPE_OVERWRITE => {
@@ -208,14 +211,27 @@ pub fn decode_jset(buf: &[u8], magic: u64) -> Result<JsetRead> {
     let flags = r.u16()?;
     let nr_entries = r.u32()?;
     let body = match buf.get(..bytes as usize) {
-        Some(b) if (bytes as usize) >= JSET_HEADER_BYTES && crc32c::crc32c(b.get(4..).unwrap_or_default()) == csum => b,
+        Some(b)
+            if (bytes as usize) >= JSET_HEADER_BYTES
+                && crc32c::crc32c(b.get(4..).unwrap_or_default()) == csum =>
+        {
+            b
+        }
         _ => return Ok(JsetRead::BadChecksum { seq, bytes }),
     };
     if version != fs_core::sb::FORMAT_VERSION {
-        return Err(Error::new(ErrCode::JournalReadErr, format!("journal entry version {version} unsupported")).journal_seq(seq));
+        return Err(Error::new(
+            ErrCode::JournalReadErr,
+            format!("journal entry version {version} unsupported"),
+        )
+        .journal_seq(seq));
     }
     if last_seq > seq {
-        return Err(Error::new(ErrCode::JournalReadErr, format!("journal entry last_seq {last_seq} newer than its seq")).journal_seq(seq));
+        return Err(Error::new(
+            ErrCode::JournalReadErr,
+            format!("journal entry last_seq {last_seq} newer than its seq"),
+        )
+        .journal_seq(seq));
     }
     let mut r = Reader::new(body, "jset", ErrCode::JournalReadErr);
     r.skip(JSET_HEADER_BYTES)?;
@@ -224,7 +240,9 @@ pub fn decode_jset(buf: &[u8], magic: u64) -> Result<JsetRead> {
         entries.push(JsetEntry::decode(&mut r).map_err(|e| e.journal_seq(seq))?);
     }
     if !r.is_empty() {
-        return Err(Error::new(ErrCode::JournalReadErr, "bytes after the last journal entry").journal_seq(seq));
+        return Err(
+            Error::new(ErrCode::JournalReadErr, "bytes after the last journal entry").journal_seq(seq)
+        );
     }
     Ok(JsetRead::Good { jset: Jset { seq, last_seq, flags, entries }, bytes })
 }
@@ -241,26 +259,30 @@ mod tests {
     fn arb_jset() -> impl Strategy<Value = Jset> {
         let key = (any::<(u64, u64)>(), prop::collection::vec(any::<u8>(), 0..40))
             .prop_map(|((i, o), v)| Bkey::new(Bpos::new(i, o, 0), KeyType::Set, v));
-        let entry = prop_oneof![
-            (0u8..18, prop::collection::vec(key.clone(), 0..10))
-                .prop_map(|(b, keys)| JsetEntry::BtreeKeys { btree: BtreeId::ALL[b as usize], level: 0, keys }),
-            (0u8..18, prop::collection::vec(key, 0..10))
-                .prop_map(|(b, keys)| JsetEntry::Overwrite { btree: BtreeId::ALL[b as usize], level: 0, keys }),
-            (1u64..1000, 1u64..100).prop_map(|(s, n)| JsetEntry::Blacklist { start: s, end: s + n }),
-            (any::<u64>(), 0u8..4).prop_map(|(seq, level)| JsetEntry::BtreeRoot {
-                btree: BtreeId::Alloc,
-                level,
-                ptr: BtreePtrV2 {
-                    seq,
-                    sectors_written: 9,
-                    min_key: Bpos::MIN,
-                    ptrs: vec![ExtentPtr { dev: 1, bucket_gen: 2, offset: 3 }],
-                },
-            }),
-        ];
-        (any::<u64>(), any::<u64>(), 0u16..2, prop::collection::vec(entry, 0..6)).prop_map(|(a, b, flags, entries)| {
-            Jset { seq: a.max(b), last_seq: a.min(b), flags, entries }
-        })
+        let entry =
+            prop_oneof![
+                (0u8..18, prop::collection::vec(key.clone(), 0..10)).prop_map(|(b, keys)| {
+                    JsetEntry::BtreeKeys { btree: BtreeId::ALL[b as usize], level: 0, keys }
+                }),
+                (0u8..18, prop::collection::vec(key, 0..10)).prop_map(|(b, keys)| JsetEntry::Overwrite {
+                    btree: BtreeId::ALL[b as usize],
+                    level: 0,
+                    keys
+                }),
+                (1u64..1000, 1u64..100).prop_map(|(s, n)| JsetEntry::Blacklist { start: s, end: s + n }),
+                (any::<u64>(), 0u8..4).prop_map(|(seq, level)| JsetEntry::BtreeRoot {
+                    btree: BtreeId::Alloc,
+                    level,
+                    ptr: BtreePtrV2 {
+                        seq,
+                        sectors_written: 9,
+                        min_key: Bpos::MIN,
+                        ptrs: vec![ExtentPtr { dev: 1, bucket_gen: 2, offset: 3 }],
+                    },
+                }),
+            ];
+        (any::<u64>(), any::<u64>(), 0u16..2, prop::collection::vec(entry, 0..6))
+            .prop_map(|(a, b, flags, entries)| Jset { seq: a.max(b), last_seq: a.min(b), flags, entries })
     }
 
     proptest! {

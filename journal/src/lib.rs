@@ -11,5 +11,7 @@
 //! sit above it and register flush callbacks on its pins.
 
 pub mod format;
+pub mod write;
 
 pub use format::{Jset, JsetEntry, JsetRead, decode_jset};
+pub use write::{Journal, JournalConfig, JournalStats, JournalWatermark, Ring};
