@@ -67,10 +67,14 @@ pub fn auto_bucket_size(size_bytes: u64, btree_node_size: u64) -> u64 {
     pow2.clamp(btree_node_size, MAX_AUTO_BUCKET_SIZE.max(btree_node_size))
 }
 
-/// Journal buckets for a device: nbuckets/128, at least 8, at most 8192, never more than half
-/// of the buckets left after the superblock.
-pub fn journal_buckets_for(nbuckets: u64, usable: u64) -> u64 {
-    (nbuckets / 128).clamp(MIN_JOURNAL_BUCKETS, MAX_JOURNAL_BUCKETS).min(usable / 2)
+/// The journal should hold at least this much per device, however small the buckets.
+pub const MIN_JOURNAL_BYTES: u64 = 1 << 20;
+
+/// Journal buckets for a device: nbuckets/128, at least 8 and at least 1 MiB worth, at most
+/// 8192, never more than half of the buckets left after the superblock.
+pub fn journal_buckets_for(nbuckets: u64, usable: u64, bucket_size: u64) -> u64 {
+    let min_for_bytes = MIN_JOURNAL_BYTES.div_ceil(bucket_size.max(1));
+    (nbuckets / 128).max(min_for_bytes).clamp(MIN_JOURNAL_BUCKETS, MAX_JOURNAL_BUCKETS).min(usable / 2)
 }
 
 /// Formats `devices` as one filesystem with `opts`. `uuid` fixes the filesystem uuid (random
@@ -172,7 +176,7 @@ fn layout_device(
             .path(name));
     }
     OptId::Label.desc().parse(&spec.label).map_err(|e| e.path(name))?;
-    let nr_journal = journal_buckets_for(nbuckets, usable);
+    let nr_journal = journal_buckets_for(nbuckets, usable, bucket_size);
     let mut rng = Rng::new(uuid.low_u64() ^ (idx as u64 + 1).wrapping_mul(0x9e37_79b9_7f4a_7c15));
     let member = Member {
         uuid: Uuid::from_rng(&mut rng),

@@ -195,6 +195,15 @@ pub enum JsetRead {
     Good { jset: Jset, bytes: u32 },
 }
 
+/// The seq of the jset header at the start of `buf` if it carries this filesystem's magic (the
+/// checksum is not checked: this only locates the newest bucket).
+pub fn peek_seq(buf: &[u8], magic: u64) -> Option<u64> {
+    let h = buf.get(..JSET_HEADER_BYTES)?;
+    let mut r = Reader::new(h, "jset header", ErrCode::JournalReadErr);
+    r.skip(8).ok()?;
+    (r.u64().ok()? == magic).then(|| r.u64().ok()).flatten()
+}
+
 /// Decodes the jset at the start of `buf`. Only a malformed entry behind a good checksum is
 /// an error (a bug or a collision, not damage).
 pub fn decode_jset(buf: &[u8], magic: u64) -> Result<JsetRead> {
@@ -259,28 +268,27 @@ mod tests {
     fn arb_jset() -> impl Strategy<Value = Jset> {
         let key = (any::<(u64, u64)>(), prop::collection::vec(any::<u8>(), 0..40))
             .prop_map(|((i, o), v)| Bkey::new(Bpos::new(i, o, 0), KeyType::Set, v));
-        let entry =
-            prop_oneof![
-                (0u8..18, prop::collection::vec(key.clone(), 0..10)).prop_map(|(b, keys)| {
-                    JsetEntry::BtreeKeys { btree: BtreeId::ALL[b as usize], level: 0, keys }
-                }),
-                (0u8..18, prop::collection::vec(key, 0..10)).prop_map(|(b, keys)| JsetEntry::Overwrite {
-                    btree: BtreeId::ALL[b as usize],
-                    level: 0,
-                    keys
-                }),
-                (1u64..1000, 1u64..100).prop_map(|(s, n)| JsetEntry::Blacklist { start: s, end: s + n }),
-                (any::<u64>(), 0u8..4).prop_map(|(seq, level)| JsetEntry::BtreeRoot {
-                    btree: BtreeId::Alloc,
-                    level,
-                    ptr: BtreePtrV2 {
-                        seq,
-                        sectors_written: 9,
-                        min_key: Bpos::MIN,
-                        ptrs: vec![ExtentPtr { dev: 1, bucket_gen: 2, offset: 3 }],
-                    },
-                }),
-            ];
+        let entry = prop_oneof![
+            (0u8..18, prop::collection::vec(key.clone(), 0..10)).prop_map(|(b, keys)| {
+                JsetEntry::BtreeKeys { btree: BtreeId::ALL[b as usize], level: 0, keys }
+            }),
+            (0u8..18, prop::collection::vec(key, 0..10)).prop_map(|(b, keys)| JsetEntry::Overwrite {
+                btree: BtreeId::ALL[b as usize],
+                level: 0,
+                keys
+            }),
+            (1u64..1000, 1u64..100).prop_map(|(s, n)| JsetEntry::Blacklist { start: s, end: s + n }),
+            (any::<u64>(), 0u8..4).prop_map(|(seq, level)| JsetEntry::BtreeRoot {
+                btree: BtreeId::Alloc,
+                level,
+                ptr: BtreePtrV2 {
+                    seq,
+                    sectors_written: 9,
+                    min_key: Bpos::MIN,
+                    ptrs: vec![ExtentPtr { dev: 1, bucket_gen: 2, offset: 3 }],
+                },
+            }),
+        ];
         (any::<u64>(), any::<u64>(), 0u16..2, prop::collection::vec(entry, 0..6))
             .prop_map(|(a, b, flags, entries)| Jset { seq: a.max(b), last_seq: a.min(b), flags, entries })
     }

@@ -64,6 +64,32 @@ impl Ring {
         Ring::new(dev_idx, dev, bucket_size, buckets, 0, vec![0; n])
     }
 
+    /// A ring that continues after the bucket holding the newest entry found by reading each
+    /// bucket's first block, so new entries extend the ring instead of starting over at bucket
+    /// 0 (which would leave older entries ahead of newer ones). Entries already there are
+    /// treated as no longer needed (everything up to the caller's replay range is written back).
+    pub fn resume(
+        dev_idx: u8,
+        dev: SharedDevice,
+        bucket_size: u64,
+        buckets: Vec<u64>,
+        magic: u64,
+    ) -> Result<Ring> {
+        let mut newest: Option<(u64, usize)> = None;
+        let mut block = vec![0u8; crate::format::JSET_HEADER_BYTES];
+        for (i, &b) in buckets.iter().enumerate() {
+            dev.read_at(&mut block, b.saturating_mul(bucket_size)).map_err(|e| e.dev(u32::from(dev_idx)))?;
+            if let Some(seq) = crate::format::peek_seq(&block, magic) {
+                if newest.is_none_or(|(s, _)| seq > s) {
+                    newest = Some((seq, i));
+                }
+            }
+        }
+        let n = buckets.len();
+        let cur = newest.map_or(0, |(_, i)| (i + 1) % n.max(1));
+        Ring::new(dev_idx, dev, bucket_size, buckets, cur, vec![0; n])
+    }
+
     fn next_index(&self) -> usize {
         (self.cur + 1) % self.buckets.len().max(1)
     }
@@ -139,6 +165,12 @@ pub struct Journal {
     flushed_seq: u64,
     /// Once set, every reservation fails: the journal is shut down (emergency read-only).
     shutdown: Option<String>,
+    /// The btree roots, written into every entry (as bcachefs does) so that the newest entry
+    /// of any replay range says where the btrees start.
+    roots: Vec<JsetEntry>,
+    roots_bytes: usize,
+    /// The roots changed since the last entry was written.
+    roots_dirty: bool,
     stats: JournalStats,
 }
 
@@ -161,6 +193,9 @@ impl Journal {
             pins: BTreeMap::new(),
             flushed_seq: next_seq.saturating_sub(1),
             shutdown: None,
+            roots: Vec::new(),
+            roots_bytes: 0,
+            roots_dirty: false,
             stats: JournalStats::default(),
         })
     }
@@ -203,6 +238,15 @@ impl Journal {
         self.pins.retain(|&s, _| s > seq);
     }
 
+    /// Sets the btree roots every entry from now on carries (`btree_root` entries).
+    pub fn set_roots(&mut self, roots: Vec<JsetEntry>) {
+        let bytes: usize = roots.iter().map(JsetEntry::encoded_bytes).sum();
+        self.open_bytes = self.open_bytes - self.roots_bytes + bytes;
+        self.roots_bytes = bytes;
+        self.roots = roots;
+        self.roots_dirty = true;
+    }
+
     /// Refuses all further reservations, e.g. on emergency read-only.
     pub fn shut_down(&mut self, why: impl Into<String>) {
         self.shutdown.get_or_insert_with(|| why.into());
@@ -221,7 +265,7 @@ impl Journal {
     pub fn add(&mut self, entries: Vec<JsetEntry>, wm: JournalWatermark, now: Instant) -> Result<u64> {
         self.check_running()?;
         let bytes: usize = entries.iter().map(JsetEntry::encoded_bytes).sum();
-        if JSET_HEADER_BYTES + bytes > self.max_entry_bytes() {
+        if bytes > self.reservation_capacity() {
             return Err(Error::new(
                 ErrCode::Einval,
                 format!("journal reservation of {bytes} bytes larger than an entry can be"),
@@ -237,6 +281,22 @@ impl Journal {
         self.open_bytes += bytes;
         self.opened_at.get_or_insert(now);
         Ok(self.seq)
+    }
+
+    /// The seq a reservation of `bytes` would get now: the open entry's, or the next one's if
+    /// the open entry has to be written first to make room.
+    pub fn next_reservation_seq(&self, bytes: usize) -> u64 {
+        if self.open_bytes + bytes > self.cfg.max_entry_bytes && !self.open.is_empty() {
+            self.seq + 1
+        } else {
+            self.seq
+        }
+    }
+
+    /// Bytes of updates one reservation may carry: what fits in an entry beside its header
+    /// and the roots.
+    pub fn reservation_capacity(&self) -> usize {
+        self.max_entry_bytes().saturating_sub(JSET_HEADER_BYTES + self.roots_bytes)
     }
 
     /// The largest entry the rings can hold.
@@ -294,9 +354,14 @@ impl Journal {
     /// Makes everything added so far durable (fsync): writes the open entry as a flush entry.
     /// Returns the seq now durable.
     pub fn flush(&mut self) -> Result<u64> {
+        self.flush_with(JournalWatermark::Normal)
+    }
+
+    /// `flush` for a caller at watermark `wm` (reclaim flushes into the reserve).
+    pub fn flush_with(&mut self, wm: JournalWatermark) -> Result<u64> {
         self.check_running()?;
-        if !self.open.is_empty() || self.flushed_seq + 1 < self.seq {
-            self.write_open(true, JournalWatermark::Normal)?;
+        if !self.open.is_empty() || self.roots_dirty || self.flushed_seq + 1 < self.seq {
+            self.write_open(true, wm)?;
         }
         Ok(self.flushed_seq)
     }
@@ -309,10 +374,14 @@ impl Journal {
             flags: if flush { 0 } else { JSET_NO_FLUSH },
             entries: std::mem::take(&mut self.open),
         };
+        let nr_updates = jset.entries.len();
+        let mut jset = jset;
+        jset.entries.extend(self.roots.iter().cloned());
         let bytes = jset.encode(self.cfg.magic, self.cfg.block_size as usize);
         let targets = match self.choose_rings(bytes.len() as u64, wm) {
             Ok(t) => t,
             Err(e) => {
+                jset.entries.truncate(nr_updates);
                 self.open = jset.entries;
                 return Err(e);
             }
@@ -321,6 +390,7 @@ impl Journal {
             let Some(ring) = self.rings.get(ri) else { continue };
             let at = ring.byte_offset(bi, off);
             if let Err(e) = ring.dev.write_at(&bytes, at) {
+                jset.entries.truncate(nr_updates);
                 self.open = jset.entries;
                 return Err(e.journal_seq(self.seq).prefix("writing journal entry"));
             }
@@ -350,8 +420,9 @@ impl Journal {
             self.flushed_seq = self.seq;
         }
         self.seq += 1;
-        self.open_bytes = JSET_HEADER_BYTES;
+        self.open_bytes = JSET_HEADER_BYTES + self.roots_bytes;
         self.opened_at = None;
+        self.roots_dirty = false;
         Ok(())
     }
 }

@@ -60,7 +60,7 @@ fn commit_unmount_reopen_and_alloc_btrees_agree() {
         for k in &keys {
             model.insert(k.pos, k.clone());
         }
-        fs.commit(BtreeId::Extents, keys).unwrap();
+        fs.commit_batched(BtreeId::Extents, keys).unwrap();
         if round % 5 == 4 {
             fs.write_back().unwrap();
         }

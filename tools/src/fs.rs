@@ -1,11 +1,22 @@
-//! An opened filesystem: its device set, options, allocator and btrees, with the few
-//! operations that exist before the journal does: commit keys, write back, unmount cleanly.
+//! An opened filesystem: its device set, options, allocator, btrees and journal, with commits
+//! (journal first, then the btrees), write-back (reclaim), and clean unmount.
+//!
+//! A commit reserves journal space for its keys, pins the seq, then applies the keys; the pin
+//! is released when write-back has made the btree changes durable, which is what lets the
+//! journal reuse its buckets. Write-back flushes the journal first, so no btree node ever
+//! carries an update from a journal entry that is not durable; it then journals the alloc keys
+//! its node writes produce and, at the end, the new btree roots, which is where recovery finds
+//! them.
 //!
 //! Allocator decisions come back as alloc-key updates; committing them is this layer's job,
 //! and committing them can allocate btree nodes, which produces more updates: the loop that
 //! applies them is bounded and converges because each round touches fewer buckets.
+//!
+//! Opening read-write marks the filesystem unclean in the superblock until a clean unmount
+//! records the roots again, so a crash is always seen as one.
 
 use std::sync::Arc;
+use std::time::Instant;
 
 use allocator::{Allocator, BtreeNodeAlloc, DeviceInit};
 use fs_core::bkey::{AllocV4, Bkey, BtreePtrV2, ExtentPtr, KeyType};
@@ -16,6 +27,8 @@ use fs_core::dev::SharedDevice;
 use fs_core::error::{ErrCode, Error, Result};
 use fs_core::opts::Options;
 use fs_core::sb::{CleanRoot, CleanSection, DeviceSet, fs_magic};
+use journal::format::JSET_SALT;
+use journal::{Journal, JournalConfig, JournalWatermark, JsetEntry, Ring};
 
 /// Rounds of "commit alloc updates, write back" before giving up: each round's updates touch
 /// only the buckets the previous round's node writes used, so a few rounds always suffice.
@@ -39,7 +52,40 @@ pub struct Fs {
     /// `None` when opened read-only.
     pub alloc: Option<Arc<Allocator>>,
     nodes: Option<Arc<BtreeNodeAlloc>>,
+    /// `None` when opened read-only.
+    pub journal: Option<Journal>,
     journal_seq: u64,
+}
+
+/// Entries of one journal entry at most; a transaction's keys are split into entries this big.
+const MAX_JOURNAL_ENTRY_BYTES: usize = 256 << 10;
+
+/// Journal rings of the present devices, continuing after each ring's newest bucket.
+pub fn journal_rings(set: &DeviceSet) -> Result<Vec<Ring>> {
+    let magic = fs_magic(&set.sb.uuid, JSET_SALT);
+    let mut rings = Vec::new();
+    for (i, m) in set.devices.iter().enumerate() {
+        let Some(m) = m else { continue };
+        let buckets: Vec<u64> = m.sb.journal.buckets().collect();
+        let Some(member) = set.sb.members.get(i) else { continue };
+        if buckets.is_empty() || member.durability == 0 {
+            continue;
+        }
+        rings.push(Ring::resume(i as u8, m.dev.clone(), u64::from(member.bucket_size), buckets, magic)?);
+    }
+    Ok(rings)
+}
+
+pub fn journal_config(set: &DeviceSet, opts: &Options, nr_rings: usize) -> JournalConfig {
+    let smallest_bucket =
+        set.sb.members.iter().filter(|m| !m.is_unused()).map(|m| m.bucket_size).min().unwrap_or(0);
+    JournalConfig {
+        magic: fs_magic(&set.sb.uuid, JSET_SALT),
+        block_size: opts.block_size(),
+        replicas: (opts.metadata_replicas() as usize).min(nr_rings.max(1)),
+        max_entry_bytes: MAX_JOURNAL_ENTRY_BYTES.min(smallest_bucket as usize / 4),
+        flush_delay: opts.journal_flush_delay(),
+    }
 }
 
 /// The persisted roots of a cleanly unmounted filesystem.
@@ -72,7 +118,7 @@ impl Fs {
         let cfg = BtreeConfig { behavior: opts.behavior(), ..cfg };
         if !writable {
             let btrees = Btrees::new(io, Arc::new(ReadOnlyNodes), roots, cfg);
-            return Ok(Fs { set, opts, btrees, alloc: None, nodes: None, journal_seq });
+            return Ok(Fs { set, opts, btrees, alloc: None, nodes: None, journal: None, journal_seq });
         }
         set.require_all(false)?;
         let inits: Vec<DeviceInit> = set
@@ -95,58 +141,255 @@ impl Fs {
             cfg,
         );
         let alloc_keys = read_alloc_keys(&mut reader)?;
-        let alloc = Arc::new(if alloc_keys.is_empty() {
+        let new_fs = alloc_keys.is_empty();
+        let alloc = Arc::new(if new_fs {
             Allocator::new(inits, opts.btree_node_size())?
         } else {
             Allocator::from_alloc_keys(inits, opts.btree_node_size(), alloc_keys)?
         });
         let nodes = Arc::new(BtreeNodeAlloc::from_options(alloc.clone(), &opts)?);
         let btrees = Btrees::new(io, nodes.clone(), roots, cfg);
-        Ok(Fs { set, opts, btrees, alloc: Some(alloc), nodes: Some(nodes), journal_seq })
+        let rings = journal_rings(&set)?;
+        let jcfg = journal_config(&set, &opts, rings.len());
+        let journal = Journal::new(rings, jcfg, journal_seq + 1)?;
+        let mut fs = Fs {
+            set,
+            opts,
+            btrees,
+            alloc: Some(alloc),
+            nodes: Some(nodes),
+            journal: Some(journal),
+            journal_seq,
+        };
+        if new_fs {
+            fs.init_alloc_info()?;
+        }
+        fs.go_rw()?;
+        Ok(fs)
+    }
+
+    /// A new filesystem's first alloc, freespace and need_discard records (one key per bucket
+    /// each) go straight into the btrees and are written back with the superblock still clean,
+    /// as bcachefs's `fs_freespace_init` does: through the journal they would need a journal as
+    /// big as the record.
+    fn init_alloc_info(&mut self) -> Result<()> {
+        let Some(alloc) = self.alloc.clone() else { return Ok(()) };
+        for _ in 0..MAX_SETTLE_ROUNDS {
+            let updates = alloc.take_updates();
+            if updates.is_empty() && self.btrees.dirty_nodes() == 0 {
+                let roots = self
+                    .btrees
+                    .roots()
+                    .into_iter()
+                    .map(|r| CleanRoot { btree: r.btree, level: r.level, key: r.ptr.encode() })
+                    .collect();
+                self.set.sb.clean = Some(CleanSection { journal_seq: self.journal_seq, roots });
+                return self.set.write_super();
+            }
+            for (btree, k) in updates {
+                self.btrees.insert(btree, k, 0)?;
+            }
+            self.btrees.write_dirty()?;
+        }
+        Err(not_settling())
+    }
+
+    /// Writable from here on: the current roots go into the journal (a crash before the next
+    /// write-back finds them there), then the superblock stops saying clean.
+    pub fn go_rw(&mut self) -> Result<()> {
+        self.journal_roots(JournalWatermark::Normal)?;
+        self.journal_mut()?.flush()?;
+        self.set.sb.clean = None;
+        self.set.write_super()
+    }
+
+    fn journal_mut(&mut self) -> Result<&mut Journal> {
+        self.journal.as_mut().ok_or_else(|| Error::new(ErrCode::Erofs, "filesystem opened read-only"))
+    }
+
+    /// Journal reclaim: write back every dirty node, which releases every pin.
+    pub fn reclaim(&mut self) -> Result<()> {
+        self.write_back_with(JournalWatermark::Reclaim)
+    }
+
+    fn journal_roots(&mut self, wm: JournalWatermark) -> Result<()> {
+        let roots: Vec<JsetEntry> = self
+            .btrees
+            .roots()
+            .into_iter()
+            .map(|r| JsetEntry::BtreeRoot { btree: r.btree, level: r.level, ptr: r.ptr })
+            .collect();
+        let _ = wm;
+        self.journal_mut()?.set_roots(roots);
+        Ok(())
     }
 
     pub fn journal_seq(&self) -> u64 {
         self.journal_seq
     }
 
-    /// Inserts `keys` into `btree` as one update, then commits the allocator's updates.
-    pub fn commit(&mut self, btree: BtreeId, keys: impl IntoIterator<Item = Bkey>) -> Result<()> {
-        self.journal_seq += 1;
-        if let Some(n) = &self.nodes {
-            n.set_journal_seq(self.journal_seq);
-        }
-        for k in keys {
-            self.btrees.insert(btree, k, self.journal_seq)?;
-        }
-        self.apply_alloc_updates()
+    /// Commits `keys` to `btree` as one transaction, then the allocator's updates the same
+    /// way. Returns the journal seq. A transaction is one journal reservation: all of it
+    /// replays or none; one larger than a journal entry is refused (see `commit_batched`).
+    pub fn commit(&mut self, btree: BtreeId, keys: impl IntoIterator<Item = Bkey>) -> Result<u64> {
+        let seq = self.transaction(btree, keys.into_iter().collect(), JournalWatermark::Normal)?;
+        self.apply_alloc_updates_with(JournalWatermark::Normal)?;
+        Ok(seq)
     }
 
-    /// Commits what the allocator decided (alloc, freespace and need_discard keys).
+    /// Commits `keys` as as many transactions as their size needs: for bulk loads, where
+    /// atomicity across the whole set is not wanted. Returns the last seq.
+    pub fn commit_batched(&mut self, btree: BtreeId, keys: impl IntoIterator<Item = Bkey>) -> Result<u64> {
+        let mut seq = 0;
+        for batch in self.batches(keys.into_iter().collect()) {
+            seq = self.commit(btree, batch)?;
+        }
+        Ok(seq)
+    }
+
+    fn batches(&self, keys: Vec<Bkey>) -> Vec<Vec<Bkey>> {
+        let capacity = self.journal.as_ref().map_or(usize::MAX, Journal::reservation_capacity);
+        let mut out: Vec<Vec<Bkey>> = Vec::new();
+        let mut bytes = 0usize;
+        for k in keys {
+            let b = k.encoded_bytes();
+            if out.is_empty() || bytes.saturating_add(b + journal::format::ENTRY_HEADER_BYTES) > capacity {
+                out.push(Vec::new());
+                bytes = 0;
+            }
+            bytes += b;
+            if let Some(last) = out.last_mut() {
+                last.push(k);
+            }
+        }
+        out
+    }
+
+    /// One transaction: the keys go into the btree (undone if one fails), then into one
+    /// journal reservation, pinned until written back. A full journal undoes the keys, runs
+    /// reclaim and tries again.
+    fn transaction(&mut self, btree: BtreeId, keys: Vec<Bkey>, wm: JournalWatermark) -> Result<u64> {
+        let bytes: usize =
+            keys.iter().map(Bkey::encoded_bytes).sum::<usize>() + journal::format::ENTRY_HEADER_BYTES;
+        let capacity = self.journal_mut()?.reservation_capacity();
+        if bytes > capacity {
+            return Err(Error::new(
+                ErrCode::Einval,
+                format!("transaction of {bytes} bytes does not fit one journal entry ({capacity} bytes)"),
+            ));
+        }
+        for _ in 0..3 {
+            let seq = self.journal_mut()?.next_reservation_seq(bytes);
+            let undo = self.apply(btree, &keys, seq)?;
+            let entries = vec![JsetEntry::BtreeKeys { btree, level: 0, keys: keys.clone() }];
+            let added = self.journal_mut()?.add(entries, wm, Instant::now());
+            match added {
+                Ok(seq) => {
+                    self.journal_mut()?.pin(seq);
+                    self.journal_seq = self.journal_seq.max(seq);
+                    if let Some(n) = &self.nodes {
+                        n.set_journal_seq(seq);
+                    }
+                    return Ok(seq);
+                }
+                Err(e) => {
+                    self.undo(btree, undo, seq);
+                    if e.code() != ErrCode::JournalFull || wm != JournalWatermark::Normal {
+                        return Err(e);
+                    }
+                    self.reclaim()?;
+                }
+            }
+        }
+        Err(Error::new(ErrCode::JournalStuck, "journal still full after reclaim"))
+    }
+
+    /// Applies keys to the btree; on failure undoes the ones applied and returns the error.
+    /// On success returns what is needed to undo them.
+    fn apply(&mut self, btree: BtreeId, keys: &[Bkey], seq: u64) -> Result<Vec<(Bpos, Option<Bkey>)>> {
+        let mut undo: Vec<(Bpos, Option<Bkey>)> = Vec::with_capacity(keys.len());
+        for k in keys {
+            let old = self.btrees.get(btree, k.pos)?;
+            if let Err(e) = self.btrees.insert(btree, k.clone(), seq) {
+                self.undo(btree, undo, seq);
+                return Err(e);
+            }
+            undo.push((k.pos, old));
+        }
+        Ok(undo)
+    }
+
+    /// Puts back what `apply` replaced, newest first. Putting back a value that was there
+    /// before needs no new node in practice; a failure here is not allowed to hide the error
+    /// that caused the undo.
+    fn undo(&mut self, btree: BtreeId, undo: Vec<(Bpos, Option<Bkey>)>, seq: u64) {
+        for (pos, old) in undo.into_iter().rev() {
+            let _ = self.btrees.insert(btree, old.unwrap_or_else(|| Bkey::whiteout(pos)), seq);
+        }
+    }
+
+    /// Commits what the allocator decided (alloc, freespace and need_discard keys) through
+    /// the journal.
     pub fn apply_alloc_updates(&mut self) -> Result<()> {
+        self.apply_alloc_updates_with(JournalWatermark::Normal)
+    }
+
+    fn apply_alloc_updates_with(&mut self, wm: JournalWatermark) -> Result<()> {
         let Some(alloc) = self.alloc.clone() else { return Ok(()) };
         for _ in 0..MAX_SETTLE_ROUNDS {
             let updates = alloc.take_updates();
             if updates.is_empty() {
                 return Ok(());
             }
+            let mut by_btree: std::collections::BTreeMap<BtreeId, Vec<Bkey>> =
+                std::collections::BTreeMap::new();
             for (btree, k) in updates {
-                self.btrees.insert(btree, k, self.journal_seq)?;
+                by_btree.entry(btree).or_default().push(k);
+            }
+            for (btree, keys) in by_btree {
+                for batch in self.batches(keys) {
+                    self.transaction(btree, batch, wm)?;
+                }
             }
         }
         Err(not_settling())
     }
 
-    /// Writes every dirty node and the alloc keys its writes produced, until nothing is dirty.
+    /// Writes every dirty node and the alloc keys its writes produced, until nothing is dirty;
+    /// then journals the new roots and releases the pins the written updates held.
     pub fn write_back(&mut self) -> Result<()> {
+        self.write_back_with(JournalWatermark::Normal)
+    }
+
+    fn write_back_with(&mut self, wm: JournalWatermark) -> Result<()> {
+        let covered = self.journal.as_ref().map_or(0, Journal::seq);
+        if let Some(j) = self.journal.as_mut() {
+            j.flush_with(wm)?;
+        }
         for _ in 0..MAX_SETTLE_ROUNDS {
-            self.apply_alloc_updates()?;
+            self.apply_alloc_updates_with(wm)?;
+            if let Some(j) = self.journal.as_mut() {
+                j.flush_with(wm)?;
+            }
             self.btrees.write_dirty()?;
             let pending = self.alloc.as_ref().map_or(0, |a| a.pending_updates());
             if pending == 0 && self.btrees.dirty_nodes() == 0 {
+                if self.journal.is_some() {
+                    // Every entry from the open one on carries the new roots, so everything
+                    // journalled before it is covered by the written btree.
+                    self.journal_roots(wm)?;
+                    let open = self.journal_mut()?.seq();
+                    self.journal_mut()?.unpin_through(covered.max(open.saturating_sub(1)));
+                }
                 return Ok(());
             }
         }
         Err(not_settling())
+    }
+
+    /// Makes every commit so far durable (fsync); returns the durable seq.
+    pub fn fsync(&mut self) -> Result<u64> {
+        self.journal_mut()?.flush()
     }
 
     /// Writes everything back and records the btree roots in a clean section.
@@ -155,13 +398,14 @@ impl Fs {
             return Ok(());
         }
         self.write_back()?;
+        let seq = self.journal_mut()?.flush()?;
         let roots = self
             .btrees
             .roots()
             .into_iter()
             .map(|r| CleanRoot { btree: r.btree, level: r.level, key: r.ptr.encode() })
             .collect();
-        self.set.sb.clean = Some(CleanSection { journal_seq: self.journal_seq, roots });
+        self.set.sb.clean = Some(CleanSection { journal_seq: seq, roots });
         self.set.write_super()
     }
 

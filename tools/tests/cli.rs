@@ -289,7 +289,7 @@ fn list_shows_committed_keys_and_nodes() {
     let set = bcsim::images::open_device_set(&paths, true).unwrap();
     let mut fs = bcsim::fs::Fs::open(set, true, Default::default()).unwrap();
     let keys = (0..3000u64).map(|i| Bkey::new(Bpos::new(i / 100, i, 0), KeyType::Set, vec![7; 8]));
-    fs.commit(BtreeId::Extents, keys).unwrap();
+    fs.commit_batched(BtreeId::Extents, keys).unwrap();
     fs.unmount().unwrap();
 
     let out = bcsim(&["list", "-b", "extents", "a.img", "b.img"], d.path());
