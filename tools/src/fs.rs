@@ -232,7 +232,12 @@ impl Fs {
     /// way. Returns the journal seq. A transaction is one journal reservation: all of it
     /// replays or none; one larger than a journal entry is refused (see `commit_batched`).
     pub fn commit(&mut self, btree: BtreeId, keys: impl IntoIterator<Item = Bkey>) -> Result<u64> {
-        let seq = self.transaction(btree, keys.into_iter().collect(), JournalWatermark::Normal)?;
+        self.commit_updates(keys.into_iter().map(|k| (btree, k)).collect())
+    }
+
+    /// Commits updates to any btrees as one transaction (see `commit`).
+    pub fn commit_updates(&mut self, updates: Vec<(BtreeId, Bkey)>) -> Result<u64> {
+        let seq = self.transaction(updates, JournalWatermark::Normal)?;
         self.apply_alloc_updates_with(JournalWatermark::Normal)?;
         Ok(seq)
     }
@@ -241,36 +246,46 @@ impl Fs {
     /// atomicity across the whole set is not wanted. Returns the last seq.
     pub fn commit_batched(&mut self, btree: BtreeId, keys: impl IntoIterator<Item = Bkey>) -> Result<u64> {
         let mut seq = 0;
-        for batch in self.batches(keys.into_iter().collect()) {
-            seq = self.commit(btree, batch)?;
+        for batch in self.batches(keys.into_iter().map(|k| (btree, k)).collect()) {
+            seq = self.commit_updates(batch)?;
         }
         Ok(seq)
     }
 
-    fn batches(&self, keys: Vec<Bkey>) -> Vec<Vec<Bkey>> {
+    fn batches(&self, updates: Vec<(BtreeId, Bkey)>) -> Vec<Vec<(BtreeId, Bkey)>> {
         let capacity = self.journal.as_ref().map_or(usize::MAX, Journal::reservation_capacity);
-        let mut out: Vec<Vec<Bkey>> = Vec::new();
+        let mut out: Vec<Vec<(BtreeId, Bkey)>> = Vec::new();
         let mut bytes = 0usize;
-        for k in keys {
-            let b = k.encoded_bytes();
-            if out.is_empty() || bytes.saturating_add(b + journal::format::ENTRY_HEADER_BYTES) > capacity {
+        for u in updates {
+            // Each update may need its own entry header (one per btree in the transaction).
+            let b = u.1.encoded_bytes() + journal::format::ENTRY_HEADER_BYTES;
+            if out.is_empty() || bytes.saturating_add(b) > capacity {
                 out.push(Vec::new());
                 bytes = 0;
             }
             bytes += b;
             if let Some(last) = out.last_mut() {
-                last.push(k);
+                last.push(u);
             }
         }
         out
     }
 
-    /// One transaction: the keys go into the btree (undone if one fails), then into one
-    /// journal reservation, pinned until written back. A full journal undoes the keys, runs
-    /// reclaim and tries again.
-    fn transaction(&mut self, btree: BtreeId, keys: Vec<Bkey>, wm: JournalWatermark) -> Result<u64> {
-        let bytes: usize =
-            keys.iter().map(Bkey::encoded_bytes).sum::<usize>() + journal::format::ENTRY_HEADER_BYTES;
+    /// The journal entries of a transaction: one `btree_keys` entry per btree, in order.
+    fn entries(updates: &[(BtreeId, Bkey)]) -> Vec<JsetEntry> {
+        let mut by_btree: std::collections::BTreeMap<BtreeId, Vec<Bkey>> = std::collections::BTreeMap::new();
+        for (btree, k) in updates {
+            by_btree.entry(*btree).or_default().push(k.clone());
+        }
+        by_btree.into_iter().map(|(btree, keys)| JsetEntry::BtreeKeys { btree, level: 0, keys }).collect()
+    }
+
+    /// One transaction: the updates go into the btrees (undone if one fails), then into one
+    /// journal reservation, pinned until written back. A full journal undoes the updates,
+    /// runs reclaim and tries again.
+    fn transaction(&mut self, updates: Vec<(BtreeId, Bkey)>, wm: JournalWatermark) -> Result<u64> {
+        let entries = Self::entries(&updates);
+        let bytes: usize = entries.iter().map(JsetEntry::encoded_bytes).sum();
         let capacity = self.journal_mut()?.reservation_capacity();
         if bytes > capacity {
             return Err(Error::new(
@@ -280,9 +295,8 @@ impl Fs {
         }
         for _ in 0..3 {
             let seq = self.journal_mut()?.next_reservation_seq(bytes);
-            let undo = self.apply(btree, &keys, seq)?;
-            let entries = vec![JsetEntry::BtreeKeys { btree, level: 0, keys: keys.clone() }];
-            let added = self.journal_mut()?.add(entries, wm, Instant::now());
+            let undo = self.apply(&updates, seq)?;
+            let added = self.journal_mut()?.add(entries.clone(), wm, Instant::now());
             match added {
                 Ok(seq) => {
                     self.journal_mut()?.pin(seq);
@@ -293,7 +307,7 @@ impl Fs {
                     return Ok(seq);
                 }
                 Err(e) => {
-                    self.undo(btree, undo, seq);
+                    self.undo(undo, seq);
                     if e.code() != ErrCode::JournalFull || wm != JournalWatermark::Normal {
                         return Err(e);
                     }
@@ -304,17 +318,17 @@ impl Fs {
         Err(Error::new(ErrCode::JournalStuck, "journal still full after reclaim"))
     }
 
-    /// Applies keys to the btree; on failure undoes the ones applied and returns the error.
-    /// On success returns what is needed to undo them.
-    fn apply(&mut self, btree: BtreeId, keys: &[Bkey], seq: u64) -> Result<Vec<(Bpos, Option<Bkey>)>> {
-        let mut undo: Vec<(Bpos, Option<Bkey>)> = Vec::with_capacity(keys.len());
-        for k in keys {
-            let old = self.btrees.get(btree, k.pos)?;
-            if let Err(e) = self.btrees.insert(btree, k.clone(), seq) {
-                self.undo(btree, undo, seq);
+    /// Applies updates to the btrees; on failure undoes the ones applied and returns the
+    /// error. On success returns what is needed to undo them.
+    fn apply(&mut self, updates: &[(BtreeId, Bkey)], seq: u64) -> Result<Vec<(BtreeId, Bpos, Option<Bkey>)>> {
+        let mut undo = Vec::with_capacity(updates.len());
+        for (btree, k) in updates {
+            let old = self.btrees.get(*btree, k.pos)?;
+            if let Err(e) = self.btrees.insert(*btree, k.clone(), seq) {
+                self.undo(undo, seq);
                 return Err(e);
             }
-            undo.push((k.pos, old));
+            undo.push((*btree, k.pos, old));
         }
         Ok(undo)
     }
@@ -322,8 +336,8 @@ impl Fs {
     /// Puts back what `apply` replaced, newest first. Putting back a value that was there
     /// before needs no new node in practice; a failure here is not allowed to hide the error
     /// that caused the undo.
-    fn undo(&mut self, btree: BtreeId, undo: Vec<(Bpos, Option<Bkey>)>, seq: u64) {
-        for (pos, old) in undo.into_iter().rev() {
+    fn undo(&mut self, undo: Vec<(BtreeId, Bpos, Option<Bkey>)>, seq: u64) {
+        for (btree, pos, old) in undo.into_iter().rev() {
             let _ = self.btrees.insert(btree, old.unwrap_or_else(|| Bkey::whiteout(pos)), seq);
         }
     }
@@ -341,15 +355,8 @@ impl Fs {
             if updates.is_empty() {
                 return Ok(());
             }
-            let mut by_btree: std::collections::BTreeMap<BtreeId, Vec<Bkey>> =
-                std::collections::BTreeMap::new();
-            for (btree, k) in updates {
-                by_btree.entry(btree).or_default().push(k);
-            }
-            for (btree, keys) in by_btree {
-                for batch in self.batches(keys) {
-                    self.transaction(btree, batch, wm)?;
-                }
+            for batch in self.batches(updates) {
+                self.transaction(batch, wm)?;
             }
         }
         Err(not_settling())
