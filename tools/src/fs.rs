@@ -55,6 +55,8 @@ pub struct Fs {
     /// `None` when opened read-only.
     pub journal: Option<Journal>,
     journal_seq: u64,
+    /// Alloc-key updates taken from the allocator but not yet committed.
+    pending_alloc: Vec<(BtreeId, Bkey)>,
 }
 
 /// Entries of one journal entry at most; a transaction's keys are split into entries this big.
@@ -118,7 +120,16 @@ impl Fs {
         let cfg = BtreeConfig { behavior: opts.behavior(), ..cfg };
         if !writable {
             let btrees = Btrees::new(io, Arc::new(ReadOnlyNodes), roots, cfg);
-            return Ok(Fs { set, opts, btrees, alloc: None, nodes: None, journal: None, journal_seq });
+            return Ok(Fs {
+                set,
+                opts,
+                btrees,
+                alloc: None,
+                nodes: None,
+                journal: None,
+                journal_seq,
+                pending_alloc: Vec::new(),
+            });
         }
         set.require_all(false)?;
         let inits: Vec<DeviceInit> = set
@@ -160,6 +171,7 @@ impl Fs {
             nodes: Some(nodes),
             journal: Some(journal),
             journal_seq,
+            pending_alloc: Vec::new(),
         };
         if new_fs {
             fs.init_alloc_info()?;
@@ -280,22 +292,52 @@ impl Fs {
         by_btree.into_iter().map(|(btree, keys)| JsetEntry::BtreeKeys { btree, level: 0, keys }).collect()
     }
 
-    /// One transaction: the updates go into the btrees (undone if one fails), then into one
-    /// journal reservation, pinned until written back. A full journal undoes the updates,
-    /// runs reclaim and tries again.
+    /// One transaction: the updates, and the allocator updates made for them (sector
+    /// accounting of a data write, say), go into the btrees (undone if one fails), then into
+    /// one journal reservation, pinned until written back; so a crash never keeps an extent
+    /// without its bucket accounting. A full journal undoes the updates, runs reclaim and
+    /// tries again.
     fn transaction(&mut self, updates: Vec<(BtreeId, Bkey)>, wm: JournalWatermark) -> Result<u64> {
-        let entries = Self::entries(&updates);
-        let bytes: usize = entries.iter().map(JsetEntry::encoded_bytes).sum();
+        let mut alloc_updates = std::mem::take(&mut self.pending_alloc);
+        if let Some(a) = &self.alloc {
+            alloc_updates.extend(a.take_updates());
+        }
         let capacity = self.journal_mut()?.reservation_capacity();
-        if bytes > capacity {
+        let mut all = updates;
+        let user_bytes: usize = Self::entries(&all).iter().map(JsetEntry::encoded_bytes).sum();
+        if user_bytes > capacity {
+            self.pending_alloc = alloc_updates;
             return Err(Error::new(
                 ErrCode::Einval,
-                format!("transaction of {bytes} bytes does not fit one journal entry ({capacity} bytes)"),
+                format!(
+                    "transaction of {user_bytes} bytes does not fit one journal entry ({capacity} bytes)"
+                ),
             ));
         }
+        // Alloc updates ride along while they fit; the rest follow in their own transactions.
+        let mut bytes = user_bytes;
+        let mut rest = Vec::new();
+        for u in alloc_updates {
+            let b = u.1.encoded_bytes() + journal::format::ENTRY_HEADER_BYTES;
+            if rest.is_empty() && bytes + b <= capacity {
+                bytes += b;
+                all.push(u);
+            } else {
+                rest.push(u);
+            }
+        }
+        self.pending_alloc = rest;
+        let entries = Self::entries(&all);
+        let bytes: usize = entries.iter().map(JsetEntry::encoded_bytes).sum();
         for _ in 0..3 {
             let seq = self.journal_mut()?.next_reservation_seq(bytes);
-            let undo = self.apply(&updates, seq)?;
+            let undo = match self.apply(&all, seq) {
+                Ok(u) => u,
+                Err(e) => {
+                    self.keep_alloc_updates(&all);
+                    return Err(e);
+                }
+            };
             let added = self.journal_mut()?.add(entries.clone(), wm, Instant::now());
             match added {
                 Ok(seq) => {
@@ -309,13 +351,25 @@ impl Fs {
                 Err(e) => {
                     self.undo(undo, seq);
                     if e.code() != ErrCode::JournalFull || wm != JournalWatermark::Normal {
+                        self.keep_alloc_updates(&all);
                         return Err(e);
                     }
                     self.reclaim()?;
                 }
             }
         }
+        self.keep_alloc_updates(&all);
         Err(Error::new(ErrCode::JournalStuck, "journal still full after reclaim"))
+    }
+
+    /// A transaction that failed gives its alloc updates back: the allocator's state already
+    /// includes them, so they must still reach the btree.
+    fn keep_alloc_updates(&mut self, all: &[(BtreeId, Bkey)]) {
+        let alloc_btrees = [BtreeId::Alloc, BtreeId::Freespace, BtreeId::NeedDiscard];
+        let kept = all.iter().filter(|(b, _)| alloc_btrees.contains(b)).cloned();
+        let mut v: Vec<_> = kept.collect();
+        v.append(&mut self.pending_alloc);
+        self.pending_alloc = v;
     }
 
     /// Applies updates to the btrees; on failure undoes the ones applied and returns the
@@ -351,7 +405,8 @@ impl Fs {
     fn apply_alloc_updates_with(&mut self, wm: JournalWatermark) -> Result<()> {
         let Some(alloc) = self.alloc.clone() else { return Ok(()) };
         for _ in 0..MAX_SETTLE_ROUNDS {
-            let updates = alloc.take_updates();
+            let mut updates = std::mem::take(&mut self.pending_alloc);
+            updates.extend(alloc.take_updates());
             if updates.is_empty() {
                 return Ok(());
             }
@@ -379,7 +434,8 @@ impl Fs {
                 j.flush_with(wm)?;
             }
             self.btrees.write_dirty()?;
-            let pending = self.alloc.as_ref().map_or(0, |a| a.pending_updates());
+            let pending =
+                self.alloc.as_ref().map_or(0, |a| a.pending_updates()) + self.pending_alloc.len() as u64;
             if pending == 0 && self.btrees.dirty_nodes() == 0 {
                 if self.journal.is_some() {
                     // Every entry from the open one on carries the new roots, so everything
