@@ -450,8 +450,12 @@ impl Fs {
         Err(not_settling())
     }
 
-    /// Makes every commit so far durable (fsync); returns the durable seq.
+    /// Makes every commit so far durable (fsync); returns the durable seq. Data goes first:
+    /// an extent must never become durable before the data it points at.
     pub fn fsync(&mut self) -> Result<u64> {
+        for m in self.set.present() {
+            m.dev.flush()?;
+        }
         self.journal_mut()?.flush()
     }
 

@@ -4,6 +4,7 @@
 //! prints; everything that decides or touches an image lives here so tests and benchmarks call
 //! the same code. Today: image files ([`images`]) and superblock reports ([`report`]).
 
+pub mod files;
 pub mod fs;
 pub mod images;
 pub mod report;

@@ -1,0 +1,306 @@
+//! A small file layer over transactions, for workloads: directories, regular files, data
+//! written to data buckets on `data_replicas` devices, overwrite, truncate, unlink, rename,
+//! fsync.
+//!
+//! Files are written in whole chunks of [`CHUNK_SECTORS`]; chunk `c` of inode `i` is the extent
+//! at `i:(c+1)*CHUNK_SECTORS` of that size, so extents never partly overlap. Each operation is
+//! one transaction (inode, dirent and extent keys together, with the bucket accounting the
+//! allocator made for them), so after a crash an operation is there whole or not at all.
+
+use allocator::{AllocRequest, AllocatedBucket, Watermark};
+use fs_core::bkey::fs::{DT_DIR, DT_REG, S_IFDIR, S_IFREG};
+use fs_core::bkey::ptr::SECTOR_BYTES;
+use fs_core::bkey::{Bkey, DataType, Dirent, Extent, ExtentPtr, Inode, KeyType};
+use fs_core::bpos::{Bpos, BtreeId};
+use fs_core::error::{ErrCode, Error, Result};
+use fs_core::opts::OptId;
+
+use crate::fs::Fs;
+
+/// Inode number of the root directory (bcachefs's `BCACHEFS_ROOT_INO`).
+pub const ROOT_INO: u64 = 4096;
+/// Sectors per chunk: 16 KiB.
+pub const CHUNK_SECTORS: u32 = 32;
+pub const CHUNK_BYTES: usize = CHUNK_SECTORS as usize * SECTOR_BYTES as usize;
+
+fn inode_pos(inum: u64) -> Bpos {
+    Bpos::new(0, inum, 0)
+}
+
+fn dirent_pos(dir: u64, name: &str) -> Bpos {
+    Bpos::new(dir, Dirent::name_hash(name), 0)
+}
+
+fn extent_pos(inum: u64, chunk: u64) -> Bpos {
+    Bpos::new(inum, (chunk + 1) * u64::from(CHUNK_SECTORS), 0)
+}
+
+/// The data of chunk `chunk` written with `seed`: reproducible, so a reader can check it.
+pub fn chunk_data(seed: u64, chunk: u64) -> Vec<u8> {
+    let mut rng = fs_core::rng::Rng::new(seed ^ chunk.wrapping_mul(0x9e37_79b9_7f4a_7c15));
+    let mut buf = vec![0u8; CHUNK_BYTES];
+    rng.fill_bytes(&mut buf);
+    buf
+}
+
+/// Where data goes next: one bucket per replica, filled chunk by chunk.
+struct OpenData {
+    buckets: Vec<AllocatedBucket>,
+    next_sector: u64,
+}
+
+pub struct Files {
+    next_inum: u64,
+    open: Option<OpenData>,
+}
+
+impl Files {
+    /// The file layer of `fs`, creating the root directory on a new filesystem.
+    pub fn new(fs: &mut Fs) -> Result<Files> {
+        let last = fs.btrees.last_until(BtreeId::Inodes, Bpos::MAX)?;
+        let mut files = Files { next_inum: last.as_ref().map_or(ROOT_INO, |k| k.pos.offset) + 1, open: None };
+        if fs.btrees.get(BtreeId::Inodes, inode_pos(ROOT_INO))?.is_none() {
+            let root = Inode { mode: S_IFDIR | 0o755, nlink: 2, parent: ROOT_INO, ..Inode::default() };
+            fs.commit(BtreeId::Inodes, [Bkey::new(inode_pos(ROOT_INO), KeyType::Inode, root.encode())])?;
+            files.next_inum = files.next_inum.max(ROOT_INO + 1);
+        }
+        Ok(files)
+    }
+
+    pub fn inode(fs: &mut Fs, inum: u64) -> Result<Option<Inode>> {
+        fs.btrees.get(BtreeId::Inodes, inode_pos(inum))?.map(|k| Inode::decode(&k.val)).transpose()
+    }
+
+    fn inode_or_enoent(fs: &mut Fs, inum: u64) -> Result<Inode> {
+        Self::inode(fs, inum)?
+            .ok_or_else(|| Error::new(ErrCode::Enoent, format!("inode {inum} does not exist")))
+    }
+
+    pub fn lookup(fs: &mut Fs, dir: u64, name: &str) -> Result<Option<u64>> {
+        let Some(k) = fs.btrees.get(BtreeId::Dirents, dirent_pos(dir, name))? else { return Ok(None) };
+        let d = Dirent::decode(&k.val)?;
+        Ok((d.name == name).then_some(d.target))
+    }
+
+    /// Entries of directory `dir`: (name, inum, is_dir).
+    pub fn readdir(fs: &mut Fs, dir: u64) -> Result<Vec<(String, u64, bool)>> {
+        let keys = fs.list(BtreeId::Dirents, Bpos::new(dir, 0, 0), Bpos::new(dir, u64::MAX, u32::MAX))?;
+        keys.iter().map(|k| Dirent::decode(&k.val).map(|d| (d.name, d.target, d.d_type == DT_DIR))).collect()
+    }
+
+    /// Creates `name` in `dir`.
+    pub fn create(&mut self, fs: &mut Fs, dir: u64, name: &str, is_dir: bool) -> Result<u64> {
+        let mut parent = Self::inode_or_enoent(fs, dir)?;
+        if fs.btrees.get(BtreeId::Dirents, dirent_pos(dir, name))?.is_some() {
+            return Err(Error::new(
+                ErrCode::Eexist,
+                format!("'{name}' exists in directory {dir} (or its name hash does)"),
+            ));
+        }
+        let inum = self.next_inum;
+        let inode = if is_dir {
+            Inode { mode: S_IFDIR | 0o755, nlink: 2, parent: dir, ..Inode::default() }
+        } else {
+            Inode { mode: S_IFREG | 0o644, nlink: 1, parent: dir, ..Inode::default() }
+        };
+        let dirent =
+            Dirent { target: inum, d_type: if is_dir { DT_DIR } else { DT_REG }, name: name.to_owned() };
+        let mut updates = vec![
+            (BtreeId::Inodes, Bkey::new(inode_pos(inum), KeyType::Inode, inode.encode())),
+            (BtreeId::Dirents, Bkey::new(dirent_pos(dir, name), KeyType::Dirent, dirent.encode())),
+        ];
+        if is_dir {
+            parent.nlink += 1;
+            updates.push((BtreeId::Inodes, Bkey::new(inode_pos(dir), KeyType::Inode, parent.encode())));
+        }
+        fs.commit_updates(updates)?;
+        self.next_inum += 1;
+        Ok(inum)
+    }
+
+    /// Sectors for one chunk on `data_replicas` devices: the pointers, filled from open buckets.
+    fn alloc_chunk(&mut self, fs: &mut Fs) -> Result<Vec<ExtentPtr>> {
+        let bucket_sectors = |fs: &Fs, dev: u8| {
+            fs.set.sb.members.get(usize::from(dev)).map_or(0, |m| u64::from(m.bucket_size) / SECTOR_BYTES)
+        };
+        let full = match &self.open {
+            Some(o) => {
+                o.buckets.iter().any(|b| o.next_sector + u64::from(CHUNK_SECTORS) > bucket_sectors(fs, b.dev))
+            }
+            None => true,
+        };
+        if full {
+            let alloc =
+                fs.alloc.clone().ok_or_else(|| Error::new(ErrCode::Erofs, "filesystem opened read-only"))?;
+            let req = AllocRequest {
+                nr_replicas: fs.opts.u64(OptId::DataReplicas) as u8,
+                target: fs.opts.str(OptId::ForegroundTarget).to_owned(),
+                data_type: DataType::User,
+                watermark: Watermark::Normal,
+            };
+            self.open = Some(OpenData { buckets: alloc.alloc_buckets(&req)?, next_sector: 0 });
+        }
+        let o =
+            self.open.as_mut().ok_or_else(|| Error::new(ErrCode::BucketAccounting, "no open data bucket"))?;
+        let ptrs = o
+            .buckets
+            .iter()
+            .map(|b| ExtentPtr {
+                dev: b.dev,
+                bucket_gen: b.bucket_gen,
+                offset: b.bucket * bucket_sectors(fs, b.dev) + o.next_sector,
+            })
+            .collect();
+        o.next_sector += u64::from(CHUNK_SECTORS);
+        Ok(ptrs)
+    }
+
+    fn account(fs: &mut Fs, ptrs: &[ExtentPtr], delta: i64) -> Result<()> {
+        let alloc =
+            fs.alloc.clone().ok_or_else(|| Error::new(ErrCode::Erofs, "filesystem opened read-only"))?;
+        let seq = fs.journal_seq();
+        for p in ptrs {
+            let bucket_size =
+                fs.set.sb.members.get(usize::from(p.dev)).map_or(1, |m| u64::from(m.bucket_size));
+            alloc.add_sectors(p.dev, p.byte_offset() / bucket_size, DataType::User, delta, seq)?;
+        }
+        Ok(())
+    }
+
+    /// Writes chunk `chunk` of `inum` with data from `seed`: data first, on every replica,
+    /// then one transaction with the extent, the inode's new size and the bucket accounting.
+    pub fn write(&mut self, fs: &mut Fs, inum: u64, chunk: u64, seed: u64) -> Result<()> {
+        let mut inode = Self::inode_or_enoent(fs, inum)?;
+        if inode.is_dir() {
+            return Err(Error::new(ErrCode::Eisdir, format!("inode {inum} is a directory")));
+        }
+        let data = chunk_data(seed, chunk);
+        let ptrs = self.alloc_chunk(fs)?;
+        for p in &ptrs {
+            let dev = fs.set.device(usize::from(p.dev)).ok_or_else(|| {
+                Error::new(ErrCode::InsufficientDevices, "data device missing").dev(u32::from(p.dev))
+            })?;
+            dev.dev.write_at(&data, p.byte_offset())?;
+        }
+        let old = fs.btrees.get(BtreeId::Extents, extent_pos(inum, chunk))?;
+        Self::account(fs, &ptrs, i64::from(CHUNK_SECTORS))?;
+        if let Some(old) = &old {
+            Self::account(fs, &Extent::decode(&old.val)?.ptrs, -i64::from(CHUNK_SECTORS))?;
+        } else {
+            inode.sectors += u64::from(CHUNK_SECTORS);
+        }
+        inode.size = inode.size.max((chunk + 1) * CHUNK_BYTES as u64);
+        let mut extent = Bkey::new(
+            extent_pos(inum, chunk),
+            KeyType::Extent,
+            Extent { crc32c: crc32c::crc32c(&data), ptrs }.encode(),
+        );
+        extent.size = CHUNK_SECTORS;
+        fs.commit_updates(vec![
+            (BtreeId::Extents, extent),
+            (BtreeId::Inodes, Bkey::new(inode_pos(inum), KeyType::Inode, inode.encode())),
+        ])?;
+        Ok(())
+    }
+
+    /// Reads chunk `chunk` of `inum` from the first replica whose data matches its checksum.
+    pub fn read(fs: &mut Fs, inum: u64, chunk: u64) -> Result<Option<Vec<u8>>> {
+        let Some(k) = fs.btrees.get(BtreeId::Extents, extent_pos(inum, chunk))? else { return Ok(None) };
+        let e = Extent::decode(&k.val)?;
+        let mut buf = vec![0u8; CHUNK_BYTES];
+        let mut first_err = None;
+        for p in &e.ptrs {
+            let Some(dev) = fs.set.device(usize::from(p.dev)) else { continue };
+            match dev.dev.read_at(&mut buf, p.byte_offset()) {
+                Ok(()) if crc32c::crc32c(&buf) == e.crc32c => return Ok(Some(buf)),
+                Ok(()) => {
+                    first_err.get_or_insert_with(|| {
+                        Error::new(ErrCode::Eio, "data checksum mismatch").dev(u32::from(p.dev)).pos(k.pos)
+                    });
+                }
+                Err(err) => {
+                    first_err.get_or_insert(err);
+                }
+            }
+        }
+        Err(first_err.unwrap_or_else(|| {
+            Error::new(ErrCode::InsufficientDevices, "no replica of the data present").pos(k.pos)
+        }))
+    }
+
+    /// Shrinks `inum` to `chunks` chunks: extents past it are deleted and their sectors freed.
+    pub fn truncate(&mut self, fs: &mut Fs, inum: u64, chunks: u64) -> Result<()> {
+        let mut inode = Self::inode_or_enoent(fs, inum)?;
+        let start = Bpos::new(inum, (chunks + 1) * u64::from(CHUNK_SECTORS), 0);
+        let gone = fs.list(BtreeId::Extents, start, Bpos::new(inum, u64::MAX, u32::MAX))?;
+        let mut updates = Vec::with_capacity(gone.len() + 1);
+        for k in &gone {
+            Self::account(fs, &Extent::decode(&k.val)?.ptrs, -i64::from(CHUNK_SECTORS))?;
+            updates.push((BtreeId::Extents, Bkey::whiteout(k.pos)));
+            inode.sectors = inode.sectors.saturating_sub(u64::from(CHUNK_SECTORS));
+        }
+        inode.size = inode.size.min(chunks * CHUNK_BYTES as u64);
+        updates.push((BtreeId::Inodes, Bkey::new(inode_pos(inum), KeyType::Inode, inode.encode())));
+        fs.commit_updates(updates)?;
+        Ok(())
+    }
+
+    /// Removes `name` from `dir`; the inode goes with its last link (and its data with it).
+    /// Directories must be empty.
+    pub fn unlink(&mut self, fs: &mut Fs, dir: u64, name: &str) -> Result<()> {
+        let target = Self::lookup(fs, dir, name)?
+            .ok_or_else(|| Error::new(ErrCode::Enoent, format!("'{name}' not in directory {dir}")))?;
+        let mut inode = Self::inode_or_enoent(fs, target)?;
+        let mut updates = vec![(BtreeId::Dirents, Bkey::whiteout(dirent_pos(dir, name)))];
+        if inode.is_dir() {
+            if !Self::readdir(fs, target)?.is_empty() {
+                return Err(Error::new(ErrCode::Einval, format!("directory '{name}' is not empty")));
+            }
+            let mut parent = Self::inode_or_enoent(fs, dir)?;
+            parent.nlink = parent.nlink.saturating_sub(1);
+            updates.push((BtreeId::Inodes, Bkey::new(inode_pos(dir), KeyType::Inode, parent.encode())));
+            updates.push((BtreeId::Inodes, Bkey::whiteout(inode_pos(target))));
+        } else if inode.nlink <= 1 {
+            let extents =
+                fs.list(BtreeId::Extents, Bpos::new(target, 0, 0), Bpos::new(target, u64::MAX, u32::MAX))?;
+            for k in &extents {
+                Self::account(fs, &Extent::decode(&k.val)?.ptrs, -i64::from(CHUNK_SECTORS))?;
+                updates.push((BtreeId::Extents, Bkey::whiteout(k.pos)));
+            }
+            updates.push((BtreeId::Inodes, Bkey::whiteout(inode_pos(target))));
+        } else {
+            inode.nlink -= 1;
+            updates.push((BtreeId::Inodes, Bkey::new(inode_pos(target), KeyType::Inode, inode.encode())));
+        }
+        fs.commit_updates(updates)?;
+        Ok(())
+    }
+
+    /// Moves `name` in `dir` to `new_name` in `new_dir`; the target must not exist.
+    pub fn rename(&mut self, fs: &mut Fs, dir: u64, name: &str, new_dir: u64, new_name: &str) -> Result<()> {
+        let target = Self::lookup(fs, dir, name)?
+            .ok_or_else(|| Error::new(ErrCode::Enoent, format!("'{name}' not in directory {dir}")))?;
+        if fs.btrees.get(BtreeId::Dirents, dirent_pos(new_dir, new_name))?.is_some() {
+            return Err(Error::new(ErrCode::Eexist, format!("'{new_name}' exists in directory {new_dir}")));
+        }
+        let mut inode = Self::inode_or_enoent(fs, target)?;
+        let d_type = if inode.is_dir() { DT_DIR } else { DT_REG };
+        let dirent = Dirent { target, d_type, name: new_name.to_owned() };
+        let mut updates = vec![
+            (BtreeId::Dirents, Bkey::whiteout(dirent_pos(dir, name))),
+            (BtreeId::Dirents, Bkey::new(dirent_pos(new_dir, new_name), KeyType::Dirent, dirent.encode())),
+        ];
+        if inode.is_dir() && dir != new_dir {
+            let mut from = Self::inode_or_enoent(fs, dir)?;
+            let mut to = Self::inode_or_enoent(fs, new_dir)?;
+            from.nlink = from.nlink.saturating_sub(1);
+            to.nlink += 1;
+            inode.parent = new_dir;
+            updates.push((BtreeId::Inodes, Bkey::new(inode_pos(dir), KeyType::Inode, from.encode())));
+            updates.push((BtreeId::Inodes, Bkey::new(inode_pos(new_dir), KeyType::Inode, to.encode())));
+            updates.push((BtreeId::Inodes, Bkey::new(inode_pos(target), KeyType::Inode, inode.encode())));
+        }
+        fs.commit_updates(updates)?;
+        Ok(())
+    }
+}
