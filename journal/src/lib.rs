@@ -11,7 +11,11 @@
 //! sit above it and register flush callbacks on its pins.
 
 pub mod format;
+pub mod keys;
+pub mod read;
 pub mod write;
 
 pub use format::{Jset, JsetEntry, JsetRead, decode_jset};
+pub use keys::{JournalKey, JournalKeys};
+pub use read::{DeviceRing, EntryPtr, JournalDevice, JournalRead, ReadEntry, ReadOpts, read_journal};
 pub use write::{Journal, JournalConfig, JournalStats, JournalWatermark, Ring};

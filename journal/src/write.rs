@@ -48,14 +48,32 @@ impl Ring {
         cur: usize,
         bucket_seq: Vec<u64>,
     ) -> Result<Ring> {
-        if buckets.is_empty() || bucket_seq.len() != buckets.len() || cur >= buckets.len() {
+        Ring::at(dev_idx, dev, bucket_size, buckets, cur, 0, bucket_seq)
+    }
+
+    /// A ring whose next entry goes at byte `offset` of bucket index `cur`: where journal read
+    /// found the end of the newest entry, so writing continues right after it.
+    pub fn at(
+        dev_idx: u8,
+        dev: SharedDevice,
+        bucket_size: u64,
+        buckets: Vec<u64>,
+        cur: usize,
+        offset: u64,
+        bucket_seq: Vec<u64>,
+    ) -> Result<Ring> {
+        if buckets.is_empty()
+            || bucket_seq.len() != buckets.len()
+            || cur >= buckets.len()
+            || offset > bucket_size
+        {
             return Err(Error::new(
                 ErrCode::InvalidSbJournal,
                 "journal ring without buckets or with bad state",
             )
             .dev(u32::from(dev_idx)));
         }
-        Ok(Ring { dev_idx, dev, bucket_size, buckets, cur, offset: 0, bucket_seq })
+        Ok(Ring { dev_idx, dev, bucket_size, buckets, cur, offset, bucket_seq })
     }
 
     /// A fresh ring: nothing written yet.

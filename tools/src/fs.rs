@@ -35,7 +35,7 @@ use journal::{Journal, JournalConfig, JournalWatermark, JsetEntry, Ring};
 const MAX_SETTLE_ROUNDS: usize = 32;
 
 /// Stands in for the allocator on a filesystem opened read-only: any write is refused.
-struct ReadOnlyNodes;
+pub(crate) struct ReadOnlyNodes;
 
 impl NodeAllocator for ReadOnlyNodes {
     fn alloc_nodes(&self, _nr: usize, btree: BtreeId, _level: u8) -> Result<Vec<NodeLocation>> {
@@ -204,6 +204,37 @@ impl Fs {
             self.btrees.write_dirty()?;
         }
         Err(not_settling())
+    }
+
+    /// A filesystem assembled by recovery from the parts its passes built.
+    pub(crate) fn from_parts(
+        set: DeviceSet,
+        opts: Options,
+        btrees: Btrees,
+        alloc: Arc<Allocator>,
+        nodes: Arc<BtreeNodeAlloc>,
+        journal: Journal,
+        journal_seq: u64,
+    ) -> Fs {
+        let mut fs = Fs {
+            set,
+            opts,
+            btrees,
+            alloc: Some(alloc),
+            nodes: Some(nodes),
+            journal: Some(journal),
+            journal_seq,
+            pending_alloc: Vec::new(),
+        };
+        let roots = fs.btrees.roots().into_iter().map(|r| JsetEntry::BtreeRoot {
+            btree: r.btree,
+            level: r.level,
+            ptr: r.ptr,
+        });
+        if let Some(j) = fs.journal.as_mut() {
+            j.set_roots(roots.collect());
+        }
+        fs
     }
 
     /// Writable from here on: the current roots go into the journal (a crash before the next

@@ -7,6 +7,7 @@
 pub mod files;
 pub mod fs;
 pub mod images;
+pub mod recovery;
 pub mod report;
 
 use fs_core::error::{Error, ExitClass};

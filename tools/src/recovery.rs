@@ -1,0 +1,416 @@
+//! Mount = recovery: superblocks, journal read, btree roots, journal keys, then the recovery
+//! passes in their table order, journal replay, and write-back.
+//!
+//! The log it produces reads like bcachefs's dmesg lines, so a recovery here can be compared
+//! with a kernel's line by line.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use allocator::{Allocator, BtreeNodeAlloc, DeviceInit, Watermark};
+use fs_core::bkey::{AllocV4, Bkey, KeyType};
+use fs_core::bpos::{Bpos, BtreeId};
+use fs_core::btree::node::BTREE_NODE_SALT;
+use fs_core::btree::{BtreeConfig, Btrees, KeyOverlay, NodeIo, Root};
+use fs_core::error::{ErrCode, Error, Result};
+use fs_core::fsck_err::FsckErr;
+use fs_core::opts::{Behavior, OptContext, OptFlags, Options, ParsedOpt};
+use fs_core::recovery_pass::{PassFlags, RecoveryPass};
+use fs_core::sb::{DeviceSet, ErrorCount, fs_magic};
+use journal::format::JSET_SALT;
+use journal::keys::JournalKeys;
+use journal::read::{JournalDevice, JournalRead, ReadOpts, read_journal};
+use journal::{Journal, JournalWatermark, JsetEntry, Ring};
+
+use crate::fs::{Fs, journal_config};
+
+/// Journal seqs blacklisted after an unclean shutdown beyond the newest seq found: the open
+/// entry at the crash had the next seq and may have reached btree nodes.
+const BLACKLIST_AHEAD: u64 = 1;
+
+/// What `mount` was asked for.
+#[derive(Clone, Debug, Default)]
+pub struct MountOpts {
+    /// Options given with `-o`, already parsed for the mount context.
+    pub opts: Vec<ParsedOpt>,
+}
+
+impl MountOpts {
+    pub fn degraded(&self) -> bool {
+        self.flag(fs_core::opts::OptId::Degraded)
+    }
+
+    pub fn fsck(&self) -> bool {
+        self.flag(fs_core::opts::OptId::Fsck)
+    }
+
+    fn flag(&self, id: fs_core::opts::OptId) -> bool {
+        self.opts.iter().rev().find(|p| p.id == id).is_some_and(|p| p.value.as_u64() == 1)
+    }
+}
+
+/// A mounted filesystem and the story of its recovery.
+pub struct Mounted {
+    pub fs: Fs,
+    pub log: Vec<String>,
+    /// `Some((first, last))` when journal entries were replayed.
+    pub replayed: Option<(u64, u64)>,
+    pub journal_keys_read: usize,
+    pub journal_keys_kept: usize,
+}
+
+/// The filesystem options with the mount options applied. In the v1.37.5 profile a
+/// `MOUNT_OLD` option (metadata_replicas, metadata_target) is refused the way the kernel did:
+/// logged and ignored. The fixed profile accepts it as a recovery option.
+fn mount_options(set: &DeviceSet, mopts: &MountOpts, log: &mut Vec<String>) -> Result<Options> {
+    let mut opts = set.sb.opts.clone();
+    let behavior_given = mopts.opts.iter().rev().find(|p| p.id == fs_core::opts::OptId::Behavior);
+    if let Some(b) = behavior_given {
+        opts.set(b.id, b.value.clone())?;
+    }
+    for p in &mopts.opts {
+        let flags = p.id.desc().flags;
+        if flags.contains(OptFlags::MOUNT_OLD)
+            && !flags.contains(OptFlags::MOUNT)
+            && opts.behavior() == Behavior::V1_37_5
+        {
+            log.push(format!(
+                "{}: option may no longer be specified at mount time; set via sysfs opts dir",
+                p.id
+            ));
+            continue;
+        }
+        opts.set(p.id, p.value.clone())?;
+    }
+    Ok(opts)
+}
+
+/// Parses `-o` text for mount.
+pub fn parse_mount_opts(text: &str) -> Result<MountOpts> {
+    Ok(MountOpts { opts: fs_core::opts::parse_opts(text, OptContext::Mount)? })
+}
+
+fn journal_devices(set: &DeviceSet) -> Vec<JournalDevice> {
+    set.devices
+        .iter()
+        .enumerate()
+        .filter_map(|(i, m)| {
+            let m = m.as_ref()?;
+            let member = set.sb.members.get(i)?;
+            let buckets: Vec<u64> = m.sb.journal.buckets().collect();
+            (!buckets.is_empty()).then(|| JournalDevice {
+                dev_idx: i as u8,
+                dev: m.dev.clone(),
+                bucket_size: u64::from(member.bucket_size),
+                buckets,
+            })
+        })
+        .collect()
+}
+
+/// The roots the newest replayed entry carries (every entry carries them).
+fn journal_roots(jr: &JournalRead) -> Vec<Root> {
+    let mut roots: std::collections::BTreeMap<BtreeId, Root> = std::collections::BTreeMap::new();
+    for e in &jr.entries {
+        for entry in &e.jset.entries {
+            if let JsetEntry::BtreeRoot { btree, level, ptr } = entry {
+                roots.insert(*btree, Root { btree: *btree, level: *level, ptr: ptr.clone() });
+            }
+        }
+    }
+    roots.into_values().collect()
+}
+
+fn read_alloc_through(t: &mut Btrees, overlay: &dyn KeyOverlay) -> Result<Vec<(Bpos, AllocV4)>> {
+    let mut it = t.iter(BtreeId::Alloc, Bpos::MIN);
+    let mut out = Vec::new();
+    while let Some(k) = it.next(t, Some(overlay))? {
+        if k.ty == KeyType::AllocV4 {
+            out.push((k.pos, AllocV4::decode(&k.val).map_err(|e| e.btree(BtreeId::Alloc).pos(k.pos))?));
+        }
+    }
+    Ok(out)
+}
+
+fn device_inits(set: &DeviceSet) -> Vec<DeviceInit> {
+    set.sb
+        .members
+        .iter()
+        .enumerate()
+        .filter(|(_, m)| !m.is_unused())
+        .map(|(i, m)| DeviceInit {
+            dev_idx: i as u8,
+            member: m.clone(),
+            journal: set.device(i).map(|d| d.sb.journal.clone()).unwrap_or_default(),
+        })
+        .collect()
+}
+
+/// Adds `n` occurrences of `err` to the superblock's error counts.
+fn count_error(set: &mut DeviceSet, err: FsckErr, n: u64) {
+    if n == 0 {
+        return;
+    }
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
+    match set.sb.errors.iter_mut().find(|e| e.id == err.id()) {
+        Some(e) => {
+            e.count += n;
+            e.last_time_secs = now;
+        }
+        None => set.sb.errors.push(ErrorCount { id: err.id(), count: n, last_time_secs: now }),
+    }
+}
+
+/// Mounts (recovers) the filesystem on `set`, read-write.
+pub fn mount(mut set: DeviceSet, mopts: &MountOpts) -> Result<Mounted> {
+    let mut log = Vec::new();
+    let opts = mount_options(&set, mopts, &mut log)?;
+    let nr = set.sb.members.iter().filter(|m| !m.is_unused()).count();
+    log.push(format!(
+        "bcsim ({}): starting version {} opts={}",
+        set.sb.uuid,
+        set.sb.version,
+        mopts
+            .opts
+            .iter()
+            .map(|p| format!("{}={}", p.id, p.id.desc().format(&p.value)))
+            .collect::<Vec<_>>()
+            .join(",")
+    ));
+    set.require_all(mopts.degraded())?;
+    let missing = set.missing();
+    if !missing.is_empty() {
+        log.push(format!("mounting degraded: {} of {nr} devices missing", missing.len()));
+    }
+    if set.sb.is_clean() {
+        log.push(format!(
+            "recovering from clean shutdown, journal seq {}",
+            set.sb.clean.as_ref().map_or(0, |c| c.journal_seq)
+        ));
+        set.sb.opts = opts;
+        let fs = Fs::open(set, true, BtreeConfig::default())?;
+        log.push("done".to_owned());
+        return Ok(Mounted { fs, log, replayed: None, journal_keys_read: 0, journal_keys_kept: 0 });
+    }
+    log.push("recovering from unclean shutdown".to_owned());
+    recover(set, opts, mopts, log)
+}
+
+fn recover(mut set: DeviceSet, opts: Options, mopts: &MountOpts, mut log: Vec<String>) -> Result<Mounted> {
+    let t0 = Instant::now();
+    let ropts = ReadOpts {
+        magic: fs_magic(&set.sb.uuid, JSET_SALT),
+        block_size: opts.block_size(),
+        degraded: mopts.degraded(),
+        missing: set.missing().iter().map(|&d| d as u8).collect(),
+    };
+    let jr = read_journal(&journal_devices(&set), &ropts)?;
+    log.extend(jr.log.iter().cloned());
+    for &(err, n) in &jr.fsck_errors {
+        count_error(&mut set, err, n);
+    }
+    if jr.entries.is_empty() {
+        return Err(Error::new(
+            ErrCode::JournalEntriesMissing,
+            "unclean shutdown but no journal entries found: nothing says where the btrees are (run fsck)",
+        ));
+    }
+    log.push(format!(
+        "journal read done, replaying entries {}-{} ({:.2?})",
+        jr.last_seq,
+        jr.replay_end,
+        t0.elapsed()
+    ));
+
+    let roots = journal_roots(&jr);
+    let (mut keys, nr_read) = JournalKeys::from_entries(&jr.entries);
+    log.push(JournalKeys::summary(nr_read, keys.len()));
+
+    // Seqs after the replay range may have reached btree nodes without their journal entry
+    // becoming durable: their bsets must be ignored from now on.
+    let bl_start = jr.replay_end + 1;
+    let bl_end = jr.newest_seq.max(jr.replay_end) + 1 + BLACKLIST_AHEAD;
+    let mut blacklist = jr.blacklist.clone();
+    blacklist.push((bl_start, bl_end));
+    log.push(format!("blacklisting journal seqs {bl_start}-{}", bl_end - 1));
+    let bl = blacklist.clone();
+    let blacklisted = move |seq: u64| bl.iter().any(|&(s, e)| seq >= s && seq < e);
+
+    let cfg = BtreeConfig { behavior: opts.behavior(), ..BtreeConfig::default() };
+    let magic = fs_magic(&set.sb.uuid, BTREE_NODE_SALT);
+    let devices: Vec<_> = set.devices.iter().map(|d| d.as_ref().map(|m| m.dev.clone())).collect();
+
+    let mut alloc: Option<Arc<Allocator>> = None;
+    let mut btrees: Option<Btrees> = None;
+    let mut nodes: Option<Arc<BtreeNodeAlloc>> = None;
+    let mut journal: Option<Journal> = None;
+    let mut replayed = 0usize;
+    let unclean = true;
+    for &pass in RecoveryPass::ALL {
+        let flags = pass.flags();
+        let runs = flags.contains(PassFlags::ALWAYS)
+            || (mopts.fsck() && flags.contains(PassFlags::FSCK))
+            || (unclean && flags.contains(PassFlags::UNCLEAN));
+        if !runs {
+            continue;
+        }
+        match pass {
+            RecoveryPass::AllocRead => {
+                let mut reader = Btrees::new(
+                    NodeIo::new(devices.clone(), magic, opts.btree_node_size()),
+                    Arc::new(crate::fs::ReadOnlyNodes),
+                    roots.clone(),
+                    cfg,
+                );
+                let b2 = blacklist.clone();
+                reader.set_blacklist(move |seq| b2.iter().any(|&(s, e)| seq >= s && seq < e));
+                reader.set_check_headers(false);
+                let alloc_keys = read_alloc_through(&mut reader, &keys)?;
+                log.extend(reader.take_log());
+                let a = if alloc_keys.is_empty() {
+                    Allocator::new(device_inits(&set), opts.btree_node_size())?
+                } else {
+                    Allocator::from_alloc_keys(device_inits(&set), opts.btree_node_size(), alloc_keys)?
+                };
+                let a = Arc::new(a);
+                let n = Arc::new(BtreeNodeAlloc::from_options(a.clone(), &opts)?);
+                let mut t = Btrees::new(
+                    NodeIo::new(devices.clone(), magic, opts.btree_node_size()),
+                    n.clone(),
+                    roots.clone(),
+                    cfg,
+                );
+                t.set_blacklist(blacklisted.clone());
+                // bcachefs checks cached node headers only once check_allocations has run.
+                t.set_check_headers(false);
+                alloc = Some(a);
+                nodes = Some(n);
+                btrees = Some(t);
+                log.push("alloc_read done".to_owned());
+            }
+            RecoveryPass::SetMayGoRw => {
+                let rings = continue_rings(&set, &jr)?;
+                let jcfg = journal_config(&set, &opts, rings.len());
+                let mut j = Journal::new(rings, jcfg, bl_end)?;
+                // The replay range stays pinned until replay is written back.
+                j.pin(jr.last_seq.max(1));
+                j.add(
+                    vec![JsetEntry::Blacklist { start: bl_start, end: bl_end }],
+                    JournalWatermark::Normal,
+                    Instant::now(),
+                )?;
+                j.flush()?;
+                journal = Some(j);
+                if let Some(t) = btrees.as_mut() {
+                    t.set_check_headers(true);
+                }
+                log.push("going read-write".to_owned());
+            }
+            RecoveryPass::JournalReplay => {
+                let (t, n) = match (btrees.as_mut(), nodes.as_ref()) {
+                    (Some(t), Some(n)) => (t, n),
+                    _ => {
+                        return Err(Error::new(ErrCode::InvalidArgument, "journal_replay before alloc_read"));
+                    }
+                };
+                replayed = replay(t, n, &mut keys, &mut log)?;
+            }
+            _ => {}
+        }
+    }
+    let (Some(alloc), Some(nodes), Some(btrees), Some(journal)) = (alloc, nodes, btrees, journal) else {
+        return Err(Error::new(ErrCode::InvalidArgument, "recovery passes incomplete"));
+    };
+    let mut fs = Fs::from_parts(set, opts, btrees, alloc, nodes, journal, jr.replay_end);
+    fs.write_back()?;
+    if let Some(j) = fs.journal.as_mut() {
+        j.unpin(jr.last_seq.max(1));
+    }
+    fs.write_back()?;
+    fs.set.write_super()?;
+    log.push(format!("recovery done: {replayed} keys replayed ({:.2?})", t0.elapsed()));
+    Ok(Mounted {
+        fs,
+        log,
+        replayed: Some((jr.last_seq, jr.replay_end)),
+        journal_keys_read: nr_read,
+        journal_keys_kept: keys.len(),
+    })
+}
+
+/// Rings positioned right after the newest entry journal read found on each device.
+fn continue_rings(set: &DeviceSet, jr: &JournalRead) -> Result<Vec<Ring>> {
+    let mut rings = Vec::new();
+    for jd in journal_devices(set) {
+        let Some(member) = set.sb.members.get(usize::from(jd.dev_idx)) else { continue };
+        if member.durability == 0 {
+            continue;
+        }
+        let n = jd.buckets.len();
+        let ring = match jr.rings.iter().find(|r| r.dev == jd.dev_idx) {
+            Some(r) if r.bucket_seqs.len() == n => Ring::at(
+                jd.dev_idx,
+                jd.dev,
+                jd.bucket_size,
+                jd.buckets,
+                r.head_idx.min(n.saturating_sub(1)),
+                r.head_end.min(jd.bucket_size),
+                r.bucket_seqs.clone(),
+            )?,
+            _ => Ring::empty(jd.dev_idx, jd.dev, jd.bucket_size, jd.buckets)?,
+        };
+        rings.push(ring);
+    }
+    Ok(rings)
+}
+
+/// Replays journal keys: a sorted pass in btree order at the normal watermark, queueing keys
+/// that must wait for the allocator, then a pass over the queued keys in journal order at the
+/// reclaim watermark. Returns how many keys were replayed.
+fn replay(
+    t: &mut Btrees,
+    nodes: &BtreeNodeAlloc,
+    keys: &mut JournalKeys,
+    log: &mut Vec<String>,
+) -> Result<usize> {
+    let mut queued: Vec<(u64, BtreeId, Bkey)> = Vec::new();
+    let mut done = 0usize;
+    let all: Vec<(BtreeId, u8, Bkey, u64)> =
+        keys.iter().filter(|k| !k.overwritten).map(|k| (k.btree, k.level, k.key.clone(), k.seq)).collect();
+    for (btree, level, key, seq) in all {
+        if level != 0 {
+            continue;
+        }
+        let pos = key.pos;
+        match t.insert(btree, key.clone(), seq) {
+            Ok(()) => {
+                keys.mark_overwritten(btree, 0, pos);
+                done += 1;
+            }
+            Err(e) if e.matches(ErrCode::OperationBlocked) => queued.push((seq, btree, key)),
+            Err(e) => return Err(e.prefix(format_args!("journal_replay: btree={btree} pos={pos}"))),
+        }
+    }
+    if !queued.is_empty() {
+        log.push(format!(
+            "journal_replay: {} keys wait for the allocator; replaying them in journal order",
+            queued.len()
+        ));
+        queued.sort_by_key(|(seq, _, _)| *seq);
+        let wm = nodes.watermark();
+        nodes.set_watermark(Watermark::Reclaim);
+        for (seq, btree, key) in queued {
+            let pos = key.pos;
+            let r = t.insert(btree, key, seq);
+            if let Err(e) = r {
+                nodes.set_watermark(wm);
+                return Err(e.prefix(format_args!("journal_replay (journal order): btree={btree} pos={pos}")));
+            }
+            keys.mark_overwritten(btree, 0, pos);
+            done += 1;
+        }
+        nodes.set_watermark(wm);
+    }
+    log.push(format!("journal_replay: {done} keys replayed"));
+    Ok(done)
+}
