@@ -9,6 +9,7 @@ pub mod fs;
 pub mod images;
 pub mod recovery;
 pub mod report;
+pub mod workload;
 
 use fs_core::error::{Error, ExitClass};
 

@@ -1,0 +1,228 @@
+//! Seeded workloads over the file layer, with a model that says what the filesystem must
+//! contain afterwards.
+//!
+//! Operations are generated against the model so each is valid when it runs: create a file or
+//! directory, write (or overwrite) a chunk, truncate, unlink, rename, fsync. Transactions are
+//! atomic and the journal is ordered, so after a crash the filesystem must equal the model
+//! after some prefix of the operations that ends at or after the last fsync.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use fs_core::error::{ErrCode, Error, Result};
+use fs_core::rng::Rng;
+
+use crate::files::{Files, ROOT_INO, chunk_data};
+use crate::fs::Fs;
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Op {
+    Mkdir { path: String },
+    Create { path: String },
+    Write { path: String, chunk: u64, seed: u64 },
+    Truncate { path: String, chunks: u64 },
+    Unlink { path: String },
+    Rename { from: String, to: String },
+    Fsync,
+}
+
+/// What the filesystem holds: directories, and files with their chunks' data seeds.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Model {
+    pub dirs: BTreeSet<String>,
+    pub files: BTreeMap<String, BTreeMap<u64, u64>>,
+}
+
+fn parent(path: &str) -> &str {
+    path.rsplit_once('/').map_or("", |(p, _)| p)
+}
+
+fn name(path: &str) -> &str {
+    path.rsplit_once('/').map_or(path, |(_, n)| n)
+}
+
+impl Model {
+    pub fn apply(&mut self, op: &Op) {
+        match op {
+            Op::Mkdir { path } => {
+                self.dirs.insert(path.clone());
+            }
+            Op::Create { path } => {
+                self.files.insert(path.clone(), BTreeMap::new());
+            }
+            Op::Write { path, chunk, seed } => {
+                if let Some(f) = self.files.get_mut(path) {
+                    f.insert(*chunk, *seed);
+                }
+            }
+            Op::Truncate { path, chunks } => {
+                if let Some(f) = self.files.get_mut(path) {
+                    f.retain(|c, _| c < chunks);
+                }
+            }
+            Op::Unlink { path } => {
+                self.files.remove(path);
+            }
+            Op::Rename { from, to } => {
+                if let Some(f) = self.files.remove(from) {
+                    self.files.insert(to.clone(), f);
+                }
+            }
+            Op::Fsync => {}
+        }
+    }
+}
+
+/// Generates `n` operations from `seed`, each valid on the model as it stands.
+pub fn generate(seed: u64, n: usize) -> Vec<Op> {
+    let mut rng = Rng::new(seed);
+    let mut model = Model::default();
+    let mut ops = Vec::with_capacity(n);
+    let mut counter = 0u64;
+    while ops.len() < n {
+        let dirs: Vec<String> = std::iter::once(String::new()).chain(model.dirs.iter().cloned()).collect();
+        let files: Vec<String> = model.files.keys().cloned().collect();
+        let dir = rng.choose(&dirs).cloned().unwrap_or_default();
+        counter += 1;
+        let op = match rng.below(100) {
+            0..=7 if model.dirs.len() < 8 => Op::Mkdir { path: format!("{dir}/d{counter}") },
+            0..=19 => Op::Create { path: format!("{dir}/f{counter}") },
+            20..=64 if !files.is_empty() => Op::Write {
+                path: rng.choose(&files).cloned().unwrap_or_default(),
+                chunk: rng.below(6),
+                seed: rng.next_u64(),
+            },
+            65..=71 if !files.is_empty() => {
+                Op::Truncate { path: rng.choose(&files).cloned().unwrap_or_default(), chunks: rng.below(4) }
+            }
+            72..=79 if !files.is_empty() => {
+                Op::Unlink { path: rng.choose(&files).cloned().unwrap_or_default() }
+            }
+            80..=87 if !files.is_empty() => Op::Rename {
+                from: rng.choose(&files).cloned().unwrap_or_default(),
+                to: format!("{dir}/r{counter}"),
+            },
+            _ => Op::Fsync,
+        };
+        model.apply(&op);
+        ops.push(op);
+    }
+    ops
+}
+
+/// Resolves a path ("" is the root) to an inode number.
+pub fn resolve(fs: &mut Fs, path: &str) -> Result<u64> {
+    let mut inum = ROOT_INO;
+    for part in path.split('/').filter(|p| !p.is_empty()) {
+        inum = Files::lookup(fs, inum, part)?
+            .ok_or_else(|| Error::new(ErrCode::Enoent, format!("{path}: '{part}' not found")))?;
+    }
+    Ok(inum)
+}
+
+/// Runs one operation.
+pub fn run_op(fs: &mut Fs, files: &mut Files, op: &Op) -> Result<()> {
+    match op {
+        Op::Mkdir { path } | Op::Create { path } => {
+            let dir = resolve(fs, parent(path))?;
+            files.create(fs, dir, name(path), matches!(op, Op::Mkdir { .. }))?;
+        }
+        Op::Write { path, chunk, seed } => {
+            let inum = resolve(fs, path)?;
+            files.write(fs, inum, *chunk, *seed)?;
+        }
+        Op::Truncate { path, chunks } => {
+            let inum = resolve(fs, path)?;
+            files.truncate(fs, inum, *chunks)?;
+        }
+        Op::Unlink { path } => {
+            let dir = resolve(fs, parent(path))?;
+            files.unlink(fs, dir, name(path))?;
+        }
+        Op::Rename { from, to } => {
+            let (d1, d2) = (resolve(fs, parent(from))?, resolve(fs, parent(to))?);
+            files.rename(fs, d1, name(from), d2, name(to))?;
+        }
+        Op::Fsync => {
+            fs.fsync()?;
+        }
+    }
+    Ok(())
+}
+
+/// Reads the whole tree back as a model, checking every chunk's data against its checksum.
+/// Data seeds cannot be read back, so chunks carry the seed `0` here; compare with
+/// [`matches_model`].
+fn walk(
+    fs: &mut Fs,
+    dir: u64,
+    path: &str,
+    out: &mut Model,
+    data: &mut BTreeMap<String, BTreeMap<u64, Vec<u8>>>,
+) -> Result<()> {
+    for (n, inum, is_dir) in Files::readdir(fs, dir)? {
+        let p = format!("{path}/{n}");
+        if is_dir {
+            out.dirs.insert(p.clone());
+            walk(fs, inum, &p, out, data)?;
+        } else {
+            let inode = Files::inode(fs, inum)?.ok_or_else(|| {
+                Error::new(ErrCode::Enoent, format!("{p}: dirent points at missing inode {inum}"))
+            })?;
+            let chunks = inode.size.div_ceil(crate::files::CHUNK_BYTES as u64);
+            let mut f = BTreeMap::new();
+            let mut d = BTreeMap::new();
+            for c in 0..chunks {
+                if let Some(bytes) = Files::read(fs, inum, c)? {
+                    f.insert(c, 0);
+                    d.insert(c, bytes);
+                }
+            }
+            out.files.insert(p.clone(), f);
+            data.insert(p, d);
+        }
+    }
+    Ok(())
+}
+
+/// True if the filesystem holds exactly what `model` says, data included.
+pub fn matches_model(fs: &mut Fs, model: &Model) -> Result<bool> {
+    let mut seen = Model::default();
+    let mut data = BTreeMap::new();
+    walk(fs, ROOT_INO, "", &mut seen, &mut data)?;
+    if seen.dirs != model.dirs || seen.files.len() != model.files.len() {
+        return Ok(false);
+    }
+    for (path, chunks) in &model.files {
+        let Some(got) = data.get(path) else { return Ok(false) };
+        if got.len() != chunks.len() {
+            return Ok(false);
+        }
+        for (c, seed) in chunks {
+            if got.get(c) != Some(&chunk_data(*seed, *c)) {
+                return Ok(false);
+            }
+        }
+    }
+    Ok(true)
+}
+
+/// Which prefix lengths (number of operations applied) the filesystem matches, among
+/// `from..=to`.
+pub fn matching_prefixes(fs: &mut Fs, ops: &[Op], from: usize, to: usize) -> Result<Vec<usize>> {
+    let mut model = Model::default();
+    for op in ops.iter().take(from) {
+        model.apply(op);
+    }
+    let mut out = Vec::new();
+    for n in from..=to.min(ops.len()) {
+        if n > from {
+            if let Some(op) = ops.get(n - 1) {
+                model.apply(op);
+            }
+        }
+        if matches_model(fs, &model)? {
+            out.push(n);
+        }
+    }
+    Ok(out)
+}
