@@ -37,7 +37,11 @@ fn devices(seed: u64) -> Vec<Arc<FaultyDevice>> {
     opts.set(OptId::MetadataReplicas, OptValue::U64(2)).unwrap();
     opts.set(OptId::DataReplicas, OptValue::U64(2)).unwrap();
     opts.set(OptId::BtreeNodeSize, OptValue::U64(16 << 10)).unwrap();
-    let specs: Vec<DeviceSpec> = faulty.iter().map(|f| DeviceSpec::new(f.clone() as SharedDevice)).collect();
+    // 256 KiB buckets hold 16 data chunks, so overwrites empty buckets that are still open.
+    let specs: Vec<DeviceSpec> = faulty
+        .iter()
+        .map(|f| DeviceSpec { bucket_size: Some(256 << 10), ..DeviceSpec::new(f.clone() as SharedDevice) })
+        .collect();
     format(&specs, &opts, None).unwrap();
     for f in &faulty {
         f.set_volatile_cache(true);

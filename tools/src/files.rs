@@ -123,10 +123,17 @@ impl Files {
         let bucket_sectors = |fs: &Fs, dev: u8| {
             fs.set.sb.members.get(usize::from(dev)).map_or(0, |m| u64::from(m.bucket_size) / SECTOR_BYTES)
         };
+        // The open buckets must still be ours: an overwrite can empty one (it then becomes
+        // need_discard) while it is open, and nothing may be written to it after that.
+        let still_ours = |fs: &Fs, b: &AllocatedBucket| {
+            fs.alloc.as_ref().and_then(|a| a.bucket(b.dev, b.bucket)).is_some_and(|s| {
+                s.bucket_gen == b.bucket_gen && matches!(s.data_type, DataType::User | DataType::Free)
+            })
+        };
         let full = match &self.open {
-            Some(o) => {
-                o.buckets.iter().any(|b| o.next_sector + u64::from(CHUNK_SECTORS) > bucket_sectors(fs, b.dev))
-            }
+            Some(o) => o.buckets.iter().any(|b| {
+                o.next_sector + u64::from(CHUNK_SECTORS) > bucket_sectors(fs, b.dev) || !still_ours(fs, b)
+            }),
             None => true,
         };
         if full {

@@ -4,6 +4,8 @@
 mod demo;
 mod format;
 mod list;
+mod mount;
+mod run;
 mod show_super;
 
 use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
@@ -32,6 +34,8 @@ enum Command {
     #[command(name = "show-super")]
     ShowSuper(show_super::ShowSuperArgs),
     List(list::ListArgs),
+    Mount(mount::MountArgs),
+    Run(run::RunArgs),
     Demo(demo::DemoArgs),
 }
 
@@ -52,6 +56,8 @@ pub fn main() -> u8 {
         (Command::Format(args), Some(m)) => format::run(*args, m),
         (Command::ShowSuper(args), _) => show_super::run(args),
         (Command::List(args), _) => list::run(args),
+        (Command::Mount(args), _) => mount::run(args),
+        (Command::Run(args), _) => run::run(args),
         (Command::Demo(args), _) => demo::run(args),
         (Command::Format(_), None) => Ok(exit::USAGE),
     };
