@@ -91,6 +91,7 @@ fsck_errs! {
     PtrGenNewerThanBucketGen = 152, "ptr_gen_newer_than_bucket_gen", NONE;
     PtrBucketDataTypeMismatch = 155, "ptr_bucket_data_type_mismatch", NONE;
     InodeWrongNlink = 209, "inode_wrong_nlink", AUTOFIX;
+    InodeUnreachable = 210, "inode_unreachable", AUTOFIX;
     DirentToMissingInode = 229, "dirent_to_missing_inode", NONE;
     JournalEntryDupSameDevice = 246, "journal_entry_dup_same_device", NONE;
     JournalBucketSeqNotMonotonic = 358, "journal_bucket_seq_not_monotonic", NONE;

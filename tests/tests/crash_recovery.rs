@@ -2,8 +2,8 @@
 //! machine "crashes" at a random point (unflushed writes lost or torn), and recovery must give
 //! back a filesystem equal to the workload's model after some prefix of the operations that
 //! ends at or after the last fsync: every fsynced update is there, no half operation is, all
-//! data matches its checksum, and the allocator agrees with the alloc btrees. A clean unmount
-//! and remount then give the same contents.
+//! data matches its checksum, and the allocator agrees with the alloc btrees. A full fsck then
+//! finds nothing, and a clean unmount and remount give the same contents.
 
 // A failed unwrap or index in a test is that test failing, with its message.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
@@ -13,6 +13,7 @@ use std::sync::Arc;
 
 use bcsim::files::Files;
 use bcsim::fs::Fs;
+use bcsim::fsck::{FixMode, FsckOpts, fsck};
 use bcsim::recovery::{MountOpts, mount};
 use bcsim::workload::{Op, generate, matching_prefixes, run_op};
 use fs_core::bkey::AllocV4;
@@ -109,8 +110,11 @@ fn crash_at_random_points_recovers_a_prefix_at_or_after_the_last_fsync() {
             "seed {seed}: crash after {crash_at} ops, last fsync after {last_fsync}, recovered {prefixes:?}"
         );
 
-        // Clean unmount, clean mount: same contents, no replay.
+        // Clean unmount; then a full check finds nothing; then a clean mount: same contents.
         fs.unmount().unwrap();
+        let check = FsckOpts { mode: FixMode::No, force: true, mount: MountOpts::default() };
+        let report = fsck(set(&devs), &check).unwrap();
+        assert!(report.problems.is_empty(), "seed {seed}: fsck after recovery: {:#?}", report.problems);
         let again = mount(set(&devs), &MountOpts::default()).unwrap();
         assert!(again.replayed.is_none(), "seed {seed}: clean unmount was not seen as clean");
         let mut fs = again.fs;

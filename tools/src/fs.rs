@@ -295,6 +295,15 @@ impl Fs {
         Ok(seq)
     }
 
+    /// Commits updates to any btrees in as many transactions as their size needs.
+    pub fn commit_batched_updates(&mut self, updates: Vec<(BtreeId, Bkey)>) -> Result<u64> {
+        let mut seq = 0;
+        for batch in self.batches(updates) {
+            seq = self.commit_updates(batch)?;
+        }
+        Ok(seq)
+    }
+
     fn batches(&self, updates: Vec<(BtreeId, Bkey)>) -> Vec<Vec<(BtreeId, Bkey)>> {
         let capacity = self.journal.as_ref().map_or(usize::MAX, Journal::reservation_capacity);
         let mut out: Vec<Vec<(BtreeId, Bkey)>> = Vec::new();

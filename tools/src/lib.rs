@@ -6,6 +6,7 @@
 
 pub mod files;
 pub mod fs;
+pub mod fsck;
 pub mod images;
 pub mod recovery;
 pub mod report;

@@ -8,10 +8,10 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use allocator::{Allocator, BtreeNodeAlloc, DeviceInit, Watermark};
-use fs_core::bkey::{AllocV4, Bkey, KeyType};
+use fs_core::bkey::{AllocV4, Bkey};
 use fs_core::bpos::{Bpos, BtreeId};
 use fs_core::btree::node::BTREE_NODE_SALT;
-use fs_core::btree::{BtreeConfig, Btrees, KeyOverlay, NodeIo, Root};
+use fs_core::btree::{BtreeConfig, Btrees, NodeIo, Root};
 use fs_core::error::{ErrCode, Error, Result};
 use fs_core::fsck_err::FsckErr;
 use fs_core::opts::{Behavior, OptContext, OptFlags, Options, ParsedOpt};
@@ -57,6 +57,10 @@ pub struct Mounted {
     pub replayed: Option<(u64, u64)>,
     pub journal_keys_read: usize,
     pub journal_keys_kept: usize,
+    /// Fsck errors the journal read counted.
+    pub fsck_errors: Vec<(FsckErr, u64)>,
+    /// Alloc keys check_allocations repaired during recovery.
+    pub alloc_repairs: Vec<crate::fsck::Problem>,
 }
 
 /// The filesystem options with the mount options applied. In the v1.37.5 profile a
@@ -121,17 +125,6 @@ fn journal_roots(jr: &JournalRead) -> Vec<Root> {
     roots.into_values().collect()
 }
 
-fn read_alloc_through(t: &mut Btrees, overlay: &dyn KeyOverlay) -> Result<Vec<(Bpos, AllocV4)>> {
-    let mut it = t.iter(BtreeId::Alloc, Bpos::MIN);
-    let mut out = Vec::new();
-    while let Some(k) = it.next(t, Some(overlay))? {
-        if k.ty == KeyType::AllocV4 {
-            out.push((k.pos, AllocV4::decode(&k.val).map_err(|e| e.btree(BtreeId::Alloc).pos(k.pos))?));
-        }
-    }
-    Ok(out)
-}
-
 fn device_inits(set: &DeviceSet) -> Vec<DeviceInit> {
     set.sb
         .members
@@ -159,6 +152,57 @@ fn count_error(set: &mut DeviceSet, err: FsckErr, n: u64) {
         }
         None => set.sb.errors.push(ErrorCount { id: err.id(), count: n, last_time_secs: now }),
     }
+}
+
+/// A filesystem recovered in memory only: journal keys as an overlay over read-only btrees.
+/// Nothing is written, so a check can run without changing one byte of the images.
+pub struct ReadOnlyView {
+    pub set: DeviceSet,
+    pub btrees: Btrees,
+    /// The journal keys a replay would apply; `None` on a clean filesystem.
+    pub keys: Option<JournalKeys>,
+    pub journal: Option<JournalRead>,
+    pub log: Vec<String>,
+}
+
+/// Reads what recovery would read, without writing: superblocks, journal (if unclean), roots
+/// and journal keys.
+pub fn open_read_only(set: DeviceSet, mopts: &MountOpts) -> Result<ReadOnlyView> {
+    let mut log = Vec::new();
+    let opts = mount_options(&set, mopts, &mut log)?;
+    set.require_all(mopts.degraded())?;
+    let cfg = BtreeConfig { behavior: opts.behavior(), ..BtreeConfig::default() };
+    let magic = fs_magic(&set.sb.uuid, BTREE_NODE_SALT);
+    let devices: Vec<_> = set.devices.iter().map(|d| d.as_ref().map(|m| m.dev.clone())).collect();
+    let io = NodeIo::new(devices, magic, opts.btree_node_size());
+    if let Some(clean) = &set.sb.clean {
+        log.push(format!("clean filesystem, journal seq {}", clean.journal_seq));
+        let roots = clean
+            .roots
+            .iter()
+            .map(|r| {
+                Ok(Root { btree: r.btree, level: r.level, ptr: fs_core::bkey::BtreePtrV2::decode(&r.key)? })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let btrees = Btrees::new(io, Arc::new(crate::fs::ReadOnlyNodes), roots, cfg);
+        return Ok(ReadOnlyView { set, btrees, keys: None, journal: None, log });
+    }
+    let ropts = ReadOpts {
+        magic: fs_magic(&set.sb.uuid, JSET_SALT),
+        block_size: opts.block_size(),
+        degraded: mopts.degraded(),
+        missing: set.missing().iter().map(|&d| d as u8).collect(),
+    };
+    let jr = read_journal(&journal_devices(&set), &ropts)?;
+    log.extend(jr.log.iter().cloned());
+    log.push(format!("journal read done, replaying entries {}-{}", jr.last_seq, jr.replay_end));
+    let (keys, nr_read) = JournalKeys::from_entries(&jr.entries);
+    log.push(JournalKeys::summary(nr_read, keys.len()));
+    let mut blacklist = jr.blacklist.clone();
+    blacklist.push((jr.replay_end + 1, jr.newest_seq.max(jr.replay_end) + 1 + BLACKLIST_AHEAD));
+    let mut btrees = Btrees::new(io, Arc::new(crate::fs::ReadOnlyNodes), journal_roots(&jr), cfg);
+    btrees.set_blacklist(move |seq| blacklist.iter().any(|&(s, e)| seq >= s && seq < e));
+    Ok(ReadOnlyView { set, btrees, keys: Some(keys), journal: Some(jr), log })
 }
 
 /// Mounts (recovers) the filesystem on `set`, read-write.
@@ -190,7 +234,15 @@ pub fn mount(mut set: DeviceSet, mopts: &MountOpts) -> Result<Mounted> {
         set.sb.opts = opts;
         let fs = Fs::open(set, true, BtreeConfig::default())?;
         log.push("done".to_owned());
-        return Ok(Mounted { fs, log, replayed: None, journal_keys_read: 0, journal_keys_kept: 0 });
+        return Ok(Mounted {
+            fs,
+            log,
+            replayed: None,
+            journal_keys_read: 0,
+            journal_keys_kept: 0,
+            fsck_errors: Vec::new(),
+            alloc_repairs: Vec::new(),
+        });
     }
     log.push("recovering from unclean shutdown".to_owned());
     recover(set, opts, mopts, log)
@@ -245,6 +297,8 @@ fn recover(mut set: DeviceSet, opts: Options, mopts: &MountOpts, mut log: Vec<St
     let mut nodes: Option<Arc<BtreeNodeAlloc>> = None;
     let mut journal: Option<Journal> = None;
     let mut replayed = 0usize;
+    let mut alloc_problems = Vec::new();
+    let mut alloc_fixes = Vec::new();
     let unclean = true;
     for &pass in RecoveryPass::ALL {
         let flags = pass.flags();
@@ -265,8 +319,19 @@ fn recover(mut set: DeviceSet, opts: Options, mopts: &MountOpts, mut log: Vec<St
                 let b2 = blacklist.clone();
                 reader.set_blacklist(move |seq| b2.iter().any(|&(s, e)| seq >= s && seq < e));
                 reader.set_check_headers(false);
-                let alloc_keys = read_alloc_through(&mut reader, &keys)?;
+                // check_allocations: bucket usage recomputed from the metadata as recovered.
+                let (fixed_alloc, problems, fixes) =
+                    crate::fsck::recovery_alloc_check(&set, &mut reader, Some(&keys))?;
                 log.extend(reader.take_log());
+                if !problems.is_empty() {
+                    log.push(format!(
+                        "check_allocations: {} alloc keys repaired after unclean shutdown",
+                        problems.len()
+                    ));
+                }
+                alloc_problems = problems;
+                alloc_fixes = fixes;
+                let alloc_keys: Vec<(Bpos, AllocV4)> = fixed_alloc.into_iter().collect();
                 let a = if alloc_keys.is_empty() {
                     Allocator::new(device_inits(&set), opts.btree_node_size())?
                 } else {
@@ -322,6 +387,13 @@ fn recover(mut set: DeviceSet, opts: Options, mopts: &MountOpts, mut log: Vec<St
         return Err(Error::new(ErrCode::InvalidArgument, "recovery passes incomplete"));
     };
     let mut fs = Fs::from_parts(set, opts, btrees, alloc, nodes, journal, jr.replay_end);
+    // Replay put back the alloc keys the journal had; the repaired ones go on top.
+    if !alloc_fixes.is_empty() {
+        fs.commit_batched_updates(alloc_fixes)?;
+    }
+    for p in &alloc_problems {
+        count_error(&mut fs.set, p.err, 1);
+    }
     fs.write_back()?;
     if let Some(j) = fs.journal.as_mut() {
         j.unpin(jr.last_seq.max(1));
@@ -335,6 +407,8 @@ fn recover(mut set: DeviceSet, opts: Options, mopts: &MountOpts, mut log: Vec<St
         replayed: Some((jr.last_seq, jr.replay_end)),
         journal_keys_read: nr_read,
         journal_keys_kept: keys.len(),
+        fsck_errors: jr.fsck_errors.clone(),
+        alloc_repairs: alloc_problems,
     })
 }
 

@@ -11,18 +11,6 @@ use crate::btree::node::{Expected, Node, decode_node};
 use crate::dev::SharedDevice;
 use crate::error::{ErrCode, Error, Result};
 
-fn short_copy(p: &ExtentPtr, has: u32, best: u32) -> BadCopy {
-    BadCopy {
-        dev: p.dev,
-        error: Error::new(
-            ErrCode::BsetBadCsum,
-            format!("replica ends after {has} valid sectors, another has {best}: damaged or stale tail"),
-        )
-        .dev(u32::from(p.dev))
-        .offset(p.byte_offset()),
-    }
-}
-
 /// A replica that could not be used, and why.
 #[derive(Debug)]
 pub struct BadCopy {
@@ -75,20 +63,14 @@ impl NodeIo {
                 decode_node(&buf, self.magic, exp, blacklisted)
             });
             match result {
-                Ok(node) => match &best {
-                    Some((b, _)) if b.sectors_written >= node.sectors_written => {
-                        if b.sectors_written > node.sectors_written {
-                            bad.push(short_copy(p, node.sectors_written, b.sectors_written));
-                        }
-                    }
-                    _ => {
-                        if let Some((b, dev)) = best.take() {
-                            let at = ExtentPtr { dev, ..*p };
-                            bad.push(short_copy(&at, b.sectors_written, node.sectors_written));
-                        }
+                // Every good copy holds at least what the pointer says; one may hold more (a
+                // bset whose write reached one replica before a crash). That is not damage:
+                // the longer copy is used and its extra bsets are replayed or blacklisted.
+                Ok(node) => {
+                    if best.as_ref().is_none_or(|(b, _)| node.sectors_written > b.sectors_written) {
                         best = Some((node, p.dev));
                     }
-                },
+                }
                 Err(e) => {
                     bad.push(BadCopy { dev: p.dev, error: e.dev(u32::from(p.dev)).offset(p.byte_offset()) })
                 }

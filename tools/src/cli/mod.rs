@@ -3,6 +3,7 @@
 
 mod demo;
 mod format;
+mod fsck;
 mod list;
 mod mount;
 mod run;
@@ -34,6 +35,7 @@ enum Command {
     #[command(name = "show-super")]
     ShowSuper(show_super::ShowSuperArgs),
     List(list::ListArgs),
+    Fsck(fsck::FsckArgs),
     Mount(mount::MountArgs),
     Run(run::RunArgs),
     Demo(demo::DemoArgs),
@@ -56,6 +58,7 @@ pub fn main() -> u8 {
         (Command::Format(args), Some(m)) => format::run(*args, m),
         (Command::ShowSuper(args), _) => show_super::run(args),
         (Command::List(args), _) => list::run(args),
+        (Command::Fsck(args), _) => fsck::run(args),
         (Command::Mount(args), _) => mount::run(args),
         (Command::Run(args), _) => run::run(args),
         (Command::Demo(args), _) => demo::run(args),
