@@ -295,6 +295,44 @@ impl Fs {
         Ok(seq)
     }
 
+    /// Commits `fixes` to alloc keys (and anything else) made by a checker that knows better
+    /// than the allocator, then rebuilds the allocator from the repaired alloc btree. The
+    /// allocator's uncommitted updates are its stale picture of the very buckets being
+    /// repaired, so they are dropped, not committed over the repairs.
+    pub fn commit_repairs(&mut self, fixes: Vec<(BtreeId, Bkey)>) -> Result<()> {
+        if let Some(a) = &self.alloc {
+            drop(a.take_updates());
+        }
+        self.pending_alloc.clear();
+        self.commit_batched_updates(fixes)?;
+        self.rebuild_allocator()
+    }
+
+    /// Rebuilds the allocator from the alloc btree.
+    fn rebuild_allocator(&mut self) -> Result<()> {
+        self.apply_alloc_updates()?;
+        let keys = read_alloc_keys(&mut self.btrees)?;
+        let inits: Vec<DeviceInit> = self
+            .set
+            .sb
+            .members
+            .iter()
+            .enumerate()
+            .filter(|(_, m)| !m.is_unused())
+            .map(|(i, m)| DeviceInit {
+                dev_idx: i as u8,
+                member: m.clone(),
+                journal: self.set.device(i).map(|d| d.sb.journal.clone()).unwrap_or_default(),
+            })
+            .collect();
+        let alloc = Arc::new(Allocator::from_alloc_keys(inits, self.opts.btree_node_size(), keys)?);
+        let nodes = Arc::new(BtreeNodeAlloc::from_options(alloc.clone(), &self.opts)?);
+        self.btrees.set_node_allocator(nodes.clone());
+        self.alloc = Some(alloc);
+        self.nodes = Some(nodes);
+        self.apply_alloc_updates()
+    }
+
     /// Commits updates to any btrees in as many transactions as their size needs.
     pub fn commit_batched_updates(&mut self, updates: Vec<(BtreeId, Bkey)>) -> Result<u64> {
         let mut seq = 0;

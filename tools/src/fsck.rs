@@ -74,6 +74,31 @@ impl FsckReport {
     }
 }
 
+impl FsckReport {
+    /// The report as e2fsck-style text: one line per problem, then a summary naming `images`;
+    /// with `verbose` the recovery log and passes first.
+    pub fn text(&self, images: &str, verbose: bool) -> String {
+        let mut out = String::new();
+        if verbose {
+            for line in &self.log {
+                out.push_str(line);
+                out.push('\n');
+            }
+        }
+        for p in &self.problems {
+            let what = if p.fixed { "fixed" } else { "not fixed" };
+            out.push_str(&format!("{}: {} ({what})\n", p.err.name(), p.msg));
+        }
+        let fixed = self.problems.iter().filter(|p| p.fixed).count();
+        out.push_str(&format!(
+            "{images}: {} errors found, {fixed} fixed{}\n",
+            self.problems.len(),
+            if self.checked { "" } else { " (clean, quick check only)" }
+        ));
+        out
+    }
+}
+
 /// A finding and, if it can be repaired, the updates that repair it.
 struct Finding {
     err: FsckErr,
@@ -153,7 +178,7 @@ fn check_and_fix(set: DeviceSet, o: &FsckOpts) -> Result<FsckReport> {
         report.problems.push(Problem { err: f.err, msg: f.msg, fixed });
     }
     if !fixes.is_empty() {
-        fs.commit_batched_updates(fixes)?;
+        fs.commit_repairs(fixes)?;
     }
     record_errors(&mut fs.set.sb.errors, &report.problems);
     fs.unmount()?;

@@ -137,6 +137,11 @@ impl Btrees {
         }
     }
 
+    /// Replaces the node allocator (after the allocator was rebuilt, e.g. by fsck repairs).
+    pub fn set_node_allocator(&mut self, alloc: Arc<dyn NodeAllocator>) {
+        self.alloc = alloc;
+    }
+
     pub fn set_check_headers(&mut self, on: bool) {
         self.check_headers = on;
     }

@@ -74,22 +74,7 @@ pub fn run(args: FsckArgs) -> CmdResult {
         }));
         return Ok(code);
     }
-    if args.verbose {
-        for line in &report.log {
-            println!("{line}");
-        }
-    }
-    for p in &report.problems {
-        let what = if p.fixed { "fixed" } else { "not fixed" };
-        println!("{}: {} ({what})", p.err.name(), p.msg);
-    }
-    let fixed = report.problems.iter().filter(|p| p.fixed).count();
     let names: Vec<String> = args.images.iter().map(|p| p.display().to_string()).collect();
-    println!(
-        "{}: {} errors found, {fixed} fixed{}",
-        names.join(" "),
-        report.problems.len(),
-        if report.checked { "" } else { " (clean, quick check only)" }
-    );
+    print!("{}", report.text(&names.join(" "), args.verbose));
     Ok(code)
 }
