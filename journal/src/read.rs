@@ -64,6 +64,9 @@ pub struct ReadOpts {
     pub degraded: bool,
     /// Member devices not present.
     pub missing: Vec<u8>,
+    /// Also return every entry with a good copy in [`JournalRead::all_entries`], not only the
+    /// ones to replay (for `list-journal -a`). Changes nothing else about the read.
+    pub keep_all: bool,
 }
 
 /// Where a copy of an entry sits.
@@ -102,6 +105,10 @@ pub struct DeviceRing {
 pub struct JournalRead {
     /// In seq order: only `last_seq..=replay_end`, blacklisted seqs and missing seqs left out.
     pub entries: Vec<ReadEntry>,
+    /// Only with [`ReadOpts::keep_all`], else empty: every seq with a good copy, in seq order,
+    /// including those below `last_seq`, past `replay_end` (no-flush, above a torn write) and
+    /// blacklisted ones. Seqs with only bad copies have no contents to show and are left out.
+    pub all_entries: Vec<ReadEntry>,
     pub last_seq: u64,
     pub replay_end: u64,
     /// The highest seq any copy (good or bad) claims, 0 if none: new seqs start above it, and
@@ -176,7 +183,7 @@ pub fn read_journal(devs: &[JournalDevice], opts: &ReadOpts) -> Result<JournalRe
         m.log.push(format!("journal read degraded: devices {} missing; {state}", dev_list(&opts.missing)));
     }
     m.log.push(format!("journal read done, replaying entries {last_seq}-{replay_end}"));
-    Ok(m.finish(last_seq, replay_end, rings))
+    Ok(m.finish(last_seq, replay_end, rings, opts.keep_all))
 }
 
 fn insufficient_devices(gaps: &[RangeInclusive<u64>], opts: &ReadOpts) -> Error {
@@ -704,6 +711,16 @@ impl Merger {
         self.fsck.iter().map(|(e, n)| (*e, *n)).collect()
     }
 
+    /// Every seq with a good copy, in seq order.
+    fn all_entries(&self) -> Vec<ReadEntry> {
+        self.slots
+            .values()
+            .filter_map(|s| {
+                s.good.as_ref().map(|jset| ReadEntry { jset: jset.clone(), ptrs: s.ptrs.clone() })
+            })
+            .collect()
+    }
+
     fn finish_empty(mut self, rings: Vec<DeviceRing>, opts: &ReadOpts) -> JournalRead {
         let found = self.slots.len();
         self.log
@@ -713,6 +730,7 @@ impl Merger {
         }
         JournalRead {
             entries: Vec::new(),
+            all_entries: if opts.keep_all { self.all_entries() } else { Vec::new() },
             last_seq: 0,
             replay_end: 0,
             newest_seq: self.newest_seq(),
@@ -724,9 +742,10 @@ impl Merger {
         }
     }
 
-    fn finish(self, last_seq: u64, replay_end: u64, rings: Vec<DeviceRing>) -> JournalRead {
+    fn finish(self, last_seq: u64, replay_end: u64, rings: Vec<DeviceRing>, keep_all: bool) -> JournalRead {
         let newest_seq = self.newest_seq();
         let fsck_errors = self.fsck_errors();
+        let all_entries = if keep_all { self.all_entries() } else { Vec::new() };
         let blacklist = self.blacklist;
         let in_blacklist = |seq: u64| blacklist.iter().any(|&(start, end)| (start..end).contains(&seq));
         let entries = self
@@ -737,6 +756,7 @@ impl Merger {
             .collect();
         JournalRead {
             entries,
+            all_entries,
             last_seq,
             replay_end,
             newest_seq,

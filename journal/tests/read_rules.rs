@@ -108,7 +108,7 @@ impl Ring {
 }
 
 fn opts() -> ReadOpts {
-    ReadOpts { magic: MAGIC, block_size: BLOCK, degraded: false, missing: Vec::new() }
+    ReadOpts { magic: MAGIC, block_size: BLOCK, degraded: false, missing: Vec::new(), keep_all: false }
 }
 
 fn read(rings: &[&Ring]) -> JournalRead {
@@ -497,6 +497,56 @@ fn rule4_blacklisted_entry_is_never_the_replay_end() {
     let got = read(&[&r]);
     assert_eq!((got.last_seq, got.replay_end), (3, 9));
     assert_eq!(seqs(&got), (3..=9).collect::<Vec<_>>());
+}
+
+/// `keep_all` (for `list-journal -a`) changes nothing about the read and returns every seq with a
+/// good copy besides: below last_seq, a blacklisted no-flush entry, a no-flush entry past the
+/// replay end; a torn newest entry (no good copy) stays out.
+#[test]
+fn keep_all_returns_every_good_entry_and_changes_nothing_else() {
+    let mut r = Ring::new(0, vec![0, 1, 2]);
+    for seq in 1..=3 {
+        r.append(&entry(seq, 1));
+    }
+    for seq in 4..=9 {
+        r.append(&if seq == 6 || seq == 7 { no_flush(seq, 4) } else { entry(seq, 4) });
+    }
+    let mut j10 = entry(10, 4);
+    j10.entries.push(JsetEntry::Blacklist { start: 7, end: 8 });
+    r.append(&j10);
+    r.append(&no_flush(11, 4));
+    let torn = r.append(&entry(12, 4));
+    corrupt(r.dev.as_ref(), torn);
+
+    let plain = read(&[&r]);
+    let all = read_journal(&[r.jdev()], &ReadOpts { keep_all: true, ..opts() }).unwrap();
+    assert!(plain.all_entries.is_empty(), "filled only when asked");
+    assert_eq!(seqs(&plain), vec![4, 5, 6, 8, 9, 10]);
+    assert_eq!(all.entries, plain.entries);
+    assert_eq!(
+        (all.last_seq, all.replay_end, all.newest_seq, all.bad_copies),
+        (plain.last_seq, plain.replay_end, plain.newest_seq, plain.bad_copies)
+    );
+    assert_eq!((all.last_seq, all.replay_end, all.newest_seq), (4, 10, 12));
+    assert_eq!(all.blacklist, plain.blacklist);
+    assert_eq!(all.log, plain.log);
+    assert_eq!(all.fsck_errors, plain.fsck_errors);
+    assert_eq!(all.rings, plain.rings);
+    let every: Vec<u64> = all.all_entries.iter().map(|e| e.jset.seq).collect();
+    assert_eq!(every, (1..=11).collect::<Vec<_>>());
+    assert!(all.all_entries.iter().all(|e| e.ptrs.len() == 1));
+    // Replayed entries are the same in both lists.
+    for e in &all.entries {
+        assert_eq!(all.all_entries.iter().find(|a| a.jset.seq == e.jset.seq), Some(e));
+    }
+
+    // An empty journal (no flush entry) still returns what it found.
+    let mut nf = Ring::new(1, vec![0, 1]);
+    nf.append(&no_flush(1, 1));
+    nf.append(&no_flush(2, 1));
+    let got = read_journal(&[nf.jdev()], &ReadOpts { keep_all: true, ..opts() }).unwrap();
+    assert!(got.is_empty());
+    assert_eq!(got.all_entries.iter().map(|e| e.jset.seq).collect::<Vec<_>>(), vec![1, 2]);
 }
 
 /// Rule 4: no flush entry anywhere (blank devices, or only no-flush entries) reads as an empty

@@ -2,12 +2,14 @@
 //!
 //! The command line (`src/main.rs`, `src/cli/`) parses arguments, calls into this library and
 //! prints; everything that decides or touches an image lives here so tests and benchmarks call
-//! the same code. Today: image files ([`images`]) and superblock reports ([`report`]).
+//! the same code. Today: image files ([`images`]), superblock and key reports ([`report`]), and
+//! journal listings ([`list_journal`]).
 
 pub mod files;
 pub mod fs;
 pub mod fsck;
 pub mod images;
+pub mod list_journal;
 pub mod recovery;
 pub mod report;
 pub mod workload;

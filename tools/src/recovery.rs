@@ -94,7 +94,8 @@ pub fn parse_mount_opts(text: &str) -> Result<MountOpts> {
     Ok(MountOpts { opts: fs_core::opts::parse_opts(text, OptContext::Mount)? })
 }
 
-fn journal_devices(set: &DeviceSet) -> Vec<JournalDevice> {
+/// The journal of every present member that has journal buckets, as the journal read takes it.
+pub fn journal_devices(set: &DeviceSet) -> Vec<JournalDevice> {
     set.devices
         .iter()
         .enumerate()
@@ -110,6 +111,18 @@ fn journal_devices(set: &DeviceSet) -> Vec<JournalDevice> {
             })
         })
         .collect()
+}
+
+/// How to read `set`'s journal: its jset magic, entries padded to `block_size`, the absent
+/// members. `keep_all` stays off: recovery replays only the replay range.
+pub fn journal_read_opts(set: &DeviceSet, block_size: u64, degraded: bool) -> ReadOpts {
+    ReadOpts {
+        magic: fs_magic(&set.sb.uuid, JSET_SALT),
+        block_size,
+        degraded,
+        missing: set.missing().iter().filter_map(|&d| u8::try_from(d).ok()).collect(),
+        keep_all: false,
+    }
 }
 
 /// The roots the newest replayed entry carries (every entry carries them).
@@ -187,12 +200,7 @@ pub fn open_read_only(set: DeviceSet, mopts: &MountOpts) -> Result<ReadOnlyView>
         let btrees = Btrees::new(io, Arc::new(crate::fs::ReadOnlyNodes), roots, cfg);
         return Ok(ReadOnlyView { set, btrees, keys: None, journal: None, log });
     }
-    let ropts = ReadOpts {
-        magic: fs_magic(&set.sb.uuid, JSET_SALT),
-        block_size: opts.block_size(),
-        degraded: mopts.degraded(),
-        missing: set.missing().iter().map(|&d| d as u8).collect(),
-    };
+    let ropts = journal_read_opts(&set, opts.block_size(), mopts.degraded());
     let jr = read_journal(&journal_devices(&set), &ropts)?;
     log.extend(jr.log.iter().cloned());
     log.push(format!("journal read done, replaying entries {}-{}", jr.last_seq, jr.replay_end));
@@ -250,12 +258,7 @@ pub fn mount(mut set: DeviceSet, mopts: &MountOpts) -> Result<Mounted> {
 
 fn recover(mut set: DeviceSet, opts: Options, mopts: &MountOpts, mut log: Vec<String>) -> Result<Mounted> {
     let t0 = Instant::now();
-    let ropts = ReadOpts {
-        magic: fs_magic(&set.sb.uuid, JSET_SALT),
-        block_size: opts.block_size(),
-        degraded: mopts.degraded(),
-        missing: set.missing().iter().map(|&d| d as u8).collect(),
-    };
+    let ropts = journal_read_opts(&set, opts.block_size(), mopts.degraded());
     let jr = read_journal(&journal_devices(&set), &ropts)?;
     log.extend(jr.log.iter().cloned());
     for &(err, n) in &jr.fsck_errors {

@@ -8,11 +8,11 @@ use bcsim::exit;
 use bcsim::fs::Fs;
 use bcsim::images::open_device_set;
 use bcsim::report::{key_json, key_text, node_json, node_text};
-use fs_core::bpos::{Bpos, BtreeId};
+use fs_core::bpos::Bpos;
 use fs_core::btree::BtreeConfig;
 use fs_core::error::{ErrCode, Error};
 
-use super::{CmdResult, print_json};
+use super::{CmdResult, parse_btree, print_json};
 
 /// List a btree's keys, like `bcachefs list`
 ///
@@ -51,13 +51,7 @@ fn parse_pos(what: &str, s: &str) -> Result<Bpos, Error> {
 }
 
 pub fn run(args: ListArgs) -> CmdResult {
-    let btree = BtreeId::from_name(&args.btree).ok_or_else(|| {
-        let names: Vec<&str> = BtreeId::ALL.iter().map(|b| b.name()).collect();
-        Error::new(
-            ErrCode::InvalidArgument,
-            format!("unknown btree '{}': expected one of {}", args.btree, names.join(", ")),
-        )
-    })?;
+    let btree = parse_btree(&args.btree)?;
     let start = parse_pos("--start", &args.start)?;
     let end = parse_pos("--end", &args.end)?;
     let set = open_device_set(&args.images, false)?;

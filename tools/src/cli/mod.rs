@@ -5,6 +5,7 @@ mod demo;
 mod format;
 mod fsck;
 mod list;
+mod list_journal;
 mod mount;
 mod run;
 mod show_super;
@@ -12,7 +13,8 @@ mod show_super;
 use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 
 use bcsim::exit;
-use fs_core::error::Error;
+use fs_core::bpos::BtreeId;
+use fs_core::error::{ErrCode, Error};
 
 #[derive(Parser)]
 #[command(
@@ -36,6 +38,8 @@ enum Command {
     ShowSuper(show_super::ShowSuperArgs),
     List(list::ListArgs),
     Fsck(fsck::FsckArgs),
+    #[command(name = "list-journal")]
+    ListJournal(list_journal::ListJournalArgs),
     Mount(mount::MountArgs),
     Run(run::RunArgs),
     Demo(demo::DemoArgs),
@@ -59,6 +63,7 @@ pub fn main() -> u8 {
         (Command::ShowSuper(args), _) => show_super::run(args),
         (Command::List(args), _) => list::run(args),
         (Command::Fsck(args), _) => fsck::run(args),
+        (Command::ListJournal(args), _) => list_journal::run(args),
         (Command::Mount(args), _) => mount::run(args),
         (Command::Run(args), _) => run::run(args),
         (Command::Demo(args), _) => demo::run(args),
@@ -82,6 +87,17 @@ fn clap_exit(e: &clap::Error) -> u8 {
         ErrorKind::DisplayHelp | ErrorKind::DisplayVersion => exit::OK,
         _ => exit::USAGE,
     }
+}
+
+/// A btree by its bcachefs name; an unknown name is a usage error listing the known ones.
+pub fn parse_btree(name: &str) -> Result<BtreeId, Error> {
+    BtreeId::from_name(name).ok_or_else(|| {
+        let names: Vec<&str> = BtreeId::ALL.iter().map(|b| b.name()).collect();
+        Error::new(
+            ErrCode::InvalidArgument,
+            format!("unknown btree '{name}': expected one of {}", names.join(", ")),
+        )
+    })
 }
 
 /// Prints a JSON value on one line of stdout.
