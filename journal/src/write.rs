@@ -139,7 +139,7 @@ impl Ring {
 }
 
 /// Journal settings.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Debug)]
 pub struct JournalConfig {
     pub magic: u64,
     pub block_size: u64,
@@ -149,6 +149,9 @@ pub struct JournalConfig {
     pub max_entry_bytes: usize,
     /// An open entry with updates is written after this long (`journal_flush_delay`).
     pub flush_delay: Duration,
+    /// Devices of the metadata target: entries go there first, elsewhere only when these
+    /// cannot take them. Empty: no preference.
+    pub target_devs: Vec<u8>,
 }
 
 /// Who is asking for journal space: reclaim may use the reserve others may not.
@@ -352,7 +355,11 @@ impl Journal {
             }
             .journal_seq(self.seq));
         }
-        fits.sort_by_key(|&(i, _, _, free)| (std::cmp::Reverse(free), i));
+        let in_target = |i: usize| {
+            self.cfg.target_devs.is_empty()
+                || self.rings.get(i).is_some_and(|r| self.cfg.target_devs.contains(&r.dev_idx))
+        };
+        fits.sort_by_key(|&(i, _, _, free)| (!in_target(i), std::cmp::Reverse(free), i));
         Ok(fits.into_iter().take(self.cfg.replicas.max(1)).map(|(i, b, o, _)| (i, b, o)).collect())
     }
 

@@ -29,6 +29,7 @@ fn cfg(replicas: usize) -> JournalConfig {
         replicas,
         max_entry_bytes: 16 << 10,
         flush_delay: Duration::from_millis(1000),
+        target_devs: Vec::new(),
     }
 }
 
@@ -194,5 +195,25 @@ fn crash_keeps_exactly_the_flushed_entries() {
             (1..=flushed).all(|s| found.get(&s).is_some_and(|c| c.len() == 2)),
             "seed {seed}: a flushed seq lost a copy"
         );
+    }
+}
+
+/// Entries go to the metadata target's devices while they can take them.
+#[test]
+fn entries_prefer_the_metadata_target() {
+    let devs = mem(4);
+    let cfg = JournalConfig { target_devs: vec![2, 3], ..cfg(2) };
+    let mut j = Journal::new(rings(&devs, 8), cfg, 1).unwrap();
+    for i in 0..10 {
+        j.add(keys(100, i), JournalWatermark::Normal, Instant::now()).unwrap();
+        j.flush().unwrap();
+    }
+    let refs: Vec<&dyn BlockDevice> = devs.iter().map(|d| d.as_ref()).collect();
+    let found = scan(&refs, 8);
+    assert!(!found.is_empty());
+    for (seq, copies) in &found {
+        let mut on: Vec<usize> = copies.iter().map(|c| c.0).collect();
+        on.sort_unstable();
+        assert_eq!(on, vec![2, 3], "seq {seq} not on the target devices");
     }
 }

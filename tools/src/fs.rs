@@ -87,6 +87,14 @@ pub fn journal_config(set: &DeviceSet, opts: &Options, nr_rings: usize) -> Journ
         replicas: (opts.metadata_replicas() as usize).min(nr_rings.max(1)),
         max_entry_bytes: MAX_JOURNAL_ENTRY_BYTES.min(smallest_bucket as usize / 4),
         flush_delay: opts.journal_flush_delay(),
+        target_devs: set
+            .sb
+            .members
+            .iter()
+            .enumerate()
+            .filter(|(_, m)| !m.is_unused() && m.in_target(opts.metadata_target()))
+            .filter_map(|(i, _)| u8::try_from(i).ok())
+            .collect(),
     }
 }
 

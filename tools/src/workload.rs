@@ -226,3 +226,69 @@ pub fn matching_prefixes(fs: &mut Fs, ops: &[Op], from: usize, to: usize) -> Res
     }
     Ok(out)
 }
+
+/// What [`run_on_images`] did.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RunReport {
+    pub ops_run: usize,
+    /// Operations done when the last fsync returned.
+    pub last_fsync_after: usize,
+    pub crashed: bool,
+    pub unflushed_writes_lost: u64,
+    pub mount_log: Vec<String>,
+}
+
+/// Mounts the images, runs `ops` operations generated from `seed`, then unmounts cleanly or,
+/// with `crash_after`, stops dead after that many operations: each image sits behind a write
+/// cache that the crash drops, so only flushed writes reach the images, as after a power cut.
+pub fn run_on_images(
+    paths: &[std::path::PathBuf],
+    ops: usize,
+    seed: u64,
+    crash_after: Option<usize>,
+    mopts: &crate::recovery::MountOpts,
+) -> Result<RunReport> {
+    use fs_core::dev::{CrashMode, FaultyDevice, SharedDevice};
+    use std::sync::Arc;
+    if crash_after.is_some_and(|k| k > ops) {
+        return Err(Error::new(ErrCode::InvalidArgument, "--crash-after is larger than --ops"));
+    }
+    let caches: Vec<Arc<FaultyDevice>> = paths
+        .iter()
+        .map(|p| crate::images::open_image(p, true).map(|d| Arc::new(FaultyDevice::new(d, seed))))
+        .collect::<Result<_>>()?;
+    let set = fs_core::sb::DeviceSet::open(caches.iter().map(|c| c.clone() as SharedDevice).collect())?;
+    for c in &caches {
+        c.set_volatile_cache(true);
+    }
+    let mounted = crate::recovery::mount(set, mopts)?;
+    let mount_log = mounted.log;
+    let mut fs = mounted.fs;
+    let mut files = Files::new(&mut fs)?;
+    let stop = crash_after.unwrap_or(ops);
+    let mut last_fsync_after = 0;
+    for (i, op) in generate(seed, ops).iter().take(stop).enumerate() {
+        run_op(&mut fs, &mut files, op)
+            .map_err(|e| e.prefix(format_args!("operation {} ({op:?})", i + 1)))?;
+        if *op == Op::Fsync {
+            last_fsync_after = i + 1;
+        }
+    }
+    let mut lost = 0;
+    if crash_after.is_some() {
+        drop(files);
+        drop(fs);
+        for c in &caches {
+            lost += c.crash(CrashMode::DropUnflushed)?.lost_writes;
+        }
+    } else {
+        fs.unmount()?;
+    }
+    Ok(RunReport {
+        ops_run: stop,
+        last_fsync_after,
+        crashed: crash_after.is_some(),
+        unflushed_writes_lost: lost,
+        mount_log,
+    })
+}

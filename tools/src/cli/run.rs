@@ -1,19 +1,13 @@
 //! `bcsim run`: run a seeded workload on a filesystem, then crash or unmount cleanly.
 
 use std::path::PathBuf;
-use std::sync::Arc;
 
 use clap::Args;
 use serde_json::json;
 
 use bcsim::exit;
-use bcsim::files::Files;
-use bcsim::images::open_image;
-use bcsim::recovery::{mount, parse_mount_opts};
-use bcsim::workload::{Op, generate, run_op};
-use fs_core::dev::{CrashMode, FaultyDevice, SharedDevice};
-use fs_core::error::{ErrCode, Error};
-use fs_core::sb::DeviceSet;
+use bcsim::recovery::parse_mount_opts;
+use bcsim::workload::run_on_images;
 
 use super::{CmdResult, print_json};
 
@@ -50,58 +44,20 @@ pub struct RunArgs {
 }
 
 pub fn run(args: RunArgs) -> CmdResult {
-    if args.crash_after.is_some_and(|k| k > args.ops) {
-        return Err(Error::new(ErrCode::InvalidArgument, "--crash-after is larger than --ops"));
-    }
     let mopts = parse_mount_opts(&args.options)?;
-    let caches: Vec<Arc<FaultyDevice>> = args
-        .images
-        .iter()
-        .map(|p| open_image(p, true).map(|d| Arc::new(FaultyDevice::new(d, args.seed))))
-        .collect::<Result<_, _>>()?;
-    let set = DeviceSet::open(caches.iter().map(|c| c.clone() as SharedDevice).collect())?;
-    for c in &caches {
-        c.set_volatile_cache(true);
-    }
-    let mounted = mount(set, &mopts)?;
-    let mut fs = mounted.fs;
-    let mut files = Files::new(&mut fs)?;
-    let ops = generate(args.seed, args.ops);
-    let stop = args.crash_after.unwrap_or(args.ops);
-    let mut fsynced = 0;
-    for (i, op) in ops.iter().take(stop).enumerate() {
-        run_op(&mut fs, &mut files, op)
-            .map_err(|e| e.prefix(format_args!("operation {} ({op:?})", i + 1)))?;
-        if *op == Op::Fsync {
-            fsynced = i + 1;
-        }
-    }
-    let crashed = args.crash_after.is_some();
-    let mut lost = 0;
-    if crashed {
-        drop(files);
-        drop(fs);
-        for c in &caches {
-            lost += c.crash(CrashMode::DropUnflushed)?.lost_writes;
-        }
-    } else {
-        fs.unmount()?;
-        for c in &caches {
-            c.set_volatile_cache(false);
-        }
-    }
+    let r = run_on_images(&args.images, args.ops, args.seed, args.crash_after, &mopts)?;
     if args.json {
         print_json(&json!({
-            "seed": args.seed, "ops_run": stop, "last_fsync_after_op": fsynced,
-            "crashed": crashed, "unflushed_writes_lost": lost,
+            "seed": args.seed, "ops_run": r.ops_run, "last_fsync_after_op": r.last_fsync_after,
+            "crashed": r.crashed, "unflushed_writes_lost": r.unflushed_writes_lost,
         }));
-    } else if crashed {
+    } else if r.crashed {
         println!(
-            "ran {stop} of {} operations (seed {}), last fsync after operation {fsynced}; crashed: {lost} unflushed writes lost",
-            args.ops, args.seed
+            "ran {} of {} operations (seed {}), last fsync after operation {}; crashed: {} unflushed writes lost",
+            r.ops_run, args.ops, args.seed, r.last_fsync_after, r.unflushed_writes_lost
         );
     } else {
-        println!("ran {stop} operations (seed {}); unmounted cleanly", args.seed);
+        println!("ran {} operations (seed {}); unmounted cleanly", r.ops_run, args.seed);
     }
     Ok(exit::OK)
 }
