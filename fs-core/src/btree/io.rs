@@ -56,6 +56,7 @@ impl NodeIo {
     ) -> Result<(Node, Vec<BadCopy>)> {
         let mut bad = Vec::new();
         let mut best: Option<(Node, u8)> = None;
+        let mut lengths_differ = false;
         let mut buf = vec![0u8; self.node_size as usize];
         for p in ptrs {
             let result = self.device(p.dev).and_then(|d| {
@@ -67,6 +68,9 @@ impl NodeIo {
                 // bset whose write reached one replica before a crash). That is not damage:
                 // the longer copy is used and its extra bsets are replayed or blacklisted.
                 Ok(node) => {
+                    if best.as_ref().is_some_and(|(b, _)| b.sectors_written != node.sectors_written) {
+                        lengths_differ = true;
+                    }
                     if best.as_ref().is_none_or(|(b, _)| node.sectors_written > b.sectors_written) {
                         best = Some((node, p.dev));
                     }
@@ -78,6 +82,8 @@ impl NodeIo {
         }
         if let Some((mut node, _)) = best {
             node.ptrs = ptrs.to_vec();
+            // As bcachefs does: replicas that differ, or a bad one, get the node rewritten.
+            node.needs_rewrite = lengths_differ || !bad.is_empty();
             return Ok((node, bad));
         }
         let nr = bad.len();

@@ -117,6 +117,9 @@ pub struct Node {
     pub dirty: bool,
     /// Logical clock of the last access, for cache eviction.
     pub last_used: u64,
+    /// The replicas disagreed or one was bad when the node was read: appending to them would
+    /// leave them different, so the next write puts the whole node somewhere new.
+    pub needs_rewrite: bool,
 }
 
 impl Node {
@@ -126,7 +129,17 @@ impl Node {
         } else {
             NodeKeys::Interior(BTreeMap::new())
         };
-        Node { hdr, ptrs, keys, sectors_written: 0, key_bytes: 0, journal_seq: 0, dirty: true, last_used: 0 }
+        Node {
+            hdr,
+            ptrs,
+            keys,
+            sectors_written: 0,
+            key_bytes: 0,
+            journal_seq: 0,
+            dirty: true,
+            last_used: 0,
+            needs_rewrite: false,
+        }
     }
 
     pub fn nr_keys(&self) -> usize {

@@ -220,7 +220,10 @@ impl Btrees {
     }
 
     fn read(&mut self, ptrs: &[ExtentPtr], exp: &Expected) -> Result<Node> {
-        let (node, bad) = self.io.read_node(ptrs, exp, &*self.blacklisted)?;
+        let (mut node, bad) = self.io.read_node(ptrs, exp, &*self.blacklisted)?;
+        if node.needs_rewrite {
+            node.dirty = true;
+        }
         for b in bad {
             self.log.push(format!(
                 "btree node read error on dev {}, read from another replica: {}",
@@ -736,6 +739,9 @@ impl Btrees {
     fn write_node(&mut self, seq: u64) -> Result<u64> {
         let node = self.node(seq)?;
         let node_bytes = self.io.node_size();
+        if node.needs_rewrite {
+            return self.rewrite(seq);
+        }
         if node.sectors_written == 0 {
             self.write_whole(seq)?;
             return Ok(seq);
@@ -784,6 +790,7 @@ impl Btrees {
         let old_ptrs = std::mem::replace(&mut node.ptrs, loc.ptrs);
         node.hdr.seq = new_seq;
         node.sectors_written = 0;
+        node.needs_rewrite = false;
         if let NodeKeys::Leaf(m) = &mut node.keys {
             m.retain(|_, kv| !kv.is_deleted());
         }
