@@ -335,3 +335,74 @@ fn list_shows_committed_keys_and_nodes() {
     let out = bcsim(&["list", "c.img"], d.path());
     assert_eq!((out.code, out.stdout.as_str()), (0, ""));
 }
+
+fn gunzip(src: &Path, dst: &Path) {
+    let out = Command::new("gzip").arg("-dc").arg(src).output().unwrap();
+    assert!(out.status.success());
+    std::fs::write(dst, out.stdout).unwrap();
+}
+
+/// fsck -n on a damaged image set reports, exits 4 and leaves every byte as it was; -y fixes
+/// (exit 1), records the error count in the superblock under the error's stable id, and a
+/// second check is clean (exit 0). Mutually exclusive modes are a usage error.
+#[test]
+fn fsck_modes_exit_codes_and_error_counts() {
+    let d = tmp();
+    let fixture = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/f_inode_wrong_nlink");
+    for n in ["image.0", "image.1"] {
+        gunzip(&fixture.join(format!("{n}.gz")), &d.path().join(n));
+    }
+    let before: Vec<Vec<u8>> =
+        ["image.0", "image.1"].iter().map(|n| std::fs::read(d.path().join(n)).unwrap()).collect();
+    let out = bcsim(&["fsck", "-nf", "image.0", "image.1"], d.path());
+    assert_eq!(out.code, 4, "{}{}", out.stdout, out.stderr);
+    assert!(out.stdout.contains("inode_wrong_nlink") && out.stdout.contains("(not fixed)"), "{}", out.stdout);
+    let after: Vec<Vec<u8>> =
+        ["image.0", "image.1"].iter().map(|n| std::fs::read(d.path().join(n)).unwrap()).collect();
+    assert!(before == after, "fsck -n changed the images");
+
+    let out = bcsim(&["fsck", "-yf", "--json", "image.0", "image.1"], d.path());
+    assert_eq!(out.code, 1, "{}{}", out.stdout, out.stderr);
+    let v: serde_json::Value = serde_json::from_str(&out.stdout).unwrap();
+    assert_eq!(v["problems"][0]["id"], 209);
+    let sb = bcsim(&["show-super", "--json", "-f", "errors", "image.0"], d.path());
+    let sb: serde_json::Value = serde_json::from_str(&sb.stdout).unwrap();
+    let errors = sb["errors"].as_array().unwrap();
+    assert!(
+        errors.iter().any(|e| e["id"] == 209 && e["name"] == "inode_wrong_nlink" && e["count"] == 1),
+        "{errors:?}"
+    );
+    assert_eq!(bcsim(&["fsck", "-fn", "image.0", "image.1"], d.path()).code, 0);
+
+    assert_eq!(bcsim(&["fsck", "-n", "-y", "image.0", "image.1"], d.path()).code, 16);
+    fails(&bcsim(&["fsck", "-n", "nope.img"], d.path()), 8, "nope.img: no such file");
+}
+
+/// run crashes a workload, mount recovers it (and says so), a second mount finds it clean.
+#[test]
+fn run_crash_then_mount_recovers() {
+    let d = tmp();
+    format_ok(d.path(), &["--size", "256M", "--metadata-replicas", "2", "a.img", "b.img"]);
+    let out = bcsim(
+        &["run", "--ops", "400", "--seed", "9", "--crash-after", "300", "--json", "a.img", "b.img"],
+        d.path(),
+    );
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let v: serde_json::Value = serde_json::from_str(&out.stdout).unwrap();
+    assert_eq!(v["crashed"], true);
+    let m = bcsim(&["mount", "a.img", "b.img"], d.path());
+    assert_eq!(m.code, 0, "{}", m.stderr);
+    assert!(
+        m.stdout.contains("recovering from unclean shutdown") && m.stdout.contains("journal_replay:"),
+        "{}",
+        m.stdout
+    );
+    let again = bcsim(&["mount", "a.img", "b.img"], d.path());
+    assert!(again.stdout.contains("recovering from clean shutdown"), "{}", again.stdout);
+    fails(
+        &bcsim(&["run", "--ops", "10", "--crash-after", "20", "a.img", "b.img"], d.path()),
+        16,
+        "--crash-after is larger",
+    );
+    fails(&bcsim(&["mount", "-o", "frobnicate", "a.img", "b.img"], d.path()), 16, "unknown option");
+}
