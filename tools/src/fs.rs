@@ -62,6 +62,23 @@ pub struct Fs {
 /// Entries of one journal entry at most; a transaction's keys are split into entries this big.
 const MAX_JOURNAL_ENTRY_BYTES: usize = 256 << 10;
 
+/// What the allocator needs to know of each member: its layout and journal buckets.
+pub fn device_inits(set: &DeviceSet) -> Vec<DeviceInit> {
+    set.sb
+        .members
+        .iter()
+        .enumerate()
+        .filter(|(_, m)| !m.is_unused())
+        .filter_map(|(i, m)| {
+            Some(DeviceInit {
+                dev_idx: u8::try_from(i).ok()?,
+                member: m.clone(),
+                journal: set.device(i).map(|d| d.sb.journal.clone()).unwrap_or_default(),
+            })
+        })
+        .collect()
+}
+
 /// Journal rings of the present devices, continuing after each ring's newest bucket.
 pub fn journal_rings(set: &DeviceSet) -> Result<Vec<Ring>> {
     let magic = fs_magic(&set.sb.uuid, JSET_SALT);
@@ -140,18 +157,7 @@ impl Fs {
             });
         }
         set.require_all(false)?;
-        let inits: Vec<DeviceInit> = set
-            .sb
-            .members
-            .iter()
-            .enumerate()
-            .filter(|(_, m)| !m.is_unused())
-            .map(|(i, m)| DeviceInit {
-                dev_idx: i as u8,
-                member: m.clone(),
-                journal: set.device(i).map(|d| d.sb.journal.clone()).unwrap_or_default(),
-            })
-            .collect();
+        let inits = device_inits(&set);
         // Read the alloc btree first (read-only), then build the allocator from it.
         let mut reader = Btrees::new(
             NodeIo::new(devices(&set), io.magic(), opts.btree_node_size()),
@@ -171,16 +177,7 @@ impl Fs {
         let rings = journal_rings(&set)?;
         let jcfg = journal_config(&set, &opts, rings.len());
         let journal = Journal::new(rings, jcfg, journal_seq + 1)?;
-        let mut fs = Fs {
-            set,
-            opts,
-            btrees,
-            alloc: Some(alloc),
-            nodes: Some(nodes),
-            journal: Some(journal),
-            journal_seq,
-            pending_alloc: Vec::new(),
-        };
+        let mut fs = Fs::from_parts(set, opts, btrees, alloc, nodes, journal, journal_seq);
         if new_fs {
             fs.init_alloc_info()?;
         }
@@ -320,20 +317,8 @@ impl Fs {
     fn rebuild_allocator(&mut self) -> Result<()> {
         self.apply_alloc_updates()?;
         let keys = read_alloc_keys(&mut self.btrees)?;
-        let inits: Vec<DeviceInit> = self
-            .set
-            .sb
-            .members
-            .iter()
-            .enumerate()
-            .filter(|(_, m)| !m.is_unused())
-            .map(|(i, m)| DeviceInit {
-                dev_idx: i as u8,
-                member: m.clone(),
-                journal: self.set.device(i).map(|d| d.sb.journal.clone()).unwrap_or_default(),
-            })
-            .collect();
-        let alloc = Arc::new(Allocator::from_alloc_keys(inits, self.opts.btree_node_size(), keys)?);
+        let alloc =
+            Arc::new(Allocator::from_alloc_keys(device_inits(&self.set), self.opts.btree_node_size(), keys)?);
         let nodes = Arc::new(BtreeNodeAlloc::from_options(alloc.clone(), &self.opts)?);
         self.btrees.set_node_allocator(nodes.clone());
         self.alloc = Some(alloc);

@@ -7,7 +7,7 @@
 use std::sync::Arc;
 use std::time::Instant;
 
-use allocator::{Allocator, BtreeNodeAlloc, DeviceInit, Watermark};
+use allocator::{Allocator, BtreeNodeAlloc, Watermark};
 use fs_core::bkey::{AllocV4, Bkey};
 use fs_core::bpos::{Bpos, BtreeId};
 use fs_core::btree::node::BTREE_NODE_SALT;
@@ -22,7 +22,7 @@ use journal::keys::JournalKeys;
 use journal::read::{JournalDevice, JournalRead, ReadOpts, read_journal};
 use journal::{Journal, JournalWatermark, JsetEntry, Ring};
 
-use crate::fs::{Fs, journal_config};
+use crate::fs::{Fs, device_inits, journal_config};
 
 /// Journal seqs blacklisted after an unclean shutdown beyond the newest seq found: the open
 /// entry at the crash had the next seq and may have reached btree nodes.
@@ -136,20 +136,6 @@ fn journal_roots(jr: &JournalRead) -> Vec<Root> {
         }
     }
     roots.into_values().collect()
-}
-
-fn device_inits(set: &DeviceSet) -> Vec<DeviceInit> {
-    set.sb
-        .members
-        .iter()
-        .enumerate()
-        .filter(|(_, m)| !m.is_unused())
-        .map(|(i, m)| DeviceInit {
-            dev_idx: i as u8,
-            member: m.clone(),
-            journal: set.device(i).map(|d| d.sb.journal.clone()).unwrap_or_default(),
-        })
-        .collect()
 }
 
 /// Adds `n` occurrences of `err` to the superblock's error counts.
