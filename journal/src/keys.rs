@@ -6,15 +6,18 @@
 //! A commit that writes a position marks the journal key there overwritten, and the overlay
 //! stops showing it.
 //!
-//! Recovery may hold tens of millions of keys, so the vector is built once at its final size,
-//! sorted in place with a total order (no stable-sort buffer), compacted in place, and searched
-//! by bisection. Overwritten keys are skipped through a hierarchical bitset of live keys
-//! ([`LiveSet`]) rather than one by one: the sorted replay pass marks keys overwritten in order,
-//! and a lookup from below that run must not walk millions of dead keys.
+//! Recovery may hold tens of millions of keys, so they are sorted as flat 56-byte records
+//! ([`SortKey`], small values inline) in one vector built at its final size, in place with a
+//! total order (no stable-sort buffer; the halves around the median on their own threads),
+//! compacted in place, then turned into [`JournalKey`]s in key order, which allocates their
+//! values in key order too, and searched by bisection. Overwritten keys are skipped through a
+//! hierarchical bitset of live keys ([`LiveSet`]) rather than one by one: the sorted replay pass
+//! marks keys overwritten in order, and a lookup from below that run must not walk millions of
+//! dead keys.
 
 use std::cmp::Ordering;
 
-use fs_core::bkey::Bkey;
+use fs_core::bkey::{Bkey, KeyType};
 use fs_core::bpos::{Bpos, BtreeId};
 use fs_core::btree::iter::KeyOverlay;
 
@@ -37,12 +40,6 @@ pub struct JournalKey {
 }
 
 impl JournalKey {
-    fn cmp_journal_order(&self, other: &JournalKey) -> Ordering {
-        self.cmp_pos(other.btree, other.level, other.key.pos)
-            .then(self.seq.cmp(&other.seq))
-            .then(self.journal_offset.cmp(&other.journal_offset))
-    }
-
     fn cmp_pos(&self, btree: BtreeId, level: u8, pos: Bpos) -> Ordering {
         self.btree.cmp(&btree).then(self.level.cmp(&level)).then(self.key.pos.cmp(&pos))
     }
@@ -61,37 +58,39 @@ impl JournalKeys {
     /// first, then only the newest per position kept. Returns the keys and the number read (for
     /// [`JournalKeys::summary`]). Clones every key; [`JournalKeys::from_entries_owned`] does not.
     pub fn from_entries(entries: &[ReadEntry]) -> (JournalKeys, usize) {
-        let mut keys = Vec::with_capacity(count_keys(entries));
+        let mut sk = SortKeys::with_capacity(count_keys(entries));
         for e in entries {
-            push_keys(&mut keys, e.jset.seq, e.jset.entries.iter().cloned());
+            push_keys(&mut sk, e.jset.seq, e.jset.entries.iter().cloned());
         }
-        JournalKeys::sort_and_compact(keys)
+        JournalKeys::sort_and_compact(sk)
     }
 
     /// As [`JournalKeys::from_entries`], moving the keys out of the entries.
     pub fn from_entries_owned(entries: Vec<ReadEntry>) -> (JournalKeys, usize) {
-        let mut keys = Vec::with_capacity(count_keys(&entries));
-        for e in entries {
-            push_keys(&mut keys, e.jset.seq, e.jset.entries.into_iter());
+        let mut sk = SortKeys::with_capacity(count_keys(&entries));
+        // Newest first: the entries' memory is then given back in the reverse of the order it
+        // was taken in, which lets the allocator return it to the system as it goes (the sort
+        // makes the order of the records irrelevant).
+        for e in entries.into_iter().rev() {
+            push_keys(&mut sk, e.jset.seq, e.jset.entries.into_iter());
         }
-        JournalKeys::sort_and_compact(keys)
+        JournalKeys::sort_and_compact(sk)
     }
 
-    fn sort_and_compact(mut keys: Vec<JournalKey>) -> (JournalKeys, usize) {
-        let read = keys.len();
-        // (btree, level, pos, seq, journal_offset) is unique per key, so an unstable sort is
-        // deterministic and needs no buffer.
-        keys.sort_unstable_by(JournalKey::cmp_journal_order);
+    fn sort_and_compact(mut sk: SortKeys) -> (JournalKeys, usize) {
+        let read = sk.recs.len();
+        let threads = std::thread::available_parallelism().map_or(1, std::num::NonZero::get);
+        sort_keys(&mut sk.recs, threads);
         // dedup_by keeps the first of a run and hands it over as `kept`; swapping in the later
         // key each time leaves the newest in the kept slot.
-        keys.dedup_by(|later, kept| {
-            let same = later.cmp_pos(kept.btree, kept.level, kept.key.pos) == Ordering::Equal;
+        sk.recs.dedup_by(|later, kept| {
+            let same = later.cmp_pos(kept) == Ordering::Equal;
             if same {
                 std::mem::swap(later, kept);
             }
             same
         });
-        keys.shrink_to_fit();
+        let keys = into_journal_keys(sk);
         let live = LiveSet::full(keys.len());
         (JournalKeys { keys, live }, read)
     }
@@ -120,10 +119,44 @@ impl JournalKeys {
         self.index_of(btree, level, pos).and_then(|i| self.keys.get(i))
     }
 
+    /// The key at index `i` of the sorted order (the `i`-th that [`JournalKeys::iter`] yields),
+    /// overwritten or not.
+    pub fn at(&self, i: usize) -> Option<&JournalKey> {
+        self.keys.get(i)
+    }
+
+    /// Moves the value of the live key at index `i` out, for replay to hand to the btree
+    /// instead of copying it (a copy reads memory the sort has scattered, one cache miss per
+    /// key). The journal key keeps its position, type and seq. The caller must then either
+    /// mark it overwritten ([`JournalKeys::mark_overwritten_at`]) once the btree has it, or
+    /// give it back ([`JournalKeys::put_back`]): until then the overlay would show it without
+    /// its value. `None` if there is no such key or it is overwritten.
+    pub fn take_at(&mut self, i: usize) -> Option<Bkey> {
+        let k = self.keys.get_mut(i).filter(|k| !k.overwritten)?;
+        Some(Bkey { pos: k.key.pos, ty: k.key.ty, size: k.key.size, val: std::mem::take(&mut k.key.val) })
+    }
+
+    /// Returns a key [`JournalKeys::take_at`] took from index `i` (the btree refused it).
+    /// False, and nothing changes, if `key` is not the key at `i`.
+    pub fn put_back(&mut self, i: usize, key: Bkey) -> bool {
+        match self.keys.get_mut(i) {
+            Some(k) if k.key.pos == key.pos && k.key.ty == key.ty && k.key.val.is_empty() => {
+                k.key.val = key.val;
+                true
+            }
+            _ => false,
+        }
+    }
+
     /// A commit wrote `pos` after the journal key: the overlay must stop showing the journal key
     /// there. True if a not yet overwritten key was there.
     pub fn mark_overwritten(&mut self, btree: BtreeId, level: u8, pos: Bpos) -> bool {
-        let Some(i) = self.index_of(btree, level, pos) else { return false };
+        self.index_of(btree, level, pos).is_some_and(|i| self.mark_overwritten_at(i))
+    }
+
+    /// [`JournalKeys::mark_overwritten`] for the key at index `i`, for a caller that walks the
+    /// keys in order (the replay) and so need not search for them. True if the key was live.
+    pub fn mark_overwritten_at(&mut self, i: usize) -> bool {
         match self.keys.get_mut(i) {
             Some(k) if !k.overwritten => {
                 k.overwritten = true;
@@ -164,6 +197,170 @@ impl KeyOverlay for JournalKeys {
     }
 }
 
+/// Values up to this many bytes travel inside the sort records.
+const INLINE_VAL_BYTES: usize = 16;
+/// `SortKey::val_len` of a value too big to travel inline: `val` holds its index in
+/// [`SortKeys::boxed`] instead.
+const VAL_BOXED: u8 = u8::MAX;
+
+/// A journal key while the keys are sorted and compacted: [`JournalKey`] flattened to 56 bytes,
+/// with a small value inside the record. Inline, the value is read in key order along with the
+/// record after the sort; boxed, it would be wherever the journal read allocated it, in
+/// journal order, and reading each in key order (the replay, the node writes after it) would
+/// cost a cache and TLB miss per key. The journal keys built after the sort allocate their
+/// values in key order.
+struct SortKey {
+    inode: u64,
+    offset: u64,
+    seq: u64,
+    snapshot: u32,
+    journal_offset: u32,
+    size: u32,
+    btree: BtreeId,
+    level: u8,
+    ty: KeyType,
+    /// Bytes of `val` used, or [`VAL_BOXED`].
+    val_len: u8,
+    val: [u8; INLINE_VAL_BYTES],
+}
+
+impl SortKey {
+    fn cmp_pos(&self, other: &SortKey) -> Ordering {
+        (self.btree, self.level, self.inode, self.offset, self.snapshot).cmp(&(
+            other.btree,
+            other.level,
+            other.inode,
+            other.offset,
+            other.snapshot,
+        ))
+    }
+
+    /// Journal order: (btree, level, pos), then oldest first. Total: no two keys of a journal
+    /// have the same seq and journal_offset.
+    fn cmp_journal_order(&self, other: &SortKey) -> Ordering {
+        self.cmp_pos(other)
+            .then(self.seq.cmp(&other.seq))
+            .then(self.journal_offset.cmp(&other.journal_offset))
+    }
+}
+
+/// The records being sorted, and the values too big to travel inline.
+#[derive(Default)]
+struct SortKeys {
+    recs: Vec<SortKey>,
+    boxed: Vec<Box<[u8]>>,
+}
+
+impl SortKeys {
+    fn with_capacity(n: usize) -> SortKeys {
+        SortKeys { recs: Vec::with_capacity(n), boxed: Vec::new() }
+    }
+
+    fn push(&mut self, btree: BtreeId, level: u8, seq: u64, journal_offset: u32, key: Bkey) {
+        let Bkey { pos, ty, size, val } = key;
+        let mut inline = [0u8; INLINE_VAL_BYTES];
+        let val_len = match inline.get_mut(..val.len()) {
+            Some(head) => {
+                head.copy_from_slice(&val);
+                val.len() as u8
+            }
+            None => {
+                if let Some(index) = inline.first_chunk_mut::<8>() {
+                    *index = (self.boxed.len() as u64).to_le_bytes();
+                }
+                self.boxed.push(val);
+                VAL_BOXED
+            }
+        };
+        self.recs.push(SortKey {
+            inode: pos.inode,
+            offset: pos.offset,
+            seq,
+            snapshot: pos.snapshot,
+            journal_offset,
+            size,
+            btree,
+            level,
+            ty,
+            val_len,
+            val: inline,
+        });
+    }
+
+    fn journal_key(&mut self, r: SortKey) -> JournalKey {
+        let val: Box<[u8]> = if r.val_len == VAL_BOXED {
+            let index = r.val.first_chunk::<8>().map_or(0, |b| u64::from_le_bytes(*b));
+            self.boxed.get_mut(index as usize).map(std::mem::take).unwrap_or_default()
+        } else {
+            r.val.get(..usize::from(r.val_len)).unwrap_or_default().into()
+        };
+        JournalKey {
+            btree: r.btree,
+            level: r.level,
+            key: Bkey { pos: Bpos::new(r.inode, r.offset, r.snapshot), ty: r.ty, size: r.size, val },
+            seq: r.seq,
+            journal_offset: r.journal_offset,
+            overwritten: false,
+        }
+    }
+}
+
+/// Records converted per step of [`into_journal_keys`].
+const CONVERT_CHUNK: usize = 1 << 20;
+
+/// The journal keys of sorted records, in the same order. Converted from the end a chunk at a
+/// time, giving back the records' memory as it goes, so the two vectors are never both whole.
+fn into_journal_keys(mut sk: SortKeys) -> Vec<JournalKey> {
+    let mut keys = Vec::with_capacity(sk.recs.len());
+    let mut chunk = Vec::with_capacity(CONVERT_CHUNK.min(sk.recs.len()));
+    while !sk.recs.is_empty() {
+        let at = sk.recs.len().saturating_sub(CONVERT_CHUNK);
+        chunk.extend(sk.recs.drain(at..).rev());
+        sk.recs.shrink_to_fit();
+        for r in chunk.drain(..) {
+            let k = sk.journal_key(r);
+            keys.push(k);
+        }
+    }
+    keys.reverse();
+    keys
+}
+
+/// Below this many keys a sort stays on one thread: a second would not pay for its start.
+const PARALLEL_SORT_MIN_KEYS: usize = 1 << 16;
+/// Halvings at most: up to 2^3 threads.
+const PARALLEL_SORT_MAX_DEPTH: u32 = 3;
+
+/// Sorts into journal order on up to `threads` threads, in place: split around the median
+/// (`select_nth_unstable`, linear), then sort the two halves at once, recursively. The order is
+/// total (no two keys compare equal), so the result is the same whatever the split.
+fn sort_keys(keys: &mut [SortKey], threads: usize) {
+    let depth = threads.max(1).ilog2().min(PARALLEL_SORT_MAX_DEPTH);
+    sort_split(keys, depth);
+}
+
+fn sort_split(keys: &mut [SortKey], depth: u32) {
+    if depth == 0 || keys.len() < PARALLEL_SORT_MIN_KEYS {
+        keys.sort_unstable_by(SortKey::cmp_journal_order);
+        return;
+    }
+    let mid = keys.len() / 2;
+    keys.select_nth_unstable_by(mid, SortKey::cmp_journal_order);
+    let (left, right) = keys.split_at_mut(mid);
+    let right_sorted = std::thread::scope(|s| {
+        let spawned = std::thread::Builder::new()
+            .name("journal-keys-sort".into())
+            .spawn_scoped(s, || sort_split(&mut *right, depth - 1));
+        sort_split(left, depth - 1);
+        spawned.is_ok_and(|h| h.join().is_ok())
+    });
+    // A thread that could not start, or died (only a panicking comparison could do that; the
+    // slice is then still a permutation), leaves its half to this thread.
+    if !right_sorted {
+        sort_split(right, 0);
+    }
+}
+
 fn count_keys(entries: &[ReadEntry]) -> usize {
     entries
         .iter()
@@ -176,12 +373,12 @@ fn count_keys(entries: &[ReadEntry]) -> usize {
 }
 
 /// Appends the `btree_keys` of one jset, numbering them in jset order.
-fn push_keys(out: &mut Vec<JournalKey>, seq: u64, entries: impl Iterator<Item = JsetEntry>) {
+fn push_keys(out: &mut SortKeys, seq: u64, entries: impl Iterator<Item = JsetEntry>) {
     let mut journal_offset = 0u32;
     for entry in entries {
         let JsetEntry::BtreeKeys { btree, level, keys } = entry else { continue };
         for key in keys {
-            out.push(JournalKey { btree, level, key, seq, journal_offset, overwritten: false });
+            out.push(btree, level, seq, journal_offset, key);
             journal_offset = journal_offset.saturating_add(1);
         }
     }
@@ -293,6 +490,28 @@ mod tests {
     use fs_core::rng::Rng;
 
     use super::*;
+
+    /// The sort moves every record several times: it must stay as small as the comment on
+    /// `SortKey` says.
+    #[test]
+    fn sort_key_is_56_bytes() {
+        assert_eq!(std::mem::size_of::<SortKey>(), 56);
+    }
+
+    /// Values too big to travel inline come back from the side vector, each to its own key.
+    #[test]
+    fn boxed_values_survive_sort_and_compaction() {
+        let big = |tag: u8| Bkey::new(Bpos::new(1, u64::from(tag), 0), KeyType::Set, vec![tag; 40]);
+        let small = |tag: u8| Bkey::new(Bpos::new(1, u64::from(tag), 0), KeyType::Set, vec![tag; 3]);
+        let mut sk = SortKeys::with_capacity(4);
+        for (i, k) in [big(9), small(2), big(5), big(2)].into_iter().enumerate() {
+            sk.push(BtreeId::Extents, 0, 1, i as u32, k);
+        }
+        let (keys, read) = JournalKeys::sort_and_compact(sk);
+        assert_eq!(read, 4);
+        let got: Vec<Bkey> = keys.iter().map(|k| k.key.clone()).collect();
+        assert_eq!(got, vec![big(2), big(5), big(9)]);
+    }
 
     /// next_set and prev_set agree with a plain bitmap across word and level boundaries, as
     /// members are cleared in random order.

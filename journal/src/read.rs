@@ -2,7 +2,8 @@
 //! scanned in parallel, merged into the list of entries recovery replays.
 //!
 //! The read runs in passes:
-//! 1. One thread per device walks its journal buckets in ring order. A bucket whose first block
+//! 1. One thread per device walks its journal buckets in ring order, as many devices at a time as
+//!    there are CPUs, each wave merged (pass 3) before the next starts. A bucket whose first block
 //!    holds nothing of ours is skipped after that one block (journals are large and image files
 //!    sparse); a used bucket is read whole. Within a bucket, [`scan_bucket`] applies the
 //!    per-bucket rules: an empty block ends the bucket, so does a seq below the bucket's first
@@ -146,11 +147,8 @@ pub fn read_journal(devs: &[JournalDevice], opts: &ReadOpts) -> Result<JournalRe
         Geometry::new(d, opts)?;
     }
     let mut m = Merger::default();
-    let scans = scan_all(devs, opts, Pass::First)?;
-    let mut rings = Vec::with_capacity(scans.len());
-    for scan in scans {
-        m.add_scan(scan, &mut rings, None);
-    }
+    let mut rings = Vec::with_capacity(devs.len());
+    scan_all(devs, opts, Pass::First, |scan| m.add_scan(scan, &mut rings, None))?;
     m.collect_blacklist();
 
     let Some((last_seq, replay_end)) = replay_range(&mut m) else {
@@ -162,9 +160,7 @@ pub fn read_journal(devs: &[JournalDevice], opts: &ReadOpts) -> Result<JournalRe
     let mut gaps = m.gaps(last_seq, replay_end);
     if !gaps.is_empty() {
         m.log.push(format!("journal entries missing {range_line}: re-reading every journal bucket in full"));
-        for scan in scan_all(devs, opts, Pass::Full(&gaps))? {
-            m.add_scan(scan, &mut Vec::new(), Some(&gaps));
-        }
+        scan_all(devs, opts, Pass::Full(&gaps), |scan| m.add_scan(scan, &mut Vec::new(), Some(&gaps)))?;
         gaps = m.gaps(last_seq, replay_end);
     }
     if !gaps.is_empty() && !opts.missing.is_empty() && !opts.degraded {
@@ -296,11 +292,31 @@ struct DevScan {
     io_errors: Vec<(u64, Error)>,
 }
 
-/// Scans every device, one thread each. A thread that cannot be started scans on this thread
-/// instead: slower, same result. Results come back in device order, so the merge is
-/// deterministic whatever the threads' timing.
-fn scan_all(devs: &[JournalDevice], opts: &ReadOpts, pass: Pass<'_>) -> Result<Vec<DevScan>> {
-    let joined: Vec<Result<DevScan>> = std::thread::scope(|s| {
+/// Scans every device and hands each scan to `merge`, in device order, so the merge is
+/// deterministic whatever the threads' timing. Devices are scanned in waves of as many as there
+/// are CPUs, one thread each, and each wave is merged before the next starts: a scan holds every
+/// entry it decoded, and scanning every device before merging any would hold every replica of
+/// the journal in memory at once, where merging keeps one copy per seq. A thread that cannot be
+/// started scans on this thread instead: slower, same result. The first error, in device order,
+/// ends the read.
+fn scan_all(
+    devs: &[JournalDevice],
+    opts: &ReadOpts,
+    pass: Pass<'_>,
+    mut merge: impl FnMut(DevScan),
+) -> Result<()> {
+    let wave = std::thread::available_parallelism().map_or(1, std::num::NonZero::get);
+    for chunk in devs.chunks(wave.max(1)) {
+        for scan in scan_wave(chunk, opts, pass) {
+            merge(scan?);
+        }
+    }
+    Ok(())
+}
+
+/// Scans `devs` at once, one thread each; results in device order.
+fn scan_wave(devs: &[JournalDevice], opts: &ReadOpts, pass: Pass<'_>) -> Vec<Result<DevScan>> {
+    std::thread::scope(|s| {
         let handles: Vec<_> = devs
             .iter()
             .map(|d| {
@@ -322,8 +338,7 @@ fn scan_all(devs: &[JournalDevice], opts: &ReadOpts, pass: Pass<'_>) -> Result<V
                 Err(_) => scan_device(d, opts, pass),
             })
             .collect()
-    });
-    joined.into_iter().collect()
+    })
 }
 
 /// Walks one device's ring. I/O errors are recorded per bucket, never returned: other devices'

@@ -5,10 +5,10 @@
 //! with a kernel's line by line.
 
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use allocator::{Allocator, BtreeNodeAlloc, Watermark};
-use fs_core::bkey::{AllocV4, Bkey};
+use fs_core::bkey::AllocV4;
 use fs_core::bpos::{Bpos, BtreeId};
 use fs_core::btree::node::BTREE_NODE_SALT;
 use fs_core::btree::{BtreeConfig, Btrees, NodeIo, Root};
@@ -61,6 +61,37 @@ pub struct Mounted {
     pub fsck_errors: Vec<(FsckErr, u64)>,
     /// Alloc keys check_allocations repaired during recovery.
     pub alloc_repairs: Vec<crate::fsck::Problem>,
+    /// Wall time of each mount phase (all zero after a clean shutdown), for benchmarks.
+    pub times: RecoveryTimes,
+}
+
+/// Wall time of the phases of a recovery, in the order they run. The recovery passes other
+/// than replay (alloc_read, going read-write) are not counted in any of them.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RecoveryTimes {
+    /// Reading every device's journal, checking and merging the copies, choosing the range.
+    pub journal_read: PhaseTime,
+    /// Collecting the journal keys, sorting them and compacting them to one per position.
+    pub sort: PhaseTime,
+    /// `journal_replay`: the sorted pass and the journal-order pass.
+    pub replay: PhaseTime,
+    /// Writing back the replayed btrees, releasing the replay range, writing the superblock.
+    pub write_back: PhaseTime,
+}
+
+/// When a phase began, counted from the start of recovery, and how long it took: enough to
+/// place it on a timeline (memory samples, say).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PhaseTime {
+    pub start: Duration,
+    pub took: Duration,
+}
+
+impl PhaseTime {
+    /// The phase that began at `began`, in a recovery that began at `t0`, ending now.
+    fn until_now(t0: Instant, began: Instant) -> PhaseTime {
+        PhaseTime { start: began.saturating_duration_since(t0), took: began.elapsed() }
+    }
 }
 
 /// The filesystem options with the mount options applied. In the v1.37.5 profile a
@@ -235,6 +266,7 @@ pub fn mount(mut set: DeviceSet, mopts: &MountOpts) -> Result<Mounted> {
             journal_keys_kept: 0,
             fsck_errors: Vec::new(),
             alloc_repairs: Vec::new(),
+            times: RecoveryTimes::default(),
         });
     }
     log.push("recovering from unclean shutdown".to_owned());
@@ -244,7 +276,9 @@ pub fn mount(mut set: DeviceSet, mopts: &MountOpts) -> Result<Mounted> {
 fn recover(mut set: DeviceSet, opts: Options, mopts: &MountOpts, mut log: Vec<String>) -> Result<Mounted> {
     let t0 = Instant::now();
     let ropts = journal_read_opts(&set, opts.block_size(), mopts.degraded());
-    let jr = read_journal(&journal_devices(&set), &ropts)?;
+    let mut times = RecoveryTimes::default();
+    let mut jr = read_journal(&journal_devices(&set), &ropts)?;
+    times.journal_read = PhaseTime::until_now(t0, t0);
     log.extend(jr.log.iter().cloned());
     for &(err, n) in &jr.fsck_errors {
         count_error(&mut set, err, n);
@@ -258,7 +292,11 @@ fn recover(mut set: DeviceSet, opts: Options, mopts: &MountOpts, mut log: Vec<St
     log.push(format!("journal read in {:.2?}", t0.elapsed()));
 
     let roots = journal_roots(&jr);
-    let (mut keys, nr_read) = JournalKeys::from_entries(&jr.entries);
+    let t_sort = Instant::now();
+    // The entries are not needed once their keys are out: moving the keys (not copying them)
+    // keeps one copy of the journal in memory, not two.
+    let (mut keys, nr_read) = JournalKeys::from_entries_owned(std::mem::take(&mut jr.entries));
+    times.sort = PhaseTime::until_now(t0, t_sort);
     log.push(JournalKeys::summary(nr_read, keys.len()));
 
     // Seqs after the replay range may have reached btree nodes without their journal entry
@@ -361,11 +399,16 @@ fn recover(mut set: DeviceSet, opts: Options, mopts: &MountOpts, mut log: Vec<St
                         return Err(Error::new(ErrCode::InvalidArgument, "journal_replay before alloc_read"));
                     }
                 };
+                let t_replay = Instant::now();
                 replayed = replay(t, n, &mut keys, &mut log)?;
+                times.replay = PhaseTime::until_now(t0, t_replay);
             }
             _ => {}
         }
     }
+    // Replay has written every journal key into the btrees: free them before write-back.
+    let nr_kept = keys.len();
+    drop(keys);
     let (Some(alloc), Some(nodes), Some(btrees), Some(journal)) = (alloc, nodes, btrees, journal) else {
         return Err(Error::new(ErrCode::InvalidArgument, "recovery passes incomplete"));
     };
@@ -377,21 +420,24 @@ fn recover(mut set: DeviceSet, opts: Options, mopts: &MountOpts, mut log: Vec<St
     for p in &alloc_problems {
         count_error(&mut fs.set, p.err, 1);
     }
+    let t_write_back = Instant::now();
     fs.write_back()?;
     if let Some(j) = fs.journal.as_mut() {
         j.unpin(jr.last_seq.max(1));
     }
     fs.write_back()?;
     fs.set.write_super()?;
+    times.write_back = PhaseTime::until_now(t0, t_write_back);
     log.push(format!("recovery done: {replayed} keys replayed ({:.2?})", t0.elapsed()));
     Ok(Mounted {
         fs,
         log,
         replayed: Some((jr.last_seq, jr.replay_end)),
         journal_keys_read: nr_read,
-        journal_keys_kept: keys.len(),
+        journal_keys_kept: nr_kept,
         fsck_errors: jr.fsck_errors.clone(),
         alloc_repairs: alloc_problems,
+        times,
     })
 }
 
@@ -421,31 +467,49 @@ fn continue_rings(set: &DeviceSet, jr: &JournalRead) -> Result<Vec<Ring>> {
     Ok(rings)
 }
 
+/// Keys replayed between node write-backs during replay. Written nodes are clean and may be
+/// evicted, so the btree's memory stays within its cache bound however many keys the journal
+/// holds, as journal reclaim keeps it in bcachefs; nodes written before the new roots reach the
+/// journal are safe because the allocator does not reuse emptied buckets before their journal
+/// seq is durable.
+const REPLAY_WRITE_BACK_KEYS: usize = 1 << 20;
+
 /// Replays journal keys: a sorted pass in btree order at the normal watermark, queueing keys
 /// that must wait for the allocator, then a pass over the queued keys in journal order at the
 /// reclaim watermark. Returns how many keys were replayed.
+///
+/// Keys are taken by index, not searched for, and moved into the btree rather than copied; a
+/// key the btree refuses comes back and goes back into the journal keys, so the overlay shows
+/// it until it is replayed. Every `REPLAY_WRITE_BACK_KEYS` keys the dirty nodes are written.
 fn replay(
     t: &mut Btrees,
     nodes: &BtreeNodeAlloc,
     keys: &mut JournalKeys,
     log: &mut Vec<String>,
 ) -> Result<usize> {
-    let mut queued: Vec<(u64, BtreeId, Bkey)> = Vec::new();
+    let mut queued: Vec<usize> = Vec::new();
     let mut done = 0usize;
-    let all: Vec<(BtreeId, u8, Bkey, u64)> =
-        keys.iter().filter(|k| !k.overwritten).map(|k| (k.btree, k.level, k.key.clone(), k.seq)).collect();
-    for (btree, level, key, seq) in all {
-        if level != 0 {
+    for i in 0..keys.len() {
+        let Some((btree, seq)) =
+            keys.at(i).filter(|k| !k.overwritten && k.level == 0).map(|k| (k.btree, k.seq))
+        else {
             continue;
-        }
+        };
+        let Some(key) = keys.take_at(i) else { continue };
         let pos = key.pos;
-        match t.insert(btree, key.clone(), seq) {
+        match t.insert_or_return(btree, key, seq) {
             Ok(()) => {
-                keys.mark_overwritten(btree, 0, pos);
+                keys.mark_overwritten_at(i);
                 done += 1;
+                if done % REPLAY_WRITE_BACK_KEYS == 0 {
+                    t.write_dirty()?;
+                }
             }
-            Err(e) if e.matches(ErrCode::OperationBlocked) => queued.push((seq, btree, key)),
-            Err(e) => return Err(e.prefix(format_args!("journal_replay: btree={btree} pos={pos}"))),
+            Err((e, Some(key))) if e.matches(ErrCode::OperationBlocked) => {
+                keys.put_back(i, key);
+                queued.push(i);
+            }
+            Err((e, _)) => return Err(e.prefix(format_args!("journal_replay: btree={btree} pos={pos}"))),
         }
     }
     if !queued.is_empty() {
@@ -453,21 +517,33 @@ fn replay(
             "journal_replay: {} keys wait for the allocator; replaying them in journal order",
             queued.len()
         ));
-        queued.sort_by_key(|(seq, _, _)| *seq);
+        // Stable: keys of one seq stay in btree order.
+        queued.sort_by_key(|&i| keys.at(i).map_or(0, |k| k.seq));
         let wm = nodes.watermark();
         nodes.set_watermark(Watermark::Reclaim);
-        for (seq, btree, key) in queued {
-            let pos = key.pos;
-            let r = t.insert(btree, key, seq);
-            if let Err(e) = r {
-                nodes.set_watermark(wm);
-                return Err(e.prefix(format_args!("journal_replay (journal order): btree={btree} pos={pos}")));
-            }
-            keys.mark_overwritten(btree, 0, pos);
-            done += 1;
-        }
+        let r = replay_queued(t, keys, &queued);
         nodes.set_watermark(wm);
+        done += r?;
     }
     log.push(format!("journal_replay: {done} keys replayed"));
+    Ok(done)
+}
+
+/// The journal-order pass over the keys the sorted pass queued.
+fn replay_queued(t: &mut Btrees, keys: &mut JournalKeys, queued: &[usize]) -> Result<usize> {
+    let mut done = 0;
+    for &i in queued {
+        let Some((btree, seq)) = keys.at(i).map(|k| (k.btree, k.seq)) else { continue };
+        let Some(key) = keys.take_at(i) else { continue };
+        let pos = key.pos;
+        if let Err((e, key)) = t.insert_or_return(btree, key, seq) {
+            if let Some(key) = key {
+                keys.put_back(i, key);
+            }
+            return Err(e.prefix(format_args!("journal_replay (journal order): btree={btree} pos={pos}")));
+        }
+        keys.mark_overwritten_at(i);
+        done += 1;
+    }
     Ok(done)
 }

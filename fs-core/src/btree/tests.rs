@@ -347,6 +347,76 @@ fn blocked_allocation_changes_nothing() {
     assert!(t.node_infos(BtreeId::Extents).unwrap().len() > nodes_before);
 }
 
+/// `insert_or_return` refused for want of nodes hands back the very key it was given, in an
+/// empty btree (no root leaf) and at a split, and the tree stays as it was.
+#[test]
+fn blocked_insert_gives_the_key_back() {
+    let s = Setup::new(1, 1);
+    let mut t = s.open(Vec::new(), Behavior::Fixed);
+    s.alloc.block(true);
+    match t.insert_or_return(BtreeId::Extents, key(0, 0), 1) {
+        Err((e, Some(k))) => {
+            assert!(e.matches(ErrCode::OperationBlocked), "{e}");
+            assert_eq!(k, key(0, 0));
+        }
+        other => panic!("an empty btree took a key with the allocator blocked: {other:?}"),
+    }
+    assert!(contents(&mut t, BtreeId::Extents).is_empty());
+    s.alloc.block(false);
+    t.insert(BtreeId::Extents, key(0, 0), 1).unwrap();
+    s.alloc.block(true);
+    let mut i = 1;
+    let refused = loop {
+        match t.insert_or_return(BtreeId::Extents, key(i, i), 1) {
+            Ok(()) => i += 1,
+            Err(r) => break r,
+        }
+        assert!(i < 100_000, "never needed a new node");
+    };
+    s.alloc.block(false);
+    let (e, k) = refused;
+    assert!(e.matches(ErrCode::OperationBlocked), "{e}");
+    assert_eq!(k, Some(key(i, i)));
+    assert_eq!(contents(&mut t, BtreeId::Extents).len() as u64, i);
+}
+
+/// Lookups and inserts in key order reuse the last leaf a descent found; across splits,
+/// write-back, eviction and direction changes every answer must still be the model's.
+#[test]
+fn lookups_in_key_order_match_model() {
+    let s = Setup::new(2, 2);
+    let mut t = s.open(Vec::new(), Behavior::Fixed);
+    let mut model: BTreeMap<Bpos, Bkey> = BTreeMap::new();
+    let mut rng = crate::rng::Rng::new(7);
+    let ascending = 0..6_000u64;
+    let descending = (6_000..12_000u64).rev();
+    let random: Vec<u64> = (0..6_000).map(|_| rng.below(12_000)).collect();
+    for (n, i) in ascending.chain(descending).chain(random).enumerate() {
+        let k = key(i, n as u64);
+        t.insert(BtreeId::Extents, k.clone(), 1).unwrap();
+        model.insert(k.pos, k);
+        for probe in [i, i.saturating_sub(1), i + 1, i / 2, rng.below(12_000)] {
+            let pos = key(probe, 0).pos;
+            assert_eq!(
+                t.get(BtreeId::Extents, pos).unwrap(),
+                model.get(&pos).cloned(),
+                "after {n} inserts, at {probe}"
+            );
+        }
+        if n % 1_000 == 999 {
+            t.write_dirty().unwrap();
+        }
+        if n % 2_500 == 2_499 {
+            let gone = key(rng.below(12_000), 0).pos;
+            t.delete(BtreeId::Extents, gone, 1).unwrap();
+            model.remove(&gone);
+        }
+    }
+    let want: Vec<Bkey> = model.values().cloned().collect();
+    assert_eq!(contents(&mut t, BtreeId::Extents), want);
+    assert_eq!(contents_rev(&mut t, BtreeId::Extents), want);
+}
+
 struct MapOverlay(BTreeMap<Bpos, Bkey>);
 
 impl KeyOverlay for MapOverlay {

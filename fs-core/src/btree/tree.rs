@@ -42,6 +42,9 @@ impl std::hash::Hasher for SeqHasher {
 
 type NodeMap = HashMap<u64, Node, std::hash::BuildHasherDefault<SeqHasher>>;
 
+/// What [`Btrees::insert_or_return`] returns: on error, the key too if the tree did not take it.
+pub type InsertResult = std::result::Result<(), (Error, Option<Bkey>)>;
+
 /// A btree root as persisted (journal `btree_root` entries, the superblock clean section).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Root {
@@ -100,6 +103,24 @@ pub struct Btrees {
     topology_errors: u64,
     blacklisted: Box<dyn Fn(u64) -> bool + Send + Sync>,
     log: Vec<String>,
+    /// No eviction scan until the cache holds more nodes than this: set when a scan found too
+    /// few clean nodes to get under the bound (dirty nodes are never evicted), so that a cache
+    /// full of dirty nodes is not scanned again on every update; cleared by write-back.
+    evict_scan_above: usize,
+    /// Where the last descent ended, for the next lookup in key order (journal replay, bulk
+    /// loads), which would make the same choices at every level and the same header checks.
+    last_leaf: Option<LastLeaf>,
+}
+
+/// A leaf and every position a descent from the root would reach it for: at each level the
+/// positions above the previous child's max_key and up to this child's max_key. Valid until
+/// the tree's shape or a header changes: everything that changes them clears it.
+#[derive(Clone, Copy, Debug)]
+struct LastLeaf {
+    btree: BtreeId,
+    seq: u64,
+    min: Bpos,
+    max: Bpos,
 }
 
 fn slot(btree: BtreeId) -> usize {
@@ -134,6 +155,8 @@ impl Btrees {
             topology_errors: 0,
             blacklisted: Box::new(|_| false),
             log: Vec::new(),
+            evict_scan_above: 0,
+            last_leaf: None,
         }
     }
 
@@ -143,11 +166,13 @@ impl Btrees {
     }
 
     pub fn set_check_headers(&mut self, on: bool) {
+        self.last_leaf = None;
         self.check_headers = on;
     }
 
     /// Bsets carrying a journal seq for which `f` is true are ignored when nodes are read.
     pub fn set_blacklist(&mut self, f: impl Fn(u64) -> bool + Send + Sync + 'static) {
+        self.last_leaf = None;
         self.blacklisted = Box::new(f);
     }
 
@@ -235,6 +260,18 @@ impl Btrees {
 
     /// The child of interior node `parent` covering `pos`, read into the cache if needed.
     fn child(&mut self, btree: BtreeId, parent: u64, pos: Bpos) -> Result<u64> {
+        self.child_in(btree, parent, pos, None)
+    }
+
+    /// [`Btrees::child`]; with `range`, narrows it to the positions for which `parent` leads to
+    /// the same child: above the previous child's max_key, up to this child's.
+    fn child_in(
+        &mut self,
+        btree: BtreeId,
+        parent: u64,
+        pos: Bpos,
+        range: Option<&mut (Bpos, Bpos)>,
+    ) -> Result<u64> {
         let p = self.node(parent)?;
         let level = p.hdr.level.saturating_sub(1);
         let NodeKeys::Interior(children) = &p.keys else {
@@ -246,6 +283,12 @@ impl Btrees {
                 .level(p.hdr.level)
                 .pos(pos));
         };
+        if let Some((lo, hi)) = range {
+            if let Some((&prev_max, _)) = children.range(..pos).next_back() {
+                *lo = (*lo).max(prev_max.successor());
+            }
+            *hi = (*hi).min(max_key);
+        }
         let exp = Expected {
             btree,
             level,
@@ -297,16 +340,33 @@ impl Btrees {
     /// The leaf covering `pos`, without recording the path; `None` for an empty btree. This is
     /// the hot path of every insert and lookup.
     fn leaf(&mut self, btree: BtreeId, pos: Bpos) -> Result<Option<u64>> {
+        if let Some(l) = self.last_leaf.filter(|l| l.btree == btree && l.min <= pos && pos <= l.max) {
+            self.clock += 1;
+            if let Some(n) = self.nodes.get_mut(&l.seq) {
+                n.last_used = self.clock;
+                return Ok(Some(l.seq));
+            }
+        }
         let Some(mut seq) = self.root(btree)? else { return Ok(None) };
+        let mut range = (Bpos::MIN, Bpos::MAX);
+        let topology_errors = self.topology_errors;
         loop {
             self.clock += 1;
             let clock = self.clock;
             let n = self.nodes.get_mut(&seq).ok_or_else(|| missing_node(seq))?;
             n.last_used = clock;
             if n.hdr.level == 0 {
+                // A descent that found a header not matching its pointer is not repeated
+                // silently: the next one logs and counts it again.
+                self.last_leaf = (self.topology_errors == topology_errors).then_some(LastLeaf {
+                    btree,
+                    seq,
+                    min: range.0,
+                    max: range.1,
+                });
                 return Ok(Some(seq));
             }
-            seq = self.child(btree, seq, pos)?;
+            seq = self.child_in(btree, seq, pos, Some(&mut range))?;
         }
     }
 
@@ -451,19 +511,25 @@ impl Btrees {
     /// Inserts or overwrites `key` (a deleted or whiteout key deletes). `journal_seq` is the
     /// journal entry the update belongs to; the node's next bset records it.
     pub fn insert(&mut self, btree: BtreeId, key: Bkey, journal_seq: u64) -> Result<()> {
-        key.validate()?;
-        if self.root(btree)?.is_none() {
-            if key.is_deleted() {
-                return Ok(());
-            }
-            self.new_root_leaf(btree)?;
-        }
-        let leaf = self
-            .leaf(btree, key.pos)?
-            .ok_or_else(|| Error::new(ErrCode::BtreeNeedTopologyRepair, "no leaf"))?;
+        self.insert_or_return(btree, key, journal_seq).map_err(|(e, _)| e)
+    }
+
+    /// [`Btrees::insert`], handing the key back with the error when the insert was refused
+    /// before the tree took it (nodes could not be reserved: `operation_blocked`; a node could
+    /// not be read), so that a caller holding its only copy can keep it and retry: journal
+    /// replay moves its keys in rather than copying them. The key is `None` when the error came
+    /// after the tree took it.
+    pub fn insert_or_return(&mut self, btree: BtreeId, key: Bkey, journal_seq: u64) -> InsertResult {
+        let leaf = match self.leaf_for_insert(btree, &key) {
+            Ok(Some(leaf)) => leaf,
+            Ok(None) => return Ok(()),
+            Err(e) => return Err((e, Some(key))),
+        };
         let (pos, kv) = KeyVal::from_key(key, true);
         let split_bytes = self.split_bytes;
-        let n = self.node_mut(leaf)?;
+        let Some(n) = self.nodes.get_mut(&leaf) else {
+            return Err((missing_node(leaf), Some(key_of(pos, kv))));
+        };
         if !kv.is_deleted() {
             if let NodeKeys::Leaf(m) = &mut n.keys {
                 let old_bytes = m.get(&pos).map_or(0, KeyVal::encoded_bytes);
@@ -477,15 +543,33 @@ impl Btrees {
                     self.maybe_evict();
                     return Ok(());
                 }
-                let path = self.path(btree, pos, 0)?;
-                self.split_insert(btree, &path, pos, kv, journal_seq)?;
+                let path = match self.path(btree, pos, 0) {
+                    Ok(path) => path,
+                    Err(e) => return Err((e, Some(key_of(pos, kv)))),
+                };
+                self.split_insert(btree, &path, pos, kv, journal_seq)
+                    .map_err(|(e, kv)| (e, kv.map(|kv| key_of(pos, kv))))?;
                 self.maybe_evict();
                 return Ok(());
             }
         }
-        self.apply_to_leaf(leaf, pos, kv, journal_seq)?;
+        self.apply_to_leaf(leaf, pos, kv, journal_seq).map_err(|e| (e, None))?;
         self.maybe_evict();
         Ok(())
+    }
+
+    /// The leaf `key` goes into, after making a root leaf for an empty btree; `None` for a
+    /// deletion in an empty btree, which has nothing to do.
+    fn leaf_for_insert(&mut self, btree: BtreeId, key: &Bkey) -> Result<Option<u64>> {
+        key.validate()?;
+        if self.root(btree)?.is_none() {
+            if key.is_deleted() {
+                return Ok(None);
+            }
+            self.new_root_leaf(btree)?;
+        }
+        let leaf = self.leaf(btree, key.pos)?;
+        leaf.map(Some).ok_or_else(|| Error::new(ErrCode::BtreeNeedTopologyRepair, "no leaf"))
     }
 
     /// Deletes the key at `pos` (nothing if there is none).
@@ -520,6 +604,7 @@ impl Btrees {
     }
 
     fn new_root_leaf(&mut self, btree: BtreeId) -> Result<()> {
+        self.last_leaf = None;
         let mut locs = self.alloc.alloc_nodes(1, btree, 0)?;
         let Some(loc) = locs.pop() else {
             return Err(Error::new(ErrCode::BucketAllocBlocked, "allocator returned no node").btree(btree));
@@ -559,6 +644,7 @@ impl Btrees {
         Ok((need + 1, true))
     }
 
+    /// Gives `kv` back with the error if nothing could be reserved (nothing changed then).
     fn split_insert(
         &mut self,
         btree: BtreeId,
@@ -566,17 +652,25 @@ impl Btrees {
         pos: Bpos,
         kv: KeyVal,
         journal_seq: u64,
-    ) -> Result<()> {
-        let (need, _new_root) = self.nodes_for_split(path)?;
+    ) -> std::result::Result<(), (Error, Option<KeyVal>)> {
+        // Splits change the shape of the tree.
+        self.last_leaf = None;
+        let Some(&leaf) = path.last() else { return Err((missing_node(0), Some(kv))) };
+        let need = match self.nodes_for_split(path) {
+            Ok((need, _new_root)) => need,
+            Err(e) => return Err((e, Some(kv))),
+        };
         // The point of no return: everything the split needs is reserved first.
-        let mut reserved = self.alloc.alloc_nodes(need, btree, 0)?;
-        let leaf = *path.last().ok_or_else(|| missing_node(0))?;
-        self.apply_to_leaf(leaf, pos, kv, journal_seq)?;
+        let mut reserved = match self.alloc.alloc_nodes(need, btree, 0) {
+            Ok(reserved) => reserved,
+            Err(e) => return Err((e, Some(kv))),
+        };
+        self.apply_to_leaf(leaf, pos, kv, journal_seq).map_err(|e| (e, None))?;
         let result = self.split_upwards(btree, path, pos, journal_seq, &mut reserved);
         if !reserved.is_empty() {
             self.alloc.release_unused(reserved);
         }
-        result
+        result.map_err(|e| (e, None))
     }
 
     /// Splits the node at the end of `path` and, as long as a parent overflows, the parent.
@@ -708,12 +802,15 @@ impl Btrees {
                 self.update_parent_ptr(seq)?;
             }
         }
+        // Written nodes are clean, so evictable: scan again.
+        self.evict_scan_above = 0;
         self.maybe_evict();
         Ok(writes)
     }
 
     /// Points the parent of node `seq` at the node as it now is on disk.
     fn update_parent_ptr(&mut self, seq: u64) -> Result<()> {
+        self.last_leaf = None;
         let n = self.node(seq)?;
         let (btree, level, max_key, ptr) = (n.hdr.btree, n.hdr.level, n.hdr.max_key, n.ptr());
         if self.root_seq.get(slot(btree)).copied().flatten() == Some(seq) {
@@ -779,6 +876,7 @@ impl Btrees {
     /// A node whose space is used up is written anew elsewhere (compacted) under a new seq;
     /// its parent is pointed at the new place after the write is flushed.
     fn rewrite(&mut self, seq: u64) -> Result<u64> {
+        self.last_leaf = None;
         let (btree, level) = {
             let n = self.node(seq)?;
             (n.hdr.btree, n.hdr.level)
@@ -807,7 +905,8 @@ impl Btrees {
     /// Evicts the least recently used clean nodes beyond the cache bound; roots stay.
     fn maybe_evict(&mut self) {
         let bound = self.cfg.cache_nodes.max(16);
-        if self.nodes.len() <= bound + bound / 8 {
+        let slack = bound / 8;
+        if self.nodes.len() <= (bound + slack).max(self.evict_scan_above) {
             return;
         }
         let roots: Vec<u64> = self.root_seq.iter().flatten().copied().collect();
@@ -819,15 +918,22 @@ impl Btrees {
             .collect();
         clean.sort_unstable();
         let excess = self.nodes.len().saturating_sub(bound);
+        if excess > 0 {
+            self.last_leaf = None;
+        }
         for (_, s) in clean.into_iter().take(excess) {
             self.nodes.remove(&s);
         }
+        // Still over: the rest is dirty. Scanning again before `slack` more nodes arrive (or a
+        // write-back cleans some) would find the same, and cost O(nodes) per update.
+        self.evict_scan_above = if self.nodes.len() > bound + slack { self.nodes.len() + slack } else { 0 };
     }
 
     /// Fault injection for scenarios: makes the cached node at `level` covering `pos` claim a
     /// different max_key, as the nodes in #1107 were found to after being read correctly.
     /// Returns false if no such node is cached.
     pub fn corrupt_cached_header(&mut self, btree: BtreeId, level: u8, pos: Bpos) -> Result<bool> {
+        self.last_leaf = None;
         let path = self.path(btree, pos, level)?;
         let Some(&seq) = path.last() else { return Ok(false) };
         let n = self.node_mut(seq)?;
@@ -882,6 +988,11 @@ fn split_map<V>(
     };
     let right = m.split_off(&left_max.successor());
     (m, right, left_max)
+}
+
+/// The key a leaf entry holds, taking its value.
+fn key_of(pos: Bpos, kv: KeyVal) -> Bkey {
+    Bkey { pos, ty: kv.ty, size: kv.size, val: kv.val }
 }
 
 fn key_bytes(keys: &NodeKeys) -> usize {

@@ -9,34 +9,95 @@
 //! `std::collections::BTreeMap`, into the btree in memory (no write-back), and into the btree
 //! on image files with write-back every million keys; reports keys/s, peak RSS per phase (each
 //! phase runs in its own process) and the btree/BTreeMap time ratios.
+//!
+//! `recovery [KEYS] [UNIQUE]` (default 29M and 22M, the figures of #1107's recovery log):
+//! formats 8 sparse images, opens them, writes a journal of KEYS keys over UNIQUE positions
+//! without applying them to the btrees, and crashes (drops the filesystem). Then, each in its
+//! own process: a mount (recovery), reporting the time of each phase and peak RSS; and a floor,
+//! the same keys sorted, compacted and loaded into `BTreeMap`s in memory. Reports the ratios and
+//! whether the targets are met: total within 3x the floor, 2M keys/s end to end, peak RSS within
+//! 2x the compacted keys' encoded bytes. Per-phase peak RSS of the mount comes from sampling
+//! VmRSS every 10 ms (the phases run inside one library call); the floor's phases reset VmHWM
+//! between them. `recovery-setup DIR KEYS UNIQUE` leaves the crashed images in DIR, and
+//! `recovery-phase mount DIR KEYS UNIQUE` mounts them, for profiling one phase by hand.
 
 use std::os::unix::fs::MetadataExt;
 use std::path::Path;
-use std::time::Instant;
-
+use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use bcsim::fs::Fs;
 use bcsim::images::{ImageSpec, format_images, open_device_set};
+use bcsim::recovery::{MountOpts, mount};
 use fs_core::bkey::{Bkey, KeyType};
 use fs_core::bpos::{Bpos, BtreeId};
 use fs_core::btree::BtreeConfig;
 use fs_core::dev::{MemDevice, SharedDevice};
 use fs_core::format::{DeviceSpec, format};
-use fs_core::opts::Options;
+use fs_core::opts::{OptId, OptValue, Options};
 use fs_core::rng::Rng;
 use fs_core::sb::DeviceSet;
+use journal::{JournalWatermark, JsetEntry};
 use serde_json::json;
 
 const TIB: u64 = 1 << 40;
 
 fn peak_rss_kib() -> u64 {
+    status_kib("VmHWM:")
+}
+
+fn status_kib(field: &str) -> u64 {
     let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
     status
         .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .find_map(|l| l.strip_prefix(field))
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
         .unwrap_or(0)
+}
+
+/// Resets the peak RSS (VmHWM) to the current RSS, so the next phase's peak is its own. False
+/// where the kernel does not allow it; peaks are then cumulative.
+fn reset_peak_rss() -> bool {
+    std::fs::write("/proc/self/clear_refs", "5").is_ok()
+}
+
+/// Samples this process's RSS every `RSS_SAMPLE_INTERVAL` on a thread of its own, for the peak
+/// of phases that run inside one library call.
+struct RssSampler {
+    stop: Arc<std::sync::atomic::AtomicBool>,
+    thread: std::thread::JoinHandle<Vec<(Duration, u64)>>,
+}
+
+const RSS_SAMPLE_INTERVAL: Duration = Duration::from_millis(10);
+
+impl RssSampler {
+    fn start(t0: Instant) -> Result<RssSampler, String> {
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let flag = stop.clone();
+        let thread = std::thread::Builder::new()
+            .name("rss-sampler".into())
+            .spawn(move || {
+                let mut samples = Vec::new();
+                while !flag.load(std::sync::atomic::Ordering::Relaxed) {
+                    samples.push((t0.elapsed(), status_kib("VmRSS:")));
+                    std::thread::sleep(RSS_SAMPLE_INTERVAL);
+                }
+                samples
+            })
+            .map_err(|e| e.to_string())?;
+        Ok(RssSampler { stop, thread })
+    }
+
+    fn finish(self) -> Vec<(Duration, u64)> {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        self.thread.join().unwrap_or_default()
+    }
+}
+
+/// The largest sample in `[start, start + took]`.
+fn sampled_peak(samples: &[(Duration, u64)], start: Duration, took: Duration) -> u64 {
+    samples.iter().filter(|(t, _)| *t >= start && *t <= start + took).map(|&(_, kib)| kib).max().unwrap_or(0)
 }
 
 fn usage(dir: &Path) -> (u64, u64) {
@@ -218,6 +279,396 @@ fn bench_btree(n: u64) -> Result<serde_json::Value, String> {
     Ok(json!({"bench": "btree", "keys": n, "value_bytes": 8, "phases": results, "time_ratios": ratios}))
 }
 
+// ---- recovery ----------------------------------------------------------------------------
+
+const REC_KEYS: u64 = 29_000_000;
+const REC_UNIQUE: u64 = 22_000_000;
+const REC_DEVICES: usize = 8;
+const REC_DEV_BYTES: u64 = 256 << 30;
+const REC_BUCKET_BYTES: u64 = 4 << 20;
+const REC_METADATA_REPLICAS: u64 = 2;
+/// Keys per journal reservation (`Journal::add`): two or three fit one 256 KiB entry.
+const REC_KEYS_PER_ADD: usize = 2048;
+/// Reservations between flush entries (each flush is an fsync of the entry's devices).
+const REC_ADDS_PER_FLUSH: u64 = 256;
+/// Positions whose replayed value the mount checks against the generator.
+const REC_VERIFY_SAMPLES: u64 = 2_000;
+/// Largest encoded key the generator makes (32-byte header, 16-byte value).
+const REC_MAX_KEY_BYTES: u64 = 48;
+/// Targets from the issue.
+const TARGET_TIME_VS_FLOOR: f64 = 3.0;
+const TARGET_KEYS_PER_SEC: f64 = 2_000_000.0;
+const TARGET_RSS_VS_COMPACTED: f64 = 2.0;
+
+/// splitmix64's finalizer: a bijection on u64, so distinct indexes give distinct positions.
+fn mix64(mut z: u64) -> u64 {
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
+}
+
+/// The key journalled as update number `i`, to the position with index `k`: one position in
+/// five is an inode (8-byte value), the others extents spread over about a million inodes
+/// (16-byte value). The value carries `i`, so the newest update of a position is recognisable.
+fn rec_key(k: u64, i: u64) -> (BtreeId, Bkey) {
+    if k % 5 == 4 {
+        let pos = Bpos::new(0, 4096 + k, u32::MAX);
+        return (BtreeId::Inodes, Bkey::new(pos, KeyType::Set, i.to_le_bytes()));
+    }
+    let h = mix64(k);
+    let pos = Bpos::new(4096 + (h >> 44), h & ((1 << 44) - 1), u32::MAX);
+    let mut val = [0u8; 16];
+    let (lo, hi) = val.split_at_mut(8);
+    lo.copy_from_slice(&i.to_le_bytes());
+    hi.copy_from_slice(&k.to_le_bytes());
+    (BtreeId::Extents, Bkey::new(pos, KeyType::Set, val))
+}
+
+/// The journal's updates in journal order: `keys` updates over exactly `unique` positions, new
+/// positions spread evenly through the journal and the rest overwriting a random earlier one.
+/// Yields (update number, position index, btree, key).
+struct RecKeys {
+    rng: Rng,
+    keys: u64,
+    unique: u64,
+    next: u64,
+    created: u64,
+}
+
+impl RecKeys {
+    fn new(keys: u64, unique: u64) -> RecKeys {
+        RecKeys { rng: Rng::new(0x1107), keys, unique: unique.clamp(1, keys.max(1)), next: 0, created: 0 }
+    }
+}
+
+impl Iterator for RecKeys {
+    type Item = (u64, u64, BtreeId, Bkey);
+
+    fn next(&mut self) -> Option<Self::Item> {
+        let i = self.next;
+        if i >= self.keys {
+            return None;
+        }
+        self.next += 1;
+        let due = (u128::from(i) + 1) * u128::from(self.unique) / u128::from(self.keys);
+        let k = if self.created == 0 || u128::from(self.created) < due {
+            self.created += 1;
+            self.created - 1
+        } else {
+            self.rng.below(self.created)
+        };
+        let (btree, key) = rec_key(k, i);
+        Some((i, k, btree, key))
+    }
+}
+
+fn rec_dir() -> PathBuf {
+    std::env::temp_dir().join(format!("bcsim-bench-recovery-{}", std::process::id()))
+}
+
+fn rec_paths(dir: &Path) -> Vec<PathBuf> {
+    (0..REC_DEVICES).map(|i| dir.join(format!("dev{i}.img"))).collect()
+}
+
+fn secs(d: Duration) -> f64 {
+    d.as_secs_f64()
+}
+
+/// Journal bytes the entries can use: every device's journal buckets, divided among the replicas.
+fn journal_capacity_bytes(set: &DeviceSet) -> u64 {
+    let raw: u64 =
+        set.devices.iter().flatten().map(|m| m.sb.journal.buckets().count() as u64 * REC_BUCKET_BYTES).sum();
+    raw / REC_METADATA_REPLICAS
+}
+
+/// Formats the images, opens them (which writes the first alloc info), journals the keys
+/// without applying them, and drops the filesystem without unmounting: a crash.
+fn rec_setup(dir: &Path, keys: u64, unique: u64) -> Result<serde_json::Value, String> {
+    let e = |err: fs_core::error::Error| err.to_string();
+    std::fs::create_dir_all(dir).map_err(|err| format!("{}: {err}", dir.display()))?;
+    let specs: Vec<ImageSpec> = rec_paths(dir)
+        .into_iter()
+        .map(|p| {
+            let mut s = ImageSpec::new(p);
+            s.size = Some(REC_DEV_BYTES);
+            s.bucket_size = Some(REC_BUCKET_BYTES);
+            s
+        })
+        .collect();
+    let mut opts = Options::default();
+    opts.set(OptId::MetadataReplicas, OptValue::U64(REC_METADATA_REPLICAS)).map_err(e)?;
+    let t = Instant::now();
+    format_images(&specs, &opts, None, true).map_err(e)?;
+    let format_time = t.elapsed();
+
+    let t = Instant::now();
+    let paths: Vec<_> = specs.iter().map(|s| s.path.clone()).collect();
+    let set = open_device_set(&paths, true).map_err(e)?;
+    let capacity = journal_capacity_bytes(&set);
+    // Entries are padded to blocks and every entry carries the roots: a tenth more is plenty.
+    let needed = keys * REC_MAX_KEY_BYTES * 11 / 10;
+    if needed > capacity {
+        return Err(format!("journal of {capacity} bytes cannot hold {keys} keys (about {needed} bytes)"));
+    }
+    let mut fs = Fs::open(set, true, BtreeConfig::default()).map_err(e)?;
+    let open_time = t.elapsed();
+
+    let t = Instant::now();
+    let j = fs.journal.as_mut().ok_or("filesystem opened without a journal")?;
+    let mut batch: Vec<(BtreeId, Bkey)> = Vec::with_capacity(REC_KEYS_PER_ADD);
+    let mut first_seq = None;
+    let mut adds = 0u64;
+    let mut gen_keys = RecKeys::new(keys, unique).peekable();
+    while let Some((_, _, btree, key)) = gen_keys.next() {
+        batch.push((btree, key));
+        if batch.len() < REC_KEYS_PER_ADD && gen_keys.peek().is_some() {
+            continue;
+        }
+        let mut extents = Vec::new();
+        let mut inodes = Vec::new();
+        for (b, k) in batch.drain(..) {
+            if b == BtreeId::Inodes { inodes.push(k) } else { extents.push(k) }
+        }
+        let entries: Vec<JsetEntry> = [(BtreeId::Extents, extents), (BtreeId::Inodes, inodes)]
+            .into_iter()
+            .filter(|(_, ks)| !ks.is_empty())
+            .map(|(btree, keys)| JsetEntry::BtreeKeys { btree, level: 0, keys })
+            .collect();
+        let seq = j.add(entries, JournalWatermark::Normal, Instant::now()).map_err(e)?;
+        // One pin on the first seq keeps every entry from there on in the replay range.
+        if first_seq.is_none() {
+            j.pin(seq);
+            first_seq = Some(seq);
+        }
+        adds += 1;
+        if adds % REC_ADDS_PER_FLUSH == 0 {
+            j.flush().map_err(e)?;
+        }
+    }
+    let last_seq = j.flush().map_err(e)?;
+    let stats = j.stats();
+    let journal_time = t.elapsed();
+    drop(fs);
+    // Nothing of the setup left to write back while the mount is measured.
+    for p in &paths {
+        std::fs::File::open(p).and_then(|f| f.sync_all()).map_err(|err| format!("{}: {err}", p.display()))?;
+    }
+    let (du, _) = usage(dir);
+    Ok(json!({
+        "devices": REC_DEVICES,
+        "device_size_bytes": REC_DEV_BYTES,
+        "bucket_size_bytes": REC_BUCKET_BYTES,
+        "metadata_replicas": REC_METADATA_REPLICAS,
+        "journal_capacity_bytes": capacity,
+        "format_seconds": secs(format_time),
+        "open_seconds": secs(open_time),
+        "journal_write_seconds": secs(journal_time),
+        "journal_seqs": [first_seq, last_seq],
+        "journal_entries_written": stats.entries_written,
+        "journal_bytes_written": stats.bytes_written,
+        "du_bytes": du,
+    }))
+}
+
+/// The newest update number of every position, from the generator.
+fn newest_updates(keys: u64, unique: u64) -> Vec<u32> {
+    let mut newest = vec![0u32; unique as usize];
+    for (i, k, _, _) in RecKeys::new(keys, unique) {
+        if let Some(slot) = newest.get_mut(k as usize) {
+            *slot = i as u32;
+        }
+    }
+    newest
+}
+
+/// Mounts (recovers) the images in `dir`; after the peak RSS is taken, checks the counts and a
+/// sample of replayed positions against the generator.
+fn rec_mount(dir: &Path, keys: u64, unique: u64) -> Result<serde_json::Value, String> {
+    let e = |err: fs_core::error::Error| err.to_string();
+    let set = open_device_set(&rec_paths(dir), true).map_err(e)?;
+    let rss_before = peak_rss_kib();
+    let t = Instant::now();
+    let sampler = RssSampler::start(t)?;
+    let mounted = mount(set, &MountOpts::default());
+    let total = t.elapsed();
+    let samples = sampler.finish();
+    let mut m = mounted.map_err(e)?;
+    let peak = peak_rss_kib();
+
+    if m.journal_keys_read as u64 != keys || m.journal_keys_kept as u64 != unique {
+        return Err(format!(
+            "mount read {} journal keys and kept {}; expected {keys} and {unique}",
+            m.journal_keys_read, m.journal_keys_kept
+        ));
+    }
+    let newest = newest_updates(keys, unique);
+    let mut rng = Rng::new(0x5eed);
+    let mut sample: Vec<(BtreeId, Bkey, u64)> = (0..REC_VERIFY_SAMPLES.min(unique))
+        .map(|_| {
+            let k = rng.below(unique);
+            let i = newest.get(k as usize).copied().unwrap_or(0);
+            let (btree, want) = rec_key(k, u64::from(i));
+            (btree, want, k)
+        })
+        .collect();
+    // In key order, so each leaf is read once.
+    sample.sort_unstable_by_key(|(btree, want, _)| (*btree, want.pos));
+    for (btree, want, k) in sample {
+        let got = m.fs.btrees.get(btree, want.pos).map_err(e)?;
+        if got.as_ref() != Some(&want) {
+            return Err(format!("position {k} ({btree} {}): replayed {got:?}, expected {want:?}", want.pos));
+        }
+    }
+    let t = m.times;
+    let phases = [
+        ("journal_read", t.journal_read),
+        ("sort", t.sort),
+        ("replay", t.replay),
+        ("write_back", t.write_back),
+    ];
+    let other = total.saturating_sub(phases.iter().map(|(_, p)| p.took).sum());
+    let mut phase_secs = serde_json::Map::new();
+    let mut phase_rss = serde_json::Map::new();
+    for (name, p) in phases {
+        phase_secs.insert(name.into(), json!(secs(p.took)));
+        phase_rss.insert(name.into(), json!(sampled_peak(&samples, p.start, p.took)));
+    }
+    phase_secs.insert("other".into(), json!(secs(other)));
+    Ok(json!({
+        "phases_seconds": phase_secs,
+        "phases_peak_rss_kib_sampled": phase_rss,
+        "total_seconds": secs(total),
+        "keys_per_sec": keys as f64 / secs(total),
+        "peak_rss_kib": peak,
+        "rss_before_kib": rss_before,
+        "journal_keys_read": m.journal_keys_read,
+        "journal_keys_kept": m.journal_keys_kept,
+        "verified_samples": REC_VERIFY_SAMPLES.min(unique),
+        "log": m.log.iter().filter(|l| l.starts_with("Journal keys") || l.contains("replay")).collect::<Vec<_>>(),
+    }))
+}
+
+/// The floor: the same keys generated in memory, sorted by (btree, level, pos, seq), compacted
+/// to the newest per position, and loaded into one `BTreeMap` per btree.
+fn rec_floor(keys: u64, unique: u64) -> Result<serde_json::Value, String> {
+    let t = Instant::now();
+    let mut v: Vec<(BtreeId, u8, Bkey, u64)> = Vec::with_capacity(keys as usize);
+    v.extend(RecKeys::new(keys, unique).map(|(i, _, btree, key)| (btree, 0, key, i)));
+    let gen_time = t.elapsed();
+    let generate_peak = peak_rss_kib();
+    let per_phase = reset_peak_rss();
+
+    let t = Instant::now();
+    v.sort_unstable_by_key(|x| (x.0, x.1, x.2.pos, x.3));
+    v.dedup_by(|later, kept| {
+        let same = (later.0, later.1, later.2.pos) == (kept.0, kept.1, kept.2.pos);
+        if same {
+            std::mem::swap(later, kept);
+        }
+        same
+    });
+    let sort_time = t.elapsed();
+    let kept = v.len();
+    let sort_peak = peak_rss_kib();
+    reset_peak_rss();
+
+    let t = Instant::now();
+    let mut maps: std::collections::BTreeMap<BtreeId, std::collections::BTreeMap<Bpos, Box<[u8]>>> =
+        std::collections::BTreeMap::new();
+    let mut it = v.into_iter().peekable();
+    while let Some(&(btree, ..)) = it.peek() {
+        let mut run = Vec::new();
+        while let Some((_, _, key, _)) = it.next_if(|x| x.0 == btree) {
+            run.push((key.pos, key.val));
+        }
+        maps.insert(btree, run.into_iter().collect());
+    }
+    let build_time = t.elapsed();
+    let build_peak = peak_rss_kib();
+    let len: usize = maps.values().map(std::collections::BTreeMap::len).sum();
+    if kept as u64 != unique || len as u64 != unique {
+        return Err(format!("floor kept {kept} keys and built {len}; expected {unique}"));
+    }
+    Ok(json!({
+        "generate_seconds": secs(gen_time),
+        "sort_seconds": secs(sort_time),
+        "build_seconds": secs(build_time),
+        "total_seconds": secs(sort_time + build_time),
+        "peak_rss_kib": generate_peak.max(sort_peak).max(build_peak),
+        "phases_peak_rss_kib": {"generate": generate_peak, "sort": sort_peak, "build": build_peak},
+        "phase_peaks_exact": per_phase,
+    }))
+}
+
+/// One recovery phase (`mount DIR` or `floor`) in this process.
+fn recovery_phase(phase: &str, dir: &str, keys: u64, unique: u64) -> Result<serde_json::Value, String> {
+    match phase {
+        "mount" => rec_mount(Path::new(dir), keys, unique),
+        "floor" => rec_floor(keys, unique),
+        other => Err(format!("unknown recovery phase '{other}'")),
+    }
+}
+
+fn run_child(args: &[&str]) -> Result<serde_json::Value, String> {
+    let exe = std::env::current_exe().map_err(|err| err.to_string())?;
+    let out = std::process::Command::new(&exe).args(args).output().map_err(|err| err.to_string())?;
+    if !out.status.success() {
+        return Err(format!("{args:?} failed: {}", String::from_utf8_lossy(&out.stderr).trim()));
+    }
+    serde_json::from_slice(&out.stdout).map_err(|err| err.to_string())
+}
+
+fn get_f64(v: &serde_json::Value, key: &str) -> f64 {
+    v.get(key).and_then(serde_json::Value::as_f64).unwrap_or(f64::NAN)
+}
+
+fn bench_recovery(keys: u64, unique: u64) -> Result<serde_json::Value, String> {
+    if unique == 0 || unique > keys || keys > u64::from(u32::MAX) {
+        return Err(format!("need 0 < UNIQUE <= KEYS < 2^32, got {keys} and {unique}"));
+    }
+    let dir = rec_dir();
+    let setup = rec_setup(&dir, keys, unique);
+    let mounted = setup.as_ref().map_err(Clone::clone).and_then(|_| {
+        eprintln!("bcsim-bench: recovery setup done, mounting");
+        let d = dir.to_string_lossy();
+        run_child(&["recovery-phase", "mount", &d, &keys.to_string(), &unique.to_string()])
+    });
+    let _ = std::fs::remove_dir_all(&dir);
+    let (setup, mounted) = (setup?, mounted?);
+    eprintln!("bcsim-bench: recovery mount done, measuring the floor");
+    let floor = run_child(&["recovery-phase", "floor", "-", &keys.to_string(), &unique.to_string()])?;
+
+    // Encoded bytes of the compacted keys, from the generator's mix (one position in five is an
+    // inode with an 8-byte value, the rest extents with 16 bytes).
+    let inodes = unique / 5;
+    let compacted_bytes = inodes * 40 + (unique - inodes) * 48;
+    let total = get_f64(&mounted, "total_seconds");
+    let floor_total = get_f64(&floor, "total_seconds");
+    let rss_bytes = get_f64(&mounted, "peak_rss_kib") * 1024.0;
+    let time_ratio = total / floor_total;
+    let keys_per_sec = keys as f64 / total;
+    let rss_ratio = rss_bytes / compacted_bytes as f64;
+    Ok(json!({
+        "bench": "recovery",
+        "keys": keys,
+        "unique": unique,
+        "compacted_key_bytes": compacted_bytes,
+        "setup": setup,
+        "mount": mounted,
+        "floor": floor,
+        "ratios": {
+            "total_vs_floor": time_ratio,
+            "peak_rss_vs_compacted_bytes": rss_ratio,
+            "floor_rss_vs_compacted_bytes": get_f64(&floor, "peak_rss_kib") * 1024.0 / compacted_bytes as f64,
+        },
+        "targets": {
+            "total_within_3x_floor": time_ratio <= TARGET_TIME_VS_FLOOR,
+            "at_least_2m_keys_per_sec": keys_per_sec >= TARGET_KEYS_PER_SEC,
+            "peak_rss_within_2x_compacted": rss_ratio <= TARGET_RSS_VS_COMPACTED,
+        },
+    }))
+}
+
 fn main() -> std::process::ExitCode {
     let args: Vec<String> = std::env::args().collect();
     let which = args.get(1).map_or("format", String::as_str);
@@ -226,7 +677,20 @@ fn main() -> std::process::ExitCode {
         "format" => bench_format(8, TIB, 20),
         "btree" => bench_btree(n_arg(2, 10_000_000)),
         "btree-phase" => btree_phase(args.get(2).map_or("", String::as_str), n_arg(3, 10_000_000)),
-        other => Err(format!("unknown benchmark '{other}': expected format or btree")),
+        "recovery" => bench_recovery(n_arg(2, REC_KEYS), n_arg(3, REC_UNIQUE)),
+        // Images left in DIR for profiling `recovery-phase mount DIR KEYS UNIQUE` by hand.
+        "recovery-setup" => rec_setup(
+            Path::new(args.get(2).map_or("", String::as_str)),
+            n_arg(3, REC_KEYS),
+            n_arg(4, REC_UNIQUE),
+        ),
+        "recovery-phase" => recovery_phase(
+            args.get(2).map_or("", String::as_str),
+            args.get(3).map_or("", String::as_str),
+            n_arg(4, REC_KEYS),
+            n_arg(5, REC_UNIQUE),
+        ),
+        other => Err(format!("unknown benchmark '{other}': expected format, btree or recovery")),
     };
     match result {
         Ok(v) => {
