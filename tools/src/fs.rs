@@ -194,14 +194,7 @@ impl Fs {
         for _ in 0..MAX_SETTLE_ROUNDS {
             let updates = alloc.take_updates();
             if updates.is_empty() && self.btrees.dirty_nodes() == 0 {
-                let roots = self
-                    .btrees
-                    .roots()
-                    .into_iter()
-                    .map(|r| CleanRoot { btree: r.btree, level: r.level, key: r.ptr.encode() })
-                    .collect();
-                self.set.sb.clean = Some(CleanSection { journal_seq: self.journal_seq, roots });
-                return self.set.write_super();
+                return self.write_clean_section(self.journal_seq);
             }
             for (btree, k) in updates {
                 self.btrees.insert(btree, k, 0)?;
@@ -537,13 +530,19 @@ impl Fs {
         }
         self.write_back()?;
         let seq = self.journal_mut()?.flush()?;
+        self.write_clean_section(seq)
+    }
+
+    /// Records the current (written) roots and `journal_seq` as a clean section and writes the
+    /// superblocks: the filesystem is clean from here until it is opened read-write again.
+    fn write_clean_section(&mut self, journal_seq: u64) -> Result<()> {
         let roots = self
             .btrees
             .roots()
             .into_iter()
             .map(|r| CleanRoot { btree: r.btree, level: r.level, key: r.ptr.encode() })
             .collect();
-        self.set.sb.clean = Some(CleanSection { journal_seq: seq, roots });
+        self.set.sb.clean = Some(CleanSection { journal_seq, roots });
         self.set.write_super()
     }
 
