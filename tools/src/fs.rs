@@ -22,7 +22,7 @@ use allocator::{Allocator, BtreeNodeAlloc, DeviceInit};
 use fs_core::bkey::{AllocV4, Bkey, BtreePtrV2, ExtentPtr, KeyType};
 use fs_core::bpos::{Bpos, BtreeId};
 use fs_core::btree::node::BTREE_NODE_SALT;
-use fs_core::btree::{BtreeConfig, Btrees, NodeAllocator, NodeInfo, NodeIo, NodeLocation, Root};
+use fs_core::btree::{BtreeConfig, Btrees, KeyOverlay, NodeAllocator, NodeInfo, NodeIo, NodeLocation, Root};
 use fs_core::dev::SharedDevice;
 use fs_core::error::{ErrCode, Error, Result};
 use fs_core::opts::Options;
@@ -165,7 +165,7 @@ impl Fs {
             roots.clone(),
             cfg,
         );
-        let alloc_keys = read_alloc_keys(&mut reader)?;
+        let alloc_keys = read_alloc_keys(&mut reader, None)?;
         let new_fs = alloc_keys.is_empty();
         let alloc = Arc::new(if new_fs {
             Allocator::new(inits, opts.btree_node_size())?
@@ -224,13 +224,9 @@ impl Fs {
             journal_seq,
             pending_alloc: Vec::new(),
         };
-        let roots = fs.btrees.roots().into_iter().map(|r| JsetEntry::BtreeRoot {
-            btree: r.btree,
-            level: r.level,
-            ptr: r.ptr,
-        });
+        let roots = root_entries(&mut fs.btrees);
         if let Some(j) = fs.journal.as_mut() {
-            j.set_roots(roots.collect());
+            j.set_roots(roots);
         }
         fs
     }
@@ -238,7 +234,7 @@ impl Fs {
     /// Writable from here on: the current roots go into the journal (a crash before the next
     /// write-back finds them there), then the superblock stops saying clean.
     pub fn go_rw(&mut self) -> Result<()> {
-        self.journal_roots(JournalWatermark::Normal)?;
+        self.journal_roots()?;
         self.journal_mut()?.flush()?;
         self.set.sb.clean = None;
         self.set.write_super()
@@ -253,14 +249,8 @@ impl Fs {
         self.write_back_with(JournalWatermark::Reclaim)
     }
 
-    fn journal_roots(&mut self, wm: JournalWatermark) -> Result<()> {
-        let roots: Vec<JsetEntry> = self
-            .btrees
-            .roots()
-            .into_iter()
-            .map(|r| JsetEntry::BtreeRoot { btree: r.btree, level: r.level, ptr: r.ptr })
-            .collect();
-        let _ = wm;
+    fn journal_roots(&mut self) -> Result<()> {
+        let roots = root_entries(&mut self.btrees);
         self.journal_mut()?.set_roots(roots);
         Ok(())
     }
@@ -286,11 +276,7 @@ impl Fs {
     /// Commits `keys` as as many transactions as their size needs: for bulk loads, where
     /// atomicity across the whole set is not wanted. Returns the last seq.
     pub fn commit_batched(&mut self, btree: BtreeId, keys: impl IntoIterator<Item = Bkey>) -> Result<u64> {
-        let mut seq = 0;
-        for batch in self.batches(keys.into_iter().map(|k| (btree, k)).collect()) {
-            seq = self.commit_updates(batch)?;
-        }
-        Ok(seq)
+        self.commit_batched_updates(keys.into_iter().map(|k| (btree, k)).collect())
     }
 
     /// Commits `fixes` to alloc keys (and anything else) made by a checker that knows better
@@ -309,7 +295,7 @@ impl Fs {
     /// Rebuilds the allocator from the alloc btree.
     fn rebuild_allocator(&mut self) -> Result<()> {
         self.apply_alloc_updates()?;
-        let keys = read_alloc_keys(&mut self.btrees)?;
+        let keys = read_alloc_keys(&mut self.btrees, None)?;
         let alloc =
             Arc::new(Allocator::from_alloc_keys(device_inits(&self.set), self.opts.btree_node_size(), keys)?);
         let nodes = Arc::new(BtreeNodeAlloc::from_options(alloc.clone(), &self.opts)?);
@@ -504,7 +490,7 @@ impl Fs {
                 if self.journal.is_some() {
                     // Every entry from the open one on carries the new roots, so everything
                     // journalled before it is covered by the written btree.
-                    self.journal_roots(wm)?;
+                    self.journal_roots()?;
                     let open = self.journal_mut()?.seq();
                     self.journal_mut()?.unpin_through(covered.max(open.saturating_sub(1)));
                 }
@@ -571,10 +557,23 @@ fn not_settling() -> Error {
     )
 }
 
-fn read_alloc_keys(t: &mut Btrees) -> Result<Vec<(Bpos, AllocV4)>> {
+/// The `btree_root` journal entries for the btrees' current roots.
+fn root_entries(btrees: &mut Btrees) -> Vec<JsetEntry> {
+    btrees
+        .roots()
+        .into_iter()
+        .map(|r| JsetEntry::BtreeRoot { btree: r.btree, level: r.level, ptr: r.ptr })
+        .collect()
+}
+
+/// Every alloc key of the alloc btree, decoded; through `overlay` when one is given.
+pub(crate) fn read_alloc_keys(
+    t: &mut Btrees,
+    overlay: Option<&dyn KeyOverlay>,
+) -> Result<Vec<(Bpos, AllocV4)>> {
     let mut it = t.iter(BtreeId::Alloc, Bpos::MIN);
     let mut out = Vec::new();
-    while let Some(k) = it.next(t, None)? {
+    while let Some(k) = it.next(t, overlay)? {
         if k.ty == KeyType::AllocV4 {
             out.push((k.pos, AllocV4::decode(&k.val).map_err(|e| e.btree(BtreeId::Alloc).pos(k.pos))?));
         }

@@ -22,7 +22,7 @@ use fs_core::btree::{Btrees, KeyOverlay};
 use fs_core::error::{ErrCode, Error, Result};
 use fs_core::fsck_err::{FsckErr, FsckFlags};
 use fs_core::recovery_pass::RecoveryPass;
-use fs_core::sb::{DeviceSet, ErrorCount};
+use fs_core::sb::DeviceSet;
 
 use crate::recovery::{MountOpts, mount, open_read_only};
 
@@ -120,21 +120,19 @@ pub fn fsck(set: DeviceSet, o: &FsckOpts) -> Result<FsckReport> {
     }
 }
 
-fn journal_problems(jr: Option<&journal::read::JournalRead>, fixed: bool) -> Vec<Problem> {
-    jr.map(|jr| {
-        jr.fsck_errors
-            .iter()
-            .filter(|(_, n)| *n > 0)
-            .map(|&(err, n)| Problem { err, msg: format!("journal: {} ({n}x)", err.name()), fixed })
-            .collect()
-    })
-    .unwrap_or_default()
+/// The errors journal read counted, as problems (`fixed` once recovery has dealt with them).
+fn journal_problems(counts: &[(FsckErr, u64)], fixed: bool) -> Vec<Problem> {
+    counts
+        .iter()
+        .filter(|(_, n)| *n > 0)
+        .map(|&(err, n)| Problem { err, msg: format!("journal: {} ({n}x)", err.name()), fixed })
+        .collect()
 }
 
 fn check_only(set: DeviceSet, o: &FsckOpts) -> Result<FsckReport> {
     let mut view = open_read_only(set, &o.mount)?;
     let mut report = FsckReport { log: std::mem::take(&mut view.log), ..FsckReport::default() };
-    report.problems = journal_problems(view.journal.as_ref(), false);
+    report.problems = journal_problems(view.journal.as_ref().map_or(&[][..], |j| &j.fsck_errors), false);
     if view.keys.is_none() && !o.force {
         report.log.push("filesystem is clean; use -f to check it anyway".to_owned());
         return Ok(report);
@@ -150,12 +148,7 @@ fn check_and_fix(set: DeviceSet, o: &FsckOpts) -> Result<FsckReport> {
     let was_clean = set.sb.is_clean();
     let mut mounted = mount(set, &o.mount)?;
     let mut report = FsckReport { log: std::mem::take(&mut mounted.log), ..FsckReport::default() };
-    report.problems = mounted
-        .fsck_errors
-        .iter()
-        .filter(|(_, n)| *n > 0)
-        .map(|&(err, n)| Problem { err, msg: format!("journal: {} ({n}x)", err.name()), fixed: true })
-        .collect();
+    report.problems = journal_problems(&mounted.fsck_errors, true);
     report.problems.extend(mounted.alloc_repairs.iter().cloned());
     let mut fs = mounted.fs;
     if was_clean && !o.force {
@@ -180,23 +173,11 @@ fn check_and_fix(set: DeviceSet, o: &FsckOpts) -> Result<FsckReport> {
     if !fixes.is_empty() {
         fs.commit_repairs(fixes)?;
     }
-    record_errors(&mut fs.set.sb.errors, &report.problems);
+    for p in &report.problems {
+        fs.set.sb.count_error(p.err, 1);
+    }
     fs.unmount()?;
     Ok(report)
-}
-
-/// Adds the problems to the superblock's error counts, by stable id.
-fn record_errors(errors: &mut Vec<ErrorCount>, problems: &[Problem]) {
-    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
-    for p in problems {
-        match errors.iter_mut().find(|e| e.id == p.err.id()) {
-            Some(e) => {
-                e.count += 1;
-                e.last_time_secs = now;
-            }
-            None => errors.push(ErrorCount { id: p.err.id(), count: 1, last_time_secs: now }),
-        }
-    }
 }
 
 fn scan(t: &mut Btrees, overlay: Option<&dyn KeyOverlay>, btree: BtreeId) -> Result<Vec<Bkey>> {
@@ -381,12 +362,7 @@ fn check_allocations(
             }
         }
     }
-    let mut alloc: BTreeMap<Bpos, AllocV4> = BTreeMap::new();
-    for k in scan(t, ov, BtreeId::Alloc)? {
-        if k.ty == KeyType::AllocV4 {
-            alloc.insert(k.pos, AllocV4::decode(&k.val).map_err(|e| e.btree(BtreeId::Alloc).pos(k.pos))?);
-        }
-    }
+    let alloc: BTreeMap<Bpos, AllocV4> = crate::fs::read_alloc_keys(t, ov)?.into_iter().collect();
     let mut fixed = alloc.clone();
     let mut keys: Vec<(u8, u64)> = uses.keys().copied().collect();
     keys.extend(alloc.keys().filter_map(|p| u8::try_from(p.inode).ok().map(|d| (d, p.offset))));

@@ -16,7 +16,7 @@ use fs_core::error::{ErrCode, Error, Result};
 use fs_core::fsck_err::FsckErr;
 use fs_core::opts::{Behavior, OptContext, OptFlags, Options, ParsedOpt};
 use fs_core::recovery_pass::{PassFlags, RecoveryPass};
-use fs_core::sb::{DeviceSet, ErrorCount, fs_magic};
+use fs_core::sb::{DeviceSet, fs_magic};
 use journal::format::JSET_SALT;
 use journal::keys::JournalKeys;
 use journal::read::{JournalDevice, JournalRead, ReadOpts, read_journal};
@@ -169,21 +169,6 @@ fn journal_roots(jr: &JournalRead) -> Vec<Root> {
     roots.into_values().collect()
 }
 
-/// Adds `n` occurrences of `err` to the superblock's error counts.
-fn count_error(set: &mut DeviceSet, err: FsckErr, n: u64) {
-    if n == 0 {
-        return;
-    }
-    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
-    match set.sb.errors.iter_mut().find(|e| e.id == err.id()) {
-        Some(e) => {
-            e.count += n;
-            e.last_time_secs = now;
-        }
-        None => set.sb.errors.push(ErrorCount { id: err.id(), count: n, last_time_secs: now }),
-    }
-}
-
 /// A filesystem recovered in memory only: journal keys as an overlay over read-only btrees.
 /// Nothing is written, so a check can run without changing one byte of the images.
 pub struct ReadOnlyView {
@@ -281,7 +266,7 @@ fn recover(mut set: DeviceSet, opts: Options, mopts: &MountOpts, mut log: Vec<St
     times.journal_read = PhaseTime::until_now(t0, t0);
     log.extend(jr.log.iter().cloned());
     for &(err, n) in &jr.fsck_errors {
-        count_error(&mut set, err, n);
+        set.sb.count_error(err, n);
     }
     if jr.entries.is_empty() {
         return Err(Error::new(
@@ -418,7 +403,7 @@ fn recover(mut set: DeviceSet, opts: Options, mopts: &MountOpts, mut log: Vec<St
         fs.commit_batched_updates(alloc_fixes)?;
     }
     for p in &alloc_problems {
-        count_error(&mut fs.set, p.err, 1);
+        fs.set.sb.count_error(p.err, 1);
     }
     let t_write_back = Instant::now();
     fs.write_back()?;

@@ -109,6 +109,22 @@ impl Superblock {
         self.clean.is_some()
     }
 
+    /// Adds `n` occurrences of fsck error `err` to the persisted counts, by its stable id.
+    pub fn count_error(&mut self, err: crate::fsck_err::FsckErr, n: u64) {
+        if n == 0 {
+            return;
+        }
+        let now =
+            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
+        match self.errors.iter_mut().find(|e| e.id == err.id()) {
+            Some(e) => {
+                e.count += n;
+                e.last_time_secs = now;
+            }
+            None => self.errors.push(ErrorCount { id: err.id(), count: n, last_time_secs: now }),
+        }
+    }
+
     /// This device's own member entry.
     pub fn member(&self) -> Option<&Member> {
         self.members.get(usize::from(self.dev_idx))
