@@ -5,31 +5,12 @@
 // A failed unwrap or index in a test is that test failing, with its message.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
 
+mod common;
+
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-struct Out {
-    code: i32,
-    stdout: String,
-    stderr: String,
-}
-
-fn bcsim(args: &[&str], dir: &Path) -> Out {
-    let out = Command::new(env!("CARGO_BIN_EXE_bcsim")).args(args).current_dir(dir).output().unwrap();
-    Out {
-        code: out.status.code().unwrap_or(-1),
-        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-    }
-}
-
-/// Asserts a failure: the exit code, one stderr line containing `needle`, no panic.
-fn fails(out: &Out, code: i32, needle: &str) {
-    assert_eq!(out.code, code, "stderr: {}", out.stderr);
-    assert!(!out.stderr.contains("panicked") && !out.stderr.contains("RUST_BACKTRACE"), "{}", out.stderr);
-    assert_eq!(out.stderr.lines().count(), 1, "expected one line: {}", out.stderr);
-    assert!(out.stderr.contains(needle), "expected '{needle}' in: {}", out.stderr);
-}
+use common::{bcsim, fails, gunzip};
 
 fn tmp() -> tempfile::TempDir {
     tempfile::tempdir().unwrap()
@@ -334,12 +315,6 @@ fn list_shows_committed_keys_and_nodes() {
     format_ok(d.path(), &["--size", "256M", "c.img"]);
     let out = bcsim(&["list", "c.img"], d.path());
     assert_eq!((out.code, out.stdout.as_str()), (0, ""));
-}
-
-fn gunzip(src: &Path, dst: &Path) {
-    let out = Command::new("gzip").arg("-dc").arg(src).output().unwrap();
-    assert!(out.status.success());
-    std::fs::write(dst, out.stdout).unwrap();
 }
 
 /// fsck -n on a damaged image set reports, exits 4 and leaves every byte as it was; -y fixes

@@ -9,8 +9,12 @@
 // A failed unwrap or index in a test is that test failing, with its message.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
 
+mod common;
+
 use std::path::{Path, PathBuf};
 use std::process::Command;
+
+use common::gunzip;
 
 use bcsim::files::Files;
 use bcsim::fs::Fs;
@@ -129,12 +133,6 @@ fn gzip(path: &Path) {
     assert!(ok, "gzip failed on {}", path.display());
 }
 
-fn gunzip_into(src: &Path, dst: &Path) {
-    let out = Command::new("gzip").args(["-dc"]).arg(src).output().unwrap();
-    assert!(out.status.success(), "gunzip failed on {}", src.display());
-    std::fs::write(dst, out.stdout).unwrap();
-}
-
 /// Rebuilds every fixture: images, expect.1 and expect.2.
 #[test]
 #[ignore = "rebuilds the committed fixtures; run after a deliberate format change"]
@@ -165,7 +163,7 @@ fn fixtures_match_expected_output() {
         let dir = fixtures_dir().join(damage.name);
         let work = tempfile::tempdir().unwrap();
         for n in IMAGES {
-            gunzip_into(&dir.join(format!("{n}.gz")), &work.path().join(n));
+            gunzip(&dir.join(format!("{n}.gz")), &work.path().join(n));
         }
         let expect1 = std::fs::read_to_string(dir.join("expect.1")).unwrap();
         let expect2 = std::fs::read_to_string(dir.join("expect.2")).unwrap();

@@ -5,23 +5,11 @@
 // A failed unwrap or index in a test is that test failing, with its message.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
 
+mod common;
+
 use std::path::Path;
-use std::process::Command;
 
-struct Out {
-    code: i32,
-    stdout: String,
-    stderr: String,
-}
-
-fn bcsim(args: &[&str], dir: &Path) -> Out {
-    let out = Command::new(env!("CARGO_BIN_EXE_bcsim")).args(args).current_dir(dir).output().unwrap();
-    Out {
-        code: out.status.code().unwrap_or(-1),
-        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-    }
-}
+use common::{Out, bcsim, fails};
 
 fn ok(args: &[&str], dir: &Path) -> Out {
     let out = bcsim(args, dir);
@@ -33,14 +21,6 @@ fn ok(args: &[&str], dir: &Path) -> Out {
 /// `list-journal FLAGS a.img b.img`.
 fn lj(flags: &[&str], dir: &Path) -> Out {
     ok(&[&["list-journal"], flags, &["a.img", "b.img"]].concat(), dir)
-}
-
-/// Asserts a failure: the exit code, one stderr line containing `needle`, no panic.
-fn fails(out: &Out, code: i32, needle: &str) {
-    assert_eq!(out.code, code, "stderr: {}", out.stderr);
-    assert!(!out.stderr.contains("panicked") && !out.stderr.contains("RUST_BACKTRACE"), "{}", out.stderr);
-    assert_eq!(out.stderr.lines().count(), 1, "expected one line: {}", out.stderr);
-    assert!(out.stderr.contains(needle), "expected '{needle}' in: {}", out.stderr);
 }
 
 /// Two images left by a crash after 250 of 300 operations: an unclean journal to list.
