@@ -573,14 +573,3 @@ pub fn recovery_alloc_check(
     }
     Ok((alloc, problems, fixes))
 }
-
-/// Used by tests: an error for a report that should have been clean.
-pub fn require_clean(r: &FsckReport) -> Result<()> {
-    match r.problems.first() {
-        None => Ok(()),
-        Some(p) => Err(Error::new(
-            ErrCode::Fsck,
-            format!("{} problems, first: {} ({})", r.problems.len(), p.msg, p.err.name()),
-        )),
-    }
-}
