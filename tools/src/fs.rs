@@ -139,6 +139,12 @@ impl Fs {
     /// the allocator (or start it from the layout on a new filesystem).
     pub fn open(set: DeviceSet, writable: bool, cfg: BtreeConfig) -> Result<Fs> {
         let opts = set.sb.opts.clone();
+        Fs::open_with(set, opts, writable, cfg)
+    }
+
+    /// [`Fs::open`] running with `opts` (the stored options with mount options applied); the
+    /// superblock keeps its stored options: mount options never change what is on disk.
+    pub fn open_with(set: DeviceSet, opts: Options, writable: bool, cfg: BtreeConfig) -> Result<Fs> {
         let roots = clean_roots(&set)?;
         let journal_seq = set.sb.clean.as_ref().map_or(0, |c| c.journal_seq);
         let io = NodeIo::new(devices(&set), fs_magic(&set.sb.uuid, BTREE_NODE_SALT), opts.btree_node_size());

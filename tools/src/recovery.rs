@@ -215,7 +215,7 @@ pub fn open_read_only(set: DeviceSet, mopts: &MountOpts) -> Result<ReadOnlyView>
 }
 
 /// Mounts (recovers) the filesystem on `set`, read-write.
-pub fn mount(mut set: DeviceSet, mopts: &MountOpts) -> Result<Mounted> {
+pub fn mount(set: DeviceSet, mopts: &MountOpts) -> Result<Mounted> {
     let mut log = Vec::new();
     let opts = mount_options(&set, mopts, &mut log)?;
     let nr = set.sb.members.iter().filter(|m| !m.is_unused()).count();
@@ -240,8 +240,7 @@ pub fn mount(mut set: DeviceSet, mopts: &MountOpts) -> Result<Mounted> {
             "recovering from clean shutdown, journal seq {}",
             set.sb.clean.as_ref().map_or(0, |c| c.journal_seq)
         ));
-        set.sb.opts = opts;
-        let fs = Fs::open(set, true, BtreeConfig::default())?;
+        let fs = Fs::open_with(set, opts, true, BtreeConfig::default())?;
         log.push("done".to_owned());
         return Ok(Mounted {
             fs,

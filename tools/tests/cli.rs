@@ -380,4 +380,9 @@ fn run_crash_then_mount_recovers() {
         "--crash-after is larger",
     );
     fails(&bcsim(&["mount", "-o", "frobnicate", "a.img", "b.img"], d.path()), 16, "unknown option");
+    // Mount options apply to that mount only; the stored options stay as formatted.
+    assert_eq!(bcsim(&["mount", "-o", "errors=continue", "a.img", "b.img"], d.path()).code, 0);
+    let sb = bcsim(&["show-super", "--json", "-f", "options", "a.img"], d.path());
+    let sb: serde_json::Value = serde_json::from_str(&sb.stdout).unwrap();
+    assert_eq!(sb["options"]["errors"], "ro", "a mount option was written into the superblock");
 }
