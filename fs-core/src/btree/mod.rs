@@ -7,6 +7,7 @@ pub mod io;
 pub mod iter;
 pub mod node;
 pub mod node_alloc;
+pub mod pos_map;
 pub mod tree;
 
 pub use io::NodeIo;

@@ -26,11 +26,10 @@
 //! whiteout until a bset carrying it is written. Interior nodes hold child pointers keyed by the
 //! child's max_key.
 
-use std::collections::BTreeMap;
-
 use crate::bkey::ptr::{SECTOR_BYTES, decode_pos, encode_pos};
 use crate::bkey::{Bkey, BtreePtrV2, ExtentPtr, KeyType};
 use crate::bpos::{Bpos, BtreeId};
+use crate::btree::pos_map::{Leaf, LeafMap, PosMap};
 use crate::encode::{Reader, Writer};
 use crate::error::{ErrCode, Error, Result};
 
@@ -87,8 +86,8 @@ impl Child {
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum NodeKeys {
-    Leaf(BTreeMap<Bpos, KeyVal>),
-    Interior(BTreeMap<Bpos, Child>),
+    Leaf(Leaf),
+    Interior(PosMap<Child>),
 }
 
 /// What a node's header says about it.
@@ -124,11 +123,8 @@ pub struct Node {
 
 impl Node {
     pub fn new(hdr: NodeHeader, ptrs: Vec<ExtentPtr>) -> Self {
-        let keys = if hdr.level == 0 {
-            NodeKeys::Leaf(BTreeMap::new())
-        } else {
-            NodeKeys::Interior(BTreeMap::new())
-        };
+        let keys =
+            if hdr.level == 0 { NodeKeys::Leaf(Leaf::default()) } else { NodeKeys::Interior(PosMap::new()) };
         Node {
             hdr,
             ptrs,
@@ -142,11 +138,21 @@ impl Node {
         }
     }
 
+    /// Keys held, whiteouts included; inserts not yet sorted into a leaf count as new keys.
     pub fn nr_keys(&self) -> usize {
         match &self.keys {
-            NodeKeys::Leaf(m) => m.len(),
+            NodeKeys::Leaf(l) => l.len_upper_bound(),
             NodeKeys::Interior(m) => m.len(),
         }
+    }
+
+    /// A leaf's keys with every pending insert sorted in (`key_bytes` corrected for the keys
+    /// they replaced); `None` for an interior node.
+    pub fn leaf_mut(&mut self) -> Option<&mut LeafMap> {
+        let NodeKeys::Leaf(l) = &mut self.keys else { return None };
+        let (map, replaced) = l.settle();
+        self.key_bytes = self.key_bytes.saturating_sub(replaced);
+        Some(map)
     }
 
     /// The pointer a parent holds for this node.
@@ -183,7 +189,8 @@ impl Node {
     }
 
     /// Encodes a bset of the pending keys (all keys when `all`), padded to whole sectors.
-    pub fn encode_bset(&self, all: bool) -> Vec<u8> {
+    pub fn encode_bset(&mut self, all: bool) -> Vec<u8> {
+        self.leaf_mut();
         let mut w = Writer::with_capacity(BSET_HEADER_BYTES + self.key_bytes.min(1 << 20));
         w.u32(0);
         w.u32(0);
@@ -193,8 +200,9 @@ impl Node {
         w.u32(0);
         let mut nr: u32 = 0;
         match &self.keys {
-            NodeKeys::Leaf(m) => {
-                for (pos, kv) in m.iter().filter(|(_, kv)| all || kv.pending) {
+            NodeKeys::Leaf(l) => {
+                let m = l.settled().map(LeafMap::iter).into_iter().flatten();
+                for (pos, kv) in m.filter(|(_, kv)| all || kv.pending) {
                     if all && kv.is_deleted() {
                         continue;
                     }
@@ -226,20 +234,19 @@ impl Node {
         self.sectors_written = sectors_written;
         self.dirty = false;
         self.journal_seq = 0;
-        match &mut self.keys {
-            NodeKeys::Leaf(m) => {
-                let mut removed = 0;
-                m.retain(|_, kv| {
-                    kv.pending = false;
-                    let keep = !kv.is_deleted();
-                    if !keep {
-                        removed += kv.encoded_bytes();
-                    }
-                    keep
-                });
-                self.key_bytes = self.key_bytes.saturating_sub(removed);
-            }
-            NodeKeys::Interior(m) => m.values_mut().for_each(|c| c.pending = false),
+        if let Some(m) = self.leaf_mut() {
+            let mut removed = 0;
+            m.retain(|_, kv| {
+                kv.pending = false;
+                let keep = !kv.is_deleted();
+                if !keep {
+                    removed += kv.encoded_bytes();
+                }
+                keep
+            });
+            self.key_bytes = self.key_bytes.saturating_sub(removed);
+        } else if let NodeKeys::Interior(m) = &mut self.keys {
+            m.values_mut().for_each(|c| c.pending = false);
         }
     }
 }
@@ -411,8 +418,9 @@ fn apply_bset(node: &mut Node, keys: Vec<Bkey>, exp: &Expected) -> Result<()> {
         }
         prev = Some(k.pos);
         match &mut node.keys {
-            NodeKeys::Leaf(m) => {
+            NodeKeys::Leaf(l) => {
                 // A whiteout in a later bset deletes what an earlier one had.
+                let (m, _) = l.settle();
                 let (pos, kv) = KeyVal::from_key(k, false);
                 let old = if kv.is_deleted() {
                     m.remove(&pos)

@@ -477,7 +477,7 @@ fn reverse_iteration_stops_at_pos_min() {
 /// range, and fewer sectors than the pointer says.
 #[test]
 fn node_validation_errors_are_typed() {
-    use crate::btree::node::{Expected, KeyVal, Node, NodeHeader, NodeKeys, decode_node};
+    use crate::btree::node::{Expected, KeyVal, Node, NodeHeader, decode_node};
     let hdr = NodeHeader {
         btree: BtreeId::Alloc,
         level: 0,
@@ -486,7 +486,7 @@ fn node_validation_errors_are_typed() {
         seq: 77,
     };
     let mut n = Node::new(hdr, Vec::new());
-    if let NodeKeys::Leaf(m) = &mut n.keys {
+    if let Some(m) = n.leaf_mut() {
         for i in 0..20 {
             let (p, kv) = KeyVal::from_key(Bkey::new(Bpos::new(2, i, 0), KeyType::Set, vec![1; 8]), true);
             m.insert(p, kv);

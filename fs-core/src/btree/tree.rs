@@ -7,7 +7,7 @@
 //! An update that needs new nodes (a split, a new root, a rewrite) reserves all of them from the
 //! [`NodeAllocator`] before it changes anything, so `operation_blocked` leaves the tree as it was.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use crate::bkey::{Bkey, BtreePtrV2, ExtentPtr};
@@ -277,14 +277,15 @@ impl Btrees {
         let NodeKeys::Interior(children) = &p.keys else {
             return Err(Error::new(ErrCode::BtreeNeedTopologyRepair, "descending below a leaf").btree(btree));
         };
-        let Some((&max_key, child)) = children.range(pos..).next() else {
+        let (prev_max, next) = children.neighbours(&pos);
+        let Some((&max_key, child)) = next else {
             return Err(Error::new(ErrCode::BtreeNeedTopologyRepair, "no child covers the position")
                 .btree(btree)
                 .level(p.hdr.level)
                 .pos(pos));
         };
         if let Some((lo, hi)) = range {
-            if let Some((&prev_max, _)) = children.range(..pos).next_back() {
+            if let Some(prev_max) = prev_max {
                 *lo = (*lo).max(prev_max.successor());
             }
             *hi = (*hi).min(max_key);
@@ -435,10 +436,12 @@ impl Btrees {
     /// The live key at `pos`, if any.
     pub fn get(&mut self, btree: BtreeId, pos: Bpos) -> Result<Option<Bkey>> {
         let Some(leaf) = self.leaf(btree, pos)? else { return Ok(None) };
-        let found = match &self.node(leaf)?.keys {
-            NodeKeys::Leaf(m) => m.get(&pos).filter(|kv| !kv.is_deleted()).map(|kv| kv.to_key(pos)),
-            NodeKeys::Interior(_) => None,
-        };
+        let found = self
+            .node_mut(leaf)?
+            .leaf_mut()
+            .and_then(|m| m.get(&pos))
+            .filter(|kv| !kv.is_deleted())
+            .map(|kv| kv.to_key(pos));
         self.maybe_evict();
         Ok(found)
     }
@@ -447,13 +450,10 @@ impl Btrees {
     pub fn first_from(&mut self, btree: BtreeId, mut pos: Bpos) -> Result<Option<Bkey>> {
         for _ in 0..self.walk_bound() {
             let Some(leaf) = self.leaf(btree, pos)? else { return Ok(None) };
-            let n = self.node(leaf)?;
-            let found = match &n.keys {
-                NodeKeys::Leaf(m) => {
-                    m.range(pos..).find(|(_, kv)| !kv.is_deleted()).map(|(p, kv)| kv.to_key(*p))
-                }
-                NodeKeys::Interior(_) => None,
-            };
+            let n = self.node_mut(leaf)?;
+            let found = n
+                .leaf_mut()
+                .and_then(|m| m.range(pos..).find(|(_, kv)| !kv.is_deleted()).map(|(p, kv)| kv.to_key(*p)));
             let max_key = n.hdr.max_key;
             if found.is_some() || max_key == Bpos::MAX {
                 self.maybe_evict();
@@ -471,13 +471,10 @@ impl Btrees {
     pub fn last_until(&mut self, btree: BtreeId, mut pos: Bpos) -> Result<Option<Bkey>> {
         for _ in 0..self.walk_bound() {
             let Some(leaf) = self.leaf(btree, pos)? else { return Ok(None) };
-            let n = self.node(leaf)?;
-            let found = match &n.keys {
-                NodeKeys::Leaf(m) => {
-                    m.range(..=pos).rev().find(|(_, kv)| !kv.is_deleted()).map(|(p, kv)| kv.to_key(*p))
-                }
-                NodeKeys::Interior(_) => None,
-            };
+            let n = self.node_mut(leaf)?;
+            let found = n.leaf_mut().and_then(|m| {
+                m.range(..=pos).rev().find(|(_, kv)| !kv.is_deleted()).map(|(p, kv)| kv.to_key(*p))
+            });
             let min_key = n.hdr.min_key;
             if found.is_some() || min_key == Bpos::MIN {
                 self.maybe_evict();
@@ -530,28 +527,37 @@ impl Btrees {
         let Some(n) = self.nodes.get_mut(&leaf) else {
             return Err((missing_node(leaf), Some(key_of(pos, kv))));
         };
-        if !kv.is_deleted() {
-            if let NodeKeys::Leaf(m) = &mut n.keys {
-                let old_bytes = m.get(&pos).map_or(0, KeyVal::encoded_bytes);
-                let new_bytes = n.key_bytes.saturating_sub(old_bytes) + kv.encoded_bytes();
-                if new_bytes <= split_bytes {
-                    // The common case: the key fits; one map operation, no path.
-                    m.insert(pos, kv);
-                    n.key_bytes = new_bytes;
-                    n.dirty = true;
-                    n.journal_seq = n.journal_seq.max(journal_seq);
-                    self.maybe_evict();
-                    return Ok(());
+        if !kv.is_deleted() && n.hdr.level == 0 {
+            let added = kv.encoded_bytes();
+            // The common case: the key fits even if it replaces nothing. It is appended to the
+            // leaf's unsorted inserts, counted as a new key until sorting in corrects the bytes.
+            if n.key_bytes + added <= split_bytes {
+                if let NodeKeys::Leaf(l) = &mut n.keys {
+                    if l.push(pos, kv) {
+                        n.leaf_mut();
+                    }
                 }
-                let path = match self.path(btree, pos, 0) {
-                    Ok(path) => path,
-                    Err(e) => return Err((e, Some(key_of(pos, kv)))),
-                };
-                self.split_insert(btree, &path, pos, kv, journal_seq)
-                    .map_err(|(e, kv)| (e, kv.map(|kv| key_of(pos, kv))))?;
+                n.key_bytes += added;
+                n.dirty = true;
+                n.journal_seq = n.journal_seq.max(journal_seq);
                 self.maybe_evict();
                 return Ok(());
             }
+            // It may not fit: take exact bytes.
+            let old_bytes = n.leaf_mut().and_then(|m| m.get(&pos)).map_or(0, KeyVal::encoded_bytes);
+            if n.key_bytes.saturating_sub(old_bytes) + added <= split_bytes {
+                self.apply_to_leaf(leaf, pos, kv, journal_seq).map_err(|e| (e, None))?;
+                self.maybe_evict();
+                return Ok(());
+            }
+            let path = match self.path(btree, pos, 0) {
+                Ok(path) => path,
+                Err(e) => return Err((e, Some(key_of(pos, kv)))),
+            };
+            self.split_insert(btree, &path, pos, kv, journal_seq)
+                .map_err(|(e, kv)| (e, kv.map(|kv| key_of(pos, kv))))?;
+            self.maybe_evict();
+            return Ok(());
         }
         self.apply_to_leaf(leaf, pos, kv, journal_seq).map_err(|e| (e, None))?;
         self.maybe_evict();
@@ -580,7 +586,7 @@ impl Btrees {
     fn apply_to_leaf(&mut self, leaf: u64, pos: Bpos, kv: KeyVal, journal_seq: u64) -> Result<()> {
         let n = self.node_mut(leaf)?;
         let written = n.sectors_written > 0;
-        let NodeKeys::Leaf(m) = &mut n.keys else { return Ok(()) };
+        let Some(m) = n.leaf_mut() else { return Ok(()) };
         let added = kv.encoded_bytes();
         let old = if kv.is_deleted() {
             // A whiteout is needed only if the key may be on disk; the map holds everything the
@@ -834,7 +840,7 @@ impl Btrees {
 
     /// Writes one dirty node; returns its seq afterwards (new if it had to be rewritten).
     fn write_node(&mut self, seq: u64) -> Result<u64> {
-        let node = self.node(seq)?;
+        let node = self.nodes.get_mut(&seq).ok_or_else(|| missing_node(seq))?;
         let node_bytes = self.io.node_size();
         if node.needs_rewrite {
             return self.rewrite(seq);
@@ -855,7 +861,7 @@ impl Btrees {
     }
 
     fn write_whole(&mut self, seq: u64) -> Result<()> {
-        let node = self.node(seq)?;
+        let node = self.nodes.get_mut(&seq).ok_or_else(|| missing_node(seq))?;
         let mut bytes = node.encode_header(self.io.magic());
         bytes.extend_from_slice(&node.encode_bset(true));
         if bytes.len() as u64 > self.io.node_size() {
@@ -889,7 +895,7 @@ impl Btrees {
         node.hdr.seq = new_seq;
         node.sectors_written = 0;
         node.needs_rewrite = false;
-        if let NodeKeys::Leaf(m) = &mut node.keys {
+        if let Some(m) = node.leaf_mut() {
             m.retain(|_, kv| !kv.is_deleted());
         }
         node.key_bytes = key_bytes(&node.keys);
@@ -951,31 +957,38 @@ impl Btrees {
 /// half-empty ones.
 fn split_keys(keys: NodeKeys, hot: Bpos) -> (NodeKeys, NodeKeys, Bpos) {
     match keys {
-        NodeKeys::Leaf(m) => {
-            let live = m.into_iter().filter(|(_, kv)| !kv.is_deleted()).collect();
-            let (l, r, max) = split_map(live, KeyVal::encoded_bytes, hot);
-            (NodeKeys::Leaf(l), NodeKeys::Leaf(r), max)
+        NodeKeys::Leaf(mut l) => {
+            let (m, _) = l.settle();
+            m.retain(|_, kv| !kv.is_deleted());
+            let mut m = std::mem::take(m);
+            let left_max = split_point(m.iter(), KeyVal::encoded_bytes, hot);
+            let r = m.split_off(&left_max.successor());
+            (NodeKeys::Leaf(m.into()), NodeKeys::Leaf(r.into()), left_max)
         }
-        NodeKeys::Interior(m) => {
-            let (l, r, max) = split_map(m, Child::encoded_bytes, hot);
-            (NodeKeys::Interior(l), NodeKeys::Interior(r), max)
+        NodeKeys::Interior(mut m) => {
+            let left_max = split_point(m.iter(), Child::encoded_bytes, hot);
+            let r = m.split_off(&left_max.successor());
+            (NodeKeys::Interior(m), NodeKeys::Interior(r), left_max)
         }
     }
 }
 
-fn split_map<V>(
-    mut m: BTreeMap<Bpos, V>,
+/// The max_key of the left half when splitting the entries of `it` (in position order).
+fn split_point<'a, V: 'a>(
+    it: impl DoubleEndedIterator<Item = (&'a Bpos, &'a V)> + Clone,
     bytes: impl Fn(&V) -> usize,
     hot: Bpos,
-) -> (BTreeMap<Bpos, V>, BTreeMap<Bpos, V>, Bpos) {
-    let second_last = m.keys().rev().nth(1).copied();
-    let left_max = match second_last {
+) -> Bpos {
+    let mut back = it.clone().rev().map(|(p, _)| *p);
+    let last = back.next();
+    let second_last = back.next();
+    match second_last {
         Some(p) if hot >= p => p,
         _ => {
-            let total: usize = m.values().map(&bytes).sum();
+            let total: usize = it.clone().map(|(_, v)| bytes(v)).sum();
             let mut acc = 0;
-            let mut at = m.keys().next().copied().unwrap_or(Bpos::MIN);
-            for (p, v) in &m {
+            let mut at = Bpos::MIN;
+            for (p, v) in it {
                 at = *p;
                 acc += bytes(v);
                 if acc * 2 >= total {
@@ -983,11 +996,9 @@ fn split_map<V>(
                 }
             }
             // Never leave the right half empty.
-            if Some(&at) == m.keys().next_back() { second_last.unwrap_or(at) } else { at }
+            if Some(at) == last { second_last.unwrap_or(at) } else { at }
         }
-    };
-    let right = m.split_off(&left_max.successor());
-    (m, right, left_max)
+    }
 }
 
 /// The key a leaf entry holds, taking its value.
@@ -997,7 +1008,7 @@ fn key_of(pos: Bpos, kv: KeyVal) -> Bkey {
 
 fn key_bytes(keys: &NodeKeys) -> usize {
     match keys {
-        NodeKeys::Leaf(m) => m.values().map(KeyVal::encoded_bytes).sum(),
+        NodeKeys::Leaf(l) => l.settled().map_or(0, |m| m.values().map(KeyVal::encoded_bytes).sum()),
         NodeKeys::Interior(m) => m.values().map(Child::encoded_bytes).sum(),
     }
 }
