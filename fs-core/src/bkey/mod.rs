@@ -51,6 +51,41 @@ impl KeyType {
     }
 }
 
+/// Encodes a key from its parts, for holders of keys that are not [`Bkey`]s.
+pub fn encode_key(w: &mut Writer, pos: Bpos, ty: KeyType, size: u32, val: &[u8]) {
+    // One append per key (node write-back encodes millions): the header and the value
+    // assembled in a buffer first when the value is small.
+    let mut buf = [0u8; KEY_HEADER_BYTES + 32];
+    let padded = val.len().next_multiple_of(8);
+    let fields: [&[u8]; 7] = [
+        &[ty as u8, 0],
+        &(val.len() as u16).to_le_bytes(),
+        &size.to_le_bytes(),
+        &pos.inode.to_le_bytes(),
+        &pos.offset.to_le_bytes(),
+        &pos.snapshot.to_le_bytes(),
+        &[0; 4],
+    ];
+    let mut at = 0;
+    for f in fields {
+        if let Some(dst) = buf.get_mut(at..at + f.len()) {
+            dst.copy_from_slice(f);
+        }
+        at += f.len();
+    }
+    match buf.get_mut(KEY_HEADER_BYTES..KEY_HEADER_BYTES + val.len()) {
+        Some(dst) => {
+            dst.copy_from_slice(val);
+            w.bytes(buf.get(..KEY_HEADER_BYTES + padded).unwrap_or_default());
+        }
+        None => {
+            w.bytes(buf.get(..KEY_HEADER_BYTES).unwrap_or_default());
+            w.bytes(val);
+            w.pad_to(8);
+        }
+    }
+}
+
 /// A key with its value bytes. Typed values: [`alloc::AllocV4`], [`ptr::BtreePtrV2`].
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Bkey {
@@ -86,16 +121,7 @@ impl Bkey {
     }
 
     pub fn encode(&self, w: &mut Writer) {
-        w.u8(self.ty as u8);
-        w.u8(0);
-        w.u16(self.val.len() as u16);
-        w.u32(self.size);
-        w.u64(self.pos.inode);
-        w.u64(self.pos.offset);
-        w.u32(self.pos.snapshot);
-        w.u32(0);
-        w.bytes(&self.val);
-        w.pad_to(8);
+        encode_key(w, self.pos, self.ty, self.size, &self.val);
     }
 
     /// Decodes one key; the reader's code is the caller's "invalid key" error.

@@ -206,7 +206,7 @@ impl Node {
                     if all && kv.is_deleted() {
                         continue;
                     }
-                    kv.to_key(*pos).encode(&mut w);
+                    crate::bkey::encode_key(&mut w, *pos, kv.ty, kv.size, &kv.val);
                     nr += 1;
                 }
             }
