@@ -17,7 +17,7 @@
 
 use std::cmp::Ordering;
 
-use fs_core::bkey::{Bkey, KeyType};
+use fs_core::bkey::{Bkey, KeyRef, KeyType};
 use fs_core::bpos::{Bpos, BtreeId};
 use fs_core::btree::iter::KeyOverlay;
 
@@ -188,6 +188,24 @@ impl KeyOverlay for JournalKeys {
     fn first_from(&self, btree: BtreeId, pos: Bpos) -> Option<Bkey> {
         let i = self.live.next_set(self.lower_bound(btree, 0, pos))?;
         self.leaf_at(btree, i)
+    }
+
+    fn range<'a>(
+        &'a self,
+        btree: BtreeId,
+        from: Bpos,
+        to: Bpos,
+    ) -> Box<dyn Iterator<Item = KeyRef<'a>> + 'a> {
+        let start = self.lower_bound(btree, 0, from);
+        Box::new(
+            self.keys
+                .get(start..)
+                .unwrap_or_default()
+                .iter()
+                .take_while(move |k| k.cmp_pos(btree, 0, to) != Ordering::Greater)
+                .filter(|k| !k.overwritten)
+                .map(|k| k.key.as_ref()),
+        )
     }
 
     fn last_until(&self, btree: BtreeId, pos: Bpos) -> Option<Bkey> {

@@ -577,12 +577,12 @@ pub(crate) fn read_alloc_keys(
     t: &mut Btrees,
     overlay: Option<&dyn KeyOverlay>,
 ) -> Result<Vec<(Bpos, AllocV4)>> {
-    let mut it = t.iter(BtreeId::Alloc, Bpos::MIN);
     let mut out = Vec::new();
-    while let Some(k) = it.next(t, overlay)? {
+    t.for_each_key(BtreeId::Alloc, overlay, |k| {
         if k.ty == KeyType::AllocV4 {
-            out.push((k.pos, AllocV4::decode(&k.val).map_err(|e| e.btree(BtreeId::Alloc).pos(k.pos))?));
+            out.push((k.pos, AllocV4::decode(k.val).map_err(|e| e.btree(BtreeId::Alloc).pos(k.pos))?));
         }
-    }
+        Ok(())
+    })?;
     Ok(out)
 }

@@ -181,11 +181,11 @@ fn check_and_fix(set: DeviceSet, o: &FsckOpts) -> Result<FsckReport> {
 }
 
 fn scan(t: &mut Btrees, overlay: Option<&dyn KeyOverlay>, btree: BtreeId) -> Result<Vec<Bkey>> {
-    let mut it = t.iter(btree, Bpos::MIN);
     let mut out = Vec::new();
-    while let Some(k) = it.next(t, overlay)? {
-        out.push(k);
-    }
+    t.for_each_key(btree, overlay, |k| {
+        out.push(k.to_key());
+        Ok(())
+    })?;
     Ok(out)
 }
 
@@ -341,11 +341,11 @@ fn check_allocations(
             }
         }
     }
-    for k in scan(t, ov, BtreeId::Extents)? {
+    t.for_each_key(BtreeId::Extents, ov, |k| {
         if k.ty != KeyType::Extent {
-            continue;
+            return Ok(());
         }
-        let e = Extent::decode(&k.val).map_err(|e| e.btree(BtreeId::Extents).pos(k.pos))?;
+        let e = Extent::decode(k.val).map_err(|e| e.btree(BtreeId::Extents).pos(k.pos))?;
         for p in &e.ptrs {
             if let Some(msg) = add_use(
                 &mut uses,
@@ -361,7 +361,8 @@ fn check_allocations(
                 ));
             }
         }
-    }
+        Ok(())
+    })?;
     let alloc: BTreeMap<Bpos, AllocV4> = crate::fs::read_alloc_keys(t, ov)?.into_iter().collect();
     let mut fixed = alloc.clone();
     let mut keys: Vec<(u8, u64)> = uses.keys().copied().collect();
@@ -445,7 +446,11 @@ fn check_alloc_info(
         (BtreeId::NeedDiscard, DataType::NeedDiscard, FsckErr::NeedDiscardKeyWrong),
     ];
     for (btree, dt, err) in index {
-        let have: BTreeSet<Bpos> = scan(t, ov, btree)?.into_iter().map(|k| k.pos).collect();
+        let mut have = BTreeSet::new();
+        t.for_each_key(btree, ov, |k| {
+            have.insert(k.pos);
+            Ok(())
+        })?;
         let want: BTreeSet<Bpos> = alloc.iter().filter(|(_, a)| a.data_type == dt).map(|(p, _)| *p).collect();
         for p in want.difference(&have) {
             findings.push(Finding::new(

@@ -86,6 +86,26 @@ pub fn encode_key(w: &mut Writer, pos: Bpos, ty: KeyType, size: u32, val: &[u8])
     }
 }
 
+/// A key whose value is borrowed: what scans that only look at keys pass around, so that a scan
+/// of millions of keys does not copy each value to the heap.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct KeyRef<'a> {
+    pub pos: Bpos,
+    pub ty: KeyType,
+    pub size: u32,
+    pub val: &'a [u8],
+}
+
+impl KeyRef<'_> {
+    pub fn is_deleted(&self) -> bool {
+        self.ty.is_deleted()
+    }
+
+    pub fn to_key(&self) -> Bkey {
+        Bkey { pos: self.pos, ty: self.ty, size: self.size, val: self.val.into() }
+    }
+}
+
 /// A key with its value bytes. Typed values: [`alloc::AllocV4`], [`ptr::BtreePtrV2`].
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Bkey {
@@ -113,6 +133,10 @@ impl Bkey {
 
     pub fn is_deleted(&self) -> bool {
         self.ty.is_deleted()
+    }
+
+    pub fn as_ref(&self) -> KeyRef<'_> {
+        KeyRef { pos: self.pos, ty: self.ty, size: self.size, val: &self.val }
     }
 
     /// Encoded length in bytes, header and padding included.

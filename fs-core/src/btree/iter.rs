@@ -5,7 +5,7 @@
 //! implements [`KeyOverlay`] for that. An overlay key that is deleted hides the btree key at
 //! its position.
 
-use crate::bkey::Bkey;
+use crate::bkey::{Bkey, KeyRef};
 use crate::bpos::{Bpos, BtreeId};
 use crate::btree::tree::Btrees;
 use crate::error::Result;
@@ -16,6 +16,9 @@ pub trait KeyOverlay {
     fn first_from(&self, btree: BtreeId, pos: Bpos) -> Option<Bkey>;
     /// The last overlay key (deleted ones included) at or before `pos`.
     fn last_until(&self, btree: BtreeId, pos: Bpos) -> Option<Bkey>;
+    /// The overlay keys (deleted ones included) at positions `from..=to`, in order.
+    fn range<'a>(&'a self, btree: BtreeId, from: Bpos, to: Bpos)
+    -> Box<dyn Iterator<Item = KeyRef<'a>> + 'a>;
 }
 
 impl Btrees {
@@ -76,6 +79,64 @@ impl Btrees {
             return Ok(o);
         }
         Ok(self.get(btree, pos)?.unwrap_or_else(|| Bkey::deleted(pos)))
+    }
+
+    /// Calls `f` with every live key of `btree` in position order, the overlay winning at equal
+    /// positions: what a loop of [`BtreeIter::next`] would yield, walked leaf by leaf and merged
+    /// with the overlay's keys in order, instead of a descent and a copied key per step. A
+    /// full-btree scan (fsck, the allocation check after an unclean shutdown) visits millions.
+    pub fn for_each_key(
+        &mut self,
+        btree: BtreeId,
+        overlay: Option<&dyn KeyOverlay>,
+        mut f: impl FnMut(KeyRef<'_>) -> Result<()>,
+    ) -> Result<()> {
+        let mut pos = Bpos::MIN;
+        loop {
+            let Some(leaf) = self.leaf_entries(btree, pos)? else {
+                // An empty btree: the overlay alone.
+                for o in overlay.into_iter().flat_map(|ov| ov.range(btree, pos, Bpos::MAX)) {
+                    if !o.is_deleted() {
+                        f(o)?;
+                    }
+                }
+                return Ok(());
+            };
+            let (max_key, entries) = leaf;
+            let mut bt = entries
+                .range(pos..=max_key)
+                .filter(|(_, kv)| !kv.is_deleted())
+                .map(|(p, kv)| KeyRef { pos: *p, ty: kv.ty, size: kv.size, val: &kv.val })
+                .peekable();
+            let mut ov = overlay.into_iter().flat_map(|o| o.range(btree, pos, max_key)).peekable();
+            loop {
+                let from_overlay = match (bt.peek(), ov.peek()) {
+                    (Some(b), Some(o)) => o.pos <= b.pos,
+                    (None, Some(_)) => true,
+                    (Some(_), None) => false,
+                    (None, None) => break,
+                };
+                let k = if from_overlay {
+                    let o = ov.next();
+                    if bt.peek().zip(o.as_ref()).is_some_and(|(b, o)| b.pos == o.pos) {
+                        bt.next();
+                    }
+                    o.filter(|o| !o.is_deleted())
+                } else {
+                    bt.next()
+                };
+                if let Some(k) = k {
+                    f(k)?;
+                }
+            }
+            if max_key == Bpos::MAX {
+                return Ok(());
+            }
+            if max_key < pos {
+                return Err(Btrees::walk_error(btree, pos));
+            }
+            pos = max_key.successor();
+        }
     }
 
     /// A cursor over `btree` starting at `start`.

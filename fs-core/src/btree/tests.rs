@@ -419,12 +419,22 @@ fn lookups_in_key_order_match_model() {
 
 struct MapOverlay(BTreeMap<Bpos, Bkey>);
 
+use crate::bkey::KeyRef;
+
 impl KeyOverlay for MapOverlay {
     fn first_from(&self, _btree: BtreeId, pos: Bpos) -> Option<Bkey> {
         self.0.range(pos..).next().map(|(_, k)| k.clone())
     }
     fn last_until(&self, _btree: BtreeId, pos: Bpos) -> Option<Bkey> {
         self.0.range(..=pos).next_back().map(|(_, k)| k.clone())
+    }
+    fn range<'a>(
+        &'a self,
+        _btree: BtreeId,
+        from: Bpos,
+        to: Bpos,
+    ) -> Box<dyn Iterator<Item = KeyRef<'a>> + 'a> {
+        Box::new(self.0.range(from..=to).map(|(_, k)| k.as_ref()))
     }
 }
 
@@ -528,4 +538,58 @@ fn node_validation_errors_are_typed() {
     assert_eq!(decode_node(&bad, MAGIC, &good, &none).unwrap_err().code(), ErrCode::BsetBadCsum);
     // A blacklisted journal seq drops the bset's keys.
     assert_eq!(decode_node(&img, MAGIC, &good, &|_| true).unwrap().nr_keys(), 0);
+}
+
+proptest! {
+    /// `for_each_key` yields exactly what stepping a `BtreeIter` through the same overlay yields,
+    /// in a tree of many leaves (small nodes) with whiteouts, written and unwritten entries, and
+    /// an overlay that adds keys, replaces keys and deletes keys (also beyond the btree's ends).
+    #[test]
+    fn for_each_key_matches_iteration(
+        tree_keys in prop::collection::vec(0..3000u64, 0..1500),
+        deletes in prop::collection::vec(0..3000u64, 0..200),
+        overlay in prop::collection::vec((0..3200u64, any::<bool>()), 0..400),
+        write_back in any::<bool>(),
+    ) {
+        let s = Setup::new(1, 1);
+        let mut t = s.open(Vec::new(), Behavior::Fixed);
+        for &i in &tree_keys {
+            t.insert(BtreeId::Extents, key(i, i + 1), 1).unwrap();
+        }
+        if write_back {
+            t.write_dirty().unwrap();
+        }
+        for &i in &deletes {
+            t.delete(BtreeId::Extents, key(i, 0).pos, 2).unwrap();
+        }
+        let ov = MapOverlay(
+            overlay
+                .iter()
+                .map(|&(i, deleted)| {
+                    let k = if deleted { Bkey::whiteout(key(i, 0).pos) } else { key(i, 7 * i) };
+                    (k.pos, k)
+                })
+                .collect(),
+        );
+        let o: Option<&dyn KeyOverlay> = Some(&ov);
+        let mut want = Vec::new();
+        let mut it = t.iter(BtreeId::Extents, Bpos::MIN);
+        while let Some(k) = it.next(&mut t, o).unwrap() {
+            want.push(k);
+        }
+        let mut got = Vec::new();
+        t.for_each_key(BtreeId::Extents, o, |k| {
+            got.push(k.to_key());
+            Ok(())
+        })
+        .unwrap();
+        prop_assert_eq!(&got, &want);
+        let mut plain = Vec::new();
+        t.for_each_key(BtreeId::Extents, None, |k| {
+            plain.push(k.to_key());
+            Ok(())
+        })
+        .unwrap();
+        prop_assert_eq!(plain, contents(&mut t, BtreeId::Extents));
+    }
 }

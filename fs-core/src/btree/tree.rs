@@ -15,6 +15,7 @@ use crate::bpos::{Bpos, BtreeId};
 use crate::btree::io::NodeIo;
 use crate::btree::node::{Child, Expected, KeyVal, MAX_LEVEL, Node, NodeHeader, NodeKeys};
 use crate::btree::node_alloc::{NodeAllocator, NodeLocation};
+use crate::btree::pos_map::LeafMap;
 use crate::error::{ErrCode, Error, Result};
 use crate::opts::Behavior;
 use crate::rng::Rng;
@@ -460,11 +461,26 @@ impl Btrees {
                 return Ok(found);
             }
             if max_key < pos {
-                return Err(self.walk_error(btree, pos));
+                return Err(Self::walk_error(btree, pos));
             }
             pos = max_key.successor();
         }
-        Err(self.walk_error(btree, pos))
+        Err(Self::walk_error(btree, pos))
+    }
+
+    /// The leaf covering `pos`: its max_key and its entries (whiteouts included); `None` for
+    /// an empty btree. For walks that take a leaf's entries in one go.
+    pub(super) fn leaf_entries(&mut self, btree: BtreeId, pos: Bpos) -> Result<Option<(Bpos, &LeafMap)>> {
+        self.maybe_evict();
+        let Some(leaf) = self.leaf(btree, pos)? else { return Ok(None) };
+        let n = self.node_mut(leaf)?;
+        let max_key = n.hdr.max_key;
+        match n.leaf_mut() {
+            Some(m) => Ok(Some((max_key, &*m))),
+            None => Err(Error::new(ErrCode::BtreeNeedTopologyRepair, "descent ended above the leaves")
+                .btree(btree)
+                .pos(pos)),
+        }
     }
 
     /// The last live key at or before `pos`.
@@ -481,11 +497,11 @@ impl Btrees {
                 return Ok(found);
             }
             if min_key > pos {
-                return Err(self.walk_error(btree, pos));
+                return Err(Self::walk_error(btree, pos));
             }
             pos = min_key.predecessor();
         }
-        Err(self.walk_error(btree, pos))
+        Err(Self::walk_error(btree, pos))
     }
 
     /// A walk across leaves visits each leaf at most once; more steps than there can be leaves
@@ -494,7 +510,7 @@ impl Btrees {
         (self.io.node_size() as usize).saturating_mul(1 << 20)
     }
 
-    fn walk_error(&self, btree: BtreeId, pos: Bpos) -> Error {
+    pub(super) fn walk_error(btree: BtreeId, pos: Bpos) -> Error {
         Error::new(
             ErrCode::BtreeNeedTopologyRepair,
             "leaf walk does not advance: node ranges overlap or leave gaps",
