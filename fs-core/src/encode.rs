@@ -159,6 +159,11 @@ impl<'a> Reader<'a> {
     }
 
     /// A sub-reader over the next `n` bytes, for a length-prefixed section.
+    /// The bytes read since position `start`.
+    pub fn read_since(&self, start: usize) -> &'a [u8] {
+        self.buf.get(start..self.pos).unwrap_or_default()
+    }
+
     pub fn sub(&mut self, n: usize, what: &'static str) -> Result<Reader<'a>> {
         let buf = self.take(n)?;
         Ok(Reader { buf, pos: 0, what, code: self.code })

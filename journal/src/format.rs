@@ -18,7 +18,7 @@
 //! An entry never crosses a bucket boundary; the rest of a bucket after its last entry is left
 //! as it was, which a reader recognises by magic, seq and checksum.
 
-use fs_core::bkey::{Bkey, BtreePtrV2, KeyType};
+use fs_core::bkey::{Bkey, BtreePtrV2, KeyType, PackedKeys};
 use fs_core::bpos::{Bpos, BtreeId};
 use fs_core::encode::{Reader, Writer};
 use fs_core::error::{ErrCode, Error, Result};
@@ -38,13 +38,13 @@ const TYPE_OVERWRITE: u8 = 4;
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum JsetEntry {
     /// Updates to replay into `btree` at `level`.
-    BtreeKeys { btree: BtreeId, level: u8, keys: Vec<Bkey> },
+    BtreeKeys { btree: BtreeId, level: u8, keys: PackedKeys },
     /// The root of `btree` as of this entry.
     BtreeRoot { btree: BtreeId, level: u8, ptr: BtreePtrV2 },
     /// Journal seqs `[start, end)` must be ignored: written, but never made durable as a whole.
     Blacklist { start: u64, end: u64 },
     /// The values the keys of this entry overwrote (for `list-journal`; not replayed).
-    Overwrite { btree: BtreeId, level: u8, keys: Vec<Bkey> },
+    Overwrite { btree: BtreeId, level: u8, keys: PackedKeys },
 }
 
 impl JsetEntry {
@@ -52,9 +52,7 @@ impl JsetEntry {
     pub fn encoded_bytes(&self) -> usize {
         ENTRY_HEADER_BYTES
             + match self {
-                JsetEntry::BtreeKeys { keys, .. } | JsetEntry::Overwrite { keys, .. } => {
-                    keys.iter().map(Bkey::encoded_bytes).sum()
-                }
+                JsetEntry::BtreeKeys { keys, .. } | JsetEntry::Overwrite { keys, .. } => keys.bytes().len(),
                 JsetEntry::BtreeRoot { ptr, .. } => {
                     fs_core::bkey::KEY_HEADER_BYTES + (40 + 16 * ptr.ptrs.len()).next_multiple_of(8)
                 }
@@ -76,9 +74,7 @@ impl JsetEntry {
         w.u8(level);
         w.u8(0);
         match self {
-            JsetEntry::BtreeKeys { keys, .. } | JsetEntry::Overwrite { keys, .. } => {
-                keys.iter().for_each(|k| k.encode(w));
-            }
+            JsetEntry::BtreeKeys { keys, .. } | JsetEntry::Overwrite { keys, .. } => w.bytes(keys.bytes()),
             JsetEntry::BtreeRoot { ptr, .. } => {
                 Bkey::new(Bpos::MAX, KeyType::BtreePtrV2, ptr.encode()).encode(w)
             }
@@ -108,10 +104,7 @@ impl JsetEntry {
         let entry = match ty {
             TYPE_BTREE_KEYS | TYPE_OVERWRITE => {
                 let btree = btree()?;
-                let mut keys = Vec::new();
-                while !body.is_empty() {
-                    keys.push(Bkey::decode(&mut body)?);
-                }
+                let keys = PackedKeys::decode(&mut body)?;
                 if ty == TYPE_BTREE_KEYS {
                     JsetEntry::BtreeKeys { btree, level, keys }
                 } else {
@@ -270,12 +263,12 @@ mod tests {
             .prop_map(|((i, o), v)| Bkey::new(Bpos::new(i, o, 0), KeyType::Set, v));
         let entry = prop_oneof![
             (0u8..18, prop::collection::vec(key.clone(), 0..10)).prop_map(|(b, keys)| {
-                JsetEntry::BtreeKeys { btree: BtreeId::ALL[b as usize], level: 0, keys }
+                JsetEntry::BtreeKeys { btree: BtreeId::ALL[b as usize], level: 0, keys: keys.into() }
             }),
             (0u8..18, prop::collection::vec(key, 0..10)).prop_map(|(b, keys)| JsetEntry::Overwrite {
                 btree: BtreeId::ALL[b as usize],
                 level: 0,
-                keys
+                keys: keys.into()
             }),
             (1u64..1000, 1u64..100).prop_map(|(s, n)| JsetEntry::Blacklist { start: s, end: s + n }),
             (any::<u64>(), 0u8..4).prop_map(|(seq, level)| JsetEntry::BtreeRoot {

@@ -56,23 +56,23 @@ pub struct JournalKeys {
 impl JournalKeys {
     /// From the entries' `btree_keys` entries: sorted by (btree, level, pos), ties oldest seq
     /// first, then only the newest per position kept. Returns the keys and the number read (for
-    /// [`JournalKeys::summary`]). Clones every key; [`JournalKeys::from_entries_owned`] does not.
+    /// [`JournalKeys::summary`]).
     pub fn from_entries(entries: &[ReadEntry]) -> (JournalKeys, usize) {
         let mut sk = SortKeys::with_capacity(count_keys(entries));
         for e in entries {
-            push_keys(&mut sk, e.jset.seq, e.jset.entries.iter().cloned());
+            push_keys(&mut sk, e.jset.seq, e.jset.entries.iter());
         }
         JournalKeys::sort_and_compact(sk)
     }
 
-    /// As [`JournalKeys::from_entries`], moving the keys out of the entries.
+    /// As [`JournalKeys::from_entries`], freeing each entry once its keys are out.
     pub fn from_entries_owned(entries: Vec<ReadEntry>) -> (JournalKeys, usize) {
         let mut sk = SortKeys::with_capacity(count_keys(&entries));
         // Newest first: the entries' memory is then given back in the reverse of the order it
         // was taken in, which lets the allocator return it to the system as it goes (the sort
         // makes the order of the records irrelevant).
         for e in entries.into_iter().rev() {
-            push_keys(&mut sk, e.jset.seq, e.jset.entries.into_iter());
+            push_keys(&mut sk, e.jset.seq, e.jset.entries.iter());
         }
         JournalKeys::sort_and_compact(sk)
     }
@@ -274,19 +274,19 @@ impl SortKeys {
         SortKeys { recs: Vec::with_capacity(n), boxed: Vec::new() }
     }
 
-    fn push(&mut self, btree: BtreeId, level: u8, seq: u64, journal_offset: u32, key: Bkey) {
-        let Bkey { pos, ty, size, val } = key;
+    fn push(&mut self, btree: BtreeId, level: u8, seq: u64, journal_offset: u32, key: KeyRef<'_>) {
+        let KeyRef { pos, ty, size, val } = key;
         let mut inline = [0u8; INLINE_VAL_BYTES];
         let val_len = match inline.get_mut(..val.len()) {
             Some(head) => {
-                head.copy_from_slice(&val);
+                head.copy_from_slice(val);
                 val.len() as u8
             }
             None => {
                 if let Some(index) = inline.first_chunk_mut::<8>() {
                     *index = (self.boxed.len() as u64).to_le_bytes();
                 }
-                self.boxed.push(val);
+                self.boxed.push(val.into());
                 VAL_BOXED
             }
         };
@@ -391,12 +391,12 @@ fn count_keys(entries: &[ReadEntry]) -> usize {
 }
 
 /// Appends the `btree_keys` of one jset, numbering them in jset order.
-fn push_keys(out: &mut SortKeys, seq: u64, entries: impl Iterator<Item = JsetEntry>) {
+fn push_keys<'a>(out: &mut SortKeys, seq: u64, entries: impl Iterator<Item = &'a JsetEntry>) {
     let mut journal_offset = 0u32;
     for entry in entries {
         let JsetEntry::BtreeKeys { btree, level, keys } = entry else { continue };
-        for key in keys {
-            out.push(btree, level, seq, journal_offset, key);
+        for key in keys.iter() {
+            out.push(*btree, *level, seq, journal_offset, key);
             journal_offset = journal_offset.saturating_add(1);
         }
     }
@@ -523,7 +523,7 @@ mod tests {
         let small = |tag: u8| Bkey::new(Bpos::new(1, u64::from(tag), 0), KeyType::Set, vec![tag; 3]);
         let mut sk = SortKeys::with_capacity(4);
         for (i, k) in [big(9), small(2), big(5), big(2)].into_iter().enumerate() {
-            sk.push(BtreeId::Extents, 0, 1, i as u32, k);
+            sk.push(BtreeId::Extents, 0, 1, i as u32, k.as_ref());
         }
         let (keys, read) = JournalKeys::sort_and_compact(sk);
         assert_eq!(read, 4);

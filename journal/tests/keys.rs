@@ -14,7 +14,7 @@ fn set(pos: Bpos, tag: u8) -> Bkey {
 }
 
 fn leaf(btree: BtreeId, keys: Vec<Bkey>) -> JsetEntry {
-    JsetEntry::BtreeKeys { btree, level: 0, keys }
+    JsetEntry::BtreeKeys { btree, level: 0, keys: keys.into() }
 }
 
 fn read_entry(seq: u64, entries: Vec<JsetEntry>) -> ReadEntry {
@@ -53,9 +53,9 @@ fn random_journal(rng: &mut Rng) -> (Vec<ReadEntry>, Model, usize) {
                 model.insert((btree, level, k.pos), (k.clone(), seq));
             }
             total += keys.len();
-            jentries.push(JsetEntry::BtreeKeys { btree, level, keys });
+            jentries.push(JsetEntry::BtreeKeys { btree, level, keys: keys.into() });
             if rng.chance(0.2) {
-                jentries.push(JsetEntry::Overwrite { btree, level, keys: vec![set(p(0), 1)] });
+                jentries.push(JsetEntry::Overwrite { btree, level, keys: vec![set(p(0), 1)].into() });
             }
         }
         entries.push(read_entry(seq, jentries));
@@ -130,7 +130,7 @@ fn overlay_keys() -> JournalKeys {
         7,
         vec![
             leaf(BtreeId::Alloc, vec![set(p(1), 1), Bkey::whiteout(p(2)), set(p(3), 3)]),
-            JsetEntry::BtreeKeys { btree: BtreeId::Alloc, level: 1, keys: vec![set(p(4), 4)] },
+            JsetEntry::BtreeKeys { btree: BtreeId::Alloc, level: 1, keys: vec![set(p(4), 4)].into() },
             leaf(BtreeId::Inodes, vec![set(p(0), 9)]),
         ],
     )];

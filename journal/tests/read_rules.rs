@@ -31,7 +31,7 @@ fn entry(seq: u64, last_seq: u64) -> Jset {
         seq,
         last_seq,
         flags: 0,
-        entries: vec![JsetEntry::BtreeKeys { btree: BtreeId::Alloc, level: 0, keys: vec![key] }],
+        entries: vec![JsetEntry::BtreeKeys { btree: BtreeId::Alloc, level: 0, keys: vec![key].into() }],
     }
 }
 
@@ -226,12 +226,12 @@ fn rule1_stale_tail_ends_bucket() {
 
 /// An entry taking several blocks.
 fn big_entry(seq: u64, last_seq: u64) -> Jset {
-    let keys = (0..6).map(|i| Bkey::new(Bpos::new(2, i, 0), KeyType::Set, vec![seq as u8; 200])).collect();
+    let keys: Vec<Bkey> = (0..6).map(|i| Bkey::new(Bpos::new(2, i, 0), KeyType::Set, vec![seq as u8; 200])).collect();
     Jset {
         seq,
         last_seq,
         flags: 0,
-        entries: vec![JsetEntry::BtreeKeys { btree: BtreeId::Inodes, level: 0, keys }],
+        entries: vec![JsetEntry::BtreeKeys { btree: BtreeId::Inodes, level: 0, keys: keys.into() }],
     }
 }
 
@@ -766,13 +766,13 @@ impl Layout {
         let mut l = Layout { ndev, replicas, rings, bucket_seqs, written: Vec::new() };
         let mut last_seq = 1u64;
         for seq in 1..=rng.range(20..150) {
-            let keys = (0..rng.range(0..12))
+            let keys: Vec<Bkey> = (0..rng.range(0..12))
                 .map(|i| {
                     Bkey::new(Bpos::new(seq, i, 0), KeyType::Set, vec![seq as u8; rng.range(0..120) as usize])
                 })
                 .collect();
             let flags = if seq > 1 && rng.chance(0.3) { JSET_NO_FLUSH } else { 0 };
-            let entries = vec![JsetEntry::BtreeKeys { btree: BtreeId::Inodes, level: 0, keys }];
+            let entries = vec![JsetEntry::BtreeKeys { btree: BtreeId::Inodes, level: 0, keys: keys.into() }];
             let mut j = Jset { seq, last_seq: 0, flags, entries };
             let len = j.encode(MAGIC, BLOCK as usize).len() as u64;
             let mut devs: Vec<usize> = (0..ndev).collect();

@@ -185,7 +185,7 @@ pub fn item_text(e: &JsetEntry) -> Vec<String> {
         JsetEntry::BtreeKeys { btree, level, keys } | JsetEntry::Overwrite { btree, level, keys } => {
             let ty = if matches!(e, JsetEntry::BtreeKeys { .. }) { "btree_keys" } else { "overwrite" };
             std::iter::once(format!("  {ty} btree={btree} level={level}"))
-                .chain(keys.iter().map(|k| format!("    {}", key_text(k))))
+                .chain(keys.iter().map(|k| format!("    {}", key_text(&k.to_key()))))
                 .collect()
         }
         JsetEntry::BtreeRoot { btree, level, ptr } => {
@@ -217,7 +217,7 @@ fn item_json(e: &JsetEntry) -> Value {
     match e {
         JsetEntry::BtreeKeys { btree, level, keys } | JsetEntry::Overwrite { btree, level, keys } => {
             let ty = if matches!(e, JsetEntry::BtreeKeys { .. }) { "btree_keys" } else { "overwrite" };
-            json!({"type": ty, "btree": btree.name(), "level": level, "keys": keys.iter().map(key_json).collect::<Vec<_>>()})
+            json!({"type": ty, "btree": btree.name(), "level": level, "keys": keys.iter().map(|k| key_json(&k.to_key())).collect::<Vec<_>>()})
         }
         JsetEntry::BtreeRoot { btree, level, ptr } => json!({
             "type": "btree_root", "btree": btree.name(), "level": level,

@@ -15,10 +15,12 @@
 
 pub mod alloc;
 pub mod fs;
+pub mod packed;
 pub mod ptr;
 
 pub use alloc::{AllocV4, DataType};
 pub use fs::{Dirent, Extent, Inode};
+pub use packed::PackedKeys;
 pub use ptr::{BtreePtrV2, ExtentPtr};
 
 use crate::bpos::Bpos;
@@ -96,7 +98,27 @@ pub struct KeyRef<'a> {
     pub val: &'a [u8],
 }
 
-impl KeyRef<'_> {
+impl<'a> KeyRef<'a> {
+    /// Decodes one key in place; the reader's code is the caller's "invalid key" error.
+    pub fn decode(r: &mut Reader<'a>) -> Result<KeyRef<'a>> {
+        let raw_ty = r.u8()?;
+        r.skip(1)?;
+        let val_bytes = usize::from(r.u16()?);
+        let size = r.u32()?;
+        let inode = r.u64()?;
+        let offset = r.u64()?;
+        let snapshot = r.u32()?;
+        r.skip(4)?;
+        let ty =
+            KeyType::from_u8(raw_ty).ok_or_else(|| r.error(format_args!("unknown key type {raw_ty}")))?;
+        if val_bytes > MAX_VAL_BYTES {
+            return Err(r.error(format_args!("value of {val_bytes} bytes")));
+        }
+        let val = r.take(val_bytes)?;
+        r.align_to(8)?;
+        Ok(KeyRef { pos: Bpos { inode, offset, snapshot }, ty, size, val })
+    }
+
     pub fn is_deleted(&self) -> bool {
         self.ty.is_deleted()
     }
@@ -150,22 +172,7 @@ impl Bkey {
 
     /// Decodes one key; the reader's code is the caller's "invalid key" error.
     pub fn decode(r: &mut Reader<'_>) -> Result<Bkey> {
-        let raw_ty = r.u8()?;
-        r.skip(1)?;
-        let val_bytes = usize::from(r.u16()?);
-        let size = r.u32()?;
-        let inode = r.u64()?;
-        let offset = r.u64()?;
-        let snapshot = r.u32()?;
-        r.skip(4)?;
-        let ty =
-            KeyType::from_u8(raw_ty).ok_or_else(|| r.error(format_args!("unknown key type {raw_ty}")))?;
-        if val_bytes > MAX_VAL_BYTES {
-            return Err(r.error(format_args!("value of {val_bytes} bytes")));
-        }
-        let val: Box<[u8]> = r.take(val_bytes)?.into();
-        r.align_to(8)?;
-        Ok(Bkey { pos: Bpos { inode, offset, snapshot }, ty, size, val })
+        KeyRef::decode(r).map(|k| k.to_key())
     }
 
     /// Checks the key can be encoded (value length limit).

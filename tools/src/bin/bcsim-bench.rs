@@ -435,7 +435,7 @@ fn rec_setup(dir: &Path, keys: u64, unique: u64) -> Result<serde_json::Value, St
         let entries: Vec<JsetEntry> = [(BtreeId::Extents, extents), (BtreeId::Inodes, inodes)]
             .into_iter()
             .filter(|(_, ks)| !ks.is_empty())
-            .map(|(btree, keys)| JsetEntry::BtreeKeys { btree, level: 0, keys })
+            .map(|(btree, keys)| JsetEntry::BtreeKeys { btree, level: 0, keys: keys.into() })
             .collect();
         let seq = j.add(entries, JournalWatermark::Normal, Instant::now()).map_err(e)?;
         // One pin on the first seq keeps every entry from there on in the replay range.
