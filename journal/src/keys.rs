@@ -9,8 +9,9 @@
 //! Recovery may hold tens of millions of keys, so they are sorted as flat 56-byte records
 //! ([`SortKey`], small values inline) in one vector built at its final size, in place with a
 //! total order (no stable-sort buffer; the halves around the median on their own threads),
-//! compacted in place, then turned into [`JournalKey`]s in key order, which allocates their
-//! values in key order too, and searched by bisection. Overwritten keys are skipped through a
+//! compacted in place, and kept as they are: a key is read as a [`JournalKey`] view of its
+//! record, found by bisection, and copied out only when replay hands it to the btree (a heap
+//! value per key would double the memory). Overwritten keys are skipped through a
 //! hierarchical bitset of live keys ([`LiveSet`]) rather than one by one: the sorted replay pass
 //! marks keys overwritten in order, and a lookup from below that run must not walk millions of
 //! dead keys.
@@ -24,12 +25,12 @@ use fs_core::btree::iter::KeyOverlay;
 use crate::format::JsetEntry;
 use crate::read::ReadEntry;
 
-/// One key to replay.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct JournalKey {
+/// One key to replay, as [`JournalKeys`] shows it (its value borrowed).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct JournalKey<'a> {
     pub btree: BtreeId,
     pub level: u8,
-    pub key: Bkey,
+    pub key: KeyRef<'a>,
     /// The jset the key came from.
     pub seq: u64,
     /// The key's index among the keys of its jset: two updates to one position inside one jset
@@ -39,17 +40,14 @@ pub struct JournalKey {
     pub overwritten: bool,
 }
 
-impl JournalKey {
-    fn cmp_pos(&self, btree: BtreeId, level: u8, pos: Bpos) -> Ordering {
-        self.btree.cmp(&btree).then(self.level.cmp(&level)).then(self.key.pos.cmp(&pos))
-    }
-}
-
-/// The sorted, compacted journal keys: at most one per (btree, level, pos).
+/// The sorted, compacted journal keys: at most one per (btree, level, pos), kept as the
+/// records they were sorted as (56 bytes, small values inline).
 #[derive(Clone, Debug, Default)]
 pub struct JournalKeys {
-    keys: Vec<JournalKey>,
-    /// Bit `i` set while `keys[i]` is not overwritten.
+    recs: Vec<SortKey>,
+    /// Values too big to travel inline, indexed from their records.
+    boxed: Vec<Box<[u8]>>,
+    /// Bit `i` set while `recs[i]` is not overwritten.
     live: LiveSet,
 }
 
@@ -77,22 +75,24 @@ impl JournalKeys {
         JournalKeys::sort_and_compact(sk)
     }
 
-    fn sort_and_compact(mut sk: SortKeys) -> (JournalKeys, usize) {
-        let read = sk.recs.len();
+    fn sort_and_compact(sk: SortKeys) -> (JournalKeys, usize) {
+        let SortKeys { mut recs, boxed } = sk;
+        let read = recs.len();
         let threads = std::thread::available_parallelism().map_or(1, std::num::NonZero::get);
-        sort_keys(&mut sk.recs, threads);
+        sort_keys(&mut recs, threads);
         // dedup_by keeps the first of a run and hands it over as `kept`; swapping in the later
         // key each time leaves the newest in the kept slot.
-        sk.recs.dedup_by(|later, kept| {
+        recs.dedup_by(|later, kept| {
             let same = later.cmp_pos(kept) == Ordering::Equal;
             if same {
                 std::mem::swap(later, kept);
             }
             same
         });
-        let keys = into_journal_keys(sk);
-        let live = LiveSet::full(keys.len());
-        (JournalKeys { keys, live }, read)
+        // Give back what compaction freed (a large vector shrinks in place).
+        recs.shrink_to_fit();
+        let live = LiveSet::full(recs.len());
+        (JournalKeys { recs, boxed, live }, read)
     }
 
     /// The recovery log line: `Journal keys: {read} read, {kept} after sorting and compacting`.
@@ -101,51 +101,46 @@ impl JournalKeys {
     }
 
     pub fn len(&self) -> usize {
-        self.keys.len()
+        self.recs.len()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.keys.is_empty()
+        self.recs.is_empty()
+    }
+
+    fn view(&self, i: usize) -> Option<JournalKey<'_>> {
+        let r = self.recs.get(i)?;
+        let val = if r.val_len == VAL_BOXED {
+            let index = r.val.first_chunk::<8>().map_or(0, |b| u64::from_le_bytes(*b));
+            self.boxed.get(index as usize).map_or(&[][..], |b| &b[..])
+        } else {
+            r.val.get(..usize::from(r.val_len)).unwrap_or_default()
+        };
+        Some(JournalKey {
+            btree: r.btree,
+            level: r.level,
+            key: KeyRef { pos: Bpos::new(r.inode, r.offset, r.snapshot), ty: r.ty, size: r.size, val },
+            seq: r.seq,
+            journal_offset: r.journal_offset,
+            overwritten: !self.live.contains(i),
+        })
     }
 
     /// Every key in sorted order, overwritten ones included (check `overwritten`): the replay's
     /// sorted pass.
-    pub fn iter(&self) -> impl Iterator<Item = &JournalKey> {
-        self.keys.iter()
+    pub fn iter(&self) -> impl Iterator<Item = JournalKey<'_>> + '_ {
+        (0..self.recs.len()).filter_map(|i| self.view(i))
     }
 
     /// The key at exactly this position, overwritten or not.
-    pub fn get(&self, btree: BtreeId, level: u8, pos: Bpos) -> Option<&JournalKey> {
-        self.index_of(btree, level, pos).and_then(|i| self.keys.get(i))
+    pub fn get(&self, btree: BtreeId, level: u8, pos: Bpos) -> Option<JournalKey<'_>> {
+        self.index_of(btree, level, pos).and_then(|i| self.view(i))
     }
 
     /// The key at index `i` of the sorted order (the `i`-th that [`JournalKeys::iter`] yields),
     /// overwritten or not.
-    pub fn at(&self, i: usize) -> Option<&JournalKey> {
-        self.keys.get(i)
-    }
-
-    /// Moves the value of the live key at index `i` out, for replay to hand to the btree
-    /// instead of copying it (a copy reads memory the sort has scattered, one cache miss per
-    /// key). The journal key keeps its position, type and seq. The caller must then either
-    /// mark it overwritten ([`JournalKeys::mark_overwritten_at`]) once the btree has it, or
-    /// give it back ([`JournalKeys::put_back`]): until then the overlay would show it without
-    /// its value. `None` if there is no such key or it is overwritten.
-    pub fn take_at(&mut self, i: usize) -> Option<Bkey> {
-        let k = self.keys.get_mut(i).filter(|k| !k.overwritten)?;
-        Some(Bkey { pos: k.key.pos, ty: k.key.ty, size: k.key.size, val: std::mem::take(&mut k.key.val) })
-    }
-
-    /// Returns a key [`JournalKeys::take_at`] took from index `i` (the btree refused it).
-    /// False, and nothing changes, if `key` is not the key at `i`.
-    pub fn put_back(&mut self, i: usize, key: Bkey) -> bool {
-        match self.keys.get_mut(i) {
-            Some(k) if k.key.pos == key.pos && k.key.ty == key.ty && k.key.val.is_empty() => {
-                k.key.val = key.val;
-                true
-            }
-            _ => false,
-        }
+    pub fn at(&self, i: usize) -> Option<JournalKey<'_>> {
+        self.view(i)
     }
 
     /// A commit wrote `pos` after the journal key: the overlay must stop showing the journal key
@@ -157,29 +152,26 @@ impl JournalKeys {
     /// [`JournalKeys::mark_overwritten`] for the key at index `i`, for a caller that walks the
     /// keys in order (the replay) and so need not search for them. True if the key was live.
     pub fn mark_overwritten_at(&mut self, i: usize) -> bool {
-        match self.keys.get_mut(i) {
-            Some(k) if !k.overwritten => {
-                k.overwritten = true;
-                self.live.clear(i);
-                true
-            }
-            _ => false,
+        if i >= self.recs.len() || !self.live.contains(i) {
+            return false;
         }
+        self.live.clear(i);
+        true
     }
 
     /// The index of the first key at or after (btree, level, pos).
     fn lower_bound(&self, btree: BtreeId, level: u8, pos: Bpos) -> usize {
-        self.keys.partition_point(|k| k.cmp_pos(btree, level, pos) == Ordering::Less)
+        self.recs.partition_point(|r| r.cmp_to(btree, level, pos) == Ordering::Less)
     }
 
     fn index_of(&self, btree: BtreeId, level: u8, pos: Bpos) -> Option<usize> {
         let i = self.lower_bound(btree, level, pos);
-        self.keys.get(i).filter(|k| k.cmp_pos(btree, level, pos) == Ordering::Equal).map(|_| i)
+        self.recs.get(i).filter(|r| r.cmp_to(btree, level, pos) == Ordering::Equal).map(|_| i)
     }
 
     /// The live leaf key at index `i`, if it belongs to `btree`.
     fn leaf_at(&self, btree: BtreeId, i: usize) -> Option<Bkey> {
-        self.keys.get(i).filter(|k| k.btree == btree && k.level == 0).map(|k| k.key.clone())
+        self.view(i).filter(|k| k.btree == btree && k.level == 0).map(|k| k.key.to_key())
     }
 }
 
@@ -190,26 +182,21 @@ impl KeyOverlay for JournalKeys {
         self.leaf_at(btree, i)
     }
 
-    fn range<'a>(
-        &'a self,
-        btree: BtreeId,
-        from: Bpos,
-        to: Bpos,
-    ) -> Box<dyn Iterator<Item = KeyRef<'a>> + 'a> {
+    fn range<'a>(&'a self, btree: BtreeId, from: Bpos, to: Bpos) -> Box<dyn Iterator<Item = KeyRef<'a>> + 'a> {
         let start = self.lower_bound(btree, 0, from);
         Box::new(
-            self.keys
-                .get(start..)
-                .unwrap_or_default()
-                .iter()
-                .take_while(move |k| k.cmp_pos(btree, 0, to) != Ordering::Greater)
-                .filter(|k| !k.overwritten)
-                .map(|k| k.key.as_ref()),
+            (start..self.recs.len())
+                .map_while(move |i| {
+                    let r = self.recs.get(i)?;
+                    (r.cmp_to(btree, 0, to) != Ordering::Greater).then_some(i)
+                })
+                .filter(|&i| self.live.contains(i))
+                .filter_map(|i| self.view(i).map(|k| k.key)),
         )
     }
 
     fn last_until(&self, btree: BtreeId, pos: Bpos) -> Option<Bkey> {
-        let end = self.keys.partition_point(|k| k.cmp_pos(btree, 0, pos) != Ordering::Greater);
+        let end = self.recs.partition_point(|r| r.cmp_to(btree, 0, pos) != Ordering::Greater);
         let i = self.live.prev_set(end.checked_sub(1)?)?;
         self.leaf_at(btree, i)
     }
@@ -227,6 +214,7 @@ const VAL_BOXED: u8 = u8::MAX;
 /// journal order, and reading each in key order (the replay, the node writes after it) would
 /// cost a cache and TLB miss per key. The journal keys built after the sort allocate their
 /// values in key order.
+#[derive(Clone, Debug)]
 struct SortKey {
     inode: u64,
     offset: u64,
@@ -243,6 +231,16 @@ struct SortKey {
 }
 
 impl SortKey {
+    fn cmp_to(&self, btree: BtreeId, level: u8, pos: Bpos) -> Ordering {
+        (self.btree, self.level, self.inode, self.offset, self.snapshot).cmp(&(
+            btree,
+            level,
+            pos.inode,
+            pos.offset,
+            pos.snapshot,
+        ))
+    }
+
     fn cmp_pos(&self, other: &SortKey) -> Ordering {
         (self.btree, self.level, self.inode, self.offset, self.snapshot).cmp(&(
             other.btree,
@@ -305,43 +303,6 @@ impl SortKeys {
         });
     }
 
-    fn journal_key(&mut self, r: SortKey) -> JournalKey {
-        let val: Box<[u8]> = if r.val_len == VAL_BOXED {
-            let index = r.val.first_chunk::<8>().map_or(0, |b| u64::from_le_bytes(*b));
-            self.boxed.get_mut(index as usize).map(std::mem::take).unwrap_or_default()
-        } else {
-            r.val.get(..usize::from(r.val_len)).unwrap_or_default().into()
-        };
-        JournalKey {
-            btree: r.btree,
-            level: r.level,
-            key: Bkey { pos: Bpos::new(r.inode, r.offset, r.snapshot), ty: r.ty, size: r.size, val },
-            seq: r.seq,
-            journal_offset: r.journal_offset,
-            overwritten: false,
-        }
-    }
-}
-
-/// Records converted per step of [`into_journal_keys`].
-const CONVERT_CHUNK: usize = 1 << 20;
-
-/// The journal keys of sorted records, in the same order. Converted from the end a chunk at a
-/// time, giving back the records' memory as it goes, so the two vectors are never both whole.
-fn into_journal_keys(mut sk: SortKeys) -> Vec<JournalKey> {
-    let mut keys = Vec::with_capacity(sk.recs.len());
-    let mut chunk = Vec::with_capacity(CONVERT_CHUNK.min(sk.recs.len()));
-    while !sk.recs.is_empty() {
-        let at = sk.recs.len().saturating_sub(CONVERT_CHUNK);
-        chunk.extend(sk.recs.drain(at..).rev());
-        sk.recs.shrink_to_fit();
-        for r in chunk.drain(..) {
-            let k = sk.journal_key(r);
-            keys.push(k);
-        }
-    }
-    keys.reverse();
-    keys
 }
 
 /// Below this many keys a sort stays on one thread: a second would not pay for its start.
@@ -437,6 +398,13 @@ impl LiveSet {
         LiveSet { levels }
     }
 
+    fn contains(&self, i: usize) -> bool {
+        self.levels
+            .first()
+            .and_then(|words| words.get(i / WORD_BITS))
+            .is_some_and(|w| w & (1u64 << (i % WORD_BITS)) != 0)
+    }
+
     fn clear(&mut self, i: usize) {
         let mut idx = i;
         for level in &mut self.levels {
@@ -527,7 +495,7 @@ mod tests {
         }
         let (keys, read) = JournalKeys::sort_and_compact(sk);
         assert_eq!(read, 4);
-        let got: Vec<Bkey> = keys.iter().map(|k| k.key.clone()).collect();
+        let got: Vec<Bkey> = keys.iter().map(|k| k.key.to_key()).collect();
         assert_eq!(got, vec![big(2), big(5), big(9)]);
     }
 

@@ -75,7 +75,7 @@ fn compaction_keeps_newest_per_position() {
         let (keys, read) = JournalKeys::from_entries(&entries);
         assert_eq!(read, total, "seed {seed}");
         let got: Vec<_> =
-            keys.iter().map(|k| ((k.btree, k.level, k.key.pos), (k.key.clone(), k.seq))).collect();
+            keys.iter().map(|k| ((k.btree, k.level, k.key.pos), (k.key.to_key(), k.seq))).collect();
         let want: Vec<_> = model.into_iter().collect();
         assert_eq!(got, want, "seed {seed}");
         assert_eq!(keys.len(), got.len(), "seed {seed}");

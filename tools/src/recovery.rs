@@ -462,9 +462,10 @@ const REPLAY_WRITE_BACK_KEYS: usize = 1 << 20;
 /// that must wait for the allocator, then a pass over the queued keys in journal order at the
 /// reclaim watermark. Returns how many keys were replayed.
 ///
-/// Keys are taken by index, not searched for, and moved into the btree rather than copied; a
-/// key the btree refuses comes back and goes back into the journal keys, so the overlay shows
-/// it until it is replayed. Every `REPLAY_WRITE_BACK_KEYS` keys the dirty nodes are written.
+/// Keys are taken by index, not searched for, and copied out of their record only as the
+/// btree takes them; a key the btree refuses stays live in the journal keys, so the overlay
+/// shows it until it is replayed. Every `REPLAY_WRITE_BACK_KEYS` keys the dirty nodes are
+/// written.
 fn replay(
     t: &mut Btrees,
     nodes: &BtreeNodeAlloc,
@@ -474,14 +475,13 @@ fn replay(
     let mut queued: Vec<usize> = Vec::new();
     let mut done = 0usize;
     for i in 0..keys.len() {
-        let Some((btree, seq)) =
-            keys.at(i).filter(|k| !k.overwritten && k.level == 0).map(|k| (k.btree, k.seq))
+        let Some((btree, seq, key)) =
+            keys.at(i).filter(|k| !k.overwritten && k.level == 0).map(|k| (k.btree, k.seq, k.key.to_key()))
         else {
             continue;
         };
-        let Some(key) = keys.take_at(i) else { continue };
         let pos = key.pos;
-        match t.insert_or_return(btree, key, seq) {
+        match t.insert(btree, key, seq) {
             Ok(()) => {
                 keys.mark_overwritten_at(i);
                 done += 1;
@@ -489,11 +489,8 @@ fn replay(
                     t.write_dirty()?;
                 }
             }
-            Err((e, Some(key))) if e.matches(ErrCode::OperationBlocked) => {
-                keys.put_back(i, key);
-                queued.push(i);
-            }
-            Err((e, _)) => return Err(e.prefix(format_args!("journal_replay: btree={btree} pos={pos}"))),
+            Err(e) if e.matches(ErrCode::OperationBlocked) => queued.push(i),
+            Err(e) => return Err(e.prefix(format_args!("journal_replay: btree={btree} pos={pos}"))),
         }
     }
     if !queued.is_empty() {
@@ -517,13 +514,13 @@ fn replay(
 fn replay_queued(t: &mut Btrees, keys: &mut JournalKeys, queued: &[usize]) -> Result<usize> {
     let mut done = 0;
     for &i in queued {
-        let Some((btree, seq)) = keys.at(i).map(|k| (k.btree, k.seq)) else { continue };
-        let Some(key) = keys.take_at(i) else { continue };
+        let Some((btree, seq, key)) =
+            keys.at(i).filter(|k| !k.overwritten).map(|k| (k.btree, k.seq, k.key.to_key()))
+        else {
+            continue;
+        };
         let pos = key.pos;
-        if let Err((e, key)) = t.insert_or_return(btree, key, seq) {
-            if let Some(key) = key {
-                keys.put_back(i, key);
-            }
+        if let Err(e) = t.insert(btree, key, seq) {
             return Err(e.prefix(format_args!("journal_replay (journal order): btree={btree} pos={pos}")));
         }
         keys.mark_overwritten_at(i);
