@@ -182,7 +182,12 @@ impl KeyOverlay for JournalKeys {
         self.leaf_at(btree, i)
     }
 
-    fn range<'a>(&'a self, btree: BtreeId, from: Bpos, to: Bpos) -> Box<dyn Iterator<Item = KeyRef<'a>> + 'a> {
+    fn range<'a>(
+        &'a self,
+        btree: BtreeId,
+        from: Bpos,
+        to: Bpos,
+    ) -> Box<dyn Iterator<Item = KeyRef<'a>> + 'a> {
         let start = self.lower_bound(btree, 0, from);
         Box::new(
             (start..self.recs.len())
@@ -302,7 +307,6 @@ impl SortKeys {
             val: inline,
         });
     }
-
 }
 
 /// Below this many keys a sort stays on one thread: a second would not pay for its start.

@@ -226,7 +226,8 @@ fn rule1_stale_tail_ends_bucket() {
 
 /// An entry taking several blocks.
 fn big_entry(seq: u64, last_seq: u64) -> Jset {
-    let keys: Vec<Bkey> = (0..6).map(|i| Bkey::new(Bpos::new(2, i, 0), KeyType::Set, vec![seq as u8; 200])).collect();
+    let keys: Vec<Bkey> =
+        (0..6).map(|i| Bkey::new(Bpos::new(2, i, 0), KeyType::Set, vec![seq as u8; 200])).collect();
     Jset {
         seq,
         last_seq,

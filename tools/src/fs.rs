@@ -345,7 +345,10 @@ impl Fs {
         for (btree, k) in updates {
             by_btree.entry(*btree).or_default().push(k.clone());
         }
-        by_btree.into_iter().map(|(btree, keys)| JsetEntry::BtreeKeys { btree, level: 0, keys: keys.into() }).collect()
+        by_btree
+            .into_iter()
+            .map(|(btree, keys)| JsetEntry::BtreeKeys { btree, level: 0, keys: keys.into() })
+            .collect()
     }
 
     /// One transaction: the updates, and the allocator updates made for them (sector

@@ -462,8 +462,8 @@ const REPLAY_WRITE_BACK_KEYS: usize = 1 << 20;
 /// that must wait for the allocator, then a pass over the queued keys in journal order at the
 /// reclaim watermark. Returns how many keys were replayed.
 ///
-/// Keys are taken by index, not searched for, and copied out of their record only as the
-/// btree takes them; a key the btree refuses stays live in the journal keys, so the overlay
+/// Keys are taken by index, not searched for, and their values copied from their records
+/// straight into the leaves; a key the btree refuses stays live in the journal keys, so the overlay
 /// shows it until it is replayed. Every `REPLAY_WRITE_BACK_KEYS` keys the dirty nodes are
 /// written.
 fn replay(
@@ -475,13 +475,9 @@ fn replay(
     let mut queued: Vec<usize> = Vec::new();
     let mut done = 0usize;
     for i in 0..keys.len() {
-        let Some((btree, seq, key)) =
-            keys.at(i).filter(|k| !k.overwritten && k.level == 0).map(|k| (k.btree, k.seq, k.key.to_key()))
-        else {
-            continue;
-        };
-        let pos = key.pos;
-        match t.insert(btree, key, seq) {
+        let Some(k) = keys.at(i).filter(|k| !k.overwritten && k.level == 0) else { continue };
+        let (btree, pos) = (k.btree, k.key.pos);
+        match t.insert_ref(btree, k.key, k.seq) {
             Ok(()) => {
                 keys.mark_overwritten_at(i);
                 done += 1;
@@ -514,13 +510,9 @@ fn replay(
 fn replay_queued(t: &mut Btrees, keys: &mut JournalKeys, queued: &[usize]) -> Result<usize> {
     let mut done = 0;
     for &i in queued {
-        let Some((btree, seq, key)) =
-            keys.at(i).filter(|k| !k.overwritten).map(|k| (k.btree, k.seq, k.key.to_key()))
-        else {
-            continue;
-        };
-        let pos = key.pos;
-        if let Err(e) = t.insert(btree, key, seq) {
+        let Some(k) = keys.at(i).filter(|k| !k.overwritten) else { continue };
+        let (btree, pos) = (k.btree, k.key.pos);
+        if let Err(e) = t.insert_ref(btree, k.key, k.seq) {
             return Err(e.prefix(format_args!("journal_replay (journal order): btree={btree} pos={pos}")));
         }
         keys.mark_overwritten_at(i);

@@ -391,7 +391,12 @@ mod tests {
     use crate::bkey::KeyType;
 
     fn kv(tag: u64) -> KeyVal {
-        KeyVal { ty: KeyType::Set, size: 0, val: tag.to_le_bytes().into(), pending: tag % 2 == 0 }
+        KeyVal {
+            ty: KeyType::Set,
+            size: 0,
+            val: crate::btree::node::Val::new(&tag.to_le_bytes()),
+            pending: tag % 2 == 0,
+        }
     }
 
     fn pos(i: u64) -> Bpos {

@@ -347,37 +347,32 @@ fn blocked_allocation_changes_nothing() {
     assert!(t.node_infos(BtreeId::Extents).unwrap().len() > nodes_before);
 }
 
-/// `insert_or_return` refused for want of nodes hands back the very key it was given, in an
-/// empty btree (no root leaf) and at a split, and the tree stays as it was.
+/// An insert refused for want of nodes changes nothing, in an empty btree (no root leaf) and
+/// at a split, and the same insert succeeds once the allocator has nodes again.
 #[test]
-fn blocked_insert_gives_the_key_back() {
+fn blocked_insert_changes_nothing() {
     let s = Setup::new(1, 1);
     let mut t = s.open(Vec::new(), Behavior::Fixed);
     s.alloc.block(true);
-    match t.insert_or_return(BtreeId::Extents, key(0, 0), 1) {
-        Err((e, Some(k))) => {
-            assert!(e.matches(ErrCode::OperationBlocked), "{e}");
-            assert_eq!(k, key(0, 0));
-        }
-        other => panic!("an empty btree took a key with the allocator blocked: {other:?}"),
-    }
+    let e = t.insert(BtreeId::Extents, key(0, 0), 1).unwrap_err();
+    assert!(e.matches(ErrCode::OperationBlocked), "{e}");
     assert!(contents(&mut t, BtreeId::Extents).is_empty());
     s.alloc.block(false);
     t.insert(BtreeId::Extents, key(0, 0), 1).unwrap();
     s.alloc.block(true);
     let mut i = 1;
     let refused = loop {
-        match t.insert_or_return(BtreeId::Extents, key(i, i), 1) {
+        match t.insert_ref(BtreeId::Extents, key(i, i).as_ref(), 1) {
             Ok(()) => i += 1,
-            Err(r) => break r,
+            Err(e) => break e,
         }
         assert!(i < 100_000, "never needed a new node");
     };
-    s.alloc.block(false);
-    let (e, k) = refused;
-    assert!(e.matches(ErrCode::OperationBlocked), "{e}");
-    assert_eq!(k, Some(key(i, i)));
+    assert!(refused.matches(ErrCode::OperationBlocked), "{refused}");
     assert_eq!(contents(&mut t, BtreeId::Extents).len() as u64, i);
+    s.alloc.block(false);
+    t.insert_ref(BtreeId::Extents, key(i, i).as_ref(), 1).unwrap();
+    assert_eq!(contents(&mut t, BtreeId::Extents).len() as u64, i + 1);
 }
 
 /// Lookups and inserts in key order reuse the last leaf a descent found; across splits,
@@ -592,4 +587,19 @@ proptest! {
         .unwrap();
         prop_assert_eq!(plain, contents(&mut t, BtreeId::Extents));
     }
+}
+
+/// A value reads back as the bytes it was made of on either side of the inline limit, and
+/// only values longer than the limit go to the heap.
+#[test]
+fn values_inline_up_to_the_limit() {
+    use crate::btree::node::{VAL_INLINE_BYTES, Val};
+    for len in [0, 1, VAL_INLINE_BYTES - 1, VAL_INLINE_BYTES, VAL_INLINE_BYTES + 1, 300] {
+        let bytes: Vec<u8> = (0..len).map(|i| i as u8 ^ 0x5a).collect();
+        for v in [Val::new(&bytes), Val::from(Box::<[u8]>::from(bytes.as_slice()))] {
+            assert_eq!(&*v, &bytes[..], "len {len}");
+            assert_eq!(matches!(v, Val::Heap(_)), len > VAL_INLINE_BYTES, "len {len}");
+        }
+    }
+    assert_eq!(std::mem::size_of::<Val>(), 24);
 }

@@ -10,7 +10,7 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use crate::bkey::{Bkey, BtreePtrV2, ExtentPtr};
+use crate::bkey::{Bkey, BtreePtrV2, ExtentPtr, KeyRef};
 use crate::bpos::{Bpos, BtreeId};
 use crate::btree::io::NodeIo;
 use crate::btree::node::{Child, Expected, KeyVal, MAX_LEVEL, Node, NodeHeader, NodeKeys};
@@ -42,9 +42,6 @@ impl std::hash::Hasher for SeqHasher {
 }
 
 type NodeMap = HashMap<u64, Node, std::hash::BuildHasherDefault<SeqHasher>>;
-
-/// What [`Btrees::insert_or_return`] returns: on error, the key too if the tree did not take it.
-pub type InsertResult = std::result::Result<(), (Error, Option<Bkey>)>;
 
 /// A btree root as persisted (journal `btree_root` entries, the superblock clean section).
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -524,25 +521,28 @@ impl Btrees {
     /// Inserts or overwrites `key` (a deleted or whiteout key deletes). `journal_seq` is the
     /// journal entry the update belongs to; the node's next bset records it.
     pub fn insert(&mut self, btree: BtreeId, key: Bkey, journal_seq: u64) -> Result<()> {
-        self.insert_or_return(btree, key, journal_seq).map_err(|(e, _)| e)
+        key.validate()?;
+        let (pos, kv) = KeyVal::from_key(key, true);
+        self.insert_entry(btree, pos, kv, journal_seq)
     }
 
-    /// [`Btrees::insert`], handing the key back with the error when the insert was refused
-    /// before the tree took it (nodes could not be reserved: `operation_blocked`; a node could
-    /// not be read), so that a caller holding its only copy can keep it and retry: journal
-    /// replay moves its keys in rather than copying them. The key is `None` when the error came
-    /// after the tree took it.
-    pub fn insert_or_return(&mut self, btree: BtreeId, key: Bkey, journal_seq: u64) -> InsertResult {
-        let leaf = match self.leaf_for_insert(btree, &key) {
-            Ok(Some(leaf)) => leaf,
-            Ok(None) => return Ok(()),
-            Err(e) => return Err((e, Some(key))),
-        };
-        let (pos, kv) = KeyVal::from_key(key, true);
+    /// [`Btrees::insert`] of a borrowed key, whose value is copied only into the leaf: journal
+    /// replay inserts tens of millions of keys straight from the journal keys' records.
+    pub fn insert_ref(&mut self, btree: BtreeId, key: KeyRef<'_>, journal_seq: u64) -> Result<()> {
+        if key.val.len() > crate::bkey::MAX_VAL_BYTES {
+            return Err(Error::new(ErrCode::InvalidArgument, format!("value of {} bytes", key.val.len()))
+                .pos(key.pos));
+        }
+        let (pos, kv) = KeyVal::from_ref(key, true);
+        self.insert_entry(btree, pos, kv, journal_seq)
+    }
+
+    /// Inserts an entry. Refused for want of nodes (`operation_blocked`) or for a node that
+    /// cannot be read, it changes nothing, so the caller can wait and retry.
+    fn insert_entry(&mut self, btree: BtreeId, pos: Bpos, kv: KeyVal, journal_seq: u64) -> Result<()> {
+        let Some(leaf) = self.leaf_for_insert(btree, pos, kv.is_deleted())? else { return Ok(()) };
         let split_bytes = self.split_bytes;
-        let Some(n) = self.nodes.get_mut(&leaf) else {
-            return Err((missing_node(leaf), Some(key_of(pos, kv))));
-        };
+        let n = self.node_mut(leaf)?;
         if !kv.is_deleted() && n.hdr.level == 0 {
             let added = kv.encoded_bytes();
             // The common case: the key fits even if it replaces nothing. It is appended to the
@@ -561,36 +561,28 @@ impl Btrees {
             }
             // It may not fit: take exact bytes.
             let old_bytes = n.leaf_mut().and_then(|m| m.get(&pos)).map_or(0, KeyVal::encoded_bytes);
-            if n.key_bytes.saturating_sub(old_bytes) + added <= split_bytes {
-                self.apply_to_leaf(leaf, pos, kv, journal_seq).map_err(|e| (e, None))?;
+            if n.key_bytes.saturating_sub(old_bytes) + added > split_bytes {
+                let path = self.path(btree, pos, 0)?;
+                self.split_insert(btree, &path, pos, kv, journal_seq)?;
                 self.maybe_evict();
                 return Ok(());
             }
-            let path = match self.path(btree, pos, 0) {
-                Ok(path) => path,
-                Err(e) => return Err((e, Some(key_of(pos, kv)))),
-            };
-            self.split_insert(btree, &path, pos, kv, journal_seq)
-                .map_err(|(e, kv)| (e, kv.map(|kv| key_of(pos, kv))))?;
-            self.maybe_evict();
-            return Ok(());
         }
-        self.apply_to_leaf(leaf, pos, kv, journal_seq).map_err(|e| (e, None))?;
+        self.apply_to_leaf(leaf, pos, kv, journal_seq)?;
         self.maybe_evict();
         Ok(())
     }
 
-    /// The leaf `key` goes into, after making a root leaf for an empty btree; `None` for a
-    /// deletion in an empty btree, which has nothing to do.
-    fn leaf_for_insert(&mut self, btree: BtreeId, key: &Bkey) -> Result<Option<u64>> {
-        key.validate()?;
+    /// The leaf an entry at `pos` goes into, after making a root leaf for an empty btree;
+    /// `None` for a deletion in an empty btree, which has nothing to do.
+    fn leaf_for_insert(&mut self, btree: BtreeId, pos: Bpos, deletion: bool) -> Result<Option<u64>> {
         if self.root(btree)?.is_none() {
-            if key.is_deleted() {
+            if deletion {
                 return Ok(None);
             }
             self.new_root_leaf(btree)?;
         }
-        let leaf = self.leaf(btree, key.pos)?;
+        let leaf = self.leaf(btree, pos)?;
         leaf.map(Some).ok_or_else(|| Error::new(ErrCode::BtreeNeedTopologyRepair, "no leaf"))
     }
 
@@ -674,25 +666,19 @@ impl Btrees {
         pos: Bpos,
         kv: KeyVal,
         journal_seq: u64,
-    ) -> std::result::Result<(), (Error, Option<KeyVal>)> {
+    ) -> Result<()> {
         // Splits change the shape of the tree.
         self.last_leaf = None;
-        let Some(&leaf) = path.last() else { return Err((missing_node(0), Some(kv))) };
-        let need = match self.nodes_for_split(path) {
-            Ok((need, _new_root)) => need,
-            Err(e) => return Err((e, Some(kv))),
-        };
+        let Some(&leaf) = path.last() else { return Err(missing_node(0)) };
+        let (need, _new_root) = self.nodes_for_split(path)?;
         // The point of no return: everything the split needs is reserved first.
-        let mut reserved = match self.alloc.alloc_nodes(need, btree, 0) {
-            Ok(reserved) => reserved,
-            Err(e) => return Err((e, Some(kv))),
-        };
-        self.apply_to_leaf(leaf, pos, kv, journal_seq).map_err(|e| (e, None))?;
+        let mut reserved = self.alloc.alloc_nodes(need, btree, 0)?;
+        self.apply_to_leaf(leaf, pos, kv, journal_seq)?;
         let result = self.split_upwards(btree, path, pos, journal_seq, &mut reserved);
         if !reserved.is_empty() {
             self.alloc.release_unused(reserved);
         }
-        result.map_err(|e| (e, None))
+        result
     }
 
     /// Splits the node at the end of `path` and, as long as a parent overflows, the parent.
@@ -1015,11 +1001,6 @@ fn split_point<'a, V: 'a>(
             if Some(at) == last { second_last.unwrap_or(at) } else { at }
         }
     }
-}
-
-/// The key a leaf entry holds, taking its value.
-fn key_of(pos: Bpos, kv: KeyVal) -> Bkey {
-    Bkey { pos, ty: kv.ty, size: kv.size, val: kv.val }
 }
 
 fn key_bytes(keys: &NodeKeys) -> usize {
