@@ -87,7 +87,9 @@ impl JsetEntry {
         w.patch_u32(start, bytes);
     }
 
-    fn decode(r: &mut Reader<'_>) -> Result<JsetEntry> {
+    /// Decodes one entry; with `keys` false, the keys of btree_keys and overwrite entries are
+    /// checked but not kept.
+    fn decode(r: &mut Reader<'_>, keys: bool) -> Result<JsetEntry> {
         let bytes = r.u32()? as usize;
         let ty = r.u8()?;
         let raw_btree = r.u8()?;
@@ -104,7 +106,12 @@ impl JsetEntry {
         let entry = match ty {
             TYPE_BTREE_KEYS | TYPE_OVERWRITE => {
                 let btree = btree()?;
-                let keys = PackedKeys::decode(&mut body)?;
+                let keys = if keys {
+                    PackedKeys::decode(&mut body)?
+                } else {
+                    PackedKeys::check(&mut body)?;
+                    PackedKeys::default()
+                };
                 if ty == TYPE_BTREE_KEYS {
                     JsetEntry::BtreeKeys { btree, level, keys }
                 } else {
@@ -185,7 +192,10 @@ pub enum JsetRead {
     /// An entry of this filesystem whose checksum does not match: damaged or torn.
     BadChecksum { seq: u64, bytes: u32 },
     /// A good entry taking `bytes` (before padding).
-    Good { jset: Jset, bytes: u32 },
+    Good { jset: Jset, bytes: u32, csum: u32 },
+    /// A good entry the caller said it already has (same seq, length and checksum): not
+    /// decoded.
+    Known { seq: u64, bytes: u32 },
 }
 
 /// The seq of the jset header at the start of `buf` if it carries this filesystem's magic (the
@@ -200,6 +210,22 @@ pub fn peek_seq(buf: &[u8], magic: u64) -> Option<u64> {
 /// Decodes the jset at the start of `buf`. Only a malformed entry behind a good checksum is
 /// an error (a bug or a collision, not damage).
 pub fn decode_jset(buf: &[u8], magic: u64) -> Result<JsetRead> {
+    decode_jset_with(buf, magic, &Decode { known: &|_, _, _| false, keys: true })
+}
+
+/// How much of a good entry [`decode_jset_with`] decodes.
+pub struct Decode<'a> {
+    /// A good entry for which `known(seq, bytes, csum)` is true comes back as
+    /// [`JsetRead::Known`] without being decoded: the journal read skips the replicas of entries
+    /// it already holds.
+    pub known: &'a dyn Fn(u64, u32, u32) -> bool,
+    /// False: the keys of btree_keys and overwrite entries are checked but not kept (the
+    /// journal read for recovery takes them later, from one copy only).
+    pub keys: bool,
+}
+
+/// [`decode_jset`] with shortcuts.
+pub fn decode_jset_with(buf: &[u8], magic: u64, how: &Decode<'_>) -> Result<JsetRead> {
     let Some(h) = buf.get(..JSET_HEADER_BYTES) else { return Ok(JsetRead::Empty) };
     let mut r = Reader::new(h, "jset header", ErrCode::JournalReadErr);
     let csum = r.u32()?;
@@ -221,6 +247,9 @@ pub fn decode_jset(buf: &[u8], magic: u64) -> Result<JsetRead> {
         }
         _ => return Ok(JsetRead::BadChecksum { seq, bytes }),
     };
+    if (how.known)(seq, bytes, csum) {
+        return Ok(JsetRead::Known { seq, bytes });
+    }
     if version != fs_core::sb::FORMAT_VERSION {
         return Err(Error::new(
             ErrCode::JournalReadErr,
@@ -239,14 +268,14 @@ pub fn decode_jset(buf: &[u8], magic: u64) -> Result<JsetRead> {
     r.skip(JSET_HEADER_BYTES)?;
     let mut entries = Vec::with_capacity((nr_entries as usize).min(1 << 16));
     for _ in 0..nr_entries {
-        entries.push(JsetEntry::decode(&mut r).map_err(|e| e.journal_seq(seq))?);
+        entries.push(JsetEntry::decode(&mut r, how.keys).map_err(|e| e.journal_seq(seq))?);
     }
     if !r.is_empty() {
         return Err(
             Error::new(ErrCode::JournalReadErr, "bytes after the last journal entry").journal_seq(seq)
         );
     }
-    Ok(JsetRead::Good { jset: Jset { seq, last_seq, flags, entries }, bytes })
+    Ok(JsetRead::Good { jset: Jset { seq, last_seq, flags, entries }, bytes, csum })
 }
 
 #[cfg(test)]
@@ -293,7 +322,7 @@ mod tests {
             let bytes = j.encode(MAGIC, 4096);
             prop_assert_eq!(bytes.len() % 4096, 0);
             match decode_jset(&bytes, MAGIC).unwrap() {
-                JsetRead::Good { jset, bytes: n } => {
+                JsetRead::Good { jset, bytes: n, .. } => {
                     prop_assert_eq!(n as usize, j.encoded_bytes());
                     prop_assert_eq!(jset, j);
                 }

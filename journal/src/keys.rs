@@ -18,11 +18,11 @@
 
 use std::cmp::Ordering;
 
-use fs_core::bkey::{Bkey, KeyRef, KeyType};
+use fs_core::bkey::{Bkey, KeyRef, KeyType, PackedKeys};
 use fs_core::bpos::{Bpos, BtreeId};
 use fs_core::btree::iter::KeyOverlay;
 
-use crate::format::JsetEntry;
+use crate::format::{Jset, JsetEntry};
 use crate::read::ReadEntry;
 
 /// One key to replay, as [`JournalKeys`] shows it (its value borrowed).
@@ -72,6 +72,15 @@ impl JournalKeys {
         for e in entries.into_iter().rev() {
             push_keys(&mut sk, e.jset.seq, e.jset.entries.iter());
         }
+        JournalKeys::sort_and_compact(sk)
+    }
+
+    /// From the keys a journal read put in `sink` ([`crate::read::read_journal_keys`]), those of
+    /// the jsets `replays` keeps (the replay range less blacklisted seqs): as
+    /// [`JournalKeys::from_entries`] of the entries to replay.
+    pub fn from_sink(sink: KeySink, replays: impl Fn(u64) -> bool) -> (JournalKeys, usize) {
+        let mut sk = sink.0;
+        sk.recs.retain(|r| replays(r.seq));
         JournalKeys::sort_and_compact(sk)
     }
 
@@ -204,6 +213,38 @@ impl KeyOverlay for JournalKeys {
         let end = self.recs.partition_point(|r| r.cmp_to(btree, 0, pos) != Ordering::Greater);
         let i = self.live.prev_set(end.checked_sub(1)?)?;
         self.leaf_at(btree, i)
+    }
+}
+
+/// Journal keys collected during the journal read, ready to sort: each kept entry's
+/// `btree_keys` move in as the entry is merged.
+#[derive(Default)]
+pub struct KeySink(SortKeys);
+
+impl std::fmt::Debug for KeySink {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "KeySink({} keys)", self.len())
+    }
+}
+
+impl KeySink {
+    /// Moves the `btree_keys` of `jset` in, leaving its entries without keys.
+    pub(crate) fn take_keys(&mut self, jset: &mut Jset) {
+        push_keys(&mut self.0, jset.seq, jset.entries.iter());
+        for e in &mut jset.entries {
+            if let JsetEntry::BtreeKeys { keys, .. } = e {
+                *keys = PackedKeys::default();
+            }
+        }
+    }
+
+    /// Keys taken so far (all seqs).
+    pub fn len(&self) -> usize {
+        self.0.recs.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.recs.is_empty()
     }
 }
 

@@ -16,6 +16,8 @@ pub mod read;
 pub mod write;
 
 pub use format::{Jset, JsetEntry, JsetRead, decode_jset};
-pub use keys::{JournalKey, JournalKeys};
-pub use read::{DeviceRing, EntryPtr, JournalDevice, JournalRead, ReadEntry, ReadOpts, read_journal};
+pub use keys::{JournalKey, JournalKeys, KeySink};
+pub use read::{
+    DeviceRing, EntryPtr, JournalDevice, JournalRead, ReadEntry, ReadOpts, read_journal, read_journal_keys,
+};
 pub use write::{Journal, JournalConfig, JournalStats, JournalWatermark, Ring};

@@ -35,14 +35,15 @@
 //! - An entry that decodes badly behind a good checksum is treated as a bad copy, like a bad
 //!   checksum: another device's copy may serve.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::ops::RangeInclusive;
 
 use fs_core::dev::SharedDevice;
 use fs_core::error::{ErrCode, Error, Result};
 use fs_core::fsck_err::FsckErr;
 
-use crate::format::{Jset, JsetEntry, JsetRead, decode_jset};
+use crate::format::{Decode, Jset, JsetEntry, JsetRead, decode_jset, decode_jset_with};
+use crate::keys::KeySink;
 
 /// One present member device's journal: its bucket list from the superblock, in ring order.
 #[derive(Clone, Debug)]
@@ -143,16 +144,38 @@ impl JournalRead {
 /// for the rules. Errors: an invalid geometry (`JournalReadErr`), or entries that survive only on
 /// absent devices without `opts.degraded` (`InsufficientDevices`).
 pub fn read_journal(devs: &[JournalDevice], opts: &ReadOpts) -> Result<JournalRead> {
+    read(devs, opts, None).map(|(jr, _)| jr)
+}
+
+/// [`read_journal`] for recovery: the scans check keys without keeping them, and the keys of
+/// each entry kept are read again from the one copy kept, straight into a [`KeySink`], as the
+/// entry is merged. The read thus never holds the journal's keys twice (decoded copies and sort
+/// records), nor decoded copies it then frees (memory the allocator keeps). The entries come
+/// back without their keys (all other entries intact), so `opts.keep_all` is no use with it.
+pub fn read_journal_keys(devs: &[JournalDevice], opts: &ReadOpts) -> Result<(JournalRead, KeySink)> {
+    let (jr, sink) = read(devs, opts, Some(KeySink::default()))?;
+    Ok((jr, sink.unwrap_or_default()))
+}
+
+fn read(
+    devs: &[JournalDevice],
+    opts: &ReadOpts,
+    sink: Option<KeySink>,
+) -> Result<(JournalRead, Option<KeySink>)> {
     for d in devs {
         Geometry::new(d, opts)?;
     }
-    let mut m = Merger::default();
+    let mut m = Merger { sink, magic: opts.magic, ..Merger::default() };
     let mut rings = Vec::with_capacity(devs.len());
-    scan_all(devs, opts, Pass::First, |scan| m.add_scan(scan, &mut rings, None))?;
+    scan_all(devs, opts, Pass::First, &mut m, |m, scan| {
+        m.add_scan(scan, &mut rings, None);
+        m.fill_sink(devs)
+    })?;
     m.collect_blacklist();
 
     let Some((last_seq, replay_end)) = replay_range(&mut m) else {
-        return Ok(m.finish_empty(rings, opts));
+        let sink = m.sink.take();
+        return Ok((m.finish_empty(rings, opts), sink));
     };
     let range_line = format!("(replaying {last_seq}-{replay_end})");
     m.count_blacklisted(last_seq, replay_end);
@@ -160,7 +183,10 @@ pub fn read_journal(devs: &[JournalDevice], opts: &ReadOpts) -> Result<JournalRe
     let mut gaps = m.gaps(last_seq, replay_end);
     if !gaps.is_empty() {
         m.log.push(format!("journal entries missing {range_line}: re-reading every journal bucket in full"));
-        scan_all(devs, opts, Pass::Full(&gaps), |scan| m.add_scan(scan, &mut Vec::new(), Some(&gaps)))?;
+        scan_all(devs, opts, Pass::Full(&gaps), &mut m, |m, scan| {
+            m.add_scan(scan, &mut Vec::new(), Some(&gaps));
+            m.fill_sink(devs)
+        })?;
         gaps = m.gaps(last_seq, replay_end);
     }
     if !gaps.is_empty() && !opts.missing.is_empty() && !opts.degraded {
@@ -179,7 +205,8 @@ pub fn read_journal(devs: &[JournalDevice], opts: &ReadOpts) -> Result<JournalRe
         m.log.push(format!("journal read degraded: devices {} missing; {state}", dev_list(&opts.missing)));
     }
     m.log.push(format!("journal read done, replaying entries {last_seq}-{replay_end}"));
-    Ok(m.finish(last_seq, replay_end, rings, opts.keep_all))
+    let sink = m.sink.take();
+    Ok((m.finish(last_seq, replay_end, rings, opts.keep_all), sink))
 }
 
 fn insufficient_devices(gaps: &[RangeInclusive<u64>], opts: &ReadOpts) -> Error {
@@ -259,10 +286,24 @@ struct Copy {
 
 #[derive(Debug)]
 enum CopyState {
-    Good(Jset),
+    Good {
+        jset: Jset,
+        id: CopyId,
+    },
+    /// Good, and the same as the copy an earlier wave kept (seq, length and checksum): not
+    /// decoded again.
+    Known {
+        id: CopyId,
+    },
     /// Unusable; the reason, for the log.
     Bad(String),
 }
+
+/// What tells two good copies of a seq apart: their length and checksum.
+type CopyId = (u32, u32);
+
+/// The good copy kept for each seq so far, for scans to recognise replicas of.
+type Known = HashMap<u64, CopyId>;
 
 /// What a bucket held, for the ring-order check and the write path.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -303,26 +344,40 @@ fn scan_all(
     devs: &[JournalDevice],
     opts: &ReadOpts,
     pass: Pass<'_>,
-    mut merge: impl FnMut(DevScan),
+    m: &mut Merger,
+    mut merge: impl FnMut(&mut Merger, DevScan) -> Result<()>,
 ) -> Result<()> {
     let wave = std::thread::available_parallelism().map_or(1, std::num::NonZero::get);
     for chunk in devs.chunks(wave.max(1)) {
-        for scan in scan_wave(chunk, opts, pass) {
-            merge(scan?);
+        let short = Shortcuts { known: &m.known, keys: m.sink.is_none() };
+        for scan in scan_wave(chunk, opts, pass, short) {
+            merge(m, scan?)?;
         }
     }
     Ok(())
 }
 
+/// What a scan may skip: decoding copies of entries already kept, and keeping keys.
+#[derive(Clone, Copy)]
+struct Shortcuts<'a> {
+    known: &'a Known,
+    keys: bool,
+}
+
 /// Scans `devs` at once, one thread each; results in device order.
-fn scan_wave(devs: &[JournalDevice], opts: &ReadOpts, pass: Pass<'_>) -> Vec<Result<DevScan>> {
+fn scan_wave(
+    devs: &[JournalDevice],
+    opts: &ReadOpts,
+    pass: Pass<'_>,
+    short: Shortcuts<'_>,
+) -> Vec<Result<DevScan>> {
     std::thread::scope(|s| {
         let handles: Vec<_> = devs
             .iter()
             .map(|d| {
                 let spawned = std::thread::Builder::new()
                     .name(format!("journal-read-{}", d.dev_idx))
-                    .spawn_scoped(s, move || scan_device(d, opts, pass));
+                    .spawn_scoped(s, move || scan_device(d, opts, pass, short));
                 (d, spawned)
             })
             .collect();
@@ -335,7 +390,7 @@ fn scan_wave(devs: &[JournalDevice], opts: &ReadOpts, pass: Pass<'_>) -> Vec<Res
                     Err(Error::new(ErrCode::JournalReadErr, "journal read thread panicked")
                         .dev(d.dev_idx.into()))
                 }),
-                Err(_) => scan_device(d, opts, pass),
+                Err(_) => scan_device(d, opts, pass, short),
             })
             .collect()
     })
@@ -343,7 +398,7 @@ fn scan_wave(devs: &[JournalDevice], opts: &ReadOpts, pass: Pass<'_>) -> Vec<Res
 
 /// Walks one device's ring. I/O errors are recorded per bucket, never returned: other devices'
 /// copies may serve.
-fn scan_device(d: &JournalDevice, opts: &ReadOpts, pass: Pass<'_>) -> Result<DevScan> {
+fn scan_device(d: &JournalDevice, opts: &ReadOpts, pass: Pass<'_>, short: Shortcuts<'_>) -> Result<DevScan> {
     let geo = Geometry::new(d, opts)?;
     let mut scan = DevScan {
         dev: d.dev_idx,
@@ -358,7 +413,10 @@ fn scan_device(d: &JournalDevice, opts: &ReadOpts, pass: Pass<'_>) -> Result<Dev
     for &bucket in &d.buckets {
         let state = match read_bucket(d, bucket, &mut buf, geo, opts, pass) {
             Ok(None) => BucketState::Empty,
-            Ok(Some(base)) => scan_bucket(&buf, base, d.dev_idx, bucket, geo, opts, pass, &mut scan.copies),
+            Ok(Some(base)) => {
+                let ctx = BucketCtx { dev: d.dev_idx, bucket, geo, opts, pass, short };
+                scan_bucket(&buf, base, &ctx, &mut scan.copies)
+            }
             Err(e) => {
                 scan.io_errors.push((bucket, e));
                 BucketState::Unreadable
@@ -400,19 +458,24 @@ fn read_bucket(
     Ok(Some(base))
 }
 
-/// Applies the per-bucket rules to a bucket read into `buf` at device offset `base`, pushing the
-/// copies the pass wants.
-#[expect(clippy::too_many_arguments, reason = "one call site; a struct would only rename them")]
-fn scan_bucket(
-    buf: &[u8],
-    base: u64,
+/// Where a bucket was read from and what the scan knows.
+#[derive(Clone, Copy)]
+struct BucketCtx<'a> {
     dev: u8,
     bucket: u64,
     geo: Geometry,
-    opts: &ReadOpts,
-    pass: Pass<'_>,
-    copies: &mut Vec<Copy>,
-) -> BucketState {
+    opts: &'a ReadOpts,
+    pass: Pass<'a>,
+    short: Shortcuts<'a>,
+}
+
+/// Applies the per-bucket rules to a bucket read into `buf` at device offset `base`, pushing the
+/// copies the pass wants.
+fn scan_bucket(buf: &[u8], base: u64, ctx: &BucketCtx<'_>, copies: &mut Vec<Copy>) -> BucketState {
+    let BucketCtx { dev, bucket, geo, opts, pass, short } = *ctx;
+    let known = short.known;
+    let is_known = |seq: u64, bytes: u32, csum: u32| known.get(&seq) == Some(&(bytes, csum));
+    let how = Decode { known: &is_known, keys: short.keys };
     let mut pos = 0usize;
     let mut first_seq: Option<u64> = None;
     let mut newest_seq = 0u64;
@@ -426,15 +489,20 @@ fn scan_bucket(
         let Some(block) = buf.get(pos..).filter(|b| !b.is_empty()) else { break };
         let offset = base.saturating_add(pos as u64);
         let ptr = EntryPtr { dev, bucket, offset };
-        let (seq, state, step) = match decode_jset(block, opts.magic) {
+        let (seq, state, step) = match decode_jset_with(block, opts.magic, &how) {
             Ok(JsetRead::Empty) if pass.is_first() && !saw_bad => break,
             Ok(JsetRead::Empty) => {
                 pos = pos.saturating_add(geo.block_len);
                 continue;
             }
-            Ok(JsetRead::Good { jset, bytes }) => {
+            Ok(JsetRead::Good { jset, bytes, csum }) => {
                 let step = (bytes as usize).next_multiple_of(geo.block_len).max(geo.block_len);
-                (jset.seq, CopyState::Good(jset), step)
+                (jset.seq, CopyState::Good { jset, id: (bytes, csum) }, step)
+            }
+            Ok(JsetRead::Known { seq, bytes }) => {
+                let step = (bytes as usize).next_multiple_of(geo.block_len).max(geo.block_len);
+                let id = known.get(&seq).copied().unwrap_or_default();
+                (seq, CopyState::Known { id }, step)
             }
             // The length field of a damaged entry cannot be trusted: resume at the next block.
             Ok(JsetRead::BadChecksum { seq, .. }) => {
@@ -545,6 +613,7 @@ fn device_ring(scan: &DevScan) -> DeviceRing {
 #[derive(Debug, Default)]
 struct Slot {
     good: Option<Jset>,
+    good_id: Option<CopyId>,
     /// One per good copy agreeing with `good`.
     ptrs: Vec<EntryPtr>,
     bad: Vec<EntryPtr>,
@@ -560,6 +629,13 @@ struct Merger {
     /// Buckets already counted as unreadable, so a re-read does not count them twice.
     io_failed: BTreeSet<(u8, u64)>,
     blacklist: Vec<(u64, u64)>,
+    /// The id of each seq's kept good copy.
+    known: Known,
+    /// Where the keys of kept entries go, when the caller takes them as they come.
+    sink: Option<KeySink>,
+    /// Entries kept since the last [`Merger::fill_sink`], whose keys it is to read.
+    to_sink: Vec<(u64, EntryPtr, CopyId)>,
+    magic: u64,
 }
 
 impl Merger {
@@ -599,6 +675,30 @@ impl Merger {
         }
     }
 
+    /// Reads the keys of the entries kept since the last call from the copy kept, into the sink.
+    /// The copy must read back as it was scanned (same length and checksum).
+    fn fill_sink(&mut self, devs: &[JournalDevice]) -> Result<()> {
+        let Some(sink) = self.sink.as_mut() else { return Ok(()) };
+        let mut buf = Vec::new();
+        for (seq, ptr, (bytes, csum)) in self.to_sink.drain(..) {
+            let changed = || {
+                Error::new(ErrCode::JournalReadErr, "journal entry changed while the journal was read")
+                    .dev(ptr.dev.into())
+                    .journal_seq(seq)
+            };
+            let d = devs.iter().find(|d| d.dev_idx == ptr.dev).ok_or_else(changed)?;
+            buf.resize(bytes as usize, 0);
+            d.dev.read_at(&mut buf, ptr.offset).map_err(|e| e.dev(ptr.dev.into()).journal_seq(seq))?;
+            match decode_jset(&buf, self.magic) {
+                Ok(JsetRead::Good { mut jset, bytes: b, csum: c }) if (b, c) == (bytes, csum) => {
+                    sink.take_keys(&mut jset);
+                }
+                _ => return Err(changed()),
+            }
+        }
+        Ok(())
+    }
+
     fn check_order(&mut self, dev: u8, name: &str, buckets: &[BucketState], bucket_ids: &[u64]) {
         if let Some(why) = check_bucket_order(buckets, bucket_ids) {
             self.log.push(format!("journal bucket seqs not monotonic on dev {dev} ({name}): {why}"));
@@ -613,7 +713,7 @@ impl Merger {
         if slot.ptrs.iter().chain(&slot.bad).any(|p| p.dev == ptr.dev && p.offset == ptr.offset) {
             return;
         }
-        let jset = match state {
+        let (jset, id) = match state {
             CopyState::Bad(why) => {
                 slot.bad.push(ptr);
                 self.bad_copies += 1;
@@ -623,11 +723,18 @@ impl Merger {
                 ));
                 return;
             }
-            CopyState::Good(jset) => jset,
+            CopyState::Good { jset, id } => (Some(jset), id),
+            CopyState::Known { id } => (None, id),
         };
-        let (Some(kept), Some(first)) = (&slot.good, slot.ptrs.first().copied()) else {
+        let (Some(kept_id), Some(first)) = (slot.good_id, slot.ptrs.first().copied()) else {
+            let Some(jset) = jset else { return };
+            if self.sink.is_some() {
+                self.to_sink.push((seq, ptr, id));
+            }
             slot.good = Some(jset);
+            slot.good_id = Some(id);
             slot.ptrs.push(ptr);
+            self.known.insert(seq, id);
             return;
         };
         if let Some(other) = slot.ptrs.iter().find(|p| p.dev == ptr.dev) {
@@ -637,7 +744,7 @@ impl Merger {
             );
             self.log.push(line);
             self.count(FsckErr::JournalEntryDupSameDevice);
-        } else if *kept != jset {
+        } else if kept_id != id {
             let line = format!(
                 "journal entry {seq}: replicas differ (dev {} offset {} vs dev {} offset {}): \
                  keeping dev {}'s copy",

@@ -13,6 +13,8 @@ use fs_core::error::{ErrCode, Result};
 use fs_core::fsck_err::FsckErr;
 use fs_core::rng::Rng;
 use journal::format::JSET_NO_FLUSH;
+use journal::keys::JournalKeys;
+use journal::read::read_journal_keys;
 use journal::{EntryPtr, JournalDevice, JournalRead, Jset, JsetEntry, ReadOpts, read_journal};
 
 const MAGIC: u64 = 0x6a6f_7572_6e61_6c21;
@@ -882,4 +884,64 @@ fn seeded_one_damaged_copy_per_entry_is_survived() {
         checked += 1;
     }
     assert!(checked >= 10, "only {checked} seeds had two replicas");
+}
+
+/// Rule 3 across waves: devices are read a wave at a time, and a later wave recognises copies of
+/// entries already kept by their length and checksum instead of decoding them. A copy there that
+/// differs from the kept one must still count `journal_entry_replicas_data_mismatch`, and an
+/// identical one must still add its pointer.
+#[test]
+fn rule3_mismatch_and_merge_across_waves() {
+    let n = std::thread::available_parallelism().map_or(1, |p| p.get()) + 1;
+    let mut rings: Vec<Ring> = (0..n).map(|d| Ring::new(d as u8, vec![d as u64])).collect();
+    let last = n - 1;
+    for seq in 1..=3 {
+        rings[0].append(&entry(seq, 1));
+        let mut j = entry(seq, 1);
+        if seq == 2 {
+            j.entries.push(JsetEntry::Blacklist { start: 100, end: 101 });
+        }
+        rings[last].append(&j);
+    }
+    let got = read(&rings.iter().collect::<Vec<_>>());
+    assert_eq!(got.fsck_count(FsckErr::JournalEntryReplicasDataMismatch), 1, "{:#?}", got.log);
+    assert_eq!(got.entries[1].jset, entry(2, 1));
+    assert!(logged(&got, "keeping dev 0's copy"), "{:#?}", got.log);
+    for seq in [1, 3] {
+        let devs: Vec<u8> = ptrs_of(&got, seq).iter().map(|p| p.dev).collect();
+        assert_eq!(devs, vec![0, last as u8], "seq {seq}");
+    }
+}
+
+/// `read_journal_keys` (keys moved out as entries are merged, later replicas not decoded) finds
+/// the same replay range, entries (less their keys) and journal keys as `read_journal` followed
+/// by `JournalKeys::from_entries`, on random layouts of one to three devices.
+#[test]
+fn seeded_read_with_key_sink_matches_plain_read() {
+    for seed in 0..24u64 {
+        let l = Layout::write(&mut Rng::new(seed));
+        let devs: Vec<JournalDevice> = l.rings.iter().map(|r| r.jdev()).collect();
+        let plain = read_journal(&devs, &opts()).unwrap();
+        let (sunk, sink) = read_journal_keys(&devs, &opts()).unwrap();
+        let ctx = format!("seed {seed} (ndev {} replicas {})", l.ndev, l.replicas);
+        assert_eq!((sunk.last_seq, sunk.replay_end), (plain.last_seq, plain.replay_end), "{ctx}");
+        assert_eq!(sunk.log, plain.log, "{ctx}");
+        let strip = |j: &Jset| {
+            let mut j = j.clone();
+            for e in &mut j.entries {
+                if let JsetEntry::BtreeKeys { keys, .. } = e {
+                    *keys = Default::default();
+                }
+            }
+            j
+        };
+        let want: Vec<_> = plain.entries.iter().map(|e| (strip(&e.jset), e.ptrs.clone())).collect();
+        let have: Vec<_> = sunk.entries.iter().map(|e| (e.jset.clone(), e.ptrs.clone())).collect();
+        assert_eq!(have, want, "{ctx}");
+        let (want_keys, want_read) = JournalKeys::from_entries(&plain.entries);
+        let replays = |seq: u64| (sunk.last_seq..=sunk.replay_end).contains(&seq);
+        let (got_keys, got_read) = JournalKeys::from_sink(sink, replays);
+        assert_eq!(got_read, want_read, "{ctx}");
+        assert!(got_keys.iter().eq(want_keys.iter()), "{ctx}");
+    }
 }

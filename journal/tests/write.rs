@@ -62,7 +62,7 @@ fn scan(devs: &[&dyn BlockDevice], nr_buckets: u64) -> BTreeMap<u64, Vec<(usize,
             let mut off = 0;
             while off < BUCKET {
                 match decode_jset(&buf[off as usize..], MAGIC).unwrap() {
-                    JsetRead::Good { jset, bytes } => {
+                    JsetRead::Good { jset, bytes, .. } => {
                         out.entry(jset.seq).or_default().push((d, b * BUCKET + off, jset.flags));
                         off += u64::from(bytes).next_multiple_of(BLOCK);
                     }

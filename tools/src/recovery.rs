@@ -19,7 +19,7 @@ use fs_core::recovery_pass::{PassFlags, RecoveryPass};
 use fs_core::sb::{DeviceSet, fs_magic};
 use journal::format::JSET_SALT;
 use journal::keys::JournalKeys;
-use journal::read::{JournalDevice, JournalRead, ReadOpts, read_journal};
+use journal::read::{JournalDevice, JournalRead, ReadOpts, read_journal, read_journal_keys};
 use journal::{Journal, JournalWatermark, JsetEntry, Ring};
 
 use crate::fs::{Fs, device_inits, journal_config};
@@ -186,7 +186,11 @@ pub fn open_read_only(set: DeviceSet, mopts: &MountOpts) -> Result<ReadOnlyView>
     let mut log = Vec::new();
     let opts = mount_options(&set, mopts, &mut log)?;
     set.require_all(mopts.degraded())?;
-    let cfg = BtreeConfig { behavior: opts.behavior(), ..BtreeConfig::default() };
+    let cfg = BtreeConfig {
+        behavior: opts.behavior(),
+        cache_nodes: RECOVERY_CACHE_NODES,
+        ..BtreeConfig::default()
+    };
     let magic = fs_magic(&set.sb.uuid, BTREE_NODE_SALT);
     let devices: Vec<_> = set.devices.iter().map(|d| d.as_ref().map(|m| m.dev.clone())).collect();
     let io = NodeIo::new(devices, magic, opts.btree_node_size());
@@ -261,7 +265,7 @@ fn recover(mut set: DeviceSet, opts: Options, mopts: &MountOpts, mut log: Vec<St
     let t0 = Instant::now();
     let ropts = journal_read_opts(&set, opts.block_size(), mopts.degraded());
     let mut times = RecoveryTimes::default();
-    let mut jr = read_journal(&journal_devices(&set), &ropts)?;
+    let (jr, sink) = read_journal_keys(&journal_devices(&set), &ropts)?;
     times.journal_read = PhaseTime::until_now(t0, t0);
     log.extend(jr.log.iter().cloned());
     for &(err, n) in &jr.fsck_errors {
@@ -277,9 +281,13 @@ fn recover(mut set: DeviceSet, opts: Options, mopts: &MountOpts, mut log: Vec<St
 
     let roots = journal_roots(&jr);
     let t_sort = Instant::now();
-    // The entries are not needed once their keys are out: moving the keys (not copying them)
-    // keeps one copy of the journal in memory, not two.
-    let (mut keys, nr_read) = JournalKeys::from_entries_owned(std::mem::take(&mut jr.entries));
+    // The read moved the keys of the entries it kept into `sink` as it went: what is to replay
+    // are those of the replay range, less blacklisted seqs (the entries `jr.entries` lists).
+    let replays = |seq: u64| {
+        (jr.last_seq..=jr.replay_end).contains(&seq)
+            && !jr.blacklist.iter().any(|&(s, e)| (s..e).contains(&seq))
+    };
+    let (mut keys, nr_read) = JournalKeys::from_sink(sink, replays);
     times.sort = PhaseTime::until_now(t0, t_sort);
     log.push(JournalKeys::summary(nr_read, keys.len()));
 
@@ -293,7 +301,11 @@ fn recover(mut set: DeviceSet, opts: Options, mopts: &MountOpts, mut log: Vec<St
     let bl = blacklist.clone();
     let blacklisted = move |seq: u64| bl.iter().any(|&(s, e)| seq >= s && seq < e);
 
-    let cfg = BtreeConfig { behavior: opts.behavior(), ..BtreeConfig::default() };
+    let cfg = BtreeConfig {
+        behavior: opts.behavior(),
+        cache_nodes: RECOVERY_CACHE_NODES,
+        ..BtreeConfig::default()
+    };
     let magic = fs_magic(&set.sb.uuid, BTREE_NODE_SALT);
     let devices: Vec<_> = set.devices.iter().map(|d| d.as_ref().map(|m| m.dev.clone())).collect();
 
@@ -457,6 +469,11 @@ fn continue_rings(set: &DeviceSet, jr: &JournalRead) -> Result<Vec<Ring>> {
 /// journal are safe because the allocator does not reuse emptied buckets before their journal
 /// seq is durable.
 const REPLAY_WRITE_BACK_KEYS: usize = 1 << 20;
+
+/// Clean btree nodes a mounted filesystem keeps cached (128 MiB of 256 KiB nodes). Replay
+/// writes nodes back as it goes and never comes back to them, so a larger cache would only hold
+/// memory beside the journal keys (at 4096 nodes, about 1 GB after a 22M-key replay).
+const RECOVERY_CACHE_NODES: usize = 512;
 
 /// Replays journal keys: a sorted pass in btree order at the normal watermark, queueing keys
 /// that must wait for the allocator, then a pass over the queued keys in journal order at the

@@ -20,12 +20,18 @@ impl PackedKeys {
     /// Takes every key left in `r`, checking that each decodes.
     pub fn decode(r: &mut Reader<'_>) -> Result<PackedKeys> {
         let start = r.pos();
+        let nr = PackedKeys::check(r)?;
+        Ok(PackedKeys { bytes: r.read_since(start).into(), nr })
+    }
+
+    /// Checks that every key left in `r` decodes, keeping none; returns how many there were.
+    pub fn check(r: &mut Reader<'_>) -> Result<usize> {
         let mut nr = 0;
         while !r.is_empty() {
             KeyRef::decode(r)?;
             nr += 1;
         }
-        Ok(PackedKeys { bytes: r.read_since(start).into(), nr })
+        Ok(nr)
     }
 
     pub fn len(&self) -> usize {
