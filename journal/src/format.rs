@@ -18,7 +18,7 @@
 //! An entry never crosses a bucket boundary; the rest of a bucket after its last entry is left
 //! as it was, which a reader recognises by magic, seq and checksum.
 
-use fs_core::bkey::{Bkey, BtreePtrV2, KeyType, PackedKeys};
+use fs_core::bkey::{Bkey, BtreePtrV2, KeyRef, KeyType, PackedKeys};
 use fs_core::bpos::{Bpos, BtreeId};
 use fs_core::encode::{Reader, Writer};
 use fs_core::error::{ErrCode, Error, Result};
@@ -211,6 +211,44 @@ pub fn peek_seq(buf: &[u8], magic: u64) -> Option<u64> {
 /// an error (a bug or a collision, not damage).
 pub fn decode_jset(buf: &[u8], magic: u64) -> Result<JsetRead> {
     decode_jset_with(buf, magic, &Decode { known: &|_, _, _| false, keys: true })
+}
+
+/// Calls `f` with each key of the btree_keys entries of the jset at the start of `buf`, in
+/// order, if it is a good entry with length `bytes` and checksum `csum` (as a scan found it);
+/// `Ok(false)` if it is not. Recovery takes the keys to replay this way, straight from the
+/// bytes of the copy it keeps.
+pub fn for_each_btree_key(
+    buf: &[u8],
+    bytes: u32,
+    csum: u32,
+    mut f: impl FnMut(BtreeId, u8, KeyRef<'_>),
+) -> Result<bool> {
+    let Some(body) = buf.get(..bytes as usize).filter(|b| b.len() >= JSET_HEADER_BYTES) else {
+        return Ok(false);
+    };
+    let mut r = Reader::new(body, "jset", ErrCode::JournalReadErr);
+    if r.u32()? != csum || r.u32()? != bytes || crc32c::crc32c(body.get(4..).unwrap_or_default()) != csum {
+        return Ok(false);
+    }
+    r.skip(JSET_HEADER_BYTES - 12)?;
+    let nr_entries = r.u32()?;
+    for _ in 0..nr_entries {
+        let len = r.u32()? as usize;
+        let ty = r.u8()?;
+        let raw_btree = r.u8()?;
+        let level = r.u8()?;
+        r.skip(1)?;
+        let mut e = r.sub(len.saturating_sub(ENTRY_HEADER_BYTES), "journal entry")?;
+        if ty != TYPE_BTREE_KEYS {
+            continue;
+        }
+        let btree = BtreeId::from_u8(raw_btree)
+            .ok_or_else(|| body_error(format_args!("unknown btree id {raw_btree}")))?;
+        while !e.is_empty() {
+            f(btree, level, KeyRef::decode(&mut e)?);
+        }
+    }
+    Ok(true)
 }
 
 /// How much of a good entry [`decode_jset_with`] decodes.

@@ -18,11 +18,12 @@
 
 use std::cmp::Ordering;
 
-use fs_core::bkey::{Bkey, KeyRef, KeyType, PackedKeys};
+use fs_core::bkey::{Bkey, KeyRef, KeyType};
+use fs_core::error::Result;
 use fs_core::bpos::{Bpos, BtreeId};
 use fs_core::btree::iter::KeyOverlay;
 
-use crate::format::{Jset, JsetEntry};
+use crate::format::{JsetEntry, for_each_btree_key};
 use crate::read::ReadEntry;
 
 /// One key to replay, as [`JournalKeys`] shows it (its value borrowed).
@@ -228,14 +229,20 @@ impl std::fmt::Debug for KeySink {
 }
 
 impl KeySink {
-    /// Moves the `btree_keys` of `jset` in, leaving its entries without keys.
-    pub(crate) fn take_keys(&mut self, jset: &mut Jset) {
-        push_keys(&mut self.0, jset.seq, jset.entries.iter());
-        for e in &mut jset.entries {
-            if let JsetEntry::BtreeKeys { keys, .. } = e {
-                *keys = PackedKeys::default();
-            }
+    /// Takes the `btree_keys` of jset `seq` from its encoding in `buf` (length `bytes`,
+    /// checksum `csum`); false, taking nothing, if `buf` does not hold that entry.
+    pub(crate) fn take_from_bytes(&mut self, seq: u64, buf: &[u8], bytes: u32, csum: u32) -> Result<bool> {
+        let start = self.0.recs.len();
+        let mut journal_offset = 0u32;
+        let sk = &mut self.0;
+        let found = for_each_btree_key(buf, bytes, csum, |btree, level, key| {
+            sk.push(btree, level, seq, journal_offset, key);
+            journal_offset = journal_offset.saturating_add(1);
+        });
+        if !matches!(found, Ok(true)) {
+            self.0.recs.truncate(start);
         }
+        found
     }
 
     /// Keys taken so far (all seqs).

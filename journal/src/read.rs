@@ -165,7 +165,7 @@ fn read(
     for d in devs {
         Geometry::new(d, opts)?;
     }
-    let mut m = Merger { sink, magic: opts.magic, ..Merger::default() };
+    let mut m = Merger { sink, ..Merger::default() };
     let mut rings = Vec::with_capacity(devs.len());
     scan_all(devs, opts, Pass::First, &mut m, |m, scan| {
         m.add_scan(scan, &mut rings, None);
@@ -635,7 +635,6 @@ struct Merger {
     sink: Option<KeySink>,
     /// Entries kept since the last [`Merger::fill_sink`], whose keys it is to read.
     to_sink: Vec<(u64, EntryPtr, CopyId)>,
-    magic: u64,
 }
 
 impl Merger {
@@ -689,11 +688,8 @@ impl Merger {
             let d = devs.iter().find(|d| d.dev_idx == ptr.dev).ok_or_else(changed)?;
             buf.resize(bytes as usize, 0);
             d.dev.read_at(&mut buf, ptr.offset).map_err(|e| e.dev(ptr.dev.into()).journal_seq(seq))?;
-            match decode_jset(&buf, self.magic) {
-                Ok(JsetRead::Good { mut jset, bytes: b, csum: c }) if (b, c) == (bytes, csum) => {
-                    sink.take_keys(&mut jset);
-                }
-                _ => return Err(changed()),
+            if !matches!(sink.take_from_bytes(seq, &buf, bytes, csum), Ok(true)) {
+                return Err(changed());
             }
         }
         Ok(())
