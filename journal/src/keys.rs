@@ -19,9 +19,9 @@
 use std::cmp::Ordering;
 
 use fs_core::bkey::{Bkey, KeyRef, KeyType};
-use fs_core::error::Result;
 use fs_core::bpos::{Bpos, BtreeId};
 use fs_core::btree::iter::KeyOverlay;
+use fs_core::error::Result;
 
 use crate::format::{JsetEntry, for_each_btree_key};
 use crate::read::ReadEntry;

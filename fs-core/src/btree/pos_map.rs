@@ -117,13 +117,24 @@ impl<V> PosMap<V> {
 
     /// Inserts or replaces; returns the value that was there.
     pub fn insert(&mut self, pos: Bpos, kv: V) -> Option<V> {
+        // Appends (bulk loads, journal replay) need no search.
+        if let Some(last) = self.chunks.last_mut().filter(|c| c.keys.last().is_some_and(|l| *l < pos)) {
+            self.len += 1;
+            if last.keys.len() < CHUNK_MAX {
+                last.keys.push(pos);
+                last.vals.push(kv);
+            } else {
+                self.firsts.push(pos);
+                self.chunks.push(Chunk { keys: vec![pos], vals: vec![kv] });
+            }
+            return None;
+        }
         let Some((c, found)) = self.find(&pos) else {
             self.firsts.push(pos);
             self.chunks.push(Chunk { keys: vec![pos], vals: vec![kv] });
             self.len = 1;
             return None;
         };
-        let last_chunk = c + 1 == self.chunks.len();
         let chunk = self.chunks.get_mut(c)?;
         let i = match found {
             Ok(i) => return chunk.vals.get_mut(i).map(|v| std::mem::replace(v, kv)),
@@ -140,13 +151,7 @@ impl<V> PosMap<V> {
             }
             return None;
         }
-        // Full. An append after the last position (keys arriving in order) starts a new chunk
-        // and leaves this one full; anything else splits it in halves.
-        if last_chunk && i == chunk.keys.len() {
-            self.firsts.push(pos);
-            self.chunks.push(Chunk { keys: vec![pos], vals: vec![kv] });
-            return None;
-        }
+        // Full: split in halves (an append after the last position never gets here).
         let half = chunk.keys.len() / 2;
         let mut right = chunk.split_off(half);
         let target = if i <= half { &mut *chunk } else { &mut right };
