@@ -124,8 +124,14 @@ impl<V> PosMap<V> {
                 last.keys.push(pos);
                 last.vals.push(kv);
             } else {
+                // Keys arriving in order will fill it: take the whole chunk at once rather than
+                // growing it by doubling.
+                let mut c =
+                    Chunk { keys: Vec::with_capacity(CHUNK_MAX), vals: Vec::with_capacity(CHUNK_MAX) };
+                c.keys.push(pos);
+                c.vals.push(kv);
                 self.firsts.push(pos);
-                self.chunks.push(Chunk { keys: vec![pos], vals: vec![kv] });
+                self.chunks.push(c);
             }
             return None;
         }
