@@ -185,6 +185,28 @@ impl Allocator {
         self.lock().discard(dev, bucket)
     }
 
+    /// Discards every `need_discard` bucket whose emptying is durable (`journal_seq_empty` at
+    /// or below `durable_seq`, so no pointer into it can come back from the journal), and
+    /// returns how many: the work a transaction blocked on the allocator waits for.
+    pub fn discard_durable(&self, durable_seq: u64) -> Result<usize> {
+        let mut inner = self.lock();
+        let ready: Vec<(u8, u64)> = inner
+            .devs
+            .iter()
+            .flat_map(|(&dev, d)| {
+                d.buckets()
+                    .filter(|(_, st)| {
+                        st.data_type == DataType::NeedDiscard && st.journal_seq_empty <= durable_seq
+                    })
+                    .map(move |(b, _)| (dev, b))
+            })
+            .collect();
+        for &(dev, bucket) in &ready {
+            inner.discard(dev, bucket)?;
+        }
+        Ok(ready.len())
+    }
+
     /// The persistent records of every bucket changed since the last call, for the caller to
     /// commit: the `alloc_v4` key in the alloc btree, a `set` key or a whiteout in the freespace
     /// btree (set iff free) and likewise in the need_discard btree. Sorted by btree, then

@@ -145,7 +145,15 @@ impl Files {
                 data_type: DataType::User,
                 watermark: Watermark::Normal,
             };
-            self.open = Some(OpenData { buckets: alloc.alloc_buckets(&req)?, next_sector: 0 });
+            // No bucket free now: wait for the allocator (discards of buckets emptied so far),
+            // then try again; nothing freed means waiting would be forever.
+            let buckets = match alloc.alloc_buckets(&req) {
+                Err(e) if e.matches(ErrCode::FreelistEmpty) && fs.wait_for_buckets()? > 0 => {
+                    alloc.alloc_buckets(&req)?
+                }
+                r => r?,
+            };
+            self.open = Some(OpenData { buckets, next_sector: 0 });
         }
         let o =
             self.open.as_mut().ok_or_else(|| Error::new(ErrCode::BucketAccounting, "no open data bucket"))?;

@@ -57,6 +57,8 @@ pub struct Fs {
     journal_seq: u64,
     /// Alloc-key updates taken from the allocator but not yet committed.
     pending_alloc: Vec<(BtreeId, Bkey)>,
+    /// Inside [`Fs::wait_for_buckets`].
+    waiting_for_buckets: bool,
 }
 
 /// Entries of one journal entry at most; a transaction's keys are split into entries this big.
@@ -160,6 +162,7 @@ impl Fs {
                 journal: None,
                 journal_seq,
                 pending_alloc: Vec::new(),
+                waiting_for_buckets: false,
             });
         }
         set.require_all(false)?;
@@ -229,6 +232,7 @@ impl Fs {
             journal: Some(journal),
             journal_seq,
             pending_alloc: Vec::new(),
+            waiting_for_buckets: false,
         };
         let roots = root_entries(&mut fs.btrees);
         if let Some(j) = fs.journal.as_mut() {
@@ -273,10 +277,45 @@ impl Fs {
     }
 
     /// Commits updates to any btrees as one transaction (see `commit`).
+    ///
+    /// A transaction blocked on the allocator (`operation_blocked`: no bucket for a btree node
+    /// now) waits for it, which here means doing in line what the waiter would wait for
+    /// ([`Fs::wait_for_buckets`]), and tries again; if that frees nothing, waiting would be
+    /// forever and the error is returned.
     pub fn commit_updates(&mut self, updates: Vec<(BtreeId, Bkey)>) -> Result<u64> {
-        let seq = self.transaction(updates, JournalWatermark::Normal)?;
+        let seq = loop {
+            match self.transaction(updates.clone(), JournalWatermark::Normal) {
+                Ok(seq) => break seq,
+                Err(e) if e.matches(ErrCode::OperationBlocked) && !e.matches(ErrCode::JournalResBlocked) => {
+                    if self.wait_for_buckets()? == 0 {
+                        return Err(e);
+                    }
+                }
+                Err(e) => return Err(e),
+            }
+        };
         self.apply_alloc_updates_with(JournalWatermark::Normal)?;
         Ok(seq)
+    }
+
+    /// What a thread blocked on the allocator waits for, done in line (the model runs one
+    /// thread): everything written back and the journal flushed, so that nothing on disk or in
+    /// the journal still points into the buckets emptied so far (nor into the btree nodes freed
+    /// by splits and rewrites), then every such bucket discarded. Returns how many buckets
+    /// became free; 0 inside a wait (the write-back's own commits must not wait again).
+    pub fn wait_for_buckets(&mut self) -> Result<usize> {
+        let Some(alloc) = self.alloc.clone() else { return Ok(0) };
+        if self.waiting_for_buckets {
+            return Ok(0);
+        }
+        self.waiting_for_buckets = true;
+        let written = self.write_back().and_then(|()| self.journal_mut()?.flush());
+        self.waiting_for_buckets = false;
+        let freed = alloc.discard_durable(written?)?;
+        if freed > 0 {
+            self.apply_alloc_updates()?;
+        }
+        Ok(freed)
     }
 
     /// Commits `keys` as as many transactions as their size needs: for bulk loads, where

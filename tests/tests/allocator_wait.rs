@@ -1,0 +1,98 @@
+//! A transaction or data write blocked on the allocator waits for it, which in this
+//! single-threaded model means running in line what the waiter waits for (write-back, journal
+//! flush, discards of the buckets emptied so far) and trying again; when that frees nothing the
+//! error comes back instead of a wait that would never end.
+
+// A failed unwrap or index in a test is that test failing, with its message.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
+
+use std::sync::Arc;
+
+use bcsim::files::{CHUNK_BYTES, Files, ROOT_INO, chunk_data};
+use bcsim::fs::Fs;
+use bcsim::fsck::{FixMode, FsckOpts, fsck};
+use bcsim::recovery::MountOpts;
+use fs_core::btree::BtreeConfig;
+use fs_core::dev::{MemDevice, SharedDevice};
+use fs_core::error::ErrCode;
+use fs_core::format::{DeviceSpec, format};
+use fs_core::opts::{OptId, OptValue, Options};
+use fs_core::sb::DeviceSet;
+
+const DEV_BYTES: u64 = 24 << 20;
+const BUCKET: u64 = 256 << 10;
+
+fn formatted() -> Vec<SharedDevice> {
+    let devs: Vec<SharedDevice> =
+        (0..2).map(|i| Arc::new(MemDevice::new(format!("mem{i}"), DEV_BYTES)) as SharedDevice).collect();
+    let mut opts = Options::default();
+    opts.set(OptId::BtreeNodeSize, OptValue::U64(16 << 10)).unwrap();
+    let specs: Vec<DeviceSpec> = devs
+        .iter()
+        .cloned()
+        .map(|d| DeviceSpec { bucket_size: Some(BUCKET), ..DeviceSpec::new(d) })
+        .collect();
+    format(&specs, &opts, None).unwrap();
+    devs
+}
+
+fn open(devs: &[SharedDevice]) -> Fs {
+    let cfg = BtreeConfig { cache_nodes: 64, ..Default::default() };
+    Fs::open(DeviceSet::open(devs.to_vec()).unwrap(), true, cfg).unwrap()
+}
+
+/// Chunks the devices could hold at most, ignoring metadata.
+fn capacity_chunks() -> u64 {
+    2 * DEV_BYTES / CHUNK_BYTES as u64
+}
+
+/// Overwriting the same eight chunks until one and a half times the devices' size has been
+/// written works only if emptied buckets come back: each time the allocator runs dry, the
+/// write waits (write-back, flush, discards) and goes on. The last data written reads back,
+/// and a forced fsck afterwards finds nothing wrong with the alloc, freespace and need_discard
+/// records.
+#[test]
+fn overwrites_past_capacity_reuse_discarded_buckets() {
+    let devs = formatted();
+    let mut fs = open(&devs);
+    let mut files = Files::new(&mut fs).unwrap();
+    let ino = files.create(&mut fs, ROOT_INO, "f", false).unwrap();
+    let writes = capacity_chunks() * 3 / 2;
+    for i in 0..writes {
+        files.write(&mut fs, ino, i % 8, i).unwrap_or_else(|e| panic!("write {i} of {writes}: {e}"));
+    }
+    for chunk in 0..8 {
+        let seed = writes - 8 + (chunk + 8 - writes % 8) % 8;
+        assert_eq!(Files::read(&mut fs, ino, chunk).unwrap(), Some(chunk_data(seed, chunk)), "chunk {chunk}");
+    }
+    fs.unmount().unwrap();
+    let opts = FsckOpts { mode: FixMode::No, force: true, mount: MountOpts::default() };
+    let report = fsck(DeviceSet::open(devs).unwrap(), &opts).unwrap();
+    assert!(report.checked);
+    assert!(report.problems.is_empty(), "{:#?}", report.problems);
+}
+
+/// With every chunk written still live nothing can be discarded: the wait frees nothing, and
+/// the write that finds no bucket fails with an allocator error (freelist_empty, or
+/// operation_blocked for a btree node) before more chunks than the devices hold were written.
+#[test]
+fn a_full_filesystem_fails_writes_instead_of_waiting_forever() {
+    let devs = formatted();
+    let mut fs = open(&devs);
+    let mut files = Files::new(&mut fs).unwrap();
+    let ino = files.create(&mut fs, ROOT_INO, "f", false).unwrap();
+    let mut written = 0;
+    let err = loop {
+        match files.write(&mut fs, ino, written, written) {
+            Ok(()) => written += 1,
+            Err(e) => break e,
+        }
+        assert!(
+            written <= capacity_chunks(),
+            "wrote {written} chunks into {} chunks of space",
+            capacity_chunks()
+        );
+    };
+    assert!(err.matches(ErrCode::FreelistEmpty) || err.matches(ErrCode::OperationBlocked), "{err}");
+    assert!(written > capacity_chunks() / 2, "failed after only {written} chunks: {err}");
+}
