@@ -64,18 +64,6 @@ impl JournalKeys {
         JournalKeys::sort_and_compact(sk)
     }
 
-    /// As [`JournalKeys::from_entries`], freeing each entry once its keys are out.
-    pub fn from_entries_owned(entries: Vec<ReadEntry>) -> (JournalKeys, usize) {
-        let mut sk = SortKeys::with_capacity(count_keys(&entries));
-        // Newest first: the entries' memory is then given back in the reverse of the order it
-        // was taken in, which lets the allocator return it to the system as it goes (the sort
-        // makes the order of the records irrelevant).
-        for e in entries.into_iter().rev() {
-            push_keys(&mut sk, e.jset.seq, e.jset.entries.iter());
-        }
-        JournalKeys::sort_and_compact(sk)
-    }
-
     /// From the keys a journal read put in `sink` ([`crate::read::read_journal_keys`]), those of
     /// the jsets `replays` keeps (the replay range less blacklisted seqs): as
     /// [`JournalKeys::from_entries`] of the entries to replay.
