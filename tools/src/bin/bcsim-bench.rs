@@ -30,7 +30,7 @@ use std::time::{Duration, Instant};
 use bcsim::fs::Fs;
 use bcsim::images::{ImageSpec, format_images, open_device_set};
 use bcsim::recovery::{MountOpts, mount};
-use fs_core::bkey::{Bkey, KeyType};
+use fs_core::bkey::{Bkey, KeyRef, KeyType};
 use fs_core::bpos::{Bpos, BtreeId};
 use fs_core::btree::BtreeConfig;
 use fs_core::dev::{MemDevice, SharedDevice};
@@ -238,7 +238,11 @@ fn btree_phase(phase: &str, n: u64) -> Result<serde_json::Value, String> {
 fn insert_all(fs: &mut Fs, keys: &[Bpos], write_back_every: Option<u64>) -> Result<(), String> {
     let e = |err: fs_core::error::Error| err.to_string();
     for (i, p) in keys.iter().enumerate() {
-        fs.btrees.insert(BtreeId::Extents, Bkey::new(*p, KeyType::Set, value(p)), 1).map_err(e)?;
+        // Borrowed keys, as journal replay inserts them: the 8-byte value lives in the leaf
+        // entry, so a heap copy per key would be made only to be freed.
+        let val = p.offset.to_le_bytes();
+        let key = KeyRef { pos: *p, ty: KeyType::Set, size: 0, val: &val };
+        fs.btrees.insert_ref(BtreeId::Extents, key, 1).map_err(e)?;
         if i % 65536 == 65535 {
             fs.apply_alloc_updates().map_err(e)?;
         }
