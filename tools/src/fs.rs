@@ -19,7 +19,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use allocator::{Allocator, BtreeNodeAlloc, DeviceInit};
-use fs_core::bkey::{AllocV4, Bkey, BtreePtrV2, ExtentPtr, KeyType};
+use fs_core::bkey::{AllocV4, Bkey, BtreePtrV2, Extent, ExtentPtr, KeyType};
 use fs_core::bpos::{Bpos, BtreeId};
 use fs_core::btree::node::BTREE_NODE_SALT;
 use fs_core::btree::{BtreeConfig, Btrees, KeyOverlay, NodeAllocator, NodeInfo, NodeIo, NodeLocation, Root};
@@ -303,6 +303,11 @@ impl Fs {
     /// the journal still points into the buckets emptied so far (nor into the btree nodes freed
     /// by splits and rewrites), then every such bucket discarded. Returns how many buckets
     /// became free; 0 inside a wait (the write-back's own commits must not wait again).
+    ///
+    /// A data bucket is emptied when its sectors are accounted away, which the file layer does
+    /// before the transaction that drops the extent commits; while that transaction is blocked
+    /// (this very wait) or after it failed, the extent still points into the bucket. So no
+    /// bucket a live extent points into is discarded, whatever its accounting says.
     pub fn wait_for_buckets(&mut self) -> Result<usize> {
         let Some(alloc) = self.alloc.clone() else { return Ok(0) };
         if self.waiting_for_buckets {
@@ -311,11 +316,30 @@ impl Fs {
         self.waiting_for_buckets = true;
         let written = self.write_back().and_then(|()| self.journal_mut()?.flush());
         self.waiting_for_buckets = false;
-        let freed = alloc.discard_durable(written?)?;
+        let durable = written?;
+        let in_use = self.data_buckets_in_use()?;
+        let freed = alloc.discard_durable(durable, |dev, bucket| in_use.contains(&(dev, bucket)))?;
         if freed > 0 {
             self.apply_alloc_updates()?;
         }
         Ok(freed)
+    }
+
+    /// Every (device, bucket) a live extent points into.
+    fn data_buckets_in_use(&mut self) -> Result<std::collections::HashSet<(u8, u64)>> {
+        let sizes: Vec<u64> = self.set.sb.members.iter().map(|m| u64::from(m.bucket_size).max(1)).collect();
+        let mut used = std::collections::HashSet::new();
+        self.btrees.for_each_key(BtreeId::Extents, None, |k| {
+            if k.ty == KeyType::Extent {
+                let e = Extent::decode(k.val).map_err(|e| e.btree(BtreeId::Extents).pos(k.pos))?;
+                for p in &e.ptrs {
+                    let size = sizes.get(usize::from(p.dev)).copied().unwrap_or(1);
+                    used.insert((p.dev, p.byte_offset() / size));
+                }
+            }
+            Ok(())
+        })?;
+        Ok(used)
     }
 
     /// Commits `keys` as as many transactions as their size needs: for bulk loads, where
