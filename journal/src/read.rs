@@ -169,11 +169,13 @@ fn read(
     let mut rings = Vec::with_capacity(devs.len());
     scan_all(devs, opts, Pass::First, &mut m, |m, scan| {
         m.add_scan(scan, &mut rings, None);
-        m.fill_sink(devs)
+        m.fill_sink(devs);
+        Ok(())
     })?;
     m.collect_blacklist();
 
     let Some((last_seq, replay_end)) = replay_range(&mut m) else {
+        m.retry_sink(devs)?;
         let sink = m.sink.take();
         return Ok((m.finish_empty(rings, opts), sink));
     };
@@ -185,7 +187,8 @@ fn read(
         m.log.push(format!("journal entries missing {range_line}: re-reading every journal bucket in full"));
         scan_all(devs, opts, Pass::Full(&gaps), &mut m, |m, scan| {
             m.add_scan(scan, &mut Vec::new(), Some(&gaps));
-            m.fill_sink(devs)
+            m.fill_sink(devs);
+            Ok(())
         })?;
         gaps = m.gaps(last_seq, replay_end);
     }
@@ -205,6 +208,7 @@ fn read(
         m.log.push(format!("journal read degraded: devices {} missing; {state}", dev_list(&opts.missing)));
     }
     m.log.push(format!("journal read done, replaying entries {last_seq}-{replay_end}"));
+    m.retry_sink(devs)?;
     let sink = m.sink.take();
     Ok((m.finish(last_seq, replay_end, rings, opts.keep_all), sink))
 }
@@ -635,6 +639,8 @@ struct Merger {
     sink: Option<KeySink>,
     /// Entries kept since the last [`Merger::fill_sink`], whose keys it is to read.
     to_sink: Vec<(u64, EntryPtr, CopyId)>,
+    /// Entries whose kept copy did not read back; retried from every good copy at the end.
+    sink_retry: Vec<(u64, CopyId)>,
 }
 
 impl Merger {
@@ -675,21 +681,36 @@ impl Merger {
     }
 
     /// Reads the keys of the entries kept since the last call from the copy kept, into the sink.
-    /// The copy must read back as it was scanned (same length and checksum).
-    fn fill_sink(&mut self, devs: &[JournalDevice]) -> Result<()> {
+    /// The copy must read back as it was scanned (same length and checksum); one that does not
+    /// (a read error now, a bit flipped on the way) is retried from the other good copies once
+    /// every device has been scanned ([`Merger::retry_sink`]).
+    fn fill_sink(&mut self, devs: &[JournalDevice]) {
+        let Some(sink) = self.sink.as_mut() else { return };
+        for (seq, ptr, id) in self.to_sink.drain(..) {
+            if !matches!(take_copy_keys(sink, devs, seq, ptr, id), Ok(true)) {
+                self.sink_retry.push((seq, id));
+            }
+        }
+    }
+
+    /// The entries whose kept copy could not be read again: their keys from any good copy.
+    fn retry_sink(&mut self, devs: &[JournalDevice]) -> Result<()> {
         let Some(sink) = self.sink.as_mut() else { return Ok(()) };
-        let mut buf = Vec::new();
-        for (seq, ptr, (bytes, csum)) in self.to_sink.drain(..) {
-            let changed = || {
-                Error::new(ErrCode::JournalReadErr, "journal entry changed while the journal was read")
-                    .dev(ptr.dev.into())
-                    .journal_seq(seq)
-            };
-            let d = devs.iter().find(|d| d.dev_idx == ptr.dev).ok_or_else(changed)?;
-            buf.resize(bytes as usize, 0);
-            d.dev.read_at(&mut buf, ptr.offset).map_err(|e| e.dev(ptr.dev.into()).journal_seq(seq))?;
-            if !matches!(sink.take_from_bytes(seq, &buf, bytes, csum), Ok(true)) {
-                return Err(changed());
+        for (seq, id) in self.sink_retry.drain(..) {
+            let ptrs = self.slots.get(&seq).map(|s| s.ptrs.clone()).unwrap_or_default();
+            let mut last = None;
+            let taken = ptrs.iter().any(|&ptr| match take_copy_keys(sink, devs, seq, ptr, id) {
+                Ok(taken) => taken,
+                Err(e) => {
+                    last = Some(e);
+                    false
+                }
+            });
+            if !taken {
+                return Err(last.unwrap_or_else(|| {
+                    Error::new(ErrCode::JournalReadErr, "journal entry changed while the journal was read")
+                        .journal_seq(seq)
+                }));
             }
         }
         Ok(())
@@ -885,6 +906,22 @@ impl Merger {
             rings,
         }
     }
+}
+
+/// Takes the keys of entry `seq` from its copy at `ptr` into `sink`: true if the copy read back
+/// with the length and checksum `id` it was scanned with.
+fn take_copy_keys(
+    sink: &mut KeySink,
+    devs: &[JournalDevice],
+    seq: u64,
+    ptr: EntryPtr,
+    id: CopyId,
+) -> Result<bool> {
+    let (bytes, csum) = id;
+    let Some(d) = devs.iter().find(|d| d.dev_idx == ptr.dev) else { return Ok(false) };
+    let mut buf = vec![0u8; bytes as usize];
+    d.dev.read_at(&mut buf, ptr.offset).map_err(|e| e.dev(ptr.dev.into()).journal_seq(seq))?;
+    sink.take_from_bytes(seq, &buf, bytes, csum)
 }
 
 /// Scanning back from the newest seq: blacklisted seqs, no-flush entries and seqs with no good

@@ -945,3 +945,31 @@ fn seeded_read_with_key_sink_matches_plain_read() {
         assert!(got_keys.iter().eq(want_keys.iter()), "{ctx}");
     }
 }
+
+/// Regression: recovery's read takes an entry's keys by reading the kept copy a second time.
+/// When that read fails (here a transient EIO on dev 0's second read of the block), the keys
+/// come from the other good copy, as a plain read would have used it: the mount does not fail.
+#[test]
+fn key_sink_survives_a_failed_reread_of_the_kept_copy() {
+    let inner = mem("mem0");
+    let faulty = Arc::new(FaultyDevice::new(inner.clone(), 7));
+    let other = mem("mem1");
+    for seq in 1..=3u64 {
+        put(&*inner, (seq - 1) * BLOCK, &entry(seq, 1));
+        put(&*other, (seq - 1) * BLOCK, &entry(seq, 1));
+    }
+    faulty.add_rule(FaultRule {
+        op: FaultOp::Read,
+        range: Some(0..BLOCK),
+        trigger: Trigger::Nth { skip: 1, count: 1 },
+        kind: FaultKind::Eio,
+    });
+    let devs = vec![
+        JournalDevice { dev_idx: 0, dev: faulty, bucket_size: BUCKET, buckets: (0..NBUCKETS).collect() },
+        JournalDevice { dev_idx: 1, dev: other, bucket_size: BUCKET, buckets: (0..NBUCKETS).collect() },
+    ];
+    let (jr, sink) = read_journal_keys(&devs, &opts()).unwrap();
+    assert_eq!((jr.last_seq, jr.replay_end), (1, 3));
+    let (keys, read) = JournalKeys::from_sink(sink, |seq| (1..=3).contains(&seq));
+    assert_eq!((read, keys.len()), (3, 3));
+}
