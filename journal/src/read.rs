@@ -641,6 +641,8 @@ struct Merger {
     to_sink: Vec<(u64, EntryPtr, CopyId)>,
     /// Entries whose kept copy did not read back; retried from every good copy at the end.
     sink_retry: Vec<(u64, CopyId)>,
+    /// Where the kept copies are read again, reused from entry to entry.
+    sink_buf: Vec<u8>,
 }
 
 impl Merger {
@@ -687,7 +689,7 @@ impl Merger {
     fn fill_sink(&mut self, devs: &[JournalDevice]) {
         let Some(sink) = self.sink.as_mut() else { return };
         for (seq, ptr, id) in self.to_sink.drain(..) {
-            if !matches!(take_copy_keys(sink, devs, seq, ptr, id), Ok(true)) {
+            if !matches!(take_copy_keys(sink, &mut self.sink_buf, devs, seq, ptr, id), Ok(true)) {
                 self.sink_retry.push((seq, id));
             }
         }
@@ -699,13 +701,14 @@ impl Merger {
         for (seq, id) in self.sink_retry.drain(..) {
             let ptrs = self.slots.get(&seq).map(|s| s.ptrs.clone()).unwrap_or_default();
             let mut last = None;
-            let taken = ptrs.iter().any(|&ptr| match take_copy_keys(sink, devs, seq, ptr, id) {
-                Ok(taken) => taken,
-                Err(e) => {
-                    last = Some(e);
-                    false
-                }
-            });
+            let taken =
+                ptrs.iter().any(|&ptr| match take_copy_keys(sink, &mut self.sink_buf, devs, seq, ptr, id) {
+                    Ok(taken) => taken,
+                    Err(e) => {
+                        last = Some(e);
+                        false
+                    }
+                });
             if !taken {
                 return Err(last.unwrap_or_else(|| {
                     Error::new(ErrCode::JournalReadErr, "journal entry changed while the journal was read")
@@ -912,6 +915,7 @@ impl Merger {
 /// with the length and checksum `id` it was scanned with.
 fn take_copy_keys(
     sink: &mut KeySink,
+    buf: &mut Vec<u8>,
     devs: &[JournalDevice],
     seq: u64,
     ptr: EntryPtr,
@@ -919,9 +923,9 @@ fn take_copy_keys(
 ) -> Result<bool> {
     let (bytes, csum) = id;
     let Some(d) = devs.iter().find(|d| d.dev_idx == ptr.dev) else { return Ok(false) };
-    let mut buf = vec![0u8; bytes as usize];
-    d.dev.read_at(&mut buf, ptr.offset).map_err(|e| e.dev(ptr.dev.into()).journal_seq(seq))?;
-    sink.take_from_bytes(seq, &buf, bytes, csum)
+    buf.resize(bytes as usize, 0);
+    d.dev.read_at(buf, ptr.offset).map_err(|e| e.dev(ptr.dev.into()).journal_seq(seq))?;
+    sink.take_from_bytes(seq, buf, bytes, csum)
 }
 
 /// Scanning back from the newest seq: blacklisted seqs, no-flush entries and seqs with no good
