@@ -61,6 +61,9 @@ pub struct Fs {
     waiting_for_buckets: bool,
 }
 
+/// Waits on the allocator one commit makes at most before it gives up with the error.
+const MAX_ALLOCATOR_WAITS: u32 = 4;
+
 /// Entries of one journal entry at most; a transaction's keys are split into entries this big.
 const MAX_JOURNAL_ENTRY_BYTES: usize = 256 << 10;
 
@@ -283,11 +286,16 @@ impl Fs {
     /// ([`Fs::wait_for_buckets`]), and tries again; if that frees nothing, waiting would be
     /// forever and the error is returned.
     pub fn commit_updates(&mut self, updates: Vec<(BtreeId, Bkey)>) -> Result<u64> {
+        let mut waits = 0;
         let seq = loop {
             match self.transaction(updates.clone(), JournalWatermark::Normal) {
                 Ok(seq) => break seq,
                 Err(e) if e.matches(ErrCode::OperationBlocked) && !e.matches(ErrCode::JournalResBlocked) => {
-                    if self.wait_for_buckets()? == 0 {
+                    // Each wait writes back and discards what it can; one that frees buckets
+                    // the transaction still cannot use (a watermark's reserve) is not retried
+                    // without end.
+                    waits += 1;
+                    if waits > MAX_ALLOCATOR_WAITS || self.wait_for_buckets()? == 0 {
                         return Err(e);
                     }
                 }
