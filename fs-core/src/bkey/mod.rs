@@ -123,6 +123,15 @@ impl<'a> KeyRef<'a> {
         self.ty.is_deleted()
     }
 
+    /// Checks the key can be encoded (value length limit).
+    pub fn validate(&self) -> Result<()> {
+        if self.val.len() > MAX_VAL_BYTES {
+            return Err(Error::new(ErrCode::InvalidArgument, format!("value of {} bytes", self.val.len()))
+                .pos(self.pos));
+        }
+        Ok(())
+    }
+
     pub fn to_key(&self) -> Bkey {
         Bkey { pos: self.pos, ty: self.ty, size: self.size, val: self.val.into() }
     }
@@ -177,11 +186,7 @@ impl Bkey {
 
     /// Checks the key can be encoded (value length limit).
     pub fn validate(&self) -> Result<()> {
-        if self.val.len() > MAX_VAL_BYTES {
-            return Err(Error::new(ErrCode::InvalidArgument, format!("value of {} bytes", self.val.len()))
-                .pos(self.pos));
-        }
-        Ok(())
+        self.as_ref().validate()
     }
 }
 

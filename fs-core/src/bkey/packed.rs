@@ -59,22 +59,16 @@ impl PackedKeys {
     }
 }
 
-impl<'a> FromIterator<&'a Bkey> for PackedKeys {
-    fn from_iter<I: IntoIterator<Item = &'a Bkey>>(iter: I) -> Self {
+/// From keys or references to keys, encoded in order.
+impl<K: std::borrow::Borrow<Bkey>> FromIterator<K> for PackedKeys {
+    fn from_iter<I: IntoIterator<Item = K>>(iter: I) -> Self {
         let mut w = Writer::new();
         let mut nr = 0;
         for k in iter {
-            k.encode(&mut w);
+            k.borrow().encode(&mut w);
             nr += 1;
         }
         PackedKeys { bytes: w.into_vec().into(), nr }
-    }
-}
-
-impl FromIterator<Bkey> for PackedKeys {
-    fn from_iter<I: IntoIterator<Item = Bkey>>(iter: I) -> Self {
-        let keys: Vec<Bkey> = iter.into_iter().collect();
-        keys.iter().collect()
     }
 }
 
@@ -84,11 +78,6 @@ impl From<Vec<Bkey>> for PackedKeys {
     }
 }
 
-impl From<&[Bkey]> for PackedKeys {
-    fn from(keys: &[Bkey]) -> Self {
-        keys.iter().collect()
-    }
-}
 
 #[cfg(test)]
 mod tests {

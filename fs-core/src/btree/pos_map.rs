@@ -322,16 +322,6 @@ impl<V> PosMap<V> {
     }
 }
 
-impl<V> FromIterator<(Bpos, V)> for PosMap<V> {
-    /// Builds from entries in any order (later duplicates win).
-    fn from_iter<I: IntoIterator<Item = (Bpos, V)>>(iter: I) -> Self {
-        let mut m = PosMap::new();
-        for (p, kv) in iter {
-            m.insert(p, kv);
-        }
-        m
-    }
-}
 
 /// Inserts a leaf takes without looking at its keys before it sorts them in.
 pub const UNSORTED_MAX: usize = 128;

@@ -529,10 +529,7 @@ impl Btrees {
     /// [`Btrees::insert`] of a borrowed key, whose value is copied only into the leaf: journal
     /// replay inserts tens of millions of keys straight from the journal keys' records.
     pub fn insert_ref(&mut self, btree: BtreeId, key: KeyRef<'_>, journal_seq: u64) -> Result<()> {
-        if key.val.len() > crate::bkey::MAX_VAL_BYTES {
-            return Err(Error::new(ErrCode::InvalidArgument, format!("value of {} bytes", key.val.len()))
-                .pos(key.pos));
-        }
+        key.validate()?;
         let (pos, kv) = KeyVal::from_ref(key, true);
         self.insert_entry(btree, pos, kv, journal_seq)
     }
