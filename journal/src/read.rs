@@ -296,9 +296,7 @@ enum CopyState {
     },
     /// Good, and the same as the copy an earlier wave kept (seq, length and checksum): not
     /// decoded again.
-    Known {
-        id: CopyId,
-    },
+    Known,
     /// Unusable; the reason, for the log.
     Bad(String),
 }
@@ -505,8 +503,7 @@ fn scan_bucket(buf: &[u8], base: u64, ctx: &BucketCtx<'_>, copies: &mut Vec<Copy
             }
             Ok(JsetRead::Known { seq, bytes }) => {
                 let step = (bytes as usize).next_multiple_of(geo.block_len).max(geo.block_len);
-                let id = known.get(&seq).copied().unwrap_or_default();
-                (seq, CopyState::Known { id }, step)
+                (seq, CopyState::Known, step)
             }
             // The length field of a damaged entry cannot be trusted: resume at the next block.
             Ok(JsetRead::BadChecksum { seq, .. }) => {
@@ -744,7 +741,11 @@ impl Merger {
                 return;
             }
             CopyState::Good { jset, id } => (Some(jset), id),
-            CopyState::Known { id } => (None, id),
+            // It matched the kept copy when it was scanned.
+            CopyState::Known => match slot.good_id {
+                Some(id) => (None, id),
+                None => return,
+            },
         };
         let (Some(kept_id), Some(first)) = (slot.good_id, slot.ptrs.first().copied()) else {
             let Some(jset) = jset else { return };
