@@ -11,7 +11,7 @@ use allocator::{Allocator, BtreeNodeAlloc, Watermark};
 use fs_core::bkey::AllocV4;
 use fs_core::bpos::{Bpos, BtreeId};
 use fs_core::btree::node::BTREE_NODE_SALT;
-use fs_core::btree::{BtreeConfig, Btrees, NodeIo, Root};
+use fs_core::btree::{BtreeConfig, Btrees, NodeAllocator, NodeIo, Root};
 use fs_core::error::{ErrCode, Error, Result};
 use fs_core::fsck_err::FsckErr;
 use fs_core::opts::{Behavior, OptContext, OptFlags, Options, ParsedOpt};
@@ -186,14 +186,6 @@ pub fn open_read_only(set: DeviceSet, mopts: &MountOpts) -> Result<ReadOnlyView>
     let mut log = Vec::new();
     let opts = mount_options(&set, mopts, &mut log)?;
     set.require_all(mopts.degraded())?;
-    let cfg = BtreeConfig {
-        behavior: opts.behavior(),
-        cache_nodes: RECOVERY_CACHE_NODES,
-        ..BtreeConfig::default()
-    };
-    let magic = fs_magic(&set.sb.uuid, BTREE_NODE_SALT);
-    let devices: Vec<_> = set.devices.iter().map(|d| d.as_ref().map(|m| m.dev.clone())).collect();
-    let io = NodeIo::new(devices, magic, opts.btree_node_size());
     if let Some(clean) = &set.sb.clean {
         log.push(format!("clean filesystem, journal seq {}", clean.journal_seq));
         let roots = clean
@@ -203,7 +195,7 @@ pub fn open_read_only(set: DeviceSet, mopts: &MountOpts) -> Result<ReadOnlyView>
                 Ok(Root { btree: r.btree, level: r.level, ptr: fs_core::bkey::BtreePtrV2::decode(&r.key)? })
             })
             .collect::<Result<Vec<_>>>()?;
-        let btrees = Btrees::new(io, Arc::new(crate::fs::ReadOnlyNodes), roots, cfg);
+        let btrees = open_btrees(&set, &opts, Arc::new(crate::fs::ReadOnlyNodes), roots, Vec::new());
         return Ok(ReadOnlyView { set, btrees, keys: None, journal: None, log });
     }
     let ropts = journal_read_opts(&set, opts.block_size(), mopts.degraded());
@@ -212,9 +204,8 @@ pub fn open_read_only(set: DeviceSet, mopts: &MountOpts) -> Result<ReadOnlyView>
     let (keys, nr_read) = JournalKeys::from_entries(&jr.entries);
     log.push(JournalKeys::summary(nr_read, keys.len()));
     let mut blacklist = jr.blacklist.clone();
-    blacklist.push((jr.replay_end + 1, jr.newest_seq.max(jr.replay_end) + 1 + BLACKLIST_AHEAD));
-    let mut btrees = Btrees::new(io, Arc::new(crate::fs::ReadOnlyNodes), journal_roots(&jr), cfg);
-    btrees.set_blacklist(move |seq| blacklist.iter().any(|&(s, e)| seq >= s && seq < e));
+    blacklist.push(blacklist_after(&jr));
+    let btrees = open_btrees(&set, &opts, Arc::new(crate::fs::ReadOnlyNodes), journal_roots(&jr), blacklist);
     Ok(ReadOnlyView { set, btrees, keys: Some(keys), journal: Some(jr), log })
 }
 
@@ -283,31 +274,17 @@ fn recover(mut set: DeviceSet, opts: Options, mopts: &MountOpts, mut log: Vec<St
     let t_sort = Instant::now();
     // The read moved the keys of the entries it kept into `sink` as it went: what is to replay
     // are those of the replay range, less blacklisted seqs (the entries `jr.entries` lists).
-    let replays = |seq: u64| {
-        (jr.last_seq..=jr.replay_end).contains(&seq)
-            && !jr.blacklist.iter().any(|&(s, e)| (s..e).contains(&seq))
-    };
+    let replays = |seq: u64| (jr.last_seq..=jr.replay_end).contains(&seq) && !in_ranges(&jr.blacklist, seq);
     let (mut keys, nr_read) = JournalKeys::from_sink(sink, replays);
     times.sort = PhaseTime::until_now(t0, t_sort);
     log.push(JournalKeys::summary(nr_read, keys.len()));
 
     // Seqs after the replay range may have reached btree nodes without their journal entry
     // becoming durable: their bsets must be ignored from now on.
-    let bl_start = jr.replay_end + 1;
-    let bl_end = jr.newest_seq.max(jr.replay_end) + 1 + BLACKLIST_AHEAD;
+    let (bl_start, bl_end) = blacklist_after(&jr);
     let mut blacklist = jr.blacklist.clone();
     blacklist.push((bl_start, bl_end));
     log.push(format!("blacklisting journal seqs {bl_start}-{}", bl_end - 1));
-    let bl = blacklist.clone();
-    let blacklisted = move |seq: u64| bl.iter().any(|&(s, e)| seq >= s && seq < e);
-
-    let cfg = BtreeConfig {
-        behavior: opts.behavior(),
-        cache_nodes: RECOVERY_CACHE_NODES,
-        ..BtreeConfig::default()
-    };
-    let magic = fs_magic(&set.sb.uuid, BTREE_NODE_SALT);
-    let devices: Vec<_> = set.devices.iter().map(|d| d.as_ref().map(|m| m.dev.clone())).collect();
 
     let mut alloc: Option<Arc<Allocator>> = None;
     let mut btrees: Option<Btrees> = None;
@@ -327,14 +304,13 @@ fn recover(mut set: DeviceSet, opts: Options, mopts: &MountOpts, mut log: Vec<St
         }
         match pass {
             RecoveryPass::AllocRead => {
-                let mut reader = Btrees::new(
-                    NodeIo::new(devices.clone(), magic, opts.btree_node_size()),
+                let mut reader = open_btrees(
+                    &set,
+                    &opts,
                     Arc::new(crate::fs::ReadOnlyNodes),
                     roots.clone(),
-                    cfg,
+                    blacklist.clone(),
                 );
-                let b2 = blacklist.clone();
-                reader.set_blacklist(move |seq| b2.iter().any(|&(s, e)| seq >= s && seq < e));
                 reader.set_check_headers(false);
                 // check_allocations: bucket usage recomputed from the metadata as recovered.
                 let (fixed_alloc, problems, fixes) =
@@ -356,13 +332,7 @@ fn recover(mut set: DeviceSet, opts: Options, mopts: &MountOpts, mut log: Vec<St
                 };
                 let a = Arc::new(a);
                 let n = Arc::new(BtreeNodeAlloc::from_options(a.clone(), &opts)?);
-                let mut t = Btrees::new(
-                    NodeIo::new(devices.clone(), magic, opts.btree_node_size()),
-                    n.clone(),
-                    roots.clone(),
-                    cfg,
-                );
-                t.set_blacklist(blacklisted.clone());
+                let mut t = open_btrees(&set, &opts, n.clone(), roots.clone(), blacklist.clone());
                 // bcachefs checks cached node headers only once check_allocations has run.
                 t.set_check_headers(false);
                 alloc = Some(a);
@@ -474,6 +444,38 @@ const REPLAY_WRITE_BACK_KEYS: usize = 1 << 20;
 /// writes nodes back as it goes and never comes back to them, so a larger cache would only hold
 /// memory beside the journal keys (at 4096 nodes, about 1 GB after a 22M-key replay).
 const RECOVERY_CACHE_NODES: usize = 512;
+
+/// Whether `seq` lies in one of the `[start, end)` ranges.
+fn in_ranges(ranges: &[(u64, u64)], seq: u64) -> bool {
+    ranges.iter().any(|&(s, e)| (s..e).contains(&seq))
+}
+
+/// The seqs to blacklist after an unclean shutdown, `[start, end)`: past the replay range they
+/// may have reached btree nodes without their journal entry becoming durable.
+fn blacklist_after(jr: &JournalRead) -> (u64, u64) {
+    (jr.replay_end + 1, jr.newest_seq.max(jr.replay_end) + 1 + BLACKLIST_AHEAD)
+}
+
+/// The btrees of `set` as recovery opens them: the given roots, bsets of `blacklist`ed seqs
+/// ignored, [`RECOVERY_CACHE_NODES`] clean nodes cached.
+fn open_btrees(
+    set: &DeviceSet,
+    opts: &Options,
+    nodes: Arc<dyn NodeAllocator>,
+    roots: Vec<Root>,
+    blacklist: Vec<(u64, u64)>,
+) -> Btrees {
+    let devices = set.devices.iter().map(|d| d.as_ref().map(|m| m.dev.clone())).collect();
+    let io = NodeIo::new(devices, fs_magic(&set.sb.uuid, BTREE_NODE_SALT), opts.btree_node_size());
+    let cfg = BtreeConfig {
+        behavior: opts.behavior(),
+        cache_nodes: RECOVERY_CACHE_NODES,
+        ..BtreeConfig::default()
+    };
+    let mut t = Btrees::new(io, nodes, roots, cfg);
+    t.set_blacklist(move |seq| in_ranges(&blacklist, seq));
+    t
+}
 
 /// Replays journal keys: a sorted pass in btree order at the normal watermark, queueing keys
 /// that must wait for the allocator, then a pass over the queued keys in journal order at the

@@ -78,7 +78,6 @@ impl From<Vec<Bkey>> for PackedKeys {
     }
 }
 
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -322,7 +322,6 @@ impl<V> PosMap<V> {
     }
 }
 
-
 /// Inserts a leaf takes without looking at its keys before it sorts them in.
 pub const UNSORTED_MAX: usize = 128;
 
