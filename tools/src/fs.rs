@@ -285,10 +285,10 @@ impl Fs {
     /// now) waits for it, which here means doing in line what the waiter would wait for
     /// ([`Fs::wait_for_buckets`]), and tries again; if that frees nothing, waiting would be
     /// forever and the error is returned.
-    pub fn commit_updates(&mut self, updates: Vec<(BtreeId, Bkey)>) -> Result<u64> {
+    pub fn commit_updates(&mut self, mut updates: Vec<(BtreeId, Bkey)>) -> Result<u64> {
         let mut waits = 0;
         let seq = loop {
-            match self.transaction(updates.clone(), JournalWatermark::Normal) {
+            match self.transaction(&mut updates, JournalWatermark::Normal) {
                 Ok(seq) => break seq,
                 Err(e) if e.matches(ErrCode::OperationBlocked) && !e.matches(ErrCode::JournalResBlocked) => {
                     // Each wait writes back and discards what it can; one that frees buckets
@@ -427,14 +427,28 @@ impl Fs {
     /// one journal reservation, pinned until written back; so a crash never keeps an extent
     /// without its bucket accounting. A full journal undoes the updates, runs reclaim and
     /// tries again.
-    fn transaction(&mut self, updates: Vec<(BtreeId, Bkey)>, wm: JournalWatermark) -> Result<u64> {
+    ///
+    /// The updates are taken from `updates`; a transaction that fails puts them back, so that
+    /// the caller can retry without having kept a copy.
+    fn transaction(&mut self, updates: &mut Vec<(BtreeId, Bkey)>, wm: JournalWatermark) -> Result<u64> {
+        let mut all = std::mem::take(updates);
+        let nr_user = all.len();
+        let r = self.transaction_of(&mut all, wm);
+        if r.is_err() {
+            all.truncate(nr_user);
+            *updates = all;
+        }
+        r
+    }
+
+    /// [`Fs::transaction`] of `all`, the caller's updates, to which the allocator's are added.
+    fn transaction_of(&mut self, all: &mut Vec<(BtreeId, Bkey)>, wm: JournalWatermark) -> Result<u64> {
         let mut alloc_updates = std::mem::take(&mut self.pending_alloc);
         if let Some(a) = &self.alloc {
             alloc_updates.extend(a.take_updates());
         }
         let capacity = self.journal_mut()?.reservation_capacity();
-        let mut all = updates;
-        let user_bytes: usize = Self::entries(&all).iter().map(JsetEntry::encoded_bytes).sum();
+        let user_bytes: usize = Self::entries(all).iter().map(JsetEntry::encoded_bytes).sum();
         if user_bytes > capacity {
             self.pending_alloc = alloc_updates;
             return Err(Error::new(
@@ -457,14 +471,14 @@ impl Fs {
             }
         }
         self.pending_alloc = rest;
-        let entries = Self::entries(&all);
+        let entries = Self::entries(all);
         let bytes: usize = entries.iter().map(JsetEntry::encoded_bytes).sum();
         for _ in 0..3 {
             let seq = self.journal_mut()?.next_reservation_seq(bytes);
-            let undo = match self.apply(&all, seq) {
+            let undo = match self.apply(all, seq) {
                 Ok(u) => u,
                 Err(e) => {
-                    self.keep_alloc_updates(&all);
+                    self.keep_alloc_updates(all);
                     return Err(e);
                 }
             };
@@ -481,14 +495,14 @@ impl Fs {
                 Err(e) => {
                     self.undo(undo, seq);
                     if e.code() != ErrCode::JournalFull || wm != JournalWatermark::Normal {
-                        self.keep_alloc_updates(&all);
+                        self.keep_alloc_updates(all);
                         return Err(e);
                     }
                     self.reclaim()?;
                 }
             }
         }
-        self.keep_alloc_updates(&all);
+        self.keep_alloc_updates(all);
         Err(Error::new(ErrCode::JournalStuck, "journal still full after reclaim"))
     }
 
@@ -540,8 +554,8 @@ impl Fs {
             if updates.is_empty() {
                 return Ok(());
             }
-            for batch in self.batches(updates) {
-                self.transaction(batch, wm)?;
+            for mut batch in self.batches(updates) {
+                self.transaction(&mut batch, wm)?;
             }
         }
         Err(not_settling())
