@@ -241,7 +241,6 @@ impl Node {
 
     /// Encodes a bset of the pending keys (all keys when `all`), padded to whole sectors.
     pub fn encode_bset(&mut self, all: bool) -> Vec<u8> {
-        self.leaf_mut();
         let mut w = Writer::with_capacity(BSET_HEADER_BYTES + self.key_bytes.min(1 << 20));
         w.u32(0);
         w.u32(0);
@@ -250,22 +249,18 @@ impl Node {
         w.u32(0);
         w.u32(0);
         let mut nr: u32 = 0;
-        match &self.keys {
-            NodeKeys::Leaf(l) => {
-                let m = l.settled().map(LeafMap::iter).into_iter().flatten();
-                for (pos, kv) in m.filter(|(_, kv)| all || kv.pending) {
-                    if all && kv.is_deleted() {
-                        continue;
-                    }
-                    crate::bkey::encode_key(&mut w, *pos, kv.ty, kv.size, &kv.val);
-                    nr += 1;
+        if let Some(m) = self.leaf_mut() {
+            for (pos, kv) in m.iter().filter(|(_, kv)| all || kv.pending) {
+                if all && kv.is_deleted() {
+                    continue;
                 }
+                crate::bkey::encode_key(&mut w, *pos, kv.ty, kv.size, &kv.val);
+                nr += 1;
             }
-            NodeKeys::Interior(m) => {
-                for (pos, c) in m.iter().filter(|(_, c)| all || c.pending) {
-                    Bkey::new(*pos, KeyType::BtreePtrV2, c.ptr.encode()).encode(&mut w);
-                    nr += 1;
-                }
+        } else if let NodeKeys::Interior(m) = &self.keys {
+            for (pos, c) in m.iter().filter(|(_, c)| all || c.pending) {
+                Bkey::new(*pos, KeyType::BtreePtrV2, c.ptr.encode()).encode(&mut w);
+                nr += 1;
             }
         }
         let bytes = w.len() as u32;
