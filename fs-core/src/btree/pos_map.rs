@@ -117,62 +117,104 @@ impl<V> PosMap<V> {
 
     /// Inserts or replaces; returns the value that was there.
     pub fn insert(&mut self, pos: Bpos, kv: V) -> Option<V> {
-        // Appends (bulk loads, journal replay) need no search.
-        if let Some(last) = self.chunks.last_mut().filter(|c| c.keys.last().is_some_and(|l| *l < pos)) {
-            self.len += 1;
-            if last.keys.len() < CHUNK_MAX {
-                last.keys.push(pos);
-                last.vals.push(kv);
-            } else {
-                // Keys arriving in order will fill it: take the whole chunk at once rather than
-                // growing it by doubling.
-                let mut c =
-                    Chunk { keys: Vec::with_capacity(CHUNK_MAX), vals: Vec::with_capacity(CHUNK_MAX) };
-                c.keys.push(pos);
-                c.vals.push(kv);
-                self.firsts.push(pos);
-                self.chunks.push(c);
-            }
-            return None;
-        }
-        let Some((c, found)) = self.find(&pos) else {
-            self.firsts.push(pos);
-            self.chunks.push(Chunk { keys: vec![pos], vals: vec![kv] });
-            self.len = 1;
-            return None;
-        };
+        // Appended when after the last position.
+        let kv = self.append(pos, kv)?;
+        let (c, found) = self.find(&pos)?;
         let chunk = self.chunks.get_mut(c)?;
         let i = match found {
             Ok(i) => return chunk.vals.get_mut(i).map(|v| std::mem::replace(v, kv)),
             Err(i) => i,
         };
+        self.insert_new_at(c, i, pos, kv);
+        None
+    }
+
+    /// Adds an entry after the last one, or hands it back when `pos` is not after the last
+    /// position. Appends (bulk loads, journal replay) need no search.
+    fn append(&mut self, pos: Bpos, v: V) -> Option<V> {
+        let last = self.chunks.last_mut();
+        if last.as_ref().and_then(|c| c.keys.last()).is_some_and(|l| *l >= pos) {
+            return Some(v);
+        }
         self.len += 1;
-        if chunk.keys.len() < CHUNK_MAX {
-            chunk.keys.insert(i, pos);
-            chunk.vals.insert(i, kv);
-            if i == 0 {
-                if let Some(f) = self.firsts.get_mut(c) {
-                    *f = pos;
-                }
-            }
-            return None;
-        }
-        // Full: split in halves (an append after the last position never gets here).
-        let half = chunk.keys.len() / 2;
-        let mut right = chunk.split_off(half);
-        let target = if i <= half { &mut *chunk } else { &mut right };
-        let at = if i <= half { i } else { i - half };
-        target.keys.insert(at, pos);
-        target.vals.insert(at, kv);
-        let (left_first, right_first) = (chunk.first(), right.first());
-        if let (Some(f), Some(lf)) = (self.firsts.get_mut(c), left_first) {
-            *f = lf;
-        }
-        if let Some(rf) = right_first {
-            self.firsts.insert(c + 1, rf);
-            self.chunks.insert(c + 1, right);
+        if let Some(last) = last.filter(|c| c.keys.len() < CHUNK_MAX) {
+            last.keys.push(pos);
+            last.vals.push(v);
+        } else {
+            // Keys arriving in order will fill it: take the whole chunk at once rather than
+            // growing it by doubling.
+            let mut c = Chunk { keys: Vec::with_capacity(CHUNK_MAX), vals: Vec::with_capacity(CHUNK_MAX) };
+            c.keys.push(pos);
+            c.vals.push(v);
+            self.firsts.push(pos);
+            self.chunks.push(c);
         }
         None
+    }
+
+    /// Puts a position that is not in the map at index `i` of chunk `c` (an existing chunk:
+    /// an empty map takes [`PosMap::append`]), splitting the chunk in halves when it is full;
+    /// returns where the entry went.
+    fn insert_new_at(&mut self, c: usize, i: usize, pos: Bpos, v: V) -> (usize, usize) {
+        let (mut c, mut i) = (c, i);
+        if let Some(chunk) = self.chunks.get_mut(c).filter(|ch| ch.keys.len() >= CHUNK_MAX) {
+            let half = chunk.keys.len() / 2;
+            let right = chunk.split_off(half);
+            self.firsts.insert(c + 1, right.first().unwrap_or(pos));
+            self.chunks.insert(c + 1, right);
+            if i > half {
+                (c, i) = (c + 1, i - half);
+            }
+        }
+        if let Some(chunk) = self.chunks.get_mut(c) {
+            chunk.keys.insert(i, pos);
+            chunk.vals.insert(i, v);
+            self.len += 1;
+        }
+        if i == 0 {
+            if let Some(f) = self.firsts.get_mut(c) {
+                *f = pos;
+            }
+        }
+        (c, i)
+    }
+
+    /// Inserts entries sorted by position, equal positions allowed (the later one wins), and
+    /// hands each value that lost to `replaced`.
+    ///
+    /// A batch of random positions lands in most chunks of a cold node. Inserting one at a
+    /// time pays a binary search per entry, each probe a dependent cache miss; here a cursor
+    /// walks the fences and each chunk front to back, reads the prefetcher can run ahead of.
+    pub fn insert_sorted(&mut self, batch: impl IntoIterator<Item = (Bpos, V)>, mut replaced: impl FnMut(V)) {
+        let (mut c, mut i) = (0, 0);
+        // The batch is sorted: once one entry is after the last position, the rest are too.
+        let last = self.chunks.last().and_then(|ch| ch.keys.last()).copied();
+        let mut batch = batch.into_iter().peekable();
+        while let Some((pos, v)) = batch.next_if(|(p, _)| last.is_some_and(|l| *p <= l)) {
+            while self.firsts.get(c + 1).is_some_and(|f| *f <= pos) {
+                (c, i) = (c + 1, 0);
+            }
+            if let Some(chunk) = self.chunks.get(c) {
+                while chunk.keys.get(i).is_some_and(|k| *k < pos) {
+                    i += 1;
+                }
+                if chunk.keys.get(i) == Some(&pos) {
+                    if let Some(slot) = self.chunks.get_mut(c).and_then(|ch| ch.vals.get_mut(i)) {
+                        replaced(std::mem::replace(slot, v));
+                    }
+                    continue;
+                }
+            }
+            (c, i) = self.insert_new_at(c, i, pos, v);
+        }
+        for (pos, v) in batch {
+            if let Some(v) = self.append(pos, v) {
+                // An equal position later in the batch: it replaces the one just appended.
+                if let Some(slot) = self.chunks.last_mut().and_then(|ch| ch.vals.last_mut()) {
+                    replaced(std::mem::replace(slot, v));
+                }
+            }
+        }
     }
 
     /// Removes the value at `pos`, if any.
@@ -358,11 +400,7 @@ impl Leaf {
             let mut batch = std::mem::take(&mut self.unsorted);
             // Stable: equal positions keep their push order, so the last one inserted wins.
             batch.sort_by_key(|(p, _)| *p);
-            for (p, kv) in batch.drain(..) {
-                if let Some(old) = self.map.insert(p, kv) {
-                    replaced += old.encoded_bytes();
-                }
-            }
+            self.map.insert_sorted(batch.drain(..), |old| replaced += old.encoded_bytes());
             // Keep the allocation for the next batch.
             self.unsorted = batch;
         }
