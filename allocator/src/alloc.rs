@@ -186,11 +186,9 @@ impl Allocator {
     }
 
     /// Discards every `need_discard` bucket whose emptying is durable (`journal_seq_empty` at
-    /// or below `durable_seq`, so no pointer into it can come back from the journal) and that
-    /// `in_use(dev, bucket)` does not claim, and returns how many: the work a transaction
-    /// blocked on the allocator waits for. `in_use` is the caller's word that something still
-    /// points into the bucket: its accounting ran ahead of a commit that has not happened.
-    pub fn discard_durable(&self, durable_seq: u64, in_use: impl Fn(u8, u64) -> bool) -> Result<usize> {
+    /// or below `durable_seq`, so no pointer into it can come back from the journal), and
+    /// returns how many: the work a transaction blocked on the allocator waits for.
+    pub fn discard_durable(&self, durable_seq: u64) -> Result<usize> {
         let mut inner = self.lock();
         let ready: Vec<(u8, u64)> = inner
             .devs
@@ -202,7 +200,6 @@ impl Allocator {
                     })
                     .map(move |(b, _)| (dev, b))
             })
-            .filter(|&(dev, b)| !in_use(dev, b))
             .collect();
         for &(dev, bucket) in &ready {
             inner.discard(dev, bucket)?;

@@ -97,11 +97,12 @@ fn a_full_filesystem_fails_writes_instead_of_waiting_forever() {
     assert!(written > capacity_chunks() / 2, "failed after only {written} chunks: {err}");
 }
 
-/// Regression: the file layer accounts an extent's sectors away before the transaction that
-/// drops the extent commits, so a bucket can look empty while a live extent still points into
-/// it (here: an unlink too large for one journal entry fails after its accounting ran). A wait
-/// must not discard such a bucket: writing another file until the filesystem is full must leave
-/// every chunk of the still-linked file readable.
+/// Regression: the file layer once accounted an extent's sectors away before the transaction
+/// that drops the extent committed, so a failed transaction (here: an unlink too large for one
+/// journal entry) left buckets looking empty under a live extent, and a wait discarded them.
+/// Writing another file until the filesystem is full must leave every chunk of the still-linked
+/// file readable, and the failed unlink must leave no sector count behind: a forced fsck after
+/// unmount finds the alloc records right.
 #[test]
 fn a_wait_never_discards_a_bucket_a_live_extent_points_into() {
     let devs = formatted();
@@ -125,4 +126,8 @@ fn a_wait_never_discards_a_bucket_a_live_extent_points_into() {
         .filter(|&c| Files::read(&mut fs, big, c).ok().flatten() != Some(chunk_data(c, c)))
         .collect();
     assert!(lost.is_empty(), "{} of {chunks} chunks of 'big' lost, first {:?}", lost.len(), lost.first());
+    fs.unmount().unwrap();
+    let opts = FsckOpts { mode: FixMode::No, force: true, mount: MountOpts::default() };
+    let report = fsck(DeviceSet::open(devs).unwrap(), &opts).unwrap();
+    assert!(report.problems.is_empty(), "{:#?}", report.problems);
 }

@@ -4,8 +4,8 @@
 //!
 //! Files are written in whole chunks of [`CHUNK_SECTORS`]; chunk `c` of inode `i` is the extent
 //! at `i:(c+1)*CHUNK_SECTORS` of that size, so extents never partly overlap. Each operation is
-//! one transaction (inode, dirent and extent keys together, with the bucket accounting the
-//! allocator made for them), so after a crash an operation is there whole or not at all.
+//! one transaction (inode, dirent and extent keys together), so after a crash an operation is
+//! there whole or not at all; the buckets' sector counts follow it ([`Fs::commit_with_sectors`]).
 
 use allocator::{AllocRequest, AllocatedBucket, Watermark};
 use fs_core::bkey::fs::{DT_DIR, DT_REG, S_IFDIR, S_IFREG};
@@ -170,18 +170,6 @@ impl Files {
         Ok(ptrs)
     }
 
-    fn account(fs: &mut Fs, ptrs: &[ExtentPtr], delta: i64) -> Result<()> {
-        let alloc =
-            fs.alloc.clone().ok_or_else(|| Error::new(ErrCode::Erofs, "filesystem opened read-only"))?;
-        let seq = fs.journal_seq();
-        for p in ptrs {
-            let bucket_size =
-                fs.set.sb.members.get(usize::from(p.dev)).map_or(1, |m| u64::from(m.bucket_size));
-            alloc.add_sectors(p.dev, p.byte_offset() / bucket_size, DataType::User, delta, seq)?;
-        }
-        Ok(())
-    }
-
     /// Writes chunk `chunk` of `inum` with data from `seed`: data first, on every replica,
     /// then one transaction with the extent, the inode's new size and the bucket accounting.
     pub fn write(&mut self, fs: &mut Fs, inum: u64, chunk: u64, seed: u64) -> Result<()> {
@@ -198,23 +186,26 @@ impl Files {
             dev.dev.write_at(&data, p.byte_offset())?;
         }
         let old = fs.btrees.get(BtreeId::Extents, extent_pos(inum, chunk))?;
-        Self::account(fs, &ptrs, i64::from(CHUNK_SECTORS))?;
-        if let Some(old) = &old {
-            Self::account(fs, &Extent::decode(&old.val)?.ptrs, -i64::from(CHUNK_SECTORS))?;
-        } else {
-            inode.sectors += u64::from(CHUNK_SECTORS);
-        }
+        let old_ptrs = match &old {
+            Some(old) => Extent::decode(&old.val)?.ptrs,
+            None => {
+                inode.sectors += u64::from(CHUNK_SECTORS);
+                Vec::new()
+            }
+        };
         inode.size = inode.size.max((chunk + 1) * CHUNK_BYTES as u64);
         let mut extent = Bkey::new(
             extent_pos(inum, chunk),
             KeyType::Extent,
-            Extent { crc32c: crc32c::crc32c(&data), ptrs }.encode(),
+            Extent { crc32c: crc32c::crc32c(&data), ptrs: ptrs.clone() }.encode(),
         );
         extent.size = CHUNK_SECTORS;
-        fs.commit_updates(vec![
+        let updates = vec![
             (BtreeId::Extents, extent),
             (BtreeId::Inodes, Bkey::new(inode_pos(inum), KeyType::Inode, inode.encode())),
-        ])?;
+        ];
+        let sectors = i64::from(CHUNK_SECTORS);
+        fs.commit_with_sectors(updates, &[(&ptrs, sectors), (&old_ptrs, -sectors)])?;
         Ok(())
     }
 
@@ -249,14 +240,15 @@ impl Files {
         let start = Bpos::new(inum, (chunks + 1) * u64::from(CHUNK_SECTORS), 0);
         let gone = fs.list(BtreeId::Extents, start, Bpos::new(inum, u64::MAX, u32::MAX))?;
         let mut updates = Vec::with_capacity(gone.len() + 1);
+        let mut freed = Vec::with_capacity(gone.len());
         for k in &gone {
-            Self::account(fs, &Extent::decode(&k.val)?.ptrs, -i64::from(CHUNK_SECTORS))?;
+            freed.push(Extent::decode(&k.val)?.ptrs);
             updates.push((BtreeId::Extents, Bkey::whiteout(k.pos)));
             inode.sectors = inode.sectors.saturating_sub(u64::from(CHUNK_SECTORS));
         }
         inode.size = inode.size.min(chunks * CHUNK_BYTES as u64);
         updates.push((BtreeId::Inodes, Bkey::new(inode_pos(inum), KeyType::Inode, inode.encode())));
-        fs.commit_updates(updates)?;
+        fs.commit_with_sectors(updates, &dropped(&freed))?;
         Ok(())
     }
 
@@ -267,6 +259,7 @@ impl Files {
             .ok_or_else(|| Error::new(ErrCode::Enoent, format!("'{name}' not in directory {dir}")))?;
         let mut inode = Self::inode_or_enoent(fs, target)?;
         let mut updates = vec![(BtreeId::Dirents, Bkey::whiteout(dirent_pos(dir, name)))];
+        let mut freed = Vec::new();
         if inode.is_dir() {
             if !Self::readdir(fs, target)?.is_empty() {
                 return Err(Error::new(ErrCode::Einval, format!("directory '{name}' is not empty")));
@@ -279,7 +272,7 @@ impl Files {
             let extents =
                 fs.list(BtreeId::Extents, Bpos::new(target, 0, 0), Bpos::new(target, u64::MAX, u32::MAX))?;
             for k in &extents {
-                Self::account(fs, &Extent::decode(&k.val)?.ptrs, -i64::from(CHUNK_SECTORS))?;
+                freed.push(Extent::decode(&k.val)?.ptrs);
                 updates.push((BtreeId::Extents, Bkey::whiteout(k.pos)));
             }
             updates.push((BtreeId::Inodes, Bkey::whiteout(inode_pos(target))));
@@ -287,7 +280,7 @@ impl Files {
             inode.nlink -= 1;
             updates.push((BtreeId::Inodes, Bkey::new(inode_pos(target), KeyType::Inode, inode.encode())));
         }
-        fs.commit_updates(updates)?;
+        fs.commit_with_sectors(updates, &dropped(&freed))?;
         Ok(())
     }
 
@@ -318,4 +311,9 @@ impl Files {
         fs.commit_updates(updates)?;
         Ok(())
     }
+}
+
+/// The sector changes of dropping whole-chunk extents with these pointers.
+fn dropped(freed: &[Vec<ExtentPtr>]) -> Vec<(&[ExtentPtr], i64)> {
+    freed.iter().map(|ptrs| (ptrs.as_slice(), -i64::from(CHUNK_SECTORS))).collect()
 }

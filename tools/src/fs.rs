@@ -19,7 +19,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use allocator::{Allocator, BtreeNodeAlloc, DeviceInit};
-use fs_core::bkey::{AllocV4, Bkey, BtreePtrV2, Extent, ExtentPtr, KeyType};
+use fs_core::bkey::{AllocV4, Bkey, BtreePtrV2, DataType, ExtentPtr, KeyType};
 use fs_core::bpos::{Bpos, BtreeId};
 use fs_core::btree::node::BTREE_NODE_SALT;
 use fs_core::btree::{BtreeConfig, Btrees, KeyOverlay, NodeAllocator, NodeInfo, NodeIo, NodeLocation, Root};
@@ -285,7 +285,24 @@ impl Fs {
     /// now) waits for it, which here means doing in line what the waiter would wait for
     /// ([`Fs::wait_for_buckets`]), and tries again; if that frees nothing, waiting would be
     /// forever and the error is returned.
-    pub fn commit_updates(&mut self, mut updates: Vec<(BtreeId, Bkey)>) -> Result<u64> {
+    pub fn commit_updates(&mut self, updates: Vec<(BtreeId, Bkey)>) -> Result<u64> {
+        self.commit_with_sectors(updates, &[])
+    }
+
+    /// [`Fs::commit_updates`], then the data sectors the transaction added or dropped are
+    /// accounted to their buckets: `sectors` lists extent pointers with the sectors each gains
+    /// (negative: loses).
+    ///
+    /// Accounting follows the commit so that a failed transaction leaves no count behind, and
+    /// a bucket the transaction empties is stamped with the transaction's own seq: it is
+    /// discarded only once that seq is durable, when no key pointing into it can come back.
+    /// The alloc keys it changes go to the journal right after, normally in the same entry;
+    /// after a crash between the two, recovery's allocation check recounts the bucket.
+    pub fn commit_with_sectors(
+        &mut self,
+        mut updates: Vec<(BtreeId, Bkey)>,
+        sectors: &[(&[ExtentPtr], i64)],
+    ) -> Result<u64> {
         let mut waits = 0;
         let seq = loop {
             match self.transaction(&mut updates, JournalWatermark::Normal) {
@@ -302,6 +319,15 @@ impl Fs {
                 Err(e) => return Err(e),
             }
         };
+        if let Some(alloc) = self.alloc.clone() {
+            for &(ptrs, delta) in sectors {
+                for p in ptrs {
+                    let bucket_size =
+                        self.set.sb.members.get(usize::from(p.dev)).map_or(1, |m| u64::from(m.bucket_size));
+                    alloc.add_sectors(p.dev, p.byte_offset() / bucket_size, DataType::User, delta, seq)?;
+                }
+            }
+        }
         self.apply_alloc_updates_with(JournalWatermark::Normal)?;
         Ok(seq)
     }
@@ -311,11 +337,6 @@ impl Fs {
     /// the journal still points into the buckets emptied so far (nor into the btree nodes freed
     /// by splits and rewrites), then every such bucket discarded. Returns how many buckets
     /// became free; 0 inside a wait (the write-back's own commits must not wait again).
-    ///
-    /// A data bucket is emptied when its sectors are accounted away, which the file layer does
-    /// before the transaction that drops the extent commits; while that transaction is blocked
-    /// (this very wait) or after it failed, the extent still points into the bucket. So no
-    /// bucket a live extent points into is discarded, whatever its accounting says.
     pub fn wait_for_buckets(&mut self) -> Result<usize> {
         let Some(alloc) = self.alloc.clone() else { return Ok(0) };
         if self.waiting_for_buckets {
@@ -324,30 +345,11 @@ impl Fs {
         self.waiting_for_buckets = true;
         let written = self.write_back().and_then(|()| self.journal_mut()?.flush());
         self.waiting_for_buckets = false;
-        let durable = written?;
-        let in_use = self.data_buckets_in_use()?;
-        let freed = alloc.discard_durable(durable, |dev, bucket| in_use.contains(&(dev, bucket)))?;
+        let freed = alloc.discard_durable(written?)?;
         if freed > 0 {
             self.apply_alloc_updates()?;
         }
         Ok(freed)
-    }
-
-    /// Every (device, bucket) a live extent points into.
-    fn data_buckets_in_use(&mut self) -> Result<std::collections::HashSet<(u8, u64)>> {
-        let sizes: Vec<u64> = self.set.sb.members.iter().map(|m| u64::from(m.bucket_size).max(1)).collect();
-        let mut used = std::collections::HashSet::new();
-        self.btrees.for_each_key(BtreeId::Extents, None, |k| {
-            if k.ty == KeyType::Extent {
-                let e = Extent::decode(k.val).map_err(|e| e.btree(BtreeId::Extents).pos(k.pos))?;
-                for p in &e.ptrs {
-                    let size = sizes.get(usize::from(p.dev)).copied().unwrap_or(1);
-                    used.insert((p.dev, p.byte_offset() / size));
-                }
-            }
-            Ok(())
-        })?;
-        Ok(used)
     }
 
     /// Commits `keys` as as many transactions as their size needs: for bulk loads, where
