@@ -6,39 +6,16 @@
 // A failed unwrap or index in a test is that test failing, with its message.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
 
-use std::sync::Arc;
-
 use bcsim::files::{CHUNK_BYTES, Files, ROOT_INO, chunk_data};
-use bcsim::fs::Fs;
-use bcsim::fsck::{FixMode, FsckOpts, fsck};
-use bcsim::recovery::MountOpts;
-use fs_core::btree::BtreeConfig;
-use fs_core::dev::{MemDevice, SharedDevice};
+use bcsim_tests::{fsck_n, open_small, two_small_devices};
+use fs_core::dev::SharedDevice;
 use fs_core::error::ErrCode;
-use fs_core::format::{DeviceSpec, format};
-use fs_core::opts::{OptId, OptValue, Options};
-use fs_core::sb::DeviceSet;
 
 const DEV_BYTES: u64 = 24 << 20;
 const BUCKET: u64 = 256 << 10;
 
 fn formatted() -> Vec<SharedDevice> {
-    let devs: Vec<SharedDevice> =
-        (0..2).map(|i| Arc::new(MemDevice::new(format!("mem{i}"), DEV_BYTES)) as SharedDevice).collect();
-    let mut opts = Options::default();
-    opts.set(OptId::BtreeNodeSize, OptValue::U64(16 << 10)).unwrap();
-    let specs: Vec<DeviceSpec> = devs
-        .iter()
-        .cloned()
-        .map(|d| DeviceSpec { bucket_size: Some(BUCKET), ..DeviceSpec::new(d) })
-        .collect();
-    format(&specs, &opts, None).unwrap();
-    devs
-}
-
-fn open(devs: &[SharedDevice]) -> Fs {
-    let cfg = BtreeConfig { cache_nodes: 64, ..Default::default() };
-    Fs::open(DeviceSet::open(devs.to_vec()).unwrap(), true, cfg).unwrap()
+    two_small_devices(DEV_BYTES, BUCKET)
 }
 
 /// Chunks the devices could hold at most, ignoring metadata.
@@ -54,7 +31,7 @@ fn capacity_chunks() -> u64 {
 #[test]
 fn overwrites_past_capacity_reuse_discarded_buckets() {
     let devs = formatted();
-    let mut fs = open(&devs);
+    let mut fs = open_small(&devs);
     let mut files = Files::new(&mut fs).unwrap();
     let ino = files.create(&mut fs, ROOT_INO, "f", false).unwrap();
     let writes = capacity_chunks() * 3 / 2;
@@ -66,9 +43,7 @@ fn overwrites_past_capacity_reuse_discarded_buckets() {
         assert_eq!(Files::read(&mut fs, ino, chunk).unwrap(), Some(chunk_data(seed, chunk)), "chunk {chunk}");
     }
     fs.unmount().unwrap();
-    let opts = FsckOpts { mode: FixMode::No, force: true, mount: MountOpts::default() };
-    let report = fsck(DeviceSet::open(devs).unwrap(), &opts).unwrap();
-    assert!(report.checked);
+    let report = fsck_n(&devs);
     assert!(report.problems.is_empty(), "{:#?}", report.problems);
 }
 
@@ -78,7 +53,7 @@ fn overwrites_past_capacity_reuse_discarded_buckets() {
 #[test]
 fn a_full_filesystem_fails_writes_instead_of_waiting_forever() {
     let devs = formatted();
-    let mut fs = open(&devs);
+    let mut fs = open_small(&devs);
     let mut files = Files::new(&mut fs).unwrap();
     let ino = files.create(&mut fs, ROOT_INO, "f", false).unwrap();
     let mut written = 0;
@@ -98,7 +73,7 @@ fn a_full_filesystem_fails_writes_instead_of_waiting_forever() {
 }
 
 /// Regression: the file layer once accounted an extent's sectors away before the transaction
-/// that drops the extent committed, so a failed transaction (here: an unlink too large for one
+/// that drops the extent committed, so a failed transaction (here: a truncate too large for one
 /// journal entry) left buckets looking empty under a live extent, and a wait discarded them.
 /// Writing another file until the filesystem is full must leave every chunk of the still-linked
 /// file readable, and the failed unlink must leave no sector count behind: a forced fsck after
@@ -106,7 +81,7 @@ fn a_full_filesystem_fails_writes_instead_of_waiting_forever() {
 #[test]
 fn a_wait_never_discards_a_bucket_a_live_extent_points_into() {
     let devs = formatted();
-    let mut fs = open(&devs);
+    let mut fs = open_small(&devs);
     let mut files = Files::new(&mut fs).unwrap();
     let big = files.create(&mut fs, ROOT_INO, "big", false).unwrap();
     // More extents than one transaction can delete.
@@ -114,9 +89,8 @@ fn a_wait_never_discards_a_bucket_a_live_extent_points_into() {
     for c in 0..chunks {
         files.write(&mut fs, big, c, c).unwrap();
     }
-    let unlinked = files.unlink(&mut fs, ROOT_INO, "big");
-    assert!(unlinked.is_err(), "the unlink was expected not to fit one transaction");
-    assert_eq!(Files::lookup(&mut fs, ROOT_INO, "big").unwrap(), Some(big));
+    let truncated = files.truncate(&mut fs, big, 0);
+    assert!(truncated.is_err(), "the truncate was expected not to fit one transaction");
     let other = files.create(&mut fs, ROOT_INO, "other", false).unwrap();
     let mut c = 0;
     while files.write(&mut fs, other, c, 5000 + c).is_ok() {
@@ -127,7 +101,6 @@ fn a_wait_never_discards_a_bucket_a_live_extent_points_into() {
         .collect();
     assert!(lost.is_empty(), "{} of {chunks} chunks of 'big' lost, first {:?}", lost.len(), lost.first());
     fs.unmount().unwrap();
-    let opts = FsckOpts { mode: FixMode::No, force: true, mount: MountOpts::default() };
-    let report = fsck(DeviceSet::open(devs).unwrap(), &opts).unwrap();
+    let report = fsck_n(&devs);
     assert!(report.problems.is_empty(), "{:#?}", report.problems);
 }

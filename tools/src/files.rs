@@ -6,6 +6,9 @@
 //! at `i:(c+1)*CHUNK_SECTORS` of that size, so extents never partly overlap. Each operation is
 //! one transaction (inode, dirent and extent keys together), so after a crash an operation is
 //! there whole or not at all; the buckets' sector counts follow it ([`Fs::commit_with_sectors`]).
+//! The exception is unlinking a file with more extents than one transaction carries: the name
+//! goes in one, the data in more, and an interrupted deletion is finished on the next attach
+//! ([`Files::delete_dead_inodes`]).
 
 use allocator::{AllocRequest, AllocatedBucket, Watermark};
 use fs_core::bkey::fs::{DT_DIR, DT_REG, S_IFDIR, S_IFREG};
@@ -24,6 +27,12 @@ pub const CHUNK_SECTORS: u32 = 32;
 pub const CHUNK_BYTES: usize = CHUNK_SECTORS as usize * SECTOR_BYTES as usize;
 
 fn inode_pos(inum: u64) -> Bpos {
+    Bpos::new(0, inum, 0)
+}
+
+/// The deleted_inodes key of an inode being deleted: its data goes in several transactions,
+/// and whoever finds the key (the next mount, if not this unlink) finishes the job.
+fn deleted_pos(inum: u64) -> Bpos {
     Bpos::new(0, inum, 0)
 }
 
@@ -64,7 +73,41 @@ impl Files {
             fs.commit(BtreeId::Inodes, [Bkey::new(inode_pos(ROOT_INO), KeyType::Inode, root.encode())])?;
             files.next_inum = files.next_inum.max(ROOT_INO + 1);
         }
+        Self::delete_dead_inodes(fs)?;
         Ok(files)
+    }
+
+    /// Finishes the deletions an earlier unlink began and did not end (a crash, an error):
+    /// every inode the deleted_inodes btree lists loses its data and goes. bcachefs runs this
+    /// as its delete_dead_inodes recovery pass; here the file layer runs it when it attaches.
+    /// Returns how many inodes it deleted.
+    pub fn delete_dead_inodes(fs: &mut Fs) -> Result<usize> {
+        let dead = fs.list(BtreeId::DeletedInodes, Bpos::MIN, Bpos::MAX)?;
+        for k in &dead {
+            Self::delete_inode(fs, k.pos.offset)?;
+        }
+        Ok(dead.len())
+    }
+
+    /// Deletes an unlinked inode's extents, as many transactions as they need, then the inode
+    /// and its deleted_inodes key together.
+    fn delete_inode(fs: &mut Fs, inum: u64) -> Result<()> {
+        let extents =
+            fs.list(BtreeId::Extents, Bpos::new(inum, 0, 0), Bpos::new(inum, u64::MAX, u32::MAX))?;
+        let mut ptrs = std::collections::HashMap::with_capacity(extents.len());
+        for k in &extents {
+            ptrs.insert(k.pos, Extent::decode(&k.val)?.ptrs);
+        }
+        let whiteouts = extents.iter().map(|k| (BtreeId::Extents, Bkey::whiteout(k.pos))).collect();
+        for batch in fs.batches(whiteouts) {
+            let freed: Vec<Vec<ExtentPtr>> = batch.iter().filter_map(|(_, k)| ptrs.remove(&k.pos)).collect();
+            fs.commit_with_sectors(batch, &dropped(&freed))?;
+        }
+        fs.commit_updates(vec![
+            (BtreeId::Inodes, Bkey::whiteout(inode_pos(inum))),
+            (BtreeId::DeletedInodes, Bkey::whiteout(deleted_pos(inum))),
+        ])?;
+        Ok(())
     }
 
     pub fn inode(fs: &mut Fs, inum: u64) -> Result<Option<Inode>> {
@@ -253,7 +296,8 @@ impl Files {
     }
 
     /// Removes `name` from `dir`; the inode goes with its last link (and its data with it).
-    /// Directories must be empty.
+    /// Directories must be empty. Data too large for one transaction is deleted after the name
+    /// goes, the inode listed in the deleted_inodes btree meanwhile.
     pub fn unlink(&mut self, fs: &mut Fs, dir: u64, name: &str) -> Result<()> {
         let target = Self::lookup(fs, dir, name)?
             .ok_or_else(|| Error::new(ErrCode::Enoent, format!("'{name}' not in directory {dir}")))?;
@@ -271,11 +315,23 @@ impl Files {
         } else if inode.nlink <= 1 {
             let extents =
                 fs.list(BtreeId::Extents, Bpos::new(target, 0, 0), Bpos::new(target, u64::MAX, u32::MAX))?;
+            let mut all = updates.clone();
+            all.extend(extents.iter().map(|k| (BtreeId::Extents, Bkey::whiteout(k.pos))));
+            all.push((BtreeId::Inodes, Bkey::whiteout(inode_pos(target))));
+            if !fs.fits_one_transaction(&all) {
+                // Too much data for one transaction: the name goes now, with the inode listed
+                // as dead (link count 0), and the data in as many transactions as it needs.
+                inode.nlink = 0;
+                updates.push((BtreeId::Inodes, Bkey::new(inode_pos(target), KeyType::Inode, inode.encode())));
+                updates
+                    .push((BtreeId::DeletedInodes, Bkey::new(deleted_pos(target), KeyType::Set, Vec::new())));
+                fs.commit_updates(updates)?;
+                return Self::delete_inode(fs, target);
+            }
             for k in &extents {
                 freed.push(Extent::decode(&k.val)?.ptrs);
-                updates.push((BtreeId::Extents, Bkey::whiteout(k.pos)));
             }
-            updates.push((BtreeId::Inodes, Bkey::whiteout(inode_pos(target))));
+            updates = all;
         } else {
             inode.nlink -= 1;
             updates.push((BtreeId::Inodes, Bkey::new(inode_pos(target), KeyType::Inode, inode.encode())));

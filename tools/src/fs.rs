@@ -393,13 +393,13 @@ impl Fs {
         Ok(seq)
     }
 
-    fn batches(&self, updates: Vec<(BtreeId, Bkey)>) -> Vec<Vec<(BtreeId, Bkey)>> {
-        let capacity = self.journal.as_ref().map_or(usize::MAX, Journal::reservation_capacity);
+    /// `updates` cut into transactions that each fit one journal reservation, in order.
+    pub fn batches(&self, updates: Vec<(BtreeId, Bkey)>) -> Vec<Vec<(BtreeId, Bkey)>> {
+        let capacity = self.transaction_capacity();
         let mut out: Vec<Vec<(BtreeId, Bkey)>> = Vec::new();
         let mut bytes = 0usize;
         for u in updates {
-            // Each update may need its own entry header (one per btree in the transaction).
-            let b = u.1.encoded_bytes() + journal::format::ENTRY_HEADER_BYTES;
+            let b = update_bytes(&u);
             if out.is_empty() || bytes.saturating_add(b) > capacity {
                 out.push(Vec::new());
                 bytes = 0;
@@ -410,6 +410,15 @@ impl Fs {
             }
         }
         out
+    }
+
+    /// Whether `updates` fit one transaction (the bound [`Fs::batches`] cuts at).
+    pub fn fits_one_transaction(&self, updates: &[(BtreeId, Bkey)]) -> bool {
+        updates.iter().map(update_bytes).sum::<usize>() <= self.transaction_capacity()
+    }
+
+    fn transaction_capacity(&self) -> usize {
+        self.journal.as_ref().map_or(usize::MAX, Journal::reservation_capacity)
     }
 
     /// The journal entries of a transaction: one `btree_keys` entry per btree, in order.
@@ -424,11 +433,10 @@ impl Fs {
             .collect()
     }
 
-    /// One transaction: the updates, and the allocator updates made for them (sector
-    /// accounting of a data write, say), go into the btrees (undone if one fails), then into
-    /// one journal reservation, pinned until written back; so a crash never keeps an extent
-    /// without its bucket accounting. A full journal undoes the updates, runs reclaim and
-    /// tries again.
+    /// One transaction: the updates, and the allocator updates pending so far (riding along
+    /// while they fit), go into the btrees (undone if one fails), then into one journal
+    /// reservation, pinned until written back. A full journal undoes the updates, runs reclaim
+    /// and tries again.
     ///
     /// The updates are taken from `updates`; a transaction that fails puts them back, so that
     /// the caller can retry without having kept a copy.
@@ -644,6 +652,12 @@ impl Fs {
     pub fn nodes(&mut self, btree: BtreeId) -> Result<Vec<NodeInfo>> {
         self.btrees.node_infos(btree)
     }
+}
+
+/// Journal bytes an update may take: its key, and an entry header of its own at worst (one
+/// per btree in the transaction).
+fn update_bytes(u: &(BtreeId, Bkey)) -> usize {
+    u.1.encoded_bytes() + journal::format::ENTRY_HEADER_BYTES
 }
 
 fn not_settling() -> Error {

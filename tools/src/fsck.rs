@@ -509,6 +509,13 @@ fn check_nlinks(
     inodes: &BTreeMap<u64, Inode>,
     findings: &mut Vec<Finding>,
 ) -> Result<()> {
+    // Inodes an unlink is still deleting (link count 0, listed in deleted_inodes) are named by
+    // no dirent on purpose: the next mount finishes them.
+    let mut dying = BTreeSet::new();
+    t.for_each_key(BtreeId::DeletedInodes, ov, |k| {
+        dying.insert(k.pos.offset);
+        Ok(())
+    })?;
     let mut links: HashMap<u64, u32> = HashMap::new();
     let mut subdirs: HashMap<u64, u32> = HashMap::new();
     for k in scan(t, ov, BtreeId::Dirents)? {
@@ -522,6 +529,9 @@ fn check_nlinks(
     }
     for (&inum, inode) in inodes {
         let named = links.get(&inum).copied().unwrap_or(0);
+        if named == 0 && inode.nlink == 0 && dying.contains(&inum) {
+            continue;
+        }
         if named == 0 && inum != crate::files::ROOT_INO {
             findings.push(Finding::new(
                 FsckErr::InodeUnreachable,
