@@ -32,8 +32,9 @@ fn inode_pos(inum: u64) -> Bpos {
 
 /// The deleted_inodes key of an inode being deleted: its data goes in several transactions,
 /// and whoever finds the key (the next mount, if not this unlink) finishes the job.
+/// Keyed as the inode is, in its own btree.
 fn deleted_pos(inum: u64) -> Bpos {
-    Bpos::new(0, inum, 0)
+    inode_pos(inum)
 }
 
 fn dirent_pos(dir: u64, name: &str) -> Bpos {
@@ -84,23 +85,29 @@ impl Files {
     pub fn delete_dead_inodes(fs: &mut Fs) -> Result<usize> {
         let dead = fs.list(BtreeId::DeletedInodes, Bpos::MIN, Bpos::MAX)?;
         for k in &dead {
-            Self::delete_inode(fs, k.pos.offset)?;
+            let extents = Self::extents(fs, k.pos.offset)?;
+            Self::delete_inode(fs, k.pos.offset, &extents)?;
         }
         Ok(dead.len())
     }
 
-    /// Deletes an unlinked inode's extents, as many transactions as they need, then the inode
-    /// and its deleted_inodes key together.
-    fn delete_inode(fs: &mut Fs, inum: u64) -> Result<()> {
-        let extents =
-            fs.list(BtreeId::Extents, Bpos::new(inum, 0, 0), Bpos::new(inum, u64::MAX, u32::MAX))?;
-        let mut ptrs = std::collections::HashMap::with_capacity(extents.len());
-        for k in &extents {
-            ptrs.insert(k.pos, Extent::decode(&k.val)?.ptrs);
-        }
+    /// Every extent of `inum`.
+    fn extents(fs: &mut Fs, inum: u64) -> Result<Vec<Bkey>> {
+        fs.list(BtreeId::Extents, Bpos::new(inum, 0, 0), Bpos::new(inum, u64::MAX, u32::MAX))
+    }
+
+    /// Deletes an unlinked inode's `extents` (all it has), as many transactions as they need,
+    /// then the inode and its deleted_inodes key together.
+    fn delete_inode(fs: &mut Fs, inum: u64, extents: &[Bkey]) -> Result<()> {
         let whiteouts = extents.iter().map(|k| (BtreeId::Extents, Bkey::whiteout(k.pos))).collect();
+        // Batches keep the order of the whiteouts, so each takes the next extents' pointers.
+        let mut extents = extents.iter();
         for batch in fs.batches(whiteouts) {
-            let freed: Vec<Vec<ExtentPtr>> = batch.iter().filter_map(|(_, k)| ptrs.remove(&k.pos)).collect();
+            let freed: Vec<Vec<ExtentPtr>> = extents
+                .by_ref()
+                .take(batch.len())
+                .map(|k| Ok(Extent::decode(&k.val)?.ptrs))
+                .collect::<Result<_>>()?;
             fs.commit_with_sectors(batch, &dropped(&freed))?;
         }
         fs.commit_updates(vec![
@@ -237,18 +244,15 @@ impl Files {
             }
         };
         inode.size = inode.size.max((chunk + 1) * CHUNK_BYTES as u64);
-        let mut extent = Bkey::new(
-            extent_pos(inum, chunk),
-            KeyType::Extent,
-            Extent { crc32c: crc32c::crc32c(&data), ptrs: ptrs.clone() }.encode(),
-        );
+        let new = Extent { crc32c: crc32c::crc32c(&data), ptrs };
+        let mut extent = Bkey::new(extent_pos(inum, chunk), KeyType::Extent, new.encode());
         extent.size = CHUNK_SECTORS;
         let updates = vec![
             (BtreeId::Extents, extent),
             (BtreeId::Inodes, Bkey::new(inode_pos(inum), KeyType::Inode, inode.encode())),
         ];
         let sectors = i64::from(CHUNK_SECTORS);
-        fs.commit_with_sectors(updates, &[(&ptrs, sectors), (&old_ptrs, -sectors)])?;
+        fs.commit_with_sectors(updates, &[(&new.ptrs, sectors), (&old_ptrs, -sectors)])?;
         Ok(())
     }
 
@@ -313,8 +317,7 @@ impl Files {
             updates.push((BtreeId::Inodes, Bkey::new(inode_pos(dir), KeyType::Inode, parent.encode())));
             updates.push((BtreeId::Inodes, Bkey::whiteout(inode_pos(target))));
         } else if inode.nlink <= 1 {
-            let extents =
-                fs.list(BtreeId::Extents, Bpos::new(target, 0, 0), Bpos::new(target, u64::MAX, u32::MAX))?;
+            let extents = Self::extents(fs, target)?;
             let mut all = updates.clone();
             all.extend(extents.iter().map(|k| (BtreeId::Extents, Bkey::whiteout(k.pos))));
             all.push((BtreeId::Inodes, Bkey::whiteout(inode_pos(target))));
@@ -326,7 +329,7 @@ impl Files {
                 updates
                     .push((BtreeId::DeletedInodes, Bkey::new(deleted_pos(target), KeyType::Set, Vec::new())));
                 fs.commit_updates(updates)?;
-                return Self::delete_inode(fs, target);
+                return Self::delete_inode(fs, target, &extents);
             }
             for k in &extents {
                 freed.push(Extent::decode(&k.val)?.ptrs);

@@ -268,10 +268,6 @@ impl Fs {
         Ok(())
     }
 
-    pub fn journal_seq(&self) -> u64 {
-        self.journal_seq
-    }
-
     /// Commits `keys` to `btree` as one transaction, then the allocator's updates the same
     /// way. Returns the journal seq. A transaction is one journal reservation: all of it
     /// replays or none; one larger than a journal entry is refused (see `commit_batched`).
