@@ -51,7 +51,7 @@ fn unlink_of_a_file_larger_than_a_transaction() {
     assert_eq!(extents_of(&mut fs, big), 0);
     assert!(fs.list(BtreeId::DeletedInodes, Bpos::MIN, Bpos::MAX).unwrap().is_empty());
     // The space is usable again: the same amount of data twice more needs it.
-    assert!(3 * chunks * CHUNK_BYTES as u64 > 2 * DEV_BYTES / 2, "test file too small to need reuse");
+    assert!(3 * chunks * CHUNK_BYTES as u64 > 2 * DEV_BYTES, "test file too small to need reuse");
     for n in 0..2 {
         let ino = files.create(&mut fs, ROOT_INO, &format!("again{n}"), false).unwrap();
         for c in 0..chunks {
