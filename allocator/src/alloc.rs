@@ -65,11 +65,11 @@ pub(crate) struct Inner {
 /// overflow, pointer to a bucket of another data type, need_discard key for a bucket that does
 /// not need one) are fsck errors.
 pub(crate) fn inconsistent(dev: u8, bucket: u64, msg: impl Into<String>) -> Error {
-    Error::new(ErrCode::BucketAccounting, msg).dev(u32::from(dev)).bucket(bucket)
+    Error::new(ErrCode::BucketAccounting, msg).dev(dev).bucket(bucket)
 }
 
 fn no_device(dev: u8) -> Error {
-    Error::new(ErrCode::BucketAccounting, format!("no member device {dev}")).dev(u32::from(dev))
+    Error::new(ErrCode::BucketAccounting, format!("no member device {dev}")).dev(dev)
 }
 
 impl Allocator {
@@ -91,8 +91,9 @@ impl Allocator {
             }
             let dev = init.dev_idx;
             if devs.contains_key(&dev) {
-                return Err(Error::new(ErrCode::DeviceDuplicate, format!("member device {dev} given twice"))
-                    .dev(u32::from(dev)));
+                return Err(
+                    Error::new(ErrCode::DeviceDuplicate, format!("member device {dev} given twice")).dev(dev)
+                );
             }
             devs.insert(dev, Device::new(init, btree_node_size)?);
         }
@@ -372,7 +373,7 @@ impl Inner {
     pub(crate) fn take_free_bucket(&mut self, dev: u8, data_type: DataType) -> Result<(u64, u8)> {
         let d = self.device(dev)?;
         let bucket = d.next_free().ok_or_else(|| {
-            Error::new(ErrCode::FreelistEmpty, format!("no free bucket on device {dev}")).dev(u32::from(dev))
+            Error::new(ErrCode::FreelistEmpty, format!("no free bucket on device {dev}")).dev(dev)
         })?;
         let st = self.state(dev, bucket)?;
         if st.data_type != DataType::Free {

@@ -50,7 +50,7 @@ impl Inner {
             .ok_or_else(|| err(format!("alloc key for no member device ({})", pos.inode)))?;
         let d = self.devs.get_mut(&dev).ok_or_else(|| err(format!("no member device {dev}")))?;
         let bucket = pos.offset;
-        let err = |msg: String| err(msg).dev(u32::from(dev)).bucket(bucket);
+        let err = |msg: String| err(msg).dev(dev).bucket(bucket);
         if pos.snapshot != 0 || bucket >= d.nbuckets() {
             return Err(err(format!("alloc key beyond the device's {} buckets", d.nbuckets())));
         }

@@ -103,7 +103,7 @@ pub(crate) struct Device {
 }
 
 fn member_error(dev: u8, msg: String) -> Error {
-    Error::new(ErrCode::InvalidSbMembers, msg).dev(u32::from(dev))
+    Error::new(ErrCode::InvalidSbMembers, msg).dev(dev)
 }
 
 impl Device {
@@ -323,7 +323,7 @@ fn validate_journal(dev: u8, member: &Member, journal: &JournalBuckets) -> Resul
                     r.start, r.end, member.first_bucket, member.nbuckets
                 ),
             )
-            .dev(u32::from(dev)));
+            .dev(dev));
         }
         prev_end = r.end;
     }

@@ -86,7 +86,7 @@ impl BtreeNodeAlloc {
     pub fn from_options(alloc: Arc<Allocator>, opts: &Options) -> Result<BtreeNodeAlloc> {
         if opts.btree_node_size() != alloc.btree_node_size() {
             return Err(Error::new(
-                ErrCode::InvalidArgument,
+                ErrCode::Internal,
                 format!(
                     "btree_node_size {} differs from the allocator's {}",
                     opts.btree_node_size(),

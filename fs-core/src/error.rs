@@ -114,6 +114,9 @@ errcodes! {
     EmergencyRo = "emergency_ro", Erofs, "the filesystem went emergency read-only after a fatal error";
     JournalShutdown = "journal_shutdown", Erofs, "the journal is shut down";
 
+    // Not bcachefs's: bcsim's own invariant checks. A failure here is a bug, never bad input.
+    Internal = "internal_error", Eio, "an internal invariant of bcsim failed (a bug: please report it)";
+    TransactionTooBig = "transaction_too_big", Internal, "a transaction larger than one journal entry: its caller must split it";
     // EIO: devices
     IoRead = "io_read_error", Eio, "device read failed";
     IoWrite = "io_write_error", Eio, "device write failed";
@@ -222,11 +225,21 @@ pub struct Context {
     pub btree: Option<BtreeId>,
     pub level: Option<u8>,
     pub pos: Option<Bpos>,
-    pub dev: Option<u32>,
+    /// A member device index, as everywhere else (`u8`: at most 256 members).
+    pub dev: Option<u8>,
     pub bucket: Option<u64>,
     pub journal_seq: Option<u64>,
     /// Byte offset on the device.
     pub offset: Option<u64>,
+    /// A checksum mismatch: what the data hashes to, and what was stored beside it.
+    pub csum: Option<CsumMismatch>,
+}
+
+/// The two sides of a failed checksum check.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CsumMismatch {
+    pub got: u32,
+    pub expected: u32,
 }
 
 impl Context {
@@ -238,6 +251,7 @@ impl Context {
             && self.bucket.is_none()
             && self.journal_seq.is_none()
             && self.offset.is_none()
+            && self.csum.is_none()
     }
 }
 
@@ -270,6 +284,9 @@ impl fmt::Display for Context {
         }
         if let Some(v) = &self.offset {
             field(f, "offset", v)?;
+        }
+        if let Some(c) = &self.csum {
+            field(f, "csum got", &format_args!("{:#010x} expected={:#010x}", c.got, c.expected))?;
         }
         Ok(())
     }
@@ -346,7 +363,7 @@ impl Error {
         self
     }
 
-    pub fn dev(mut self, dev: u32) -> Self {
+    pub fn dev(mut self, dev: u8) -> Self {
         self.0.ctx.dev = Some(dev);
         self
     }
@@ -364,6 +381,17 @@ impl Error {
     pub fn offset(mut self, offset: u64) -> Self {
         self.0.ctx.offset = Some(offset);
         self
+    }
+
+    /// Records a checksum mismatch: `got` is what the data hashes to, `expected` what was stored.
+    pub fn csum(mut self, got: u32, expected: u32) -> Self {
+        self.0.ctx.csum = Some(CsumMismatch { got, expected });
+        self
+    }
+
+    /// An internal invariant failed: a bug in bcsim, never the images' or the user's fault.
+    pub fn internal(msg: impl Into<String>) -> Self {
+        Error::new(ErrCode::Internal, msg)
     }
 
     pub fn source(mut self, source: impl StdError + Send + Sync + 'static) -> Self {
@@ -466,6 +494,9 @@ mod tests {
         assert_eq!(ErrCode::InvalidArgument.exit_class(), ExitClass::Usage);
         assert_eq!(ErrCode::InvalidSbCsum.exit_class(), ExitClass::Operational);
         assert_eq!(ErrCode::Enoent.exit_class(), ExitClass::Operational);
+        // A bug is an operational failure (exit 8), never the user's usage error (16).
+        assert_eq!(ErrCode::Internal.exit_class(), ExitClass::Operational);
+        assert_eq!(ErrCode::TransactionTooBig.exit_class(), ExitClass::Operational);
     }
 
     /// The display is one line naming what, where, why and the code.

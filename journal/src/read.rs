@@ -266,8 +266,7 @@ struct Geometry {
 
 impl Geometry {
     fn new(d: &JournalDevice, opts: &ReadOpts) -> Result<Geometry> {
-        let bad =
-            |why: String| Error::new(ErrCode::JournalReadErr, why).dev(d.dev_idx.into()).path(d.dev.name());
+        let bad = |why: String| Error::new(ErrCode::JournalReadErr, why).dev(d.dev_idx).path(d.dev.name());
         if opts.block_size == 0 || d.bucket_size < opts.block_size || d.bucket_size % opts.block_size != 0 {
             return Err(bad(format!(
                 "journal bucket size {} is not a non-zero multiple of the block size {}",
@@ -389,8 +388,7 @@ fn scan_wave(
             .into_iter()
             .map(|(d, spawned)| match spawned {
                 Ok(h) => h.join().unwrap_or_else(|_| {
-                    Err(Error::new(ErrCode::JournalReadErr, "journal read thread panicked")
-                        .dev(d.dev_idx.into()))
+                    Err(Error::new(ErrCode::JournalReadErr, "journal read thread panicked").dev(d.dev_idx))
                 }),
                 Err(_) => scan_device(d, opts, pass, short),
             })
@@ -441,10 +439,10 @@ fn read_bucket(
 ) -> Result<Option<u64>> {
     let base = bucket.checked_mul(d.bucket_size).ok_or_else(|| {
         Error::new(ErrCode::JournalReadErr, format!("journal bucket {bucket} lies past any device end"))
-            .dev(d.dev_idx.into())
+            .dev(d.dev_idx)
             .bucket(bucket)
     })?;
-    let located = |e: Error| e.dev(d.dev_idx.into()).bucket(bucket);
+    let located = |e: Error| e.dev(d.dev_idx).bucket(bucket);
     if !pass.is_first() {
         d.dev.read_at(buf, base).map_err(located)?;
         return Ok(Some(base));
@@ -925,7 +923,7 @@ fn take_copy_keys(
     let (bytes, csum) = id;
     let Some(d) = devs.iter().find(|d| d.dev_idx == ptr.dev) else { return Ok(false) };
     buf.resize(bytes as usize, 0);
-    d.dev.read_at(buf, ptr.offset).map_err(|e| e.dev(ptr.dev.into()).journal_seq(seq))?;
+    d.dev.read_at(buf, ptr.offset).map_err(|e| e.dev(ptr.dev).journal_seq(seq))?;
     sink.take_from_bytes(seq, buf, bytes, csum)
 }
 

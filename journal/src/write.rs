@@ -71,7 +71,7 @@ impl Ring {
                 ErrCode::InvalidSbJournal,
                 "journal ring without buckets or with bad state",
             )
-            .dev(u32::from(dev_idx)));
+            .dev(dev_idx));
         }
         Ok(Ring { dev_idx, dev, bucket_size, buckets, cur, offset, bucket_seq })
     }
@@ -96,7 +96,7 @@ impl Ring {
         let mut newest: Option<(u64, usize)> = None;
         let mut block = vec![0u8; crate::format::JSET_HEADER_BYTES];
         for (i, &b) in buckets.iter().enumerate() {
-            dev.read_at(&mut block, b.saturating_mul(bucket_size)).map_err(|e| e.dev(u32::from(dev_idx)))?;
+            dev.read_at(&mut block, b.saturating_mul(bucket_size)).map_err(|e| e.dev(dev_idx))?;
             if let Some(seq) = crate::format::peek_seq(&block, magic) {
                 if newest.is_none_or(|(s, _)| seq > s) {
                     newest = Some((seq, i));
@@ -288,7 +288,7 @@ impl Journal {
         let bytes: usize = entries.iter().map(JsetEntry::encoded_bytes).sum();
         if bytes > self.reservation_capacity() {
             return Err(Error::new(
-                ErrCode::Einval,
+                ErrCode::TransactionTooBig,
                 format!("journal reservation of {bytes} bytes larger than an entry can be"),
             ));
         }

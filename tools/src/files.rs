@@ -230,9 +230,10 @@ impl Files {
         let data = chunk_data(seed, chunk);
         let ptrs = self.alloc_chunk(fs)?;
         for p in &ptrs {
-            let dev = fs.set.device(usize::from(p.dev)).ok_or_else(|| {
-                Error::new(ErrCode::InsufficientDevices, "data device missing").dev(u32::from(p.dev))
-            })?;
+            let dev = fs
+                .set
+                .device(usize::from(p.dev))
+                .ok_or_else(|| Error::new(ErrCode::InsufficientDevices, "data device missing").dev(p.dev))?;
             dev.dev.write_at(&data, p.byte_offset())?;
         }
         let old = fs.btrees.get(BtreeId::Extents, extent_pos(inum, chunk))?;
@@ -265,10 +266,16 @@ impl Files {
         for p in &e.ptrs {
             let Some(dev) = fs.set.device(usize::from(p.dev)) else { continue };
             match dev.dev.read_at(&mut buf, p.byte_offset()) {
-                Ok(()) if crc32c::crc32c(&buf) == e.crc32c => return Ok(Some(buf)),
                 Ok(()) => {
+                    let got = crc32c::crc32c(&buf);
+                    if got == e.crc32c {
+                        return Ok(Some(buf));
+                    }
                     first_err.get_or_insert_with(|| {
-                        Error::new(ErrCode::Eio, "data checksum mismatch").dev(u32::from(p.dev)).pos(k.pos)
+                        Error::new(ErrCode::Eio, "data checksum mismatch")
+                            .dev(p.dev)
+                            .pos(k.pos)
+                            .csum(got, e.crc32c)
                     });
                 }
                 Err(err) => {

@@ -458,7 +458,7 @@ impl Fs {
         if user_bytes > capacity {
             self.pending_alloc = alloc_updates;
             return Err(Error::new(
-                ErrCode::Einval,
+                ErrCode::TransactionTooBig,
                 format!(
                     "transaction of {user_bytes} bytes does not fit one journal entry ({capacity} bytes)"
                 ),

@@ -362,7 +362,7 @@ fn recover(mut set: DeviceSet, opts: Options, mopts: &MountOpts, mut log: Vec<St
                 let (t, n) = match (btrees.as_mut(), nodes.as_ref()) {
                     (Some(t), Some(n)) => (t, n),
                     _ => {
-                        return Err(Error::new(ErrCode::InvalidArgument, "journal_replay before alloc_read"));
+                        return Err(Error::internal("journal_replay before alloc_read"));
                     }
                 };
                 let t_replay = Instant::now();
@@ -376,7 +376,7 @@ fn recover(mut set: DeviceSet, opts: Options, mopts: &MountOpts, mut log: Vec<St
     let nr_kept = keys.len();
     drop(keys);
     let (Some(alloc), Some(nodes), Some(btrees), Some(journal)) = (alloc, nodes, btrees, journal) else {
-        return Err(Error::new(ErrCode::InvalidArgument, "recovery passes incomplete"));
+        return Err(Error::internal("recovery passes incomplete"));
     };
     let mut fs = Fs::from_parts(set, opts, btrees, alloc, nodes, journal, jr.replay_end);
     // Replay put back the alloc keys the journal had; the repaired ones go on top.

@@ -42,7 +42,7 @@ impl NodeIo {
         self.devices
             .get(usize::from(dev))
             .and_then(Option::as_ref)
-            .ok_or_else(|| Error::new(ErrCode::InsufficientDevices, "device not present").dev(u32::from(dev)))
+            .ok_or_else(|| Error::new(ErrCode::InsufficientDevices, "device not present").dev(dev))
     }
 
     /// Reads the node `ptrs` point at from every replica and keeps the one whose valid bsets
@@ -75,9 +75,7 @@ impl NodeIo {
                         best = Some((node, p.dev));
                     }
                 }
-                Err(e) => {
-                    bad.push(BadCopy { dev: p.dev, error: e.dev(u32::from(p.dev)).offset(p.byte_offset()) })
-                }
+                Err(e) => bad.push(BadCopy { dev: p.dev, error: e.dev(p.dev).offset(p.byte_offset()) }),
             }
         }
         if let Some((mut node, _)) = best {
@@ -103,7 +101,7 @@ impl NodeIo {
     pub fn write(&self, ptrs: &[ExtentPtr], offset_bytes: u64, bytes: &[u8]) -> Result<()> {
         for p in ptrs {
             let at = p.byte_offset().saturating_add(offset_bytes);
-            self.device(p.dev)?.write_at(bytes, at).map_err(|e| e.dev(u32::from(p.dev)))?;
+            self.device(p.dev)?.write_at(bytes, at).map_err(|e| e.dev(p.dev))?;
         }
         Ok(())
     }

@@ -363,11 +363,8 @@ fn decode_header(buf: &[u8], magic: u64, exp: &Expected) -> Result<NodeHeader> {
     }
     let computed = crc32c::crc32c(h.get(4..).unwrap_or_default());
     if csum != computed {
-        return Err(node_err(
-            ErrCode::BtreeNodeReadErr,
-            exp,
-            format!("btree node header checksum mismatch: stored {csum:#010x}, computed {computed:#010x}"),
-        ));
+        return Err(node_err(ErrCode::BtreeNodeReadErr, exp, "btree node header checksum mismatch")
+            .csum(computed, csum));
     }
     let seq = r.u64()?;
     let raw_btree = r.u8()?;
@@ -428,12 +425,15 @@ fn decode_bset(buf: &[u8], exp: &Expected, within_written: bool) -> Result<Optio
             Ok(None)
         };
     }
+    let got = buf.get(..bytes).map(|b| crc32c::crc32c(b.get(4..).unwrap_or_default()));
     let body = match buf.get(..bytes) {
-        Some(b) if crc32c::crc32c(b.get(4..).unwrap_or_default()) == csum => b,
+        Some(b) if got == Some(csum) => b,
         _ if within_written => {
-            return Err(
-                node_err(ErrCode::BsetBadCsum, exp, "bset checksum mismatch").journal_seq(journal_seq)
-            );
+            let err = node_err(ErrCode::BsetBadCsum, exp, "bset checksum mismatch").journal_seq(journal_seq);
+            return Err(match got {
+                Some(got) => err.csum(got, csum),
+                None => err,
+            });
         }
         _ => return Ok(None),
     };

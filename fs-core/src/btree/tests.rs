@@ -530,7 +530,9 @@ fn node_validation_errors_are_typed() {
     assert_eq!(decode_node(&img, MAGIC ^ 1, &good, &none).unwrap_err().code(), ErrCode::BtreeNodeBadMagic);
     let mut bad = img.clone();
     bad[512 + 100] ^= 1;
-    assert_eq!(decode_node(&bad, MAGIC, &good, &none).unwrap_err().code(), ErrCode::BsetBadCsum);
+    let e = decode_node(&bad, MAGIC, &good, &none).unwrap_err();
+    assert_eq!(e.code(), ErrCode::BsetBadCsum);
+    assert!(e.context().csum.is_some_and(|c| c.got != c.expected), "{e}");
     // A blacklisted journal seq drops the bset's keys.
     assert_eq!(decode_node(&img, MAGIC, &good, &|_| true).unwrap().nr_keys(), 0);
 }

@@ -194,12 +194,8 @@ impl Superblock {
         };
         let computed = crc32c::crc32c(body.get(OFF_BYTES..).unwrap_or_default());
         if computed != stored_csum {
-            return Err(Error::new(
-                ErrCode::InvalidSbCsum,
-                format!(
-                    "superblock checksum mismatch: stored {stored_csum:#010x}, computed {computed:#010x}"
-                ),
-            ));
+            return Err(Error::new(ErrCode::InvalidSbCsum, "superblock checksum mismatch")
+                .csum(computed, stored_csum));
         }
         let mut r = Reader::new(body, "superblock", ErrCode::InvalidSbLayout);
         r.skip(OFF_MAGIC)?;

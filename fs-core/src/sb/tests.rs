@@ -171,6 +171,9 @@ fn one_damaged_copy_is_reported_and_healed() {
         assert_eq!(r.damaged.len(), 1, "copy {copy}");
         assert_eq!(r.damaged[0].offset, offset);
         assert_eq!(r.damaged[0].error.code(), ErrCode::InvalidSbCsum);
+        // The error carries both sides of the check, and they differ.
+        let c = r.damaged[0].error.context().csum.expect("checksum mismatch without got/expected");
+        assert_ne!(c.got, c.expected);
 
         let mut set = DeviceSet::open(devs.clone()).unwrap();
         assert_eq!(set.device(0).unwrap().damaged.len(), 1);
