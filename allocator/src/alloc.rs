@@ -100,6 +100,12 @@ impl Allocator {
         Ok(Allocator::from_inner(Inner { devs, btree_node_size, undo: None }))
     }
 
+    /// Takes on `other`'s state whole (fsck rebuilds the allocator from repaired alloc keys):
+    /// everyone holding this allocator sees the new state from the next call on.
+    pub fn replace(&self, other: Allocator) {
+        *self.lock() = other.inner.into_inner();
+    }
+
     pub(crate) fn from_inner(inner: Inner) -> Allocator {
         Allocator { inner: Mutex::new(inner) }
     }

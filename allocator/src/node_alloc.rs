@@ -18,16 +18,13 @@ use fs_core::bkey::ptr::{ExtentPtr, SECTOR_BYTES};
 use fs_core::bpos::BtreeId;
 use fs_core::btree::{NodeAllocator, NodeLocation};
 use fs_core::error::{ErrCode, Error, Result};
-use fs_core::opts::Options;
+use fs_core::opts::{LiveOpts, OptId, Options};
 use fs_core::sync::{Arc, AtomicU64, Mutex, Ordering};
 
 use crate::alloc::{Allocator, Inner, inconsistent};
 use crate::device::Device;
 use crate::placement::{Candidate, place};
 use crate::watermark::Watermark;
-
-/// Errors kept from the trait's `release_unused` and `free_node`, which cannot return them.
-const MAX_KEPT_ERRORS: usize = 16;
 
 /// A device's bucket that btree nodes are being placed in.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -39,20 +36,20 @@ struct OpenBtreeBucket {
 }
 
 struct NodeState {
-    metadata_replicas: u8,
-    metadata_target: String,
     watermark: Watermark,
     open: BTreeMap<u8, OpenBtreeBucket>,
-    /// The first errors from `release_unused` / `free_node`, oldest first.
-    errors: Vec<Error>,
 }
 
 /// Btree node allocation on top of an [`Allocator`].
 ///
-/// Lock order: this allocator's state, then the bucket allocator's; nothing takes them the other
-/// way round.
+/// The replica count and target are read from the live options at every allocation, never
+/// copied: a change made on a running mount applies to the next node.
+///
+/// Lock order: the options (read and released first), this allocator's state, then the bucket
+/// allocator's; nothing takes them the other way round.
 pub struct BtreeNodeAlloc {
     alloc: Arc<Allocator>,
+    opts: Arc<LiveOpts>,
     state: Mutex<NodeState>,
     /// The journal seq a freed node's bucket records as `journal_seq_empty` when the trait's
     /// `free_node` (which carries no seq) empties it.
@@ -60,68 +57,45 @@ pub struct BtreeNodeAlloc {
 }
 
 impl BtreeNodeAlloc {
-    /// Node allocation with `metadata_replicas` replicas on `metadata_target` (`""` for any
-    /// device; pass `Options::metadata_target()`, which falls back to `foreground_target`). The
-    /// node size is the allocator's `btree_node_size`; nodes go in at the `btree` watermark.
-    pub fn new(
-        alloc: Arc<Allocator>,
-        metadata_replicas: u8,
-        metadata_target: impl Into<String>,
-    ) -> Result<BtreeNodeAlloc> {
-        check_replicas(metadata_replicas)?;
-        Ok(BtreeNodeAlloc {
-            alloc,
-            state: Mutex::new(NodeState {
-                metadata_replicas,
-                metadata_target: metadata_target.into(),
-                watermark: Watermark::Btree,
-                open: BTreeMap::new(),
-                errors: Vec::new(),
-            }),
-            journal_seq: AtomicU64::new(0),
-        })
-    }
-
-    /// Node allocation as the options say; their `btree_node_size` must be the allocator's.
-    pub fn from_options(alloc: Arc<Allocator>, opts: &Options) -> Result<BtreeNodeAlloc> {
-        if opts.btree_node_size() != alloc.btree_node_size() {
+    /// Node allocation for the filesystem whose live options are `opts`: `metadata_replicas`
+    /// replicas on `metadata_target` (falling back to `foreground_target`), nodes of the
+    /// allocator's `btree_node_size`, which must be the options' (a mismatch is a bug).
+    pub fn new(alloc: Arc<Allocator>, opts: Arc<LiveOpts>) -> Result<BtreeNodeAlloc> {
+        let node_size = opts.with(Options::btree_node_size);
+        if node_size != alloc.btree_node_size() {
             return Err(Error::new(
                 ErrCode::Internal,
                 format!(
-                    "btree_node_size {} differs from the allocator's {}",
-                    opts.btree_node_size(),
+                    "btree_node_size {node_size} differs from the allocator's {}",
                     alloc.btree_node_size()
                 ),
             ));
         }
-        let replicas = u8::try_from(opts.metadata_replicas()).map_err(|_| {
-            Error::new(ErrCode::OptionValueInvalid, format!("metadata_replicas {}", opts.metadata_replicas()))
-        })?;
-        BtreeNodeAlloc::new(alloc, replicas, opts.metadata_target())
+        Ok(BtreeNodeAlloc {
+            alloc,
+            opts,
+            state: Mutex::new(NodeState { watermark: Watermark::Btree, open: BTreeMap::new() }),
+            journal_seq: AtomicU64::new(0),
+        })
     }
 
     pub fn allocator(&self) -> &Arc<Allocator> {
         &self.alloc
     }
 
+    /// The replica count the next node gets: the live `metadata_replicas`.
     pub fn metadata_replicas(&self) -> u8 {
-        self.state.lock().metadata_replicas
+        u8::try_from(self.opts.u64(OptId::MetadataReplicas)).unwrap_or(u8::MAX)
     }
 
-    /// Changes the replica count for node allocations from now on; the next step makes this
-    /// follow the live `metadata_replicas` option.
-    pub fn set_metadata_replicas(&self, nr: u8) -> Result<()> {
-        check_replicas(nr)?;
-        self.state.lock().metadata_replicas = nr;
-        Ok(())
-    }
-
+    /// Where the next node goes: the live `metadata_target`, else `foreground_target`.
     pub fn metadata_target(&self) -> String {
-        self.state.lock().metadata_target.clone()
+        self.opts.with(|o| o.metadata_target().to_owned())
     }
 
-    pub fn set_metadata_target(&self, target: impl Into<String>) {
-        self.state.lock().metadata_target = target.into();
+    /// The live options node allocation reads.
+    pub fn options(&self) -> &Arc<LiveOpts> {
+        &self.opts
     }
 
     pub fn watermark(&self) -> Watermark {
@@ -138,10 +112,10 @@ impl BtreeNodeAlloc {
         self.journal_seq.store(journal_seq, Ordering::Release);
     }
 
-    /// Errors that `release_unused` and `free_node` hit (they cannot return them), oldest first;
-    /// at most the first 16 are kept. Taking them clears the list.
-    pub fn take_errors(&self) -> Vec<Error> {
-        std::mem::take(&mut self.state.lock().errors)
+    /// Forgets the open btree buckets (after the allocator was replaced: they may no longer be
+    /// what it says they are).
+    pub fn reset_open_buckets(&self) {
+        self.state.lock().open.clear();
     }
 
     /// The open btree buckets as `(dev, bucket, next_slot)`, for reports and tests.
@@ -154,10 +128,11 @@ impl BtreeNodeAlloc {
     /// `insufficient_devices` (the devices can never give the durability) or
     /// `bucket_alloc_blocked` (they could, but not now: wait and retry).
     pub fn try_alloc_nodes(&self, nr: usize) -> Result<Vec<NodeLocation>> {
+        let (replicas, target) = (self.metadata_replicas(), self.metadata_target());
+        check_replicas(replicas)?;
         let mut st = self.state.lock();
-        let NodeState { metadata_replicas, metadata_target, watermark, open, .. } = &mut *st;
-        let req =
-            NodeRequest { replicas: *metadata_replicas, target: metadata_target, watermark: *watermark };
+        let NodeState { watermark, open } = &mut *st;
+        let req = NodeRequest { replicas, target: &target, watermark: *watermark };
         let journal_seq = self.journal_seq.load(Ordering::Acquire);
         let saved_open = open.clone();
         let mut inner = self.alloc.lock();
@@ -210,13 +185,6 @@ impl BtreeNodeAlloc {
         st.open.retain(|dev, ob| inner.devs.get(dev).is_some_and(|d| still_open(d, ob)));
         Ok(())
     }
-
-    fn keep_error(&self, err: Error) {
-        let mut st = self.state.lock();
-        if st.errors.len() < MAX_KEPT_ERRORS {
-            st.errors.push(err);
-        }
-    }
 }
 
 impl NodeAllocator for BtreeNodeAlloc {
@@ -224,17 +192,13 @@ impl NodeAllocator for BtreeNodeAlloc {
         self.try_alloc_nodes(nr).map_err(|e| e.btree(btree).level(level))
     }
 
-    fn release_unused(&self, nodes: Vec<NodeLocation>) {
-        if let Err(e) = self.try_release_unused(&nodes) {
-            self.keep_error(e.prefix("releasing unused btree nodes"));
-        }
+    fn release_unused(&self, nodes: Vec<NodeLocation>) -> Result<()> {
+        self.try_release_unused(&nodes).map_err(|e| e.prefix("releasing unused btree nodes"))
     }
 
-    fn free_node(&self, ptrs: &[ExtentPtr]) {
+    fn free_node(&self, ptrs: &[ExtentPtr]) -> Result<()> {
         let seq = self.journal_seq.load(Ordering::Acquire);
-        if let Err(e) = self.try_free_node(ptrs, seq) {
-            self.keep_error(e.prefix("freeing a btree node"));
-        }
+        self.try_free_node(ptrs, seq).map_err(|e| e.prefix("freeing a btree node"))
     }
 }
 
@@ -246,7 +210,7 @@ struct NodeRequest<'a> {
 
 fn check_replicas(nr: u8) -> Result<()> {
     if nr == 0 {
-        return Err(Error::new(ErrCode::InvalidArgument, "metadata_replicas of 0"));
+        return Err(Error::internal("metadata_replicas of 0 (the option table allows 1..=4)"));
     }
     Ok(())
 }

@@ -20,7 +20,7 @@ use common::{Model, dev, member, seeds};
 use fs_core::bkey::DataType;
 use fs_core::bpos::BtreeId;
 use fs_core::btree::{NodeAllocator, NodeLocation};
-use fs_core::error::{ErrCode, Error};
+use fs_core::error::ErrCode;
 use fs_core::rng::Rng;
 use fs_core::sb::MemberState;
 
@@ -135,7 +135,7 @@ impl Sim {
         }
         let alloc = Arc::new(Allocator::new(inits, NODE_SIZE).unwrap());
         let model = Model::synced(&alloc);
-        let nodes = BtreeNodeAlloc::new(alloc.clone(), 1, "").unwrap();
+        let nodes = common::node_alloc(alloc.clone(), 1, "");
         Sim {
             rng,
             alloc,
@@ -395,8 +395,8 @@ impl Sim {
         let replicas = self.rng.range(1..4) as u8;
         let target = *self.rng.choose(TARGETS).unwrap();
         let wm = *self.rng.choose(Watermark::ALL).unwrap();
-        self.nodes.set_metadata_replicas(replicas).map_err(|e| e.to_string())?;
-        self.nodes.set_metadata_target(target);
+        common::set_replicas(&self.nodes, replicas).map_err(|e| e.to_string())?;
+        common::set_target(&self.nodes, target);
         self.nodes.set_watermark(wm);
         let nr = self.rng.range(1..4) as usize;
         let ever: u32 =
@@ -465,12 +465,11 @@ impl Sim {
         self.nodes.set_journal_seq(self.journal_seq);
         if written {
             self.node_bucket_written.extend(buckets.iter().copied());
-            NodeAllocator::free_node(&self.nodes, &node.ptrs);
+            NodeAllocator::free_node(&self.nodes, &node.ptrs)
         } else {
-            NodeAllocator::release_unused(&self.nodes, vec![node]);
+            NodeAllocator::release_unused(&self.nodes, vec![node])
         }
-        let errors: Vec<Error> = self.nodes.take_errors();
-        ensure(errors.is_empty(), || format!("giving back a node: {errors:?}"))?;
+        .map_err(|e| format!("giving back a node: {e}"))?;
         for (dev, bucket) in buckets {
             if self.live_slots.iter().any(|&(d, off)| d == dev && self.slot_bucket(d, off) == bucket) {
                 continue;

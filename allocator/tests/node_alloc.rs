@@ -44,7 +44,7 @@ fn bucket_of(p: &ExtentPtr) -> u64 {
 fn slots_fill_a_bucket_then_the_next_opens() {
     let a = allocator(&[(64, 1, "")]);
     let mut model = Model::synced(&a);
-    let nodes = BtreeNodeAlloc::new(a.clone(), 1, "").unwrap();
+    let nodes = common::node_alloc(a.clone(), 1, "");
     let locs = nodes.alloc_nodes(SLOTS as usize + 1, BtreeId::Extents, 0).unwrap();
     let first = bucket_of(&locs[0].ptrs[0]);
     for (i, loc) in locs.iter().take(SLOTS as usize).enumerate() {
@@ -67,20 +67,20 @@ fn slots_fill_a_bucket_then_the_next_opens() {
 #[test]
 fn replicas_on_distinct_devices_target_first() {
     let a = allocator(&[(64, 1, "hdd.a"), (64, 1, "ssd.a"), (64, 1, "ssd.b")]);
-    let nodes = BtreeNodeAlloc::new(a.clone(), 2, "ssd").unwrap();
+    let nodes = common::node_alloc(a.clone(), 2, "ssd");
     assert_eq!(nodes.metadata_replicas(), 2);
     for loc in nodes.alloc_nodes(20, BtreeId::Alloc, 0).unwrap() {
         let devs: BTreeSet<u8> = loc.ptrs.iter().map(|p| p.dev).collect();
         assert_eq!(devs, BTreeSet::from([1, 2]), "{loc:?}");
     }
-    nodes.set_metadata_replicas(3).unwrap();
+    common::set_replicas(&nodes, 3).unwrap();
     let loc = nodes.alloc_nodes(1, BtreeId::Alloc, 0).unwrap().remove(0);
     assert_eq!(loc.ptrs.iter().map(|p| p.dev).collect::<BTreeSet<_>>(), BTreeSet::from([0, 1, 2]));
-    assert_eq!(nodes.set_metadata_replicas(0).unwrap_err().code(), ErrCode::InvalidArgument);
+    assert_eq!(common::set_replicas(&nodes, 0).unwrap_err().code(), ErrCode::OptionValueInvalid);
     assert_eq!(nodes.metadata_replicas(), 3);
     let e = nodes.alloc_nodes(0, BtreeId::Alloc, 0).unwrap();
     assert!(e.is_empty());
-    nodes.set_metadata_replicas(4).unwrap();
+    common::set_replicas(&nodes, 4).unwrap();
     let e = nodes.alloc_nodes(1, BtreeId::Alloc, 2).unwrap_err();
     assert_eq!(e.code(), ErrCode::InsufficientDevices, "{e}");
     assert_eq!((e.context().btree, e.context().level), (Some(BtreeId::Alloc), Some(2)));
@@ -93,7 +93,7 @@ fn alloc_nodes_is_all_or_nothing() {
     // 12 buckets: 9 data buckets, btree reserve 4 leaves 5 at the btree watermark: 40 slots.
     let a = allocator(&[(12, 1, "")]);
     let mut model = Model::synced(&a);
-    let nodes = BtreeNodeAlloc::new(a.clone(), 1, "").unwrap();
+    let nodes = common::node_alloc(a.clone(), 1, "");
     let held = nodes.alloc_nodes(3, BtreeId::Extents, 0).unwrap();
     model.sync(&a).unwrap();
     let before: Vec<_> = (0..12).map(|b| a.bucket(0, b).unwrap()).collect();
@@ -118,14 +118,13 @@ fn alloc_nodes_is_all_or_nothing() {
 fn release_unused_versus_free_node() {
     let a = allocator(&[(64, 1, "")]);
     let mut model = Model::synced(&a);
-    let nodes = BtreeNodeAlloc::new(a.clone(), 1, "").unwrap();
+    let nodes = common::node_alloc(a.clone(), 1, "");
 
     let locs = nodes.alloc_nodes(3, BtreeId::Extents, 0).unwrap();
     let bucket = bucket_of(&locs[0].ptrs[0]);
-    nodes.release_unused(locs[..2].to_vec());
+    nodes.release_unused(locs[..2].to_vec()).unwrap();
     assert_eq!(a.bucket(0, bucket).unwrap().dirty_sectors, NODE_SECTORS);
-    nodes.release_unused(locs[2..].to_vec());
-    assert!(nodes.take_errors().is_empty());
+    nodes.release_unused(locs[2..].to_vec()).unwrap();
     let st = a.bucket(0, bucket).unwrap();
     assert_eq!((st.data_type, st.bucket_gen), (DataType::Free, 0));
     assert!(nodes.open_buckets().is_empty(), "an emptied bucket is closed");
@@ -134,10 +133,9 @@ fn release_unused_versus_free_node() {
     let locs = nodes.alloc_nodes(2, BtreeId::Extents, 0).unwrap();
     let bucket = bucket_of(&locs[0].ptrs[0]);
     nodes.set_journal_seq(41);
-    nodes.free_node(&locs[0].ptrs);
+    nodes.free_node(&locs[0].ptrs).unwrap();
     nodes.set_journal_seq(42);
-    nodes.release_unused(vec![locs[1].clone()]);
-    assert!(nodes.take_errors().is_empty());
+    nodes.release_unused(vec![locs[1].clone()]).unwrap();
     let st = a.bucket(0, bucket).unwrap();
     assert_eq!((st.data_type, st.journal_seq_empty), (DataType::NeedDiscard, 42), "a node in it was written");
     model.sync(&a).unwrap();
@@ -147,23 +145,21 @@ fn release_unused_versus_free_node() {
 }
 
 /// Pointers the allocator did not hand out in their current form (stale gen, off a slot
-/// boundary, beyond the device) are refused whole: the trait method keeps the error for the
-/// caller, the typed method returns it, and nothing changes.
+/// boundary, beyond the device) are refused whole: the trait method returns the error to the
+/// caller, as the typed method does, and nothing changes.
 #[test]
 fn bad_pointers_are_refused_whole() {
     let a = allocator(&[(64, 1, ""), (64, 1, "")]);
     let mut model = Model::synced(&a);
-    let nodes = BtreeNodeAlloc::new(a.clone(), 2, "").unwrap();
+    let nodes = common::node_alloc(a.clone(), 2, "");
     let loc = nodes.alloc_nodes(1, BtreeId::Extents, 0).unwrap().remove(0);
     model.sync(&a).unwrap();
 
     let mut stale = loc.ptrs.clone();
     stale[1].bucket_gen = 9;
-    nodes.free_node(&stale);
-    let errors = nodes.take_errors();
-    assert_eq!(errors.len(), 1);
-    assert_eq!(errors[0].code(), ErrCode::BucketAccounting);
-    assert!(errors[0].to_string().contains("stale"), "{}", errors[0]);
+    let e = nodes.free_node(&stale).unwrap_err();
+    assert_eq!(e.code(), ErrCode::BucketAccounting);
+    assert!(e.to_string().contains("stale"), "{e}");
     assert_eq!(a.pending_updates(), 0, "the good pointer was not freed either");
 
     let mut misaligned = loc.ptrs.clone();
@@ -184,13 +180,14 @@ fn bad_pointers_are_refused_whole() {
 /// Built from options: replicas from `metadata_replicas`, target from `metadata_target` falling
 /// back to `foreground_target`, and the node size must match the allocator's.
 #[test]
-fn from_options() {
+fn from_live_options() {
     let a = allocator(&[(64, 1, "hdd"), (64, 1, "ssd.a"), (64, 1, "ssd.b")]);
     let mut opts = Options::default();
     opts.set(OptId::BtreeNodeSize, OptValue::U64(NODE_SIZE)).unwrap();
     opts.set(OptId::MetadataReplicas, OptValue::U64(2)).unwrap();
     opts.set(OptId::ForegroundTarget, OptValue::Str("ssd".into())).unwrap();
-    let nodes = BtreeNodeAlloc::from_options(a.clone(), &opts).unwrap();
+    let live = Arc::new(fs_core::opts::LiveOpts::new(opts.clone()));
+    let nodes = BtreeNodeAlloc::new(a.clone(), live).unwrap();
     assert_eq!((nodes.metadata_replicas(), nodes.metadata_target()), (2, "ssd".to_owned()));
     assert_eq!(nodes.watermark(), Watermark::Btree);
     let loc = nodes.alloc_nodes(1, BtreeId::Extents, 0).unwrap().remove(0);
@@ -198,14 +195,17 @@ fn from_options() {
 
     // A node size other than the allocator's is a bug in the caller, not the user's input.
     opts.set(OptId::BtreeNodeSize, OptValue::U64(NODE_SIZE * 2)).unwrap();
-    assert_eq!(BtreeNodeAlloc::from_options(a, &opts).err().map(|e| e.code()), Some(ErrCode::Internal));
+    assert_eq!(
+        BtreeNodeAlloc::new(a, Arc::new(fs_core::opts::LiveOpts::new(opts))).err().map(|e| e.code()),
+        Some(ErrCode::Internal)
+    );
 }
 
 /// Threads allocating and freeing nodes at once never get the same slot.
 #[test]
 fn concurrent_allocations_get_distinct_slots() {
     let a = allocator(&[(512, 1, ""), (512, 1, "")]);
-    let nodes = Arc::new(BtreeNodeAlloc::new(a.clone(), 2, "").unwrap());
+    let nodes = Arc::new(common::node_alloc(a.clone(), 2, ""));
     let handles: Vec<_> = (0..4)
         .map(|t| {
             let nodes = nodes.clone();
@@ -214,7 +214,7 @@ fn concurrent_allocations_get_distinct_slots() {
                 for i in 0..200 {
                     let mut locs = nodes.alloc_nodes(2, BtreeId::Extents, 0).unwrap();
                     if (i + t) % 3 == 0 {
-                        nodes.free_node(&locs.pop().unwrap().ptrs);
+                        nodes.free_node(&locs.pop().unwrap().ptrs).unwrap();
                     }
                     kept.extend(locs);
                 }
@@ -223,7 +223,6 @@ fn concurrent_allocations_get_distinct_slots() {
         })
         .collect();
     let kept: Vec<_> = handles.into_iter().flat_map(|h| h.join().unwrap()).collect();
-    assert!(nodes.take_errors().is_empty());
     let slots: BTreeSet<(u8, u64)> =
         kept.iter().flat_map(|l| l.ptrs.iter().map(|p| (p.dev, p.offset))).collect();
     assert_eq!(slots.len(), kept.len() * 2);

@@ -10,7 +10,7 @@ mod common;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use allocator::{AllocRequest, Allocator, BtreeNodeAlloc, Watermark};
+use allocator::{AllocRequest, Allocator, Watermark};
 use common::{Model, dev, member};
 use fs_core::bkey::alloc::{ALLOC_NEED_DISCARD, ALLOC_NEED_INC_GEN, bucket_pos};
 use fs_core::bkey::{AllocV4, DataType};
@@ -96,7 +96,7 @@ fn blocked_is_not_insufficient() {
     assert_eq!(taken.len(), 17);
     model.sync(&a).unwrap();
 
-    let nodes = BtreeNodeAlloc::new(a.clone(), 1, "").unwrap();
+    let nodes = common::node_alloc(a.clone(), 1, "");
     let e = nodes.alloc_nodes(1, BtreeId::Inodes, 1).unwrap_err();
     assert_eq!(e.code(), ErrCode::BucketAllocBlocked, "{e}");
     assert!(e.matches(ErrCode::OperationBlocked));
@@ -107,8 +107,7 @@ fn blocked_is_not_insufficient() {
     nodes.set_watermark(Watermark::InteriorUpdates);
     let locs = nodes.alloc_nodes(1, BtreeId::Inodes, 1).unwrap();
     assert_eq!(a.dev_usage(0).unwrap().free, 3);
-    nodes.release_unused(locs);
-    assert!(nodes.take_errors().is_empty());
+    nodes.release_unused(locs).unwrap();
     assert_eq!(a.dev_usage(0).unwrap().free, 4);
 
     let first = taken[0];
@@ -176,7 +175,7 @@ fn durability_two_device_alone_gives_two_replicas() {
             .is_err_and(|e| e.code() == ErrCode::InsufficientDevices)
     );
 
-    let nodes = BtreeNodeAlloc::new(a.clone(), 2, "ssd").unwrap();
+    let nodes = common::node_alloc(a.clone(), 2, "ssd");
     let locs = nodes.alloc_nodes(3, BtreeId::Extents, 0).unwrap();
     assert!(locs.iter().all(|l| l.ptrs.len() == 1 && l.ptrs[0].dev == 0), "{locs:?}");
 }
@@ -237,7 +236,7 @@ fn issue_1108_numbers() {
     // Superblock and journal buckets had no keys: their layout state is reported as updates.
     assert_eq!(a.pending_updates(), 18);
 
-    let nodes = BtreeNodeAlloc::new(a.clone(), 2, "nvme").unwrap();
+    let nodes = common::node_alloc(a.clone(), 2, "nvme");
     let e = nodes.alloc_nodes(1, BtreeId::Extents, 0).unwrap_err();
     assert_eq!(e.code(), ErrCode::BucketAllocBlocked, "{e}");
     let msg = e.to_string();
@@ -248,11 +247,10 @@ fn issue_1108_numbers() {
     nodes.set_watermark(Watermark::Reclaim);
     let locs = nodes.alloc_nodes(1, BtreeId::Extents, 0).unwrap();
     assert_eq!(locs[0].ptrs.iter().map(|p| p.dev).collect::<Vec<_>>(), vec![1, 0]);
-    nodes.release_unused(locs);
-    assert!(nodes.take_errors().is_empty());
+    nodes.release_unused(locs).unwrap();
 
     nodes.set_watermark(Watermark::Btree);
-    nodes.set_metadata_replicas(1).unwrap();
+    common::set_replicas(&nodes, 1).unwrap();
     let locs = nodes.alloc_nodes(1, BtreeId::Extents, 0).unwrap();
     assert_eq!(locs[0].ptrs.iter().map(|p| p.dev).collect::<Vec<_>>(), vec![1]);
 }
@@ -262,7 +260,7 @@ fn issue_1108_numbers() {
 #[test]
 fn issue_1108_falls_back_outside_the_target() {
     let a = issue_1108_allocator(true);
-    let nodes = BtreeNodeAlloc::new(a, 2, "nvme").unwrap();
+    let nodes = common::node_alloc(a, 2, "nvme");
     let locs = nodes.alloc_nodes(1, BtreeId::Extents, 0).unwrap();
     assert_eq!(locs[0].ptrs.iter().map(|p| p.dev).collect::<Vec<_>>(), vec![1, 2]);
 }

@@ -116,7 +116,7 @@ errcodes! {
 
     // Not bcachefs's: bcsim's own invariant checks. A failure here is a bug, never bad input.
     Internal = "internal_error", Eio, "an internal invariant of bcsim failed (a bug: please report it)";
-    TransactionTooBig = "transaction_too_big", Internal, "a transaction larger than one journal entry: its caller must split it";
+    TransactionTooBig = "transaction_too_big", Root, "a transaction larger than one journal entry: its caller must split it (nothing was changed)";
     // EIO: devices
     IoRead = "io_read_error", Eio, "device read failed";
     IoWrite = "io_write_error", Eio, "device write failed";

@@ -18,6 +18,7 @@ pub mod encode;
 pub mod error;
 pub mod format;
 pub mod fsck_err;
+pub mod health;
 pub mod opts;
 pub mod recovery_pass;
 pub mod rng;

@@ -559,6 +559,11 @@ impl LiveOpts {
         self.state.lock().opts.u64(id)
     }
 
+    /// Reads the current options under the lock: several values from one generation.
+    pub fn with<R>(&self, f: impl FnOnce(&Options) -> R) -> R {
+        f(&self.state.lock().opts)
+    }
+
     /// Changes an option at run time. Only `RUNTIME` options may change; the new generation is
     /// returned, waiters wake, and subscribers hear of the change after the lock is dropped.
     pub fn set(&self, id: OptId, value: OptValue) -> Result<u64> {

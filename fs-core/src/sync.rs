@@ -4,13 +4,19 @@
 //! build with `RUSTFLAGS="--cfg loom"` model-checks the same code that runs for real. The API is
 //! parking_lot's shape (no poisoning, guards returned directly), with one difference forced by
 //! loom: [`Condvar::wait`] takes the guard by value and hands it back.
+//!
+//! `Arc` is the standard one in both builds. Reference counting is not one of bcsim's
+//! protocols, and loom's `Arc` cannot hold a trait object on stable Rust (it has no unsized
+//! coercion), while bcsim shares its services as `Arc<dyn Trait>` (the btree's node allocator,
+//! journal pin flush callbacks). Everything that orders or waits — locks, condition variables,
+//! atomics, threads — is loom's under `--cfg loom`.
 
 use std::time::Duration;
 
 #[cfg(not(loom))]
 mod imp {
-    pub use std::sync::Arc;
     pub use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
+    pub use std::sync::{Arc, Weak};
     pub use std::thread;
 
     pub type MutexGuard<'a, T> = parking_lot::MutexGuard<'a, T>;
@@ -81,10 +87,10 @@ mod imp {
 
 #[cfg(loom)]
 mod imp {
-    pub use loom::sync::Arc;
     pub use loom::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
     pub use loom::thread;
     use std::sync::PoisonError;
+    pub use std::sync::{Arc, Weak};
 
     pub type MutexGuard<'a, T> = loom::sync::MutexGuard<'a, T>;
     pub type RwLockReadGuard<'a, T> = loom::sync::RwLockReadGuard<'a, T>;

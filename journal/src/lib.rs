@@ -1,23 +1,35 @@
 //! journal: bcsim's journal, from bytes on disk to the replay overlay.
 //!
-//! This crate will own journal entries (`jset`) on disk and their replication across the
-//! metadata devices; the write path (reservations, the open entry, flush on fsync and after
-//! `journal_flush_delay`); journal pins and reclaim, which advance `last_seq`; the journal read
-//! across all devices with bcachefs's rules for stale tails, bad checksums, duplicates, gaps and
-//! blacklisted seqs; and the sorted, compacted journal keys that act as an overlay over every
-//! btree iterator until replay finishes.
+//! This crate owns journal entries (`jset`) on disk and their replication across the metadata
+//! devices; the write path: reservations, the open entry, flush on fsync and after
+//! `journal_flush_delay`; journal pins with their owners' flush callbacks, and reclaim, which
+//! flushes them oldest first and so advances `last_seq`; the journal read across all devices
+//! with bcachefs's rules for stale tails, bad checksums, duplicates, gaps and blacklisted seqs;
+//! and the sorted, compacted journal keys that act as an overlay over every btree iterator until
+//! replay finishes.
 //!
-//! It must never commit btree updates itself or reach into the key cache or the allocator: those
-//! sit above it and register flush callbacks on its pins.
+//! It never commits btree updates itself and never reaches into the key cache or the allocator:
+//! those sit above it and register flush callbacks on its pins.
+//!
+//! - [`format`]: the jset and its entries, byte by byte.
+//! - [`ring`]: one device's journal buckets as a ring.
+//! - [`write`]: the [`Journal`]: reservations, writing entries, the flush delay, `last_seq`.
+//! - [`pin`]: pins, their flush callbacks, and reclaim's [`Journal::flush_pins`].
+//! - [`read`]: the journal read at mount.
+//! - [`keys`]: journal keys sorted and compacted, the overlay replay works from.
 
 pub mod format;
 pub mod keys;
+pub mod pin;
 pub mod read;
+pub mod ring;
 pub mod write;
 
 pub use format::{Jset, JsetEntry, JsetRead, decode_jset};
 pub use keys::{JournalKey, JournalKeys, KeySink};
+pub use pin::{JournalPin, PinFlush, Unflushable};
 pub use read::{
     DeviceRing, EntryPtr, JournalDevice, JournalRead, ReadEntry, ReadOpts, read_journal, read_journal_keys,
 };
-pub use write::{Journal, JournalConfig, JournalStats, JournalWatermark, Ring};
+pub use ring::Ring;
+pub use write::{Journal, JournalConfig, JournalRes, JournalStats, JournalWatermark};

@@ -1,157 +1,51 @@
-//! The journal write path: the open entry, reservations, writing entries to their replicas,
-//! pins and `last_seq`.
+//! The journal write path: reservations in the open entry, writing entries to their replicas,
+//! the flush delay, and `last_seq`.
 //!
-//! Each member device with journal buckets is a ring of buckets. An entry is appended,
-//! block-aligned, at the ring position of each of the `replicas` devices it goes to; one that
-//! does not fit the rest of a bucket starts the next bucket. A bucket may be reused only when
-//! every entry in it is older than `last_seq`, the oldest seq some update still pins (its btree
-//! changes are not yet written back). When no ring can take an entry the journal is full:
-//! `journal_full` (an `operation_blocked` error) tells the committer to run reclaim — write back
-//! dirty btree nodes, which releases pins — and retry.
+//! A committer first reserves room in the open entry ([`Journal::reserve`]), which fixes the
+//! seq its updates belong to; it applies its updates in memory at that seq, pins the seq (see
+//! [`crate::pin`]) and then commits the reservation with its keys ([`Journal::commit`]), or
+//! cancels it. The open entry is written only when no reservation on it is outstanding, so an
+//! entry on disk always holds every update of its seq. It is written when the next reservation
+//! does not fit it, on a flush (fsync), or once it is older than `journal_flush_delay` (the
+//! journal reclaim thread calls [`Journal::tick`]).
 //!
-//! Reclaim itself needs a little journal space (the alloc keys its node writes produce), so one
-//! bucket per ring is held back for commits made by reclaim; if even that is gone, reclaim
-//! gets `journal_reclaim_would_deadlock` instead of waiting on itself.
+//! Each entry goes to `metadata_replicas` rings (capped at the rings there are), devices of
+//! `metadata_target` first, the emptiest first. Both options are read from the live options at
+//! each write. When no ring can take an entry the journal is full: `journal_full` (an
+//! `operation_blocked` error) tells the committer to run reclaim — flush pins, which writes back
+//! what they protect — and retry. Reclaim itself needs a little journal space (the alloc keys
+//! its node writes produce), so one bucket per ring is held back for commits made at the
+//! reclaim watermark; if even that is gone, reclaim gets `journal_reclaim_would_deadlock`
+//! instead of waiting on itself.
+//!
+//! Locking: one mutex over the journal's state (rings, open entry, pins); device writes happen
+//! under it. Pin callbacks run under the separate flush lock and never under the state lock.
+//! Once the filesystem is emergency read-only every reservation and flush fails with
+//! `journal_shutdown`.
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use fs_core::dev::SharedDevice;
 use fs_core::error::{ErrCode, Error, Result};
+use fs_core::health::FsHealth;
+use fs_core::opts::{LiveOpts, OptId, Options};
+use fs_core::sb::label_in_target;
+use fs_core::sync::{Arc, Condvar, Mutex, MutexGuard};
 
 use crate::format::{JSET_HEADER_BYTES, JSET_NO_FLUSH, Jset, JsetEntry};
+use crate::pin::PinTable;
+use crate::ring::Ring;
 
-/// One device's journal buckets, as a ring, with where the next entry goes.
-#[derive(Debug)]
-pub struct Ring {
-    pub dev_idx: u8,
-    pub dev: SharedDevice,
-    pub bucket_size: u64,
-    /// Journal bucket indexes in ring order (from the device's superblock).
-    pub buckets: Vec<u64>,
-    /// Index into `buckets` of the bucket being filled.
-    cur: usize,
-    /// Byte offset inside the current bucket of the next entry.
-    offset: u64,
-    /// Newest seq in each bucket; 0 for a bucket holding nothing still needed.
-    bucket_seq: Vec<u64>,
-}
-
-impl Ring {
-    /// A ring that starts writing at the start of bucket `cur`; `bucket_seq` gives, per bucket,
-    /// the newest seq it holds that may still be needed (0 for none).
-    pub fn new(
-        dev_idx: u8,
-        dev: SharedDevice,
-        bucket_size: u64,
-        buckets: Vec<u64>,
-        cur: usize,
-        bucket_seq: Vec<u64>,
-    ) -> Result<Ring> {
-        Ring::at(dev_idx, dev, bucket_size, buckets, cur, 0, bucket_seq)
-    }
-
-    /// A ring whose next entry goes at byte `offset` of bucket index `cur`: where journal read
-    /// found the end of the newest entry, so writing continues right after it.
-    pub fn at(
-        dev_idx: u8,
-        dev: SharedDevice,
-        bucket_size: u64,
-        buckets: Vec<u64>,
-        cur: usize,
-        offset: u64,
-        bucket_seq: Vec<u64>,
-    ) -> Result<Ring> {
-        if buckets.is_empty()
-            || bucket_seq.len() != buckets.len()
-            || cur >= buckets.len()
-            || offset > bucket_size
-        {
-            return Err(Error::new(
-                ErrCode::InvalidSbJournal,
-                "journal ring without buckets or with bad state",
-            )
-            .dev(dev_idx));
-        }
-        Ok(Ring { dev_idx, dev, bucket_size, buckets, cur, offset, bucket_seq })
-    }
-
-    /// A fresh ring: nothing written yet.
-    pub fn empty(dev_idx: u8, dev: SharedDevice, bucket_size: u64, buckets: Vec<u64>) -> Result<Ring> {
-        let n = buckets.len();
-        Ring::new(dev_idx, dev, bucket_size, buckets, 0, vec![0; n])
-    }
-
-    /// A ring that continues after the bucket holding the newest entry found by reading each
-    /// bucket's first block, so new entries extend the ring instead of starting over at bucket
-    /// 0 (which would leave older entries ahead of newer ones). Entries already there are
-    /// treated as no longer needed (everything up to the caller's replay range is written back).
-    pub fn resume(
-        dev_idx: u8,
-        dev: SharedDevice,
-        bucket_size: u64,
-        buckets: Vec<u64>,
-        magic: u64,
-    ) -> Result<Ring> {
-        let mut newest: Option<(u64, usize)> = None;
-        let mut block = vec![0u8; crate::format::JSET_HEADER_BYTES];
-        for (i, &b) in buckets.iter().enumerate() {
-            dev.read_at(&mut block, b.saturating_mul(bucket_size)).map_err(|e| e.dev(dev_idx))?;
-            if let Some(seq) = crate::format::peek_seq(&block, magic) {
-                if newest.is_none_or(|(s, _)| seq > s) {
-                    newest = Some((seq, i));
-                }
-            }
-        }
-        let n = buckets.len();
-        let cur = newest.map_or(0, |(_, i)| (i + 1) % n.max(1));
-        Ring::new(dev_idx, dev, bucket_size, buckets, cur, vec![0; n])
-    }
-
-    fn next_index(&self) -> usize {
-        (self.cur + 1) % self.buckets.len().max(1)
-    }
-
-    /// Buckets that hold nothing still needed (older than `last_seq`) ahead of the current one.
-    fn free_buckets(&self, last_seq: u64) -> usize {
-        let n = self.buckets.len();
-        (1..n)
-            .map(|i| (self.cur + i) % n)
-            .take_while(|&i| self.bucket_seq.get(i).is_none_or(|&s| s < last_seq))
-            .count()
-    }
-
-    /// Where an entry of `bytes` (padded) would go: the current bucket, or the next one.
-    /// `None` if that needs a bucket still holding needed entries, or more than the reserve.
-    fn place(&self, bytes: u64, last_seq: u64, reserve: usize) -> Option<(usize, u64)> {
-        if bytes > self.bucket_size {
-            return None;
-        }
-        if self.offset + bytes <= self.bucket_size {
-            return Some((self.cur, self.offset));
-        }
-        (self.free_buckets(last_seq) > reserve).then(|| (self.next_index(), 0))
-    }
-
-    fn byte_offset(&self, idx: usize, offset: u64) -> u64 {
-        self.buckets.get(idx).copied().unwrap_or(0).saturating_mul(self.bucket_size).saturating_add(offset)
-    }
-}
-
-/// Journal settings.
+/// What the journal's configuration fixes for its lifetime; everything an option can change
+/// at run time is read from the live options instead.
 #[derive(Clone, Debug)]
 pub struct JournalConfig {
     pub magic: u64,
     pub block_size: u64,
-    /// Copies of each entry, on distinct devices (`metadata_replicas`).
-    pub replicas: usize,
     /// An open entry is written once it holds this many bytes.
     pub max_entry_bytes: usize,
-    /// An open entry with updates is written after this long (`journal_flush_delay`).
-    pub flush_delay: Duration,
-    /// Devices of the metadata target: entries go there first, elsewhere only when these
-    /// cannot take them. Empty: no preference.
-    pub target_devs: Vec<u8>,
+    /// Each ring's device label, for `metadata_target`.
+    pub labels: BTreeMap<u8, String>,
 }
 
 /// Who is asking for journal space: reclaim may use the reserve others may not.
@@ -172,19 +66,47 @@ pub struct JournalStats {
     pub flushes: u64,
 }
 
-pub struct Journal {
-    rings: Vec<Ring>,
-    cfg: JournalConfig,
-    /// Seq of the open entry.
+/// Room reserved in the open entry for one transaction's keys, at [`JournalRes::seq`]. It must
+/// be committed or cancelled; until then the entry is not written.
+#[must_use = "a journal reservation must be committed or cancelled"]
+#[derive(Debug)]
+pub struct JournalRes {
     seq: u64,
+    bytes: usize,
+    done: bool,
+}
+
+impl JournalRes {
+    /// The seq the reserved updates belong to.
+    pub fn seq(&self) -> u64 {
+        self.seq
+    }
+}
+
+impl Drop for JournalRes {
+    fn drop(&mut self) {
+        debug_assert!(
+            self.done || std::thread::panicking(),
+            "journal reservation at seq {} dropped without commit or cancel",
+            self.seq
+        );
+    }
+}
+
+pub(crate) struct State {
+    rings: Vec<Ring>,
+    /// Seq of the open entry.
+    pub(crate) seq: u64,
     open: Vec<JsetEntry>,
+    /// Bytes the open entry takes: header, committed entries, roots.
     open_bytes: usize,
     opened_at: Option<Instant>,
-    /// Pins per seq: updates whose btree changes are not written back yet.
-    pins: BTreeMap<u64, u64>,
+    /// Reservations on the open entry not yet committed or cancelled, and their bytes.
+    outstanding: usize,
+    reserved_bytes: usize,
     /// Newest seq known durable (written and flushed).
     flushed_seq: u64,
-    /// Once set, every reservation fails: the journal is shut down (emergency read-only).
+    /// Once set, every reservation fails: the journal is shut down.
     shutdown: Option<String>,
     /// The btree roots, written into every entry (as bcachefs does) so that the newest entry
     /// of any replay range says where the btrees start.
@@ -193,148 +115,244 @@ pub struct Journal {
     /// The roots changed since the last entry was written.
     roots_dirty: bool,
     stats: JournalStats,
+    pub(crate) pins: PinTable,
+}
+
+impl State {
+    /// The oldest seq still pinned, or the open seq when nothing is: entries below it are not
+    /// needed for replay.
+    pub(crate) fn last_seq(&self) -> u64 {
+        self.pins.oldest().map_or(self.seq, |p| p.min(self.seq))
+    }
+}
+
+pub struct Journal {
+    st: Mutex<State>,
+    /// Signalled when a reservation completes, a pin goes, or an entry is written.
+    changed: Condvar,
+    /// Held for the whole of a pin flush: one flusher at a time.
+    pub(crate) flush_lock: Mutex<()>,
+    cfg: JournalConfig,
+    opts: Arc<LiveOpts>,
+    pub(crate) health: Arc<FsHealth>,
 }
 
 impl Journal {
-    /// A journal whose next entry has seq `next_seq`.
-    pub fn new(rings: Vec<Ring>, cfg: JournalConfig, next_seq: u64) -> Result<Journal> {
-        if rings.len() < cfg.replicas.max(1) {
+    /// A journal on `rings` whose next entry has seq `next_seq`, following the live `opts`
+    /// (`metadata_replicas`, `metadata_target`, `journal_flush_delay`) and stopping when `health`
+    /// goes emergency read-only.
+    pub fn new(
+        rings: Vec<Ring>,
+        cfg: JournalConfig,
+        next_seq: u64,
+        opts: Arc<LiveOpts>,
+        health: Arc<FsHealth>,
+    ) -> Result<Journal> {
+        let want = opts.u64(OptId::MetadataReplicas);
+        if rings.is_empty() {
             return Err(Error::new(
                 ErrCode::InsufficientDevices,
-                format!("journal needs {} devices with journal buckets, has {}", cfg.replicas, rings.len()),
+                format!("journal needs {want} devices with journal buckets, has none"),
             ));
         }
         Ok(Journal {
-            rings,
+            st: Mutex::new(State {
+                rings,
+                seq: next_seq.max(1),
+                open: Vec::new(),
+                open_bytes: JSET_HEADER_BYTES,
+                opened_at: None,
+                outstanding: 0,
+                reserved_bytes: 0,
+                flushed_seq: next_seq.saturating_sub(1),
+                shutdown: None,
+                roots: Vec::new(),
+                roots_bytes: 0,
+                roots_dirty: false,
+                stats: JournalStats::default(),
+                pins: PinTable::default(),
+            }),
+            changed: Condvar::new(),
+            flush_lock: Mutex::new(()),
             cfg,
-            seq: next_seq.max(1),
-            open: Vec::new(),
-            open_bytes: JSET_HEADER_BYTES,
-            opened_at: None,
-            pins: BTreeMap::new(),
-            flushed_seq: next_seq.saturating_sub(1),
-            shutdown: None,
-            roots: Vec::new(),
-            roots_bytes: 0,
-            roots_dirty: false,
-            stats: JournalStats::default(),
+            opts,
+            health,
         })
+    }
+
+    pub(crate) fn lock(&self) -> MutexGuard<'_, State> {
+        self.st.lock()
+    }
+
+    pub(crate) fn wake(&self) {
+        self.changed.notify_all();
     }
 
     /// Seq of the open entry: what the next reservation gets.
     pub fn seq(&self) -> u64 {
-        self.seq
+        self.lock().seq
     }
 
     pub fn flushed_seq(&self) -> u64 {
-        self.flushed_seq
+        self.lock().flushed_seq
     }
 
     pub fn stats(&self) -> JournalStats {
-        self.stats
+        self.lock().stats
     }
 
-    /// The oldest seq still pinned, or the open seq when nothing is: entries below it are not
-    /// needed for replay.
+    /// The oldest seq still pinned, or the open seq when nothing is.
     pub fn last_seq(&self) -> u64 {
-        self.pins.keys().next().copied().unwrap_or(self.seq)
+        self.lock().last_seq()
     }
 
-    pub fn pin(&mut self, seq: u64) {
-        *self.pins.entry(seq).or_insert(0) += 1;
-    }
-
-    /// Releases one pin on `seq`.
-    pub fn unpin(&mut self, seq: u64) {
-        if let Some(n) = self.pins.get_mut(&seq) {
-            *n -= 1;
-            if *n == 0 {
-                self.pins.remove(&seq);
-            }
-        }
-    }
-
-    /// Releases every pin at or below `seq` (reclaim wrote back everything they cover).
-    pub fn unpin_through(&mut self, seq: u64) {
-        self.pins.retain(|&s, _| s > seq);
+    /// The live options the journal follows.
+    pub fn options(&self) -> &Arc<LiveOpts> {
+        &self.opts
     }
 
     /// Sets the btree roots every entry from now on carries (`btree_root` entries).
-    pub fn set_roots(&mut self, roots: Vec<JsetEntry>) {
+    pub fn set_roots(&self, roots: Vec<JsetEntry>) {
+        let mut st = self.lock();
         let bytes: usize = roots.iter().map(JsetEntry::encoded_bytes).sum();
-        self.open_bytes = self.open_bytes - self.roots_bytes + bytes;
-        self.roots_bytes = bytes;
-        self.roots = roots;
-        self.roots_dirty = true;
+        st.open_bytes = st.open_bytes - st.roots_bytes + bytes;
+        st.roots_bytes = bytes;
+        st.roots = roots;
+        st.roots_dirty = true;
     }
 
-    /// Refuses all further reservations, e.g. on emergency read-only.
-    pub fn shut_down(&mut self, why: impl Into<String>) {
-        self.shutdown.get_or_insert_with(|| why.into());
+    /// Refuses all further reservations.
+    pub fn shut_down(&self, why: impl Into<String>) {
+        self.lock().shutdown.get_or_insert_with(|| why.into());
+        self.wake();
     }
 
-    fn check_running(&self) -> Result<()> {
-        match &self.shutdown {
-            Some(why) => Err(Error::new(ErrCode::JournalShutdown, format!("journal shut down: {why}"))),
-            None => Ok(()),
+    fn check_running(&self, st: &State) -> Result<()> {
+        if let Some(why) = &st.shutdown {
+            return Err(Error::new(ErrCode::JournalShutdown, format!("journal shut down: {why}")));
         }
-    }
-
-    /// Adds `entries` to the open entry (one reservation) and returns the seq they belong to.
-    /// Fails with `journal_full` when no journal space is left for this watermark, and with
-    /// `journal_reclaim_would_deadlock` when reclaim itself finds none.
-    pub fn add(&mut self, entries: Vec<JsetEntry>, wm: JournalWatermark, now: Instant) -> Result<u64> {
-        self.check_running()?;
-        let bytes: usize = entries.iter().map(JsetEntry::encoded_bytes).sum();
-        if bytes > self.reservation_capacity() {
+        if let Some(cause) = self.health.emergency_ro_cause() {
             return Err(Error::new(
-                ErrCode::TransactionTooBig,
-                format!("journal reservation of {bytes} bytes larger than an entry can be"),
+                ErrCode::JournalShutdown,
+                format!("journal shut down: emergency read-only after: {cause}"),
             ));
         }
-        if self.open_bytes + bytes > self.cfg.max_entry_bytes && !self.open.is_empty() {
-            self.write_open(false, wm)?;
-        }
-        // The entry must be writable once closed: check its place now, not when it is too late.
-        let padded = (self.open_bytes + bytes).next_multiple_of(self.cfg.block_size.max(1) as usize) as u64;
-        self.choose_rings(padded, wm)?;
-        self.open.extend(entries);
-        self.open_bytes += bytes;
-        self.opened_at.get_or_insert(now);
-        Ok(self.seq)
-    }
-
-    /// The seq a reservation of `bytes` would get now: the open entry's, or the next one's if
-    /// the open entry has to be written first to make room.
-    pub fn next_reservation_seq(&self, bytes: usize) -> u64 {
-        if self.open_bytes + bytes > self.cfg.max_entry_bytes && !self.open.is_empty() {
-            self.seq + 1
-        } else {
-            self.seq
-        }
+        Ok(())
     }
 
     /// Bytes of updates one reservation may carry: what fits in an entry beside its header
     /// and the roots.
     pub fn reservation_capacity(&self) -> usize {
-        self.max_entry_bytes().saturating_sub(JSET_HEADER_BYTES + self.roots_bytes)
+        let st = self.lock();
+        self.max_entry_bytes(&st).saturating_sub(JSET_HEADER_BYTES + st.roots_bytes)
     }
 
     /// The largest entry the rings can hold.
-    fn max_entry_bytes(&self) -> usize {
-        let smallest_bucket = self.rings.iter().map(|r| r.bucket_size).min().unwrap_or(0);
+    fn max_entry_bytes(&self, st: &State) -> usize {
+        let smallest_bucket = st.rings.iter().map(|r| r.bucket_size).min().unwrap_or(0);
         (smallest_bucket as usize).min(self.cfg.max_entry_bytes.max(JSET_HEADER_BYTES))
     }
 
-    /// The rings an entry of `bytes` goes to: `replicas` of them, those with most free buckets
-    /// first.
-    fn choose_rings(&self, bytes: u64, wm: JournalWatermark) -> Result<Vec<(usize, usize, u64)>> {
-        let last_seq = self.last_seq();
+    /// Reserves room for `bytes` of entries in the open entry (writing the open entry first if
+    /// they do not fit beside what it holds). Fails with `journal_full` when no journal space
+    /// is left for this watermark, `journal_reclaim_would_deadlock` when reclaim itself finds
+    /// none, and `transaction_too_big` for more than an entry can carry.
+    pub fn reserve(&self, bytes: usize, wm: JournalWatermark) -> Result<JournalRes> {
+        let mut st = self.lock();
+        self.check_running(&st)?;
+        let capacity = self.max_entry_bytes(&st).saturating_sub(JSET_HEADER_BYTES + st.roots_bytes);
+        if bytes > capacity {
+            return Err(Error::new(
+                ErrCode::TransactionTooBig,
+                format!("journal reservation of {bytes} bytes larger than an entry can carry ({capacity})"),
+            ));
+        }
+        if st.open_bytes + st.reserved_bytes + bytes > self.cfg.max_entry_bytes
+            && (!st.open.is_empty() || st.outstanding > 0)
+        {
+            st = self.wait_no_reservations(st)?;
+            if !st.open.is_empty() {
+                self.write_open(&mut st, false, wm)?;
+            }
+        }
+        // The entry must be writable once closed: check its place now, not when it is too late.
+        let padded =
+            (st.open_bytes + st.reserved_bytes + bytes).next_multiple_of(self.cfg.block_size.max(1) as usize);
+        self.choose_rings(&st, padded as u64, wm)?;
+        st.outstanding += 1;
+        st.reserved_bytes += bytes;
+        Ok(JournalRes { seq: st.seq, bytes, done: false })
+    }
+
+    /// Adds the reservation's entries to the open entry; returns their seq. `now` starts the
+    /// flush delay of an entry that held nothing yet.
+    pub fn commit(&self, mut res: JournalRes, entries: Vec<JsetEntry>, now: Instant) -> Result<u64> {
+        res.done = true;
+        let bytes: usize = entries.iter().map(JsetEntry::encoded_bytes).sum();
+        let seq = {
+            let mut st = self.lock();
+            st.outstanding = st.outstanding.saturating_sub(1);
+            st.reserved_bytes = st.reserved_bytes.saturating_sub(res.bytes);
+            if bytes > res.bytes {
+                drop(st);
+                self.wake();
+                return Err(Error::internal(format!(
+                    "journal commit of {bytes} bytes into a reservation of {}",
+                    res.bytes
+                ))
+                .journal_seq(res.seq));
+            }
+            st.open.extend(entries);
+            st.open_bytes += bytes;
+            st.opened_at.get_or_insert(now);
+            st.seq
+        };
+        self.wake();
+        debug_assert_eq!(seq, res.seq, "the open entry was written under a reservation");
+        Ok(seq)
+    }
+
+    /// Gives a reservation back unused.
+    pub fn cancel(&self, mut res: JournalRes) {
+        res.done = true;
+        {
+            let mut st = self.lock();
+            st.outstanding = st.outstanding.saturating_sub(1);
+            st.reserved_bytes = st.reserved_bytes.saturating_sub(res.bytes);
+        }
+        self.wake();
+    }
+
+    /// Reserves and commits `entries` at once (callers that apply nothing in memory: recovery's
+    /// blacklist entry, benchmarks); returns their seq.
+    pub fn add(&self, entries: Vec<JsetEntry>, wm: JournalWatermark, now: Instant) -> Result<u64> {
+        let bytes: usize = entries.iter().map(JsetEntry::encoded_bytes).sum();
+        let res = self.reserve(bytes, wm)?;
+        self.commit(res, entries, now)
+    }
+
+    /// Waits until no reservation on the open entry is outstanding. Reservations are held only
+    /// while a committer applies its updates in memory, which never waits on the journal.
+    fn wait_no_reservations<'a>(&'a self, mut st: MutexGuard<'a, State>) -> Result<MutexGuard<'a, State>> {
+        while st.outstanding > 0 {
+            self.check_running(&st)?;
+            st = self.changed.wait(st);
+        }
+        Ok(st)
+    }
+
+    /// The rings an entry of `bytes` goes to: `metadata_replicas` of them (at most as many as
+    /// there are), those of `metadata_target` first, then those with most free buckets.
+    fn choose_rings(&self, st: &State, bytes: u64, wm: JournalWatermark) -> Result<Vec<(usize, usize, u64)>> {
+        let (want, target) =
+            self.opts.with(|o: &Options| (o.metadata_replicas(), o.metadata_target().to_owned()));
+        let replicas = (want as usize).clamp(1, st.rings.len().max(1));
+        let last_seq = st.last_seq();
         let reserve = match wm {
             JournalWatermark::Normal => RECLAIM_RESERVE_BUCKETS,
             JournalWatermark::Reclaim => 0,
         };
-        let mut fits: Vec<(usize, usize, u64, usize)> = self
+        let mut fits: Vec<(usize, usize, u64, usize)> = st
             .rings
             .iter()
             .enumerate()
@@ -342,112 +360,163 @@ impl Journal {
                 r.place(bytes, last_seq, reserve).map(|(b, o)| (i, b, o, r.free_buckets(last_seq)))
             })
             .collect();
-        if fits.len() < self.cfg.replicas.max(1) {
+        if fits.len() < replicas {
             return Err(match wm {
                 JournalWatermark::Normal => Error::new(
                     ErrCode::JournalFull,
-                    format!("journal full: {} of {} devices can take an entry (last_seq {last_seq})", fits.len(), self.cfg.replicas),
+                    format!("journal full: {} of {replicas} devices can take an entry (last_seq {last_seq})", fits.len()),
                 ),
                 JournalWatermark::Reclaim => Error::new(
                     ErrCode::JournalReclaimWouldDeadlock,
                     format!("journal reclaim needs journal space and none is left, even in the reserve (last_seq {last_seq})"),
                 ),
             }
-            .journal_seq(self.seq));
+            .journal_seq(st.seq));
         }
         let in_target = |i: usize| {
-            self.cfg.target_devs.is_empty()
-                || self.rings.get(i).is_some_and(|r| self.cfg.target_devs.contains(&r.dev_idx))
+            target.is_empty()
+                || st
+                    .rings
+                    .get(i)
+                    .and_then(|r| self.cfg.labels.get(&r.dev_idx))
+                    .is_some_and(|l| label_in_target(l, &target))
         };
         fits.sort_by_key(|&(i, _, _, free)| (!in_target(i), std::cmp::Reverse(free), i));
-        Ok(fits.into_iter().take(self.cfg.replicas.max(1)).map(|(i, b, o, _)| (i, b, o)).collect())
+        Ok(fits.into_iter().take(replicas).map(|(i, b, o, _)| (i, b, o)).collect())
     }
 
-    /// Writes the open entry if it holds updates and is older than the flush delay.
-    pub fn tick(&mut self, now: Instant) -> Result<bool> {
-        match self.opened_at {
+    /// Writes the open entry if it holds updates, is older than `journal_flush_delay` and no
+    /// reservation is outstanding on it. Returns whether it wrote.
+    pub fn tick(&self, now: Instant) -> Result<bool> {
+        let delay = Duration::from_millis(self.opts.u64(OptId::JournalFlushDelay));
+        let mut st = self.lock();
+        match st.opened_at {
             Some(at)
-                if now.saturating_duration_since(at) >= self.cfg.flush_delay && !self.open.is_empty() =>
+                if now.saturating_duration_since(at) >= delay
+                    && !st.open.is_empty()
+                    && st.outstanding == 0 =>
             {
-                self.write_open(true, JournalWatermark::Normal)?;
+                self.check_running(&st)?;
+                self.write_open(&mut st, true, JournalWatermark::Normal)?;
+                drop(st);
+                self.wake();
                 Ok(true)
             }
             _ => Ok(false),
         }
     }
 
-    /// Makes everything added so far durable (fsync): writes the open entry as a flush entry.
-    /// Returns the seq now durable.
-    pub fn flush(&mut self) -> Result<u64> {
+    /// When the open entry's flush delay ends, if it holds updates: the reclaim thread sleeps
+    /// until then.
+    pub fn flush_due(&self) -> Option<Instant> {
+        let delay = Duration::from_millis(self.opts.u64(OptId::JournalFlushDelay));
+        let st = self.lock();
+        st.opened_at.filter(|_| !st.open.is_empty()).map(|at| at + delay)
+    }
+
+    /// True when a ring is more than half full: reclaim should flush pins.
+    pub fn wants_reclaim(&self) -> bool {
+        let st = self.lock();
+        let last_seq = st.last_seq();
+        st.rings.iter().any(|r| r.free_buckets(last_seq) * 2 < r.buckets.len())
+    }
+
+    /// Makes everything committed so far durable (fsync): writes the open entry as a flush
+    /// entry. Returns the seq now durable.
+    pub fn flush(&self) -> Result<u64> {
         self.flush_with(JournalWatermark::Normal)
     }
 
     /// `flush` for a caller at watermark `wm` (reclaim flushes into the reserve).
-    pub fn flush_with(&mut self, wm: JournalWatermark) -> Result<u64> {
-        self.check_running()?;
-        if !self.open.is_empty() || self.roots_dirty || self.flushed_seq + 1 < self.seq {
-            self.write_open(true, wm)?;
+    pub fn flush_with(&self, wm: JournalWatermark) -> Result<u64> {
+        let mut st = self.lock();
+        self.check_running(&st)?;
+        st = self.wait_no_reservations(st)?;
+        if !st.open.is_empty() || st.roots_dirty || st.flushed_seq + 1 < st.seq {
+            self.write_open(&mut st, true, wm)?;
         }
-        Ok(self.flushed_seq)
+        let flushed = st.flushed_seq;
+        drop(st);
+        self.wake();
+        Ok(flushed)
     }
 
-    /// Closes the open entry, writes it to its replicas and opens the next one.
-    fn write_open(&mut self, flush: bool, wm: JournalWatermark) -> Result<()> {
-        let jset = Jset {
-            seq: self.seq,
-            last_seq: self.last_seq(),
+    /// Closes the open entry, writes it to its replicas and opens the next one. No reservation
+    /// may be outstanding on it.
+    fn write_open(&self, st: &mut State, flush: bool, wm: JournalWatermark) -> Result<()> {
+        debug_assert_eq!(st.outstanding, 0, "journal entry written under a reservation");
+        let nr_updates = st.open.len();
+        let mut jset = Jset {
+            seq: st.seq,
+            last_seq: st.last_seq(),
             flags: if flush { 0 } else { JSET_NO_FLUSH },
-            entries: std::mem::take(&mut self.open),
+            entries: std::mem::take(&mut st.open),
         };
-        let nr_updates = jset.entries.len();
-        let mut jset = jset;
-        jset.entries.extend(self.roots.iter().cloned());
+        jset.entries.extend(st.roots.iter().cloned());
         let bytes = jset.encode(self.cfg.magic, self.cfg.block_size as usize);
-        let targets = match self.choose_rings(bytes.len() as u64, wm) {
+        let restore = |st: &mut State, mut jset: Jset| {
+            jset.entries.truncate(nr_updates);
+            st.open = jset.entries;
+        };
+        let targets = match self.choose_rings(st, bytes.len() as u64, wm) {
             Ok(t) => t,
             Err(e) => {
-                jset.entries.truncate(nr_updates);
-                self.open = jset.entries;
+                restore(st, jset);
                 return Err(e);
             }
         };
         for &(ri, bi, off) in &targets {
-            let Some(ring) = self.rings.get(ri) else { continue };
+            let Some(ring) = st.rings.get(ri) else { continue };
             let at = ring.byte_offset(bi, off);
             if let Err(e) = ring.dev.write_at(&bytes, at) {
-                jset.entries.truncate(nr_updates);
-                self.open = jset.entries;
-                return Err(e.journal_seq(self.seq).prefix("writing journal entry"));
+                let seq = st.seq;
+                restore(st, jset);
+                return Err(e.journal_seq(seq).prefix("writing journal entry"));
             }
         }
         if flush {
             for &(ri, _, _) in &targets {
-                if let Some(ring) = self.rings.get(ri) {
-                    ring.dev.flush().map_err(|e| e.journal_seq(self.seq))?;
+                if let Some(ring) = st.rings.get(ri) {
+                    ring.dev.flush().map_err(|e| e.journal_seq(jset.seq))?;
                 }
             }
-            self.stats.flushes += 1;
+            st.stats.flushes += 1;
         }
+        let seq = st.seq;
         for &(ri, bi, off) in &targets {
-            if let Some(ring) = self.rings.get_mut(ri) {
-                if bi != ring.cur {
-                    ring.cur = bi;
-                }
+            if let Some(ring) = st.rings.get_mut(ri) {
+                ring.cur = bi;
                 ring.offset = off + bytes.len() as u64;
                 if let Some(s) = ring.bucket_seq.get_mut(bi) {
-                    *s = if off == 0 { self.seq } else { (*s).max(self.seq) };
+                    *s = if off == 0 { seq } else { (*s).max(seq) };
                 }
             }
         }
-        self.stats.entries_written += 1;
-        self.stats.bytes_written += (bytes.len() * targets.len()) as u64;
+        st.stats.entries_written += 1;
+        st.stats.bytes_written += (bytes.len() * targets.len()) as u64;
         if flush {
-            self.flushed_seq = self.seq;
+            st.flushed_seq = seq;
         }
-        self.seq += 1;
-        self.open_bytes = JSET_HEADER_BYTES + self.roots_bytes;
-        self.opened_at = None;
-        self.roots_dirty = false;
+        st.seq += 1;
+        st.open_bytes = JSET_HEADER_BYTES + st.roots_bytes;
+        st.opened_at = None;
+        st.roots_dirty = false;
         Ok(())
+    }
+
+    /// Waits until `seq` is durable or `timeout` passes; returns the durable seq. For callers
+    /// that wait on the flush delay instead of forcing a flush.
+    pub fn wait_flushed(&self, seq: u64, timeout: Duration) -> u64 {
+        let deadline = Instant::now() + timeout;
+        let mut st = self.lock();
+        while st.flushed_seq < seq {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() || st.shutdown.is_some() || self.health.is_emergency_ro() {
+                break;
+            }
+            let (guard, _) = self.changed.wait_timeout(st, left);
+            st = guard;
+        }
+        st.flushed_seq
     }
 }

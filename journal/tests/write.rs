@@ -15,22 +15,34 @@ use fs_core::bkey::{Bkey, KeyType};
 use fs_core::bpos::{Bpos, BtreeId};
 use fs_core::dev::{BlockDevice, CrashMode, FaultyDevice, MemDevice, SharedDevice};
 use fs_core::error::ErrCode;
+use fs_core::health::FsHealth;
+use fs_core::opts::{LiveOpts, OptId, OptValue, Options};
 use journal::format::{JsetRead, decode_jset};
-use journal::{Journal, JournalConfig, JournalWatermark, JsetEntry, Ring};
+use journal::{Journal, JournalConfig, JournalPin, JournalWatermark, JsetEntry, Ring, Unflushable};
 
 const MAGIC: u64 = 0xabc;
 const BUCKET: u64 = 64 << 10;
 const BLOCK: u64 = 4096;
 
-fn cfg(replicas: usize) -> JournalConfig {
-    JournalConfig {
-        magic: MAGIC,
-        block_size: BLOCK,
-        replicas,
-        max_entry_bytes: 16 << 10,
-        flush_delay: Duration::from_millis(1000),
-        target_devs: Vec::new(),
-    }
+fn cfg() -> JournalConfig {
+    JournalConfig { magic: MAGIC, block_size: BLOCK, max_entry_bytes: 16 << 10, labels: BTreeMap::new() }
+}
+
+/// Live options with `metadata_replicas` = `replicas` and the default 1 s flush delay.
+fn opts(replicas: u64) -> Arc<LiveOpts> {
+    let mut o = Options::default();
+    o.set(OptId::MetadataReplicas, OptValue::U64(replicas)).unwrap();
+    Arc::new(LiveOpts::new(o))
+}
+
+/// A journal on `devs` (`nr_buckets` each) writing `replicas` copies, next seq `next_seq`.
+fn journal(devs: &[SharedDevice], nr_buckets: u64, replicas: u64, next_seq: u64) -> Journal {
+    Journal::new(rings(devs, nr_buckets), cfg(), next_seq, opts(replicas), Arc::new(FsHealth::new())).unwrap()
+}
+
+/// A pin no reclaim flushes: the test releases it by hand.
+fn pin(j: &Journal, seq: u64) -> JournalPin {
+    j.pin_add(seq, Arc::new(Unflushable("test"))).unwrap()
 }
 
 fn rings(devs: &[SharedDevice], nr_buckets: u64) -> Vec<Ring> {
@@ -77,7 +89,7 @@ fn scan(devs: &[&dyn BlockDevice], nr_buckets: u64) -> BTreeMap<u64, Vec<(usize,
 #[test]
 fn entries_land_on_distinct_devices_block_aligned() {
     let devs = mem(3);
-    let mut j = Journal::new(rings(&devs, 8), cfg(2), 1).unwrap();
+    let j = journal(&devs, 8, 2, 1);
     let now = Instant::now();
     // 200 keys take about 10k: two reservations overflow a 16k entry, which is then written
     // without a flush; every fourth reservation asks for a flush.
@@ -104,14 +116,14 @@ fn entries_land_on_distinct_devices_block_aligned() {
 #[test]
 fn full_journal_blocks_until_pins_are_released() {
     let devs = mem(1);
-    let mut j = Journal::new(rings(&devs, 4), cfg(1), 1).unwrap();
+    let j = journal(&devs, 4, 1, 1);
     let now = Instant::now();
     let first = j.add(keys(10, 0), JournalWatermark::Normal, now).unwrap();
-    j.pin(first);
+    let mut pins = vec![pin(&j, first)];
     let mut blocked = None;
     for i in 0..1000 {
         match j.add(keys(200, i), JournalWatermark::Normal, now) {
-            Ok(seq) => j.pin(seq),
+            Ok(seq) => pins.push(pin(&j, seq)),
             Err(e) => {
                 blocked = Some(e);
                 break;
@@ -133,8 +145,9 @@ fn full_journal_blocks_until_pins_are_released() {
     assert_eq!(reclaim_err.expect("reserve never ran out").code(), ErrCode::JournalReclaimWouldDeadlock);
 
     // Reclaim wrote everything back: pins go, last_seq advances, space returns.
-    let through = j.seq();
-    j.unpin_through(through);
+    for p in pins {
+        j.pin_drop(p).unwrap();
+    }
     assert_eq!(j.last_seq(), j.seq());
     j.add(keys(200, 1), JournalWatermark::Normal, now).unwrap();
     j.flush().unwrap();
@@ -143,7 +156,7 @@ fn full_journal_blocks_until_pins_are_released() {
 #[test]
 fn flush_delay_uses_the_given_clock() {
     let devs = mem(1);
-    let mut j = Journal::new(rings(&devs, 4), cfg(1), 7).unwrap();
+    let j = journal(&devs, 4, 1, 7);
     let t0 = Instant::now();
     assert_eq!(j.add(keys(3, 0), JournalWatermark::Normal, t0).unwrap(), 7);
     assert!(!j.tick(t0 + Duration::from_millis(999)).unwrap(), "written before the delay");
@@ -155,12 +168,24 @@ fn flush_delay_uses_the_given_clock() {
 #[test]
 fn shut_down_journal_refuses() {
     let devs = mem(1);
-    let mut j = Journal::new(rings(&devs, 4), cfg(1), 1).unwrap();
+    let j = journal(&devs, 4, 1, 1);
     j.shut_down("emergency read-only");
     let e = j.add(keys(1, 0), JournalWatermark::Normal, Instant::now()).unwrap_err();
     assert_eq!(e.code(), ErrCode::JournalShutdown);
     assert!(e.matches(ErrCode::Erofs));
-    assert_eq!(Journal::new(rings(&devs, 4), cfg(2), 1).err().unwrap().code(), ErrCode::InsufficientDevices);
+    assert!(j.flush().is_err());
+    // Emergency read-only shuts the journal down too, naming the cause.
+    let health = Arc::new(FsHealth::new());
+    let j = Journal::new(rings(&devs, 4), cfg(), 1, opts(1), health.clone()).unwrap();
+    j.add(keys(1, 0), JournalWatermark::Normal, Instant::now()).unwrap();
+    health.fatal(&fs_core::error::Error::new(ErrCode::IoWrite, "disk on fire"));
+    let e = j.flush().unwrap_err();
+    assert_eq!(e.code(), ErrCode::JournalShutdown);
+    assert!(e.to_string().contains("disk on fire"), "{e}");
+    assert_eq!(
+        Journal::new(Vec::new(), cfg(), 1, opts(1), Arc::new(FsHealth::new())).err().unwrap().code(),
+        ErrCode::InsufficientDevices
+    );
 }
 
 /// With a volatile write cache, a crash keeps the flushed entries and loses the rest.
@@ -175,7 +200,7 @@ fn crash_keeps_exactly_the_flushed_entries() {
             })
             .collect();
         let devs: Vec<SharedDevice> = faulty.iter().map(|f| f.clone() as SharedDevice).collect();
-        let mut j = Journal::new(rings(&devs, 8), cfg(2), 1).unwrap();
+        let j = journal(&devs, 8, 2, 1);
         let now = Instant::now();
         let mut flushed = 0;
         for i in 0..30 {
@@ -202,8 +227,12 @@ fn crash_keeps_exactly_the_flushed_entries() {
 #[test]
 fn entries_prefer_the_metadata_target() {
     let devs = mem(4);
-    let cfg = JournalConfig { target_devs: vec![2, 3], ..cfg(2) };
-    let mut j = Journal::new(rings(&devs, 8), cfg, 1).unwrap();
+    let labels =
+        (0..4u8).map(|d| (d, if d >= 2 { format!("ssd.n{d}") } else { format!("hdd.h{d}") })).collect();
+    let cfg = JournalConfig { labels, ..cfg() };
+    let live = opts(2);
+    live.set(OptId::MetadataTarget, OptValue::Str("ssd".into())).unwrap();
+    let j = Journal::new(rings(&devs, 8), cfg, 1, live, Arc::new(FsHealth::new())).unwrap();
     for i in 0..10 {
         j.add(keys(100, i), JournalWatermark::Normal, Instant::now()).unwrap();
         j.flush().unwrap();

@@ -85,7 +85,7 @@ fn a_wait_never_discards_a_bucket_a_live_extent_points_into() {
     let mut files = Files::new(&mut fs).unwrap();
     let big = files.create(&mut fs, ROOT_INO, "big", false).unwrap();
     // More extents than one transaction can delete.
-    let chunks = (fs.journal.as_ref().unwrap().reservation_capacity() / 32 + 64) as u64;
+    let chunks = (fs.transaction_capacity() / 32 + 64) as u64;
     for c in 0..chunks {
         files.write(&mut fs, big, c, c).unwrap();
     }

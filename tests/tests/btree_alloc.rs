@@ -47,7 +47,7 @@ fn all(fs: &mut Fs, btree: BtreeId) -> Vec<Bkey> {
 fn commit_unmount_reopen_and_alloc_btrees_agree() {
     let seed = 0x5eed_u64;
     let devs = formatted(3, 2);
-    let mut fs = open(&devs, true);
+    let fs = open(&devs, true);
     let mut rng = Rng::new(seed);
     let mut model = BTreeMap::new();
     for round in 0..20 {
@@ -77,7 +77,7 @@ fn commit_unmount_reopen_and_alloc_btrees_agree() {
         all(&mut fs, BtreeId::Alloc).iter().map(|k| (k.pos, AllocV4::decode(&k.val).unwrap())).collect();
     let freespace: BTreeSet<Bpos> = all(&mut fs, BtreeId::Freespace).iter().map(|k| k.pos).collect();
     let need_discard: BTreeSet<Bpos> = all(&mut fs, BtreeId::NeedDiscard).iter().map(|k| k.pos).collect();
-    let alloc = fs.alloc.clone().unwrap();
+    let alloc = fs.alloc().cloned().unwrap();
     alloc.check_invariants(&alloc_keys, &freespace, &need_discard).unwrap();
 
     // Every node of every btree: replicas on distinct devices, in btree buckets.
@@ -86,7 +86,7 @@ fn commit_unmount_reopen_and_alloc_btrees_agree() {
             assert_eq!(n.ptrs.len(), 2, "{btree} node without 2 replicas");
             assert_ne!(n.ptrs[0].dev, n.ptrs[1].dev, "{btree} node replicas share a device");
             for p in &n.ptrs {
-                let bucket = p.byte_offset() / u64::from(fs.set.sb.members[p.dev as usize].bucket_size);
+                let bucket = p.byte_offset() / fs.bucket_size(p.dev);
                 let a = alloc_keys[&Bpos::new(u64::from(p.dev), bucket, 0)];
                 assert_eq!(a.data_type, DataType::Btree, "{btree} node in a {} bucket", a.data_type);
                 assert_eq!(a.bucket_gen, p.bucket_gen, "stale pointer");
@@ -98,7 +98,7 @@ fn commit_unmount_reopen_and_alloc_btrees_agree() {
 #[test]
 fn read_only_open_refuses_writes() {
     let devs = formatted(2, 1);
-    let mut fs = open(&devs, false);
+    let fs = open(&devs, false);
     let e =
         fs.commit(BtreeId::Extents, [Bkey::new(Bpos::new(1, 1, 0), KeyType::Set, vec![0; 8])]).unwrap_err();
     assert!(e.matches(fs_core::error::ErrCode::Erofs), "{e}");

@@ -60,7 +60,7 @@ fn check_alloc(fs: &mut Fs, seed: u64) {
         all(fs, BtreeId::Alloc).iter().map(|k| (k.pos, AllocV4::decode(&k.val).unwrap())).collect();
     let freespace: BTreeSet<Bpos> = all(fs, BtreeId::Freespace).iter().map(|k| k.pos).collect();
     let need_discard: BTreeSet<Bpos> = all(fs, BtreeId::NeedDiscard).iter().map(|k| k.pos).collect();
-    let a = fs.alloc.clone().unwrap();
+    let a = fs.alloc().cloned().unwrap();
     if let Err(e) = a.check_invariants(&alloc, &freespace, &need_discard) {
         panic!("seed {seed}: allocator and alloc btrees disagree after recovery: {e}");
     }

@@ -25,7 +25,7 @@ fn formatted() -> Vec<SharedDevice> {
 /// A file with more extents than one transaction can delete, in a fresh filesystem.
 fn big_file(fs: &mut Fs, files: &mut Files) -> (u64, u64) {
     let ino = files.create(fs, ROOT_INO, "big", false).unwrap();
-    let chunks = (fs.journal.as_ref().unwrap().reservation_capacity() / 32 + 64) as u64;
+    let chunks = (fs.transaction_capacity() / 32 + 64) as u64;
     for c in 0..chunks {
         files.write(fs, ino, c, c).unwrap();
     }

@@ -67,9 +67,9 @@ pub struct Files {
 impl Files {
     /// The file layer of `fs`, creating the root directory on a new filesystem.
     pub fn new(fs: &mut Fs) -> Result<Files> {
-        let last = fs.btrees.last_until(BtreeId::Inodes, Bpos::MAX)?;
+        let last = fs.last_until(BtreeId::Inodes, Bpos::MAX)?;
         let mut files = Files { next_inum: last.as_ref().map_or(ROOT_INO, |k| k.pos.offset) + 1, open: None };
-        if fs.btrees.get(BtreeId::Inodes, inode_pos(ROOT_INO))?.is_none() {
+        if fs.get(BtreeId::Inodes, inode_pos(ROOT_INO))?.is_none() {
             let root = Inode { mode: S_IFDIR | 0o755, nlink: 2, parent: ROOT_INO, ..Inode::default() };
             fs.commit(BtreeId::Inodes, [Bkey::new(inode_pos(ROOT_INO), KeyType::Inode, root.encode())])?;
             files.next_inum = files.next_inum.max(ROOT_INO + 1);
@@ -118,7 +118,7 @@ impl Files {
     }
 
     pub fn inode(fs: &mut Fs, inum: u64) -> Result<Option<Inode>> {
-        fs.btrees.get(BtreeId::Inodes, inode_pos(inum))?.map(|k| Inode::decode(&k.val)).transpose()
+        fs.get(BtreeId::Inodes, inode_pos(inum))?.map(|k| Inode::decode(&k.val)).transpose()
     }
 
     fn inode_or_enoent(fs: &mut Fs, inum: u64) -> Result<Inode> {
@@ -127,7 +127,7 @@ impl Files {
     }
 
     pub fn lookup(fs: &mut Fs, dir: u64, name: &str) -> Result<Option<u64>> {
-        let Some(k) = fs.btrees.get(BtreeId::Dirents, dirent_pos(dir, name))? else { return Ok(None) };
+        let Some(k) = fs.get(BtreeId::Dirents, dirent_pos(dir, name))? else { return Ok(None) };
         let d = Dirent::decode(&k.val)?;
         Ok((d.name == name).then_some(d.target))
     }
@@ -141,7 +141,7 @@ impl Files {
     /// Creates `name` in `dir`.
     pub fn create(&mut self, fs: &mut Fs, dir: u64, name: &str, is_dir: bool) -> Result<u64> {
         let mut parent = Self::inode_or_enoent(fs, dir)?;
-        if fs.btrees.get(BtreeId::Dirents, dirent_pos(dir, name))?.is_some() {
+        if fs.get(BtreeId::Dirents, dirent_pos(dir, name))?.is_some() {
             return Err(Error::new(
                 ErrCode::Eexist,
                 format!("'{name}' exists in directory {dir} (or its name hash does)"),
@@ -171,12 +171,12 @@ impl Files {
     /// Sectors for one chunk on `data_replicas` devices: the pointers, filled from open buckets.
     fn alloc_chunk(&mut self, fs: &mut Fs) -> Result<Vec<ExtentPtr>> {
         let bucket_sectors = |fs: &Fs, dev: u8| {
-            fs.set.sb.members.get(usize::from(dev)).map_or(0, |m| u64::from(m.bucket_size) / SECTOR_BYTES)
+            fs.set().sb.members.get(usize::from(dev)).map_or(0, |m| u64::from(m.bucket_size) / SECTOR_BYTES)
         };
         // The open buckets must still be ours: an overwrite can empty one (it then becomes
         // need_discard) while it is open, and nothing may be written to it after that.
         let still_ours = |fs: &Fs, b: &AllocatedBucket| {
-            fs.alloc.as_ref().and_then(|a| a.bucket(b.dev, b.bucket)).is_some_and(|s| {
+            fs.alloc().and_then(|a| a.bucket(b.dev, b.bucket)).is_some_and(|s| {
                 s.bucket_gen == b.bucket_gen && matches!(s.data_type, DataType::User | DataType::Free)
             })
         };
@@ -187,18 +187,20 @@ impl Files {
             None => true,
         };
         if full {
-            let alloc =
-                fs.alloc.clone().ok_or_else(|| Error::new(ErrCode::Erofs, "filesystem opened read-only"))?;
+            let alloc = fs
+                .alloc()
+                .cloned()
+                .ok_or_else(|| Error::new(ErrCode::Erofs, "filesystem opened read-only"))?;
             let req = AllocRequest {
-                nr_replicas: fs.opts.u64(OptId::DataReplicas) as u8,
-                target: fs.opts.str(OptId::ForegroundTarget).to_owned(),
+                nr_replicas: u8::try_from(fs.opts().u64(OptId::DataReplicas)).unwrap_or(u8::MAX),
+                target: fs.opts().with(|o| o.str(OptId::ForegroundTarget).to_owned()),
                 data_type: DataType::User,
                 watermark: Watermark::Normal,
             };
             // No bucket free now: wait for the allocator (discards of buckets emptied so far),
             // then try again; nothing freed means waiting would be forever.
             let buckets = match alloc.alloc_buckets(&req) {
-                Err(e) if e.matches(ErrCode::FreelistEmpty) && fs.wait_for_buckets()? > 0 => {
+                Err(e) if e.matches(ErrCode::FreelistEmpty) && fs.wait_on_allocator()? > 0 => {
                     alloc.alloc_buckets(&req)?
                 }
                 r => r?,
@@ -231,12 +233,11 @@ impl Files {
         let ptrs = self.alloc_chunk(fs)?;
         for p in &ptrs {
             let dev = fs
-                .set
-                .device(usize::from(p.dev))
+                .device(p.dev)
                 .ok_or_else(|| Error::new(ErrCode::InsufficientDevices, "data device missing").dev(p.dev))?;
-            dev.dev.write_at(&data, p.byte_offset())?;
+            dev.write_at(&data, p.byte_offset())?;
         }
-        let old = fs.btrees.get(BtreeId::Extents, extent_pos(inum, chunk))?;
+        let old = fs.get(BtreeId::Extents, extent_pos(inum, chunk))?;
         let old_ptrs = match &old {
             Some(old) => Extent::decode(&old.val)?.ptrs,
             None => {
@@ -259,13 +260,13 @@ impl Files {
 
     /// Reads chunk `chunk` of `inum` from the first replica whose data matches its checksum.
     pub fn read(fs: &mut Fs, inum: u64, chunk: u64) -> Result<Option<Vec<u8>>> {
-        let Some(k) = fs.btrees.get(BtreeId::Extents, extent_pos(inum, chunk))? else { return Ok(None) };
+        let Some(k) = fs.get(BtreeId::Extents, extent_pos(inum, chunk))? else { return Ok(None) };
         let e = Extent::decode(&k.val)?;
         let mut buf = vec![0u8; CHUNK_BYTES];
         let mut first_err = None;
         for p in &e.ptrs {
-            let Some(dev) = fs.set.device(usize::from(p.dev)) else { continue };
-            match dev.dev.read_at(&mut buf, p.byte_offset()) {
+            let Some(dev) = fs.device(p.dev) else { continue };
+            match dev.read_at(&mut buf, p.byte_offset()) {
                 Ok(()) => {
                     let got = crc32c::crc32c(&buf);
                     if got == e.crc32c {
@@ -354,7 +355,7 @@ impl Files {
     pub fn rename(&mut self, fs: &mut Fs, dir: u64, name: &str, new_dir: u64, new_name: &str) -> Result<()> {
         let target = Self::lookup(fs, dir, name)?
             .ok_or_else(|| Error::new(ErrCode::Enoent, format!("'{name}' not in directory {dir}")))?;
-        if fs.btrees.get(BtreeId::Dirents, dirent_pos(new_dir, new_name))?.is_some() {
+        if fs.get(BtreeId::Dirents, dirent_pos(new_dir, new_name))?.is_some() {
             return Err(Error::new(ErrCode::Eexist, format!("'{new_name}' exists in directory {new_dir}")));
         }
         let mut inode = Self::inode_or_enoent(fs, target)?;

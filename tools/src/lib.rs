@@ -1,15 +1,23 @@
 //! bcsim: the assembled filesystem model and what the `bcsim` command line calls.
 //!
 //! The command line (`src/main.rs`, `src/cli/`) parses arguments, calls into this library and
-//! prints; everything that decides or touches an image lives here so tests and benchmarks call
-//! the same code. Today: image files ([`images`]), superblock and key reports ([`report`]), and
-//! journal listings ([`list_journal`]).
+//! prints; everything that decides or touches an image lives here, so tests and benchmarks call
+//! the same code.
+//!
+//! - [`fs`]: a mounted filesystem — its shared parts, transactions, write-back, journal reclaim.
+//! - [`recovery`]: mount, from the superblock and the journal to the recovery passes.
+//! - [`passes`]: the recovery pass table's passes and the one runner mount and fsck share.
+//! - [`fsck`]: fsck modes and the report.
+//! - [`files`]: a small file layer over transactions; [`workload`]: seeded workloads on it.
+//! - [`images`]: image files; [`report`]: superblock and key reports; [`list_journal`]: journal
+//!   listings.
 
 pub mod files;
 pub mod fs;
 pub mod fsck;
 pub mod images;
 pub mod list_journal;
+pub mod passes;
 pub mod recovery;
 pub mod report;
 pub mod workload;

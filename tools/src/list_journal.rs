@@ -11,7 +11,7 @@ use fs_core::sb::DeviceSet;
 use journal::{JournalRead, JsetEntry, ReadEntry, read_journal};
 use serde_json::{Value, json};
 
-use crate::recovery::{journal_devices, journal_read_opts};
+use crate::recovery::journal::{journal_devices, journal_read_opts};
 use crate::report::{key_json, key_text};
 
 /// Reads `set`'s journal the way recovery does. Degraded by design: listing shows what the

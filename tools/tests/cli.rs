@@ -275,7 +275,7 @@ fn list_shows_committed_keys_and_nodes() {
     );
     let paths = [d.path().join("a.img"), d.path().join("b.img")];
     let set = bcsim::images::open_device_set(&paths, true).unwrap();
-    let mut fs = bcsim::fs::Fs::open(set, true, Default::default()).unwrap();
+    let fs = bcsim::fs::Fs::open(set, true, Default::default()).unwrap();
     let keys = (0..3000u64).map(|i| Bkey::new(Bpos::new(i / 100, i, 0), KeyType::Set, vec![7; 8]));
     fs.commit_batched(BtreeId::Extents, keys).unwrap();
     fs.unmount().unwrap();

@@ -52,7 +52,7 @@ const DAMAGES: &[Damage] = &[
             // The bucket holding a file's data loses its alloc key.
             let (_, e) = first_extent(fs);
             let p = e.ptrs[0];
-            let bucket = p.byte_offset() / u64::from(fs.set.sb.members[p.dev as usize].bucket_size);
+            let bucket = p.byte_offset() / fs.bucket_size(p.dev);
             fs.commit(BtreeId::Alloc, [Bkey::whiteout(bucket_pos(p.dev, bucket))]).unwrap();
         },
     },
@@ -81,7 +81,7 @@ const DAMAGES: &[Damage] = &[
             let free = fs.list(BtreeId::Freespace, Bpos::MIN, Bpos::MAX).unwrap()[0].pos;
             let (_, e) = first_extent(fs);
             let p = e.ptrs[0];
-            let used = p.byte_offset() / u64::from(fs.set.sb.members[p.dev as usize].bucket_size);
+            let used = p.byte_offset() / fs.bucket_size(p.dev);
             fs.commit(
                 BtreeId::Freespace,
                 [Bkey::whiteout(free), Bkey::new(bucket_pos(p.dev, used), KeyType::Set, Vec::new())],

@@ -5,9 +5,12 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use allocator::{Allocator, DeviceInit};
+use std::sync::Arc;
+
+use allocator::{Allocator, BtreeNodeAlloc, DeviceInit};
 use fs_core::bkey::{AllocV4, Bkey, KeyType};
 use fs_core::bpos::{Bpos, BtreeId};
+use fs_core::opts::{LiveOpts, OptId, OptValue, Options};
 use fs_core::sb::{JournalBuckets, Member, MemberState};
 use fs_core::uuid::Uuid;
 
@@ -84,4 +87,24 @@ pub fn seeds(count: u64) -> Vec<u64> {
         Some(seed) => vec![seed],
         None => (0..count).collect(),
     }
+}
+
+/// Btree node allocation on `a` with `replicas` replicas on `target` (`""`: any device), through
+/// live options as a mounted filesystem has them.
+pub fn node_alloc(a: Arc<Allocator>, replicas: u8, target: &str) -> BtreeNodeAlloc {
+    let mut opts = Options::default();
+    opts.set(OptId::BtreeNodeSize, OptValue::U64(a.btree_node_size())).unwrap();
+    opts.set(OptId::MetadataReplicas, OptValue::U64(u64::from(replicas))).unwrap();
+    opts.set(OptId::MetadataTarget, OptValue::Str(target.to_owned())).unwrap();
+    BtreeNodeAlloc::new(a, Arc::new(LiveOpts::new(opts))).unwrap()
+}
+
+/// Changes `metadata_replicas` on the live options `nodes` reads, as a running mount would.
+pub fn set_replicas(nodes: &BtreeNodeAlloc, nr: u8) -> fs_core::error::Result<u64> {
+    nodes.options().set(OptId::MetadataReplicas, OptValue::U64(u64::from(nr)))
+}
+
+/// Changes `metadata_target` on the live options `nodes` reads.
+pub fn set_target(nodes: &BtreeNodeAlloc, target: &str) {
+    nodes.options().set(OptId::MetadataTarget, OptValue::Str(target.to_owned())).unwrap();
 }

@@ -23,8 +23,11 @@ pub trait NodeAllocator: Send + Sync {
     fn alloc_nodes(&self, nr: usize, btree: BtreeId, level: u8) -> Result<Vec<NodeLocation>>;
 
     /// Returns locations that were allocated but not written: they go back to the pool.
-    fn release_unused(&self, nodes: Vec<NodeLocation>);
+    /// An error means the allocator's accounting contradicts the btree's (a bug or damage):
+    /// the caller reports it as fatal.
+    fn release_unused(&self, nodes: Vec<NodeLocation>) -> Result<()>;
 
     /// A written node at these pointers is no longer referenced: its sectors are freed.
-    fn free_node(&self, ptrs: &[ExtentPtr]);
+    /// Errors as for [`NodeAllocator::release_unused`].
+    fn free_node(&self, ptrs: &[ExtentPtr]) -> Result<()>;
 }

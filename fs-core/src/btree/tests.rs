@@ -12,7 +12,7 @@ use super::*;
 use crate::bkey::{Bkey, ExtentPtr, KeyType};
 use crate::bpos::{Bpos, BtreeId};
 use crate::dev::{BlockDevice, MemDevice, SharedDevice};
-use crate::error::ErrCode;
+use crate::error::{ErrCode, Result};
 use crate::opts::Behavior;
 use crate::sync::Mutex;
 
@@ -66,11 +66,13 @@ impl NodeAllocator for TestAlloc {
         s.live += nr;
         Ok(out)
     }
-    fn release_unused(&self, nodes: Vec<NodeLocation>) {
+    fn release_unused(&self, nodes: Vec<NodeLocation>) -> Result<()> {
         self.state.lock().live -= nodes.len();
+        Ok(())
     }
-    fn free_node(&self, _ptrs: &[ExtentPtr]) {
+    fn free_node(&self, _ptrs: &[ExtentPtr]) -> Result<()> {
         self.state.lock().live -= 1;
+        Ok(())
     }
 }
 

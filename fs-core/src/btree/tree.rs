@@ -8,7 +8,6 @@
 //! [`NodeAllocator`] before it changes anything, so `operation_blocked` leaves the tree as it was.
 
 use std::collections::HashMap;
-use std::sync::Arc;
 
 use crate::bkey::{Bkey, BtreePtrV2, ExtentPtr, KeyRef};
 use crate::bpos::{Bpos, BtreeId};
@@ -19,6 +18,7 @@ use crate::btree::pos_map::LeafMap;
 use crate::error::{ErrCode, Error, Result};
 use crate::opts::Behavior;
 use crate::rng::Rng;
+use crate::sync::Arc;
 
 const NR_BTREE_SLOTS: usize = 32;
 
@@ -671,11 +671,33 @@ impl Btrees {
         // The point of no return: everything the split needs is reserved first.
         let mut reserved = self.alloc.alloc_nodes(need, btree, 0)?;
         self.apply_to_leaf(leaf, pos, kv, journal_seq)?;
-        let result = self.split_upwards(btree, path, pos, journal_seq, &mut reserved);
+        let mut replaced = Vec::new();
+        let result = self.split_upwards(btree, path, pos, journal_seq, &mut reserved, &mut replaced);
         if !reserved.is_empty() {
-            self.alloc.release_unused(reserved);
+            replaced.push((reserved.into_iter().flat_map(|l| l.ptrs).collect(), false));
         }
-        result
+        // The tree is whole again: now the replaced nodes' space goes back. A failure here is
+        // the allocator contradicting the btree, which the caller treats as fatal.
+        let freed = self.give_back(replaced);
+        result.and(freed)
+    }
+
+    /// Gives the space of replaced nodes back: `(ptrs, written)` per node; a written node's
+    /// slots are freed, an unwritten one's released. Every node is given back even if one
+    /// fails; the first error is returned.
+    fn give_back(&self, nodes: Vec<(Vec<ExtentPtr>, bool)>) -> Result<()> {
+        let mut first = Ok(());
+        for (ptrs, written) in nodes {
+            let r = if written {
+                self.alloc.free_node(&ptrs)
+            } else {
+                self.alloc.release_unused(vec![NodeLocation { ptrs }])
+            };
+            if first.is_ok() {
+                first = r;
+            }
+        }
+        first
     }
 
     /// Splits the node at the end of `path` and, as long as a parent overflows, the parent.
@@ -686,12 +708,13 @@ impl Btrees {
         mut hot: Bpos,
         journal_seq: u64,
         reserved: &mut Vec<NodeLocation>,
+        replaced: &mut Vec<(Vec<ExtentPtr>, bool)>,
     ) -> Result<()> {
         let mut depth = path.len();
         while depth > 0 {
             let seq = *path.get(depth - 1).ok_or_else(|| missing_node(0))?;
             let node = self.nodes.remove(&seq).ok_or_else(|| missing_node(seq))?;
-            let (left, right) = self.split_node(node, hot, reserved)?;
+            let (left, right) = self.split_node(node, hot, reserved, replaced)?;
             let (l_ptr, l_max, r_ptr, r_max, level) =
                 (left.ptr(), left.hdr.max_key, right.ptr(), right.hdr.max_key, left.hdr.level);
             self.nodes.insert(left.hdr.seq, left);
@@ -729,12 +752,13 @@ impl Btrees {
     }
 
     /// Replaces `node` by two new nodes (new seqs, new locations) holding its keys; the old
-    /// node's space goes back to the allocator.
+    /// node's space is added to `replaced`, to go back to the allocator once the split is done.
     fn split_node(
         &mut self,
         node: Node,
         hot: Bpos,
         reserved: &mut Vec<NodeLocation>,
+        replaced: &mut Vec<(Vec<ExtentPtr>, bool)>,
     ) -> Result<(Node, Node)> {
         let hdr = node.hdr;
         let l_loc = Self::take_location(reserved, hdr.btree)?;
@@ -750,11 +774,7 @@ impl Btrees {
         };
         let left = mk(l_seq, hdr.min_key, left_max, left_keys, l_loc);
         let right = mk(r_seq, left_max.successor(), hdr.max_key, right_keys, r_loc);
-        if node.sectors_written > 0 {
-            self.alloc.free_node(&node.ptrs);
-        } else {
-            self.alloc.release_unused(vec![NodeLocation { ptrs: node.ptrs }]);
-        }
+        replaced.push((node.ptrs, node.sectors_written > 0));
         Ok((left, right))
     }
 
@@ -899,11 +919,14 @@ impl Btrees {
         }
         node.key_bytes = key_bytes(&node.keys);
         self.nodes.insert(new_seq, node);
-        self.alloc.free_node(&old_ptrs);
         if let Some(r) = self.root_seq.get_mut(slot(btree)).filter(|r| **r == Some(seq)) {
             *r = Some(new_seq);
         }
-        self.write_whole(new_seq)?;
+        let written = self.write_whole(new_seq);
+        // The old place is freed once the node lives elsewhere, even if writing it failed: the
+        // node stays dirty in memory, at its new place.
+        let freed = self.alloc.free_node(&old_ptrs);
+        written.and(freed)?;
         Ok(new_seq)
     }
 

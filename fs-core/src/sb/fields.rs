@@ -64,6 +64,12 @@ pub struct Member {
     pub label: String,
 }
 
+/// True if `target` names `label` or one of its groups (`ssd` holds `ssd.nvme0`).
+pub fn label_in_target(label: &str, target: &str) -> bool {
+    !target.is_empty()
+        && (label == target || label.strip_prefix(target).is_some_and(|rest| rest.starts_with('.')))
+}
+
 impl Member {
     /// True for an unused slot (a removed device).
     pub fn is_unused(&self) -> bool {
@@ -77,9 +83,7 @@ impl Member {
 
     /// True if `target` names this device's label or one of its groups (`ssd` for `ssd.nvme0`).
     pub fn in_target(&self, target: &str) -> bool {
-        !target.is_empty()
-            && (self.label == target
-                || self.label.strip_prefix(target).is_some_and(|rest| rest.starts_with('.')))
+        label_in_target(&self.label, target)
     }
 
     fn validate(&self, idx: usize) -> Result<()> {

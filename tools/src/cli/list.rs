@@ -55,7 +55,7 @@ pub fn run(args: ListArgs) -> CmdResult {
     let start = parse_pos("--start", &args.start)?;
     let end = parse_pos("--end", &args.end)?;
     let set = open_device_set(&args.images, false)?;
-    let mut fs = Fs::open(set, false, BtreeConfig::default())?;
+    let fs = Fs::open(set, false, BtreeConfig::default())?;
     if args.nodes {
         let nodes = fs.nodes(btree)?;
         if args.json {

@@ -1,0 +1,385 @@
+//! A mounted filesystem: its parts, shared between the threads of a running mount.
+//!
+//! [`FsShared`] holds the parts, each behind its own lock (or internally locked), all through
+//! `fs_core::sync`: the device set and superblock, the live options, the health state, the
+//! allocator and btree node allocator, the journal (with its pins), and the btrees. The btrees
+//! sit behind one lock, a simplification of bcachefs's per-node locks: a transaction holds it
+//! while it applies its updates, write-back while it writes nodes. Room is kept for the key cache,
+//! which plugs into the same transaction path and journal pins.
+//!
+//! [`Fs`] is the handle the mounting thread holds: transactions ([`trans`]), write-back
+//! ([`write_back`]), fsync and unmount. On a read-write mount a journal reclaim thread
+//! ([`reclaim`]) runs beside it: it writes the open journal entry after `journal_flush_delay`
+//! and flushes journal pins when the journal fills. Dropping an `Fs` without unmounting is a crash:
+//! the thread stops and what was only in memory is gone.
+//!
+//! Lock order: btrees, then the pending alloc updates, then the allocator's and the journal's
+//! own locks; the superblock lock is taken alone or after the btrees. Journal pin callbacks run
+//! with no journal lock held.
+
+pub mod layout;
+pub mod reclaim;
+pub mod trans;
+pub mod write_back;
+
+use allocator::{Allocator, BtreeNodeAlloc};
+use fs_core::bkey::{AllocV4, Bkey, KeyType};
+use fs_core::bpos::{Bpos, BtreeId};
+use fs_core::btree::{BtreeConfig, Btrees, KeyOverlay, NodeAllocator, NodeInfo, NodeLocation};
+use fs_core::dev::SharedDevice;
+use fs_core::error::{ErrCode, Error, Result};
+use fs_core::health::FsHealth;
+use fs_core::opts::{LiveOpts, Options};
+use fs_core::sb::{CleanRoot, CleanSection, DeviceSet};
+use fs_core::sync::{Arc, Mutex, MutexGuard, Weak};
+use journal::{Journal, JournalPin, JsetEntry};
+
+use self::layout::{clean_roots, open_btrees};
+use self::reclaim::Reclaim;
+use self::write_back::WriteBackPin;
+use crate::recovery::ReclaimMode;
+
+/// Stands in for the allocator on a filesystem opened read-only: any write is refused.
+pub(crate) struct ReadOnlyNodes;
+
+impl NodeAllocator for ReadOnlyNodes {
+    fn alloc_nodes(&self, _nr: usize, btree: BtreeId, _level: u8) -> Result<Vec<NodeLocation>> {
+        Err(Error::new(ErrCode::Erofs, "filesystem opened read-only").btree(btree))
+    }
+    fn release_unused(&self, _nodes: Vec<NodeLocation>) -> Result<()> {
+        Err(Error::internal("read-only btrees handed out no nodes to release"))
+    }
+    fn free_node(&self, _ptrs: &[fs_core::bkey::ExtentPtr]) -> Result<()> {
+        Err(Error::new(ErrCode::Erofs, "filesystem opened read-only"))
+    }
+}
+
+/// The parts of a mounted filesystem, shared by its threads.
+pub struct FsShared {
+    set: Mutex<DeviceSet>,
+    opts: Arc<LiveOpts>,
+    health: Arc<FsHealth>,
+    /// `None` when opened read-only.
+    alloc: Option<Arc<Allocator>>,
+    nodes: Option<Arc<BtreeNodeAlloc>>,
+    journal: Option<Arc<Journal>>,
+    btrees: Mutex<Btrees>,
+    /// Alloc-key updates taken from the allocator but not yet committed.
+    pending_alloc: Mutex<Vec<(BtreeId, Bkey)>>,
+    /// The pin held for updates applied to btree nodes and not yet written back: at the
+    /// oldest such seq. Its flush callback is btree write-back.
+    wb_pin: Mutex<Option<JournalPin>>,
+    wb_flush: Arc<WriteBackPin>,
+}
+
+/// What assembling a filesystem takes.
+pub struct Parts {
+    pub set: DeviceSet,
+    pub opts: Arc<LiveOpts>,
+    pub health: Arc<FsHealth>,
+    pub alloc: Option<Arc<Allocator>>,
+    pub nodes: Option<Arc<BtreeNodeAlloc>>,
+    pub journal: Option<Arc<Journal>>,
+    pub btrees: Btrees,
+}
+
+impl FsShared {
+    /// Assembles the shared parts.
+    pub fn new(p: Parts) -> Arc<FsShared> {
+        Arc::new_cyclic(|me: &Weak<FsShared>| FsShared {
+            set: Mutex::new(p.set),
+            opts: p.opts,
+            health: p.health,
+            alloc: p.alloc,
+            nodes: p.nodes,
+            journal: p.journal,
+            btrees: Mutex::new(p.btrees),
+            pending_alloc: Mutex::new(Vec::new()),
+            wb_pin: Mutex::new(None),
+            wb_flush: Arc::new(WriteBackPin { fs: me.clone() }),
+        })
+    }
+
+    pub fn opts(&self) -> &Arc<LiveOpts> {
+        &self.opts
+    }
+
+    pub fn health(&self) -> &Arc<FsHealth> {
+        &self.health
+    }
+
+    pub fn alloc(&self) -> Option<&Arc<Allocator>> {
+        self.alloc.as_ref()
+    }
+
+    pub fn nodes(&self) -> Option<&Arc<BtreeNodeAlloc>> {
+        self.nodes.as_ref()
+    }
+
+    pub fn journal(&self) -> Option<&Arc<Journal>> {
+        self.journal.as_ref()
+    }
+
+    /// The journal of a read-write filesystem; `EROFS` when opened read-only.
+    pub(crate) fn journal_rw(&self) -> Result<&Arc<Journal>> {
+        self.journal.as_ref().ok_or_else(|| Error::new(ErrCode::Erofs, "filesystem opened read-only"))
+    }
+
+    /// The btrees, locked.
+    pub fn btrees(&self) -> MutexGuard<'_, Btrees> {
+        self.btrees.lock()
+    }
+
+    /// The device set and superblock, locked.
+    pub fn set(&self) -> MutexGuard<'_, DeviceSet> {
+        self.set.lock()
+    }
+
+    /// A member device's handle, if present.
+    pub fn device(&self, dev: u8) -> Option<SharedDevice> {
+        self.set.lock().device(usize::from(dev)).map(|m| m.dev.clone())
+    }
+
+    /// A member's bucket size in bytes (1 for no such member, so divisions stay defined).
+    pub fn bucket_size(&self, dev: u8) -> u64 {
+        self.set.lock().sb.members.get(usize::from(dev)).map_or(1, |m| u64::from(m.bucket_size).max(1))
+    }
+
+    /// Records the current (written) roots and `journal_seq` as a clean section and writes the
+    /// superblocks: the filesystem is clean from here until it is opened read-write again.
+    pub(crate) fn write_clean_section(&self, journal_seq: u64) -> Result<()> {
+        let roots = self
+            .btrees()
+            .roots()
+            .into_iter()
+            .map(|r| CleanRoot { btree: r.btree, level: r.level, key: r.ptr.encode() })
+            .collect();
+        let mut set = self.set();
+        set.sb.clean = Some(CleanSection { journal_seq, roots });
+        set.write_super()
+    }
+
+    /// Writable from here on: the current roots go into the journal (a crash before the next
+    /// write-back finds them there), then the superblock stops saying clean.
+    pub(crate) fn go_rw(&self) -> Result<()> {
+        let journal = self.journal_rw()?;
+        journal.set_roots(root_entries(&mut self.btrees()));
+        journal.flush()?;
+        let mut set = self.set();
+        set.sb.clean = None;
+        set.write_super()
+    }
+
+    /// Gives up the pins this filesystem holds without writing anything back: a crash, or an
+    /// emergency shutdown, where what was only in memory is lost on purpose.
+    pub(crate) fn abandon_pins(&self) {
+        if let Some(p) = self.wb_pin.lock().take() {
+            p.abandon();
+        }
+    }
+}
+
+/// The handle of a mounted (or read-only opened) filesystem.
+pub struct Fs {
+    shared: Arc<FsShared>,
+    reclaim: Option<Reclaim>,
+}
+
+impl Fs {
+    /// The handle of assembled parts; a read-write filesystem gets its reclaim thread unless
+    /// `reclaim` says the caller drives reclaim itself ([`Fs::tick`]).
+    pub(crate) fn from_shared(shared: Arc<FsShared>, reclaim: ReclaimMode) -> Result<Fs> {
+        let reclaim = match (shared.journal.is_some(), reclaim) {
+            (true, ReclaimMode::Thread) => Some(Reclaim::start(&shared)?),
+            _ => None,
+        };
+        Ok(Fs { shared, reclaim })
+    }
+
+    /// One round of journal reclaim at time `now` (the flush delay, then pins if the journal is
+    /// filling): what the reclaim thread does, for a mount that drives reclaim itself.
+    pub fn tick(&self, now: std::time::Instant) -> Result<()> {
+        reclaim::step(&self.shared, now).map_err(|e| self.shared.check_fatal(e))
+    }
+
+    /// Opens a cleanly unmounted filesystem: read-only (nothing is ever written; no allocator,
+    /// no journal), or read-write, which is a mount (see [`crate::recovery::mount_with`]).
+    pub fn open(set: DeviceSet, writable: bool, cfg: BtreeConfig) -> Result<Fs> {
+        if writable {
+            if !set.sb.is_clean() {
+                return Err(Error::new(
+                    ErrCode::InvalidSbClean,
+                    "filesystem was not unmounted cleanly: its btrees need journal replay",
+                ));
+            }
+            let mounted = crate::recovery::mount_with(set, &crate::recovery::MountOpts::default(), cfg)?;
+            return Ok(mounted.fs);
+        }
+        let opts = set.sb.opts.clone();
+        let roots = clean_roots(&set)?;
+        let cfg = BtreeConfig { behavior: opts.behavior(), ..cfg };
+        let btrees = open_btrees(&set, opts.btree_node_size(), Arc::new(ReadOnlyNodes), roots, cfg, None);
+        let parts = Parts {
+            set,
+            opts: Arc::new(LiveOpts::new(opts)),
+            health: Arc::new(FsHealth::new()),
+            alloc: None,
+            nodes: None,
+            journal: None,
+            btrees,
+        };
+        Fs::from_shared(FsShared::new(parts), ReclaimMode::Manual)
+    }
+
+    pub fn shared(&self) -> &Arc<FsShared> {
+        &self.shared
+    }
+
+    pub fn opts(&self) -> &Arc<LiveOpts> {
+        &self.shared.opts
+    }
+
+    /// A copy of the current options.
+    pub fn options(&self) -> Options {
+        self.shared.opts.snapshot().0
+    }
+
+    pub fn health(&self) -> &Arc<FsHealth> {
+        &self.shared.health
+    }
+
+    pub fn alloc(&self) -> Option<&Arc<Allocator>> {
+        self.shared.alloc.as_ref()
+    }
+
+    pub fn journal(&self) -> Option<&Arc<Journal>> {
+        self.shared.journal.as_ref()
+    }
+
+    pub fn btrees(&self) -> MutexGuard<'_, Btrees> {
+        self.shared.btrees()
+    }
+
+    pub fn set(&self) -> MutexGuard<'_, DeviceSet> {
+        self.shared.set()
+    }
+
+    pub fn device(&self, dev: u8) -> Option<SharedDevice> {
+        self.shared.device(dev)
+    }
+
+    pub fn bucket_size(&self, dev: u8) -> u64 {
+        self.shared.bucket_size(dev)
+    }
+
+    /// The key at `pos` in `btree`.
+    pub fn get(&self, btree: BtreeId, pos: Bpos) -> Result<Option<Bkey>> {
+        self.btrees().get(btree, pos)
+    }
+
+    /// The last key at or before `pos`.
+    pub fn last_until(&self, btree: BtreeId, pos: Bpos) -> Result<Option<Bkey>> {
+        self.btrees().last_until(btree, pos)
+    }
+
+    /// Keys of `btree` from `start` to `end` inclusive.
+    pub fn list(&self, btree: BtreeId, start: Bpos, end: Bpos) -> Result<Vec<Bkey>> {
+        let mut t = self.btrees();
+        let mut it = t.iter(btree, start);
+        let mut out = Vec::new();
+        while let Some(k) = it.next(&mut t, None)? {
+            if k.pos > end {
+                break;
+            }
+            out.push(k);
+        }
+        Ok(out)
+    }
+
+    pub fn nodes(&self, btree: BtreeId) -> Result<Vec<NodeInfo>> {
+        self.btrees().node_infos(btree)
+    }
+
+    /// Journal reclaim, now: flushes every pin, which writes everything back.
+    pub fn reclaim(&self) -> Result<()> {
+        let journal = self.shared.journal_rw()?;
+        journal.flush_all_pins().map(|_| ())
+    }
+
+    /// Makes every commit so far durable (fsync); returns the durable seq. Data goes first:
+    /// an extent must never become durable before the data it points at.
+    pub fn fsync(&self) -> Result<u64> {
+        let journal = self.shared.journal_rw()?;
+        for dev in self.set().present().map(|m| m.dev.clone()).collect::<Vec<_>>() {
+            dev.flush()?;
+        }
+        journal.flush()
+    }
+
+    /// Writes everything back and records the btree roots in a clean section. An emergency
+    /// read-only filesystem is not marked clean: its next mount replays the journal.
+    pub fn unmount(mut self) -> Result<()> {
+        self.stop_reclaim()?;
+        if self.shared.journal.is_none() {
+            return Ok(());
+        }
+        if let Err(e) = self.shared.health.check_rw() {
+            self.shared.abandon_pins();
+            return Err(e);
+        }
+        let r = self.shared.write_back().and_then(|()| self.shared.journal_rw()?.flush());
+        let seq = match r {
+            Ok(seq) => seq,
+            Err(e) => {
+                self.shared.health.fatal(&e);
+                self.shared.abandon_pins();
+                return Err(e);
+            }
+        };
+        self.shared.write_clean_section(seq)
+    }
+
+    /// Stops the reclaim thread; its failure, if it failed, is the error.
+    fn stop_reclaim(&mut self) -> Result<()> {
+        match self.reclaim.take() {
+            Some(r) => r.stop(),
+            None => Ok(()),
+        }
+    }
+}
+
+impl Drop for Fs {
+    /// Dropping a filesystem without unmounting it is a crash: the reclaim thread stops, and
+    /// the pins are given up with what was only in memory.
+    fn drop(&mut self) {
+        if let Some(r) = self.reclaim.take() {
+            // The thread's error, if any, is already in the health state.
+            let _ = r.stop();
+        }
+        self.shared.abandon_pins();
+    }
+}
+
+/// The `btree_root` journal entries for the btrees' current roots.
+pub(crate) fn root_entries(btrees: &mut Btrees) -> Vec<JsetEntry> {
+    btrees
+        .roots()
+        .into_iter()
+        .map(|r| JsetEntry::BtreeRoot { btree: r.btree, level: r.level, ptr: r.ptr })
+        .collect()
+}
+
+/// Every alloc key of the alloc btree, decoded; through `overlay` when one is given.
+pub(crate) fn read_alloc_keys(
+    t: &mut Btrees,
+    overlay: Option<&dyn KeyOverlay>,
+) -> Result<Vec<(Bpos, AllocV4)>> {
+    let mut out = Vec::new();
+    t.for_each_key(BtreeId::Alloc, overlay, |k| {
+        if k.ty == KeyType::AllocV4 {
+            out.push((k.pos, AllocV4::decode(k.val).map_err(|e| e.btree(BtreeId::Alloc).pos(k.pos))?));
+        }
+        Ok(())
+    })?;
+    Ok(out)
+}

@@ -1,0 +1,94 @@
+//! Btree write-back: dirty nodes written, the alloc keys their writes produce committed, the
+//! new roots journalled, and the write-back pin dropped.
+//!
+//! Every transaction pins its seq for write-back ([`FsShared::ensure_wb_pin`]); the pin's flush
+//! callback, which journal reclaim calls, is [`FsShared::write_back`]. The journal is flushed
+//! before nodes are written, under the btree lock, so no node ever carries an update from a
+//! journal entry that is not durable. The roots of the written btrees go into the journal
+//! before the pin is dropped: the first entry whose `last_seq` no longer covers the written
+//! updates also carries roots that contain them.
+
+use fs_core::error::Result;
+use fs_core::sync::Weak;
+use journal::{Journal, PinFlush};
+
+use super::trans::{CommitFlags, MAX_SETTLE_ROUNDS, not_settling};
+use super::{FsShared, root_entries};
+
+/// The write-back pin's flush callback: writes the filesystem's btrees back.
+pub(crate) struct WriteBackPin {
+    pub(crate) fs: Weak<FsShared>,
+}
+
+impl PinFlush for WriteBackPin {
+    fn flush_pin(&self, _journal: &Journal, _seq: u64) -> Result<()> {
+        match self.fs.upgrade() {
+            Some(fs) => fs.write_back(),
+            // The filesystem is gone (a crash): nothing in memory is left to write.
+            None => Ok(()),
+        }
+    }
+
+    fn name(&self) -> &'static str {
+        "btree write-back"
+    }
+}
+
+impl FsShared {
+    /// Writes every dirty node and the alloc keys its writes produced, until nothing is dirty
+    /// or pending; journals the new roots and drops the write-back pin. Its own commits are
+    /// reclaim's: they may use the journal reserve and never wait on the allocator.
+    pub fn write_back(&self) -> Result<()> {
+        let journal = self.journal_rw()?.clone();
+        self.health.check_rw()?;
+        for _ in 0..MAX_SETTLE_ROUNDS {
+            self.apply_alloc_updates(CommitFlags::RECLAIM)?;
+            let mut t = self.btrees.lock();
+            journal.flush_with(CommitFlags::RECLAIM.wm)?;
+            t.write_dirty().map_err(|e| self.check_fatal(e))?;
+            journal.set_roots(root_entries(&mut t));
+            if self.pending_alloc_updates() == 0 && t.dirty_nodes() == 0 {
+                // Nothing applied is unwritten: the pin has nothing left to hold. The roots
+                // set above go out with the next entry, the first one whose last_seq moves.
+                if let Some(p) = self.wb_pin.lock().take() {
+                    journal.pin_drop(p)?;
+                }
+                return Ok(());
+            }
+        }
+        Err(self.check_fatal(not_settling()))
+    }
+}
+
+impl FsShared {
+    /// A new filesystem's first alloc, freespace and need_discard keys (one per bucket each) go
+    /// straight into the btrees, not through the journal, which would have to be as big as
+    /// they are; the nodes are written and their roots journalled and flushed. A crash before
+    /// that leaves a filesystem with no alloc keys, whose next mount does this again.
+    pub(crate) fn init_alloc_info(&self) -> Result<()> {
+        let journal = self.journal_rw()?.clone();
+        let Some(alloc) = &self.alloc else { return Ok(()) };
+        for _ in 0..MAX_SETTLE_ROUNDS {
+            let updates = alloc.take_updates();
+            let mut t = self.btrees.lock();
+            if updates.is_empty() && t.dirty_nodes() == 0 {
+                journal.set_roots(root_entries(&mut t));
+                drop(t);
+                journal.flush()?;
+                return Ok(());
+            }
+            for (btree, k) in updates {
+                t.insert(btree, k, 0).map_err(|e| self.check_fatal(e))?;
+            }
+            t.write_dirty().map_err(|e| self.check_fatal(e))?;
+        }
+        Err(self.check_fatal(not_settling()))
+    }
+}
+
+impl super::Fs {
+    /// Writes everything back now (see [`FsShared::write_back`]).
+    pub fn write_back(&self) -> Result<()> {
+        self.shared.write_back()
+    }
+}

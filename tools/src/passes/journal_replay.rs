@@ -1,0 +1,106 @@
+//! `journal_replay` (9): the journal keys go into the btrees through journal replay's
+//! transaction — a sorted pass in btree order at the normal watermark, queueing keys that must
+//! wait for the allocator, then a pass over the queued keys in journal order at the reclaim
+//! watermark. Then the repairs found before the filesystem could write are committed on top,
+//! the replay range is released, and the journal pins are flushed synchronously, as
+//! `__bch2_fs_recovery` does: everything replayed is written back before the mount goes on.
+
+use std::time::Instant;
+
+use allocator::Watermark;
+use fs_core::error::{ErrCode, Result};
+use journal::JournalKeys;
+
+use super::RecoveryCtx;
+use crate::fs::FsShared;
+use crate::recovery::PhaseTime;
+
+/// Keys replayed between node write-backs during replay. Written nodes are clean and may be
+/// evicted, so the btree's memory stays within its cache bound however many keys the journal
+/// holds, as journal reclaim keeps it in bcachefs; nodes written before the new roots reach the
+/// journal are safe because the allocator does not reuse emptied buckets before their journal
+/// seq is durable.
+const REPLAY_WRITE_BACK_KEYS: usize = 1 << 20;
+
+pub(super) fn run(ctx: &mut RecoveryCtx) -> Result<()> {
+    let t_replay = Instant::now();
+    let Some(mut rj) = ctx.journal.take() else {
+        commit_fixes_before_rw(ctx)?;
+        ctx.replay_done = true;
+        return Ok(());
+    };
+    let shared = ctx.fs()?.shared().clone();
+    let replayed = replay(&shared, &mut rj.keys, rj.read.last_seq.max(1), &mut ctx.log)?;
+    ctx.replayed = Some((rj.read.last_seq, rj.read.replay_end));
+    ctx.keys_replayed = replayed;
+    ctx.replay_done = true;
+    ctx.times.replay = PhaseTime::until_now(ctx.t0, t_replay);
+    // Replay has written every journal key into the btrees: free them before write-back.
+    ctx.keys_kept = rj.keys.len();
+    drop(rj);
+    commit_fixes_before_rw(ctx)?;
+    let t_write_back = Instant::now();
+    let journal = shared.journal_rw()?.clone();
+    if let Some(p) = ctx.replay_pin.take() {
+        journal.pin_drop(p)?;
+    }
+    journal.set_replay_barrier(None);
+    journal.flush_all_pins()?;
+    ctx.times.write_back = PhaseTime::until_now(ctx.t0, t_write_back);
+    Ok(())
+}
+
+/// Commits what passes found before the filesystem could write.
+fn commit_fixes_before_rw(ctx: &mut RecoveryCtx) -> Result<()> {
+    let fixes = std::mem::take(&mut ctx.fixes_after_replay);
+    ctx.commit_fixes(fixes)
+}
+
+/// Replays `keys`, whose seqs start at `first_seq`; returns how many keys were replayed.
+///
+/// Keys are taken by index, not searched for, and their values copied from their records
+/// straight into the leaves; a key the btree refuses stays live in the journal keys, so the
+/// overlay shows it until it is replayed. Every `REPLAY_WRITE_BACK_KEYS` keys the dirty nodes
+/// are written.
+fn replay(fs: &FsShared, keys: &mut JournalKeys, first_seq: u64, log: &mut Vec<String>) -> Result<usize> {
+    let mut queued: Vec<usize> = Vec::new();
+    let mut done = 0usize;
+    {
+        let mut trans = fs.replay_trans(Watermark::Btree, first_seq)?;
+        for i in 0..keys.len() {
+            let Some(k) = keys.at(i).filter(|k| !k.overwritten && k.level == 0) else { continue };
+            let (btree, pos) = (k.btree, k.key.pos);
+            match trans.insert(btree, k.level, k.key, k.seq) {
+                Ok(()) => {
+                    keys.mark_overwritten_at(i);
+                    done += 1;
+                    if done % REPLAY_WRITE_BACK_KEYS == 0 {
+                        trans.write_dirty()?;
+                    }
+                }
+                Err(e) if e.matches(ErrCode::OperationBlocked) => queued.push(i),
+                Err(e) => return Err(e.prefix(format_args!("btree={btree} pos={pos}"))),
+            }
+        }
+    }
+    if !queued.is_empty() {
+        log.push(format!(
+            "journal_replay: {} keys wait for the allocator; replaying them in journal order",
+            queued.len()
+        ));
+        // Stable: keys of one seq stay in btree order.
+        queued.sort_by_key(|&i| keys.at(i).map_or(0, |k| k.seq));
+        let mut trans = fs.replay_trans(Watermark::Reclaim, first_seq)?;
+        for &i in &queued {
+            let Some(k) = keys.at(i).filter(|k| !k.overwritten) else { continue };
+            let (btree, pos) = (k.btree, k.key.pos);
+            trans
+                .insert(btree, k.level, k.key, k.seq)
+                .map_err(|e| e.prefix(format_args!("journal order: btree={btree} pos={pos}")))?;
+            keys.mark_overwritten_at(i);
+            done += 1;
+        }
+    }
+    log.push(format!("journal_replay: {done} keys replayed"));
+    Ok(done)
+}

@@ -1,0 +1,439 @@
+//! The recovery passes and the one runner that executes them, for mount and fsck alike.
+//!
+//! The runner walks bcachefs's pass table (`fs_core::recovery_pass`) in its order. A pass runs
+//! when its flags ask for it (`ALWAYS`; `FSCK` when fsck was asked for; `UNCLEAN` after an
+//! unclean shutdown), when recovery scheduled it, or when a pass that runs requires it
+//! (check_allocations requires check_topology, as bcachefs's table says). Every pass of the
+//! table is handled here: run, skipped with the reason, or listed as not modelled by bcsim;
+//! the outcome of each is recorded and logged, never dropped.
+//!
+//! The passes share a [`RecoveryCtx`]: the journal keys, the btrees (opened once), the
+//! allocator, and, from `set_may_go_rw` on, the assembled filesystem. A check that writes
+//! nothing (`fsck -n`) runs the same passes through the journal keys as an overlay and skips
+//! the ones that would write.
+//!
+//! Each pass lives in a file of its own.
+
+mod alloc_read;
+mod check_alloc_info;
+mod check_allocations;
+mod check_dirents;
+mod check_nlinks;
+mod check_topology;
+mod fs_freespace_init;
+mod journal_replay;
+mod set_may_go_rw;
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use allocator::{Allocator, BtreeNodeAlloc};
+use fs_core::bkey::{AllocV4, Bkey};
+use fs_core::bpos::{Bpos, BtreeId};
+use fs_core::btree::{BtreeConfig, Btrees, KeyOverlay, NodeInfo};
+use fs_core::error::{Error, Result};
+use fs_core::fsck_err::{FsckErr, FsckFlags};
+use fs_core::health::FsHealth;
+use fs_core::opts::LiveOpts;
+use fs_core::recovery_pass::{PassFlags, RecoveryPass};
+use fs_core::sb::DeviceSet;
+use fs_core::sync::Arc;
+use journal::JournalPin;
+
+use crate::fs::Fs;
+use crate::recovery::journal::RecoveryJournal;
+use crate::recovery::{ReclaimMode, RecoveryTimes};
+
+/// What the run may change.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Mode {
+    /// A mount: recovery repairs what the passes it scheduled find; fsck passes (`-o fsck`)
+    /// fix as `fix_errors` says.
+    Mount { fix_errors: FixErrors },
+    /// `fsck -n`: read everything, write nothing; journal keys stay an overlay.
+    Check,
+    /// `fsck -y`: fix everything fixable.
+    Fix,
+    /// `fsck -p`: fix only what bcachefs marks `FSCK_AUTOFIX`.
+    Preen,
+}
+
+/// `fix_errors=`: what a mount with fsck passes does with what they find.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FixErrors {
+    /// Refuse to finish the mount while errors are left.
+    Exit,
+    Yes,
+    No,
+    /// There is nobody to ask: as `no`, with a log line saying so.
+    Ask,
+}
+
+impl Mode {
+    fn writes(self) -> bool {
+        self != Mode::Check
+    }
+}
+
+/// One error found.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Problem {
+    pub err: FsckErr,
+    pub msg: String,
+    pub fixed: bool,
+    /// Times this error was seen (the journal read counts repeats).
+    pub count: u64,
+}
+
+/// A finding of a pass and, if it can be repaired, the updates that repair it.
+pub(crate) struct Finding {
+    pub err: FsckErr,
+    pub msg: String,
+    pub fix: Option<Vec<(BtreeId, Bkey)>>,
+}
+
+impl Finding {
+    pub(crate) fn new(err: FsckErr, msg: String, fix: Option<Vec<(BtreeId, Bkey)>>) -> Self {
+        Finding { err, msg, fix }
+    }
+}
+
+/// What became of a pass.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum PassOutcome {
+    Ran,
+    /// Not run, and why.
+    Skipped(String),
+    /// bcsim does not model this pass, and why not.
+    NotModelled(&'static str),
+}
+
+impl fmt::Display for PassOutcome {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            PassOutcome::Ran => f.write_str("ran"),
+            PassOutcome::Skipped(why) => write!(f, "skipped: {why}"),
+            PassOutcome::NotModelled(why) => write!(f, "not modelled: {why}"),
+        }
+    }
+}
+
+type PassFn = fn(&mut RecoveryCtx) -> Result<()>;
+
+/// How bcsim handles a pass of the table. Every pass has a row: adding a pass to the table
+/// does not compile until it is handled here.
+enum PassImpl {
+    Runs(PassFn),
+    NotModelled(&'static str),
+}
+
+fn implementation(pass: RecoveryPass) -> PassImpl {
+    use PassImpl::{NotModelled, Runs};
+    match pass {
+        RecoveryPass::CheckTopology => Runs(check_topology::run),
+        RecoveryPass::AllocRead => Runs(alloc_read::run),
+        RecoveryPass::CheckAllocations => Runs(check_allocations::run),
+        RecoveryPass::TransMarkDevSbs => NotModelled(
+            "superblock and journal buckets get their alloc keys at format time (fs_freespace_init)",
+        ),
+        RecoveryPass::FsJournalAlloc => {
+            NotModelled("journal buckets are laid out at format time and never resized")
+        }
+        RecoveryPass::SetMayGoRw => Runs(set_may_go_rw::run),
+        RecoveryPass::JournalReplay => Runs(journal_replay::run),
+        RecoveryPass::CheckAllocInfo => Runs(check_alloc_info::run),
+        RecoveryPass::FsFreespaceInit => Runs(fs_freespace_init::run),
+        RecoveryPass::CheckInodes => {
+            NotModelled("inodes are checked only for their link counts (check_nlinks)")
+        }
+        RecoveryPass::CheckExtents => NotModelled(
+            "extents are checked against their buckets by check_allocations; bcsim's file layer never overlaps them",
+        ),
+        RecoveryPass::CheckDirents => Runs(check_dirents::run),
+        RecoveryPass::CheckRoot => {
+            NotModelled("the root directory is created with the file layer and not checked")
+        }
+        RecoveryPass::CheckDirectoryStructure => NotModelled("directory loops are not checked"),
+        RecoveryPass::CheckNlinks => Runs(check_nlinks::run),
+    }
+}
+
+/// Passes a pass requires: they run whenever it does (bcachefs's table dependencies).
+fn requires(pass: RecoveryPass) -> &'static [RecoveryPass] {
+    match pass {
+        RecoveryPass::CheckAllocations => &[RecoveryPass::CheckTopology],
+        _ => &[],
+    }
+}
+
+/// Everything the passes share.
+pub struct RecoveryCtx {
+    pub mode: Mode,
+    /// The fsck passes are on (`fsck`, or `mount -o fsck`).
+    pub fsck: bool,
+    /// The filesystem was not unmounted cleanly: the journal is replayed.
+    pub unclean: bool,
+    pub log: Vec<String>,
+    /// What the passes and the journal read found, in the order found.
+    pub problems: Vec<Problem>,
+    /// What became of every pass of the table, in table order.
+    pub outcomes: Vec<(RecoveryPass, PassOutcome)>,
+    /// Passes recovery asked for beyond their flags, with the reason.
+    scheduled: Vec<(RecoveryPass, &'static str)>,
+    pub times: RecoveryTimes,
+    /// `Some((first, last))` when journal entries were replayed.
+    pub replayed: Option<(u64, u64)>,
+    pub keys_replayed: usize,
+    /// Journal keys read, and left after sorting and compacting.
+    pub keys_read: usize,
+    pub keys_kept: usize,
+    /// When the run began: phase times count from here.
+    pub(crate) t0: std::time::Instant,
+    pub(crate) set: Option<DeviceSet>,
+    pub(crate) opts: Arc<LiveOpts>,
+    pub(crate) health: Arc<FsHealth>,
+    pub(crate) cfg: BtreeConfig,
+    pub(crate) reclaim: ReclaimMode,
+    /// The journal of an unclean filesystem.
+    pub(crate) journal: Option<RecoveryJournal>,
+    /// Journal replay has run: the journal keys are in the btrees, no overlay any more.
+    pub(crate) replay_done: bool,
+    /// The btrees until the filesystem is assembled (then they live in it).
+    pub(crate) btrees: Option<Btrees>,
+    pub(crate) alloc: Option<Arc<Allocator>>,
+    pub(crate) nodes: Option<Arc<BtreeNodeAlloc>>,
+    /// No alloc keys at all: a new filesystem, whose alloc info fs_freespace_init writes.
+    pub(crate) new_fs: bool,
+    pub(crate) fs: Option<Fs>,
+    /// Holds the replay range until replay is written back.
+    pub(crate) replay_pin: Option<JournalPin>,
+    /// Every node check_topology read, for check_allocations.
+    pub(crate) topology: Vec<NodeInfo>,
+    /// The alloc keys as check_allocations says they should be, for check_alloc_info.
+    pub(crate) alloc_view: Option<BTreeMap<Bpos, AllocV4>>,
+    /// Repairs found before the filesystem may write, committed after journal replay (where
+    /// bcachefs puts them into the journal keys to be replayed).
+    pub(crate) fixes_after_replay: Vec<(BtreeId, Bkey)>,
+}
+
+/// The btrees as a pass reads them: through the journal keys until replay has run.
+pub(crate) struct View<'a> {
+    pub t: &'a mut Btrees,
+    pub overlay: Option<&'a dyn KeyOverlay>,
+    pub set: &'a DeviceSet,
+}
+
+impl RecoveryCtx {
+    pub(crate) fn new(
+        mode: Mode,
+        set: DeviceSet,
+        opts: Arc<LiveOpts>,
+        cfg: BtreeConfig,
+        reclaim: ReclaimMode,
+        log: Vec<String>,
+    ) -> RecoveryCtx {
+        RecoveryCtx {
+            mode,
+            fsck: false,
+            unclean: !set.sb.is_clean(),
+            log,
+            problems: Vec::new(),
+            outcomes: Vec::new(),
+            scheduled: Vec::new(),
+            times: RecoveryTimes::default(),
+            replayed: None,
+            keys_replayed: 0,
+            keys_read: 0,
+            keys_kept: 0,
+            t0: std::time::Instant::now(),
+            set: Some(set),
+            opts,
+            health: Arc::new(FsHealth::new()),
+            cfg,
+            reclaim,
+            journal: None,
+            replay_done: false,
+            btrees: None,
+            alloc: None,
+            nodes: None,
+            new_fs: false,
+            fs: None,
+            replay_pin: None,
+            topology: Vec::new(),
+            alloc_view: None,
+            fixes_after_replay: Vec::new(),
+        }
+    }
+
+    /// Asks for `pass` beyond its flags.
+    pub(crate) fn schedule(&mut self, pass: RecoveryPass, why: &'static str) {
+        if !self.scheduled.iter().any(|(p, _)| *p == pass) {
+            self.scheduled.push((pass, why));
+        }
+    }
+
+    fn scheduled_why(&self, pass: RecoveryPass) -> Option<&'static str> {
+        self.scheduled.iter().find(|(p, _)| *p == pass).map(|(_, why)| *why)
+    }
+
+    /// Whether `pass` runs, given its flags, the schedule and the passes that require it.
+    fn requested(&self, pass: RecoveryPass) -> bool {
+        let flags = pass.flags();
+        flags.contains(PassFlags::ALWAYS)
+            || (self.fsck && flags.contains(PassFlags::FSCK))
+            || (self.unclean && flags.contains(PassFlags::UNCLEAN))
+            || self.scheduled_why(pass).is_some()
+            || RecoveryPass::ALL.iter().any(|&p| requires(p).contains(&pass) && self.requested(p))
+    }
+
+    /// The device set: the ctx's own until the filesystem is assembled.
+    pub(crate) fn set_ref(&self) -> Result<&DeviceSet> {
+        self.set.as_ref().ok_or_else(|| Error::internal("the device set moved into the filesystem"))
+    }
+
+    /// The assembled filesystem.
+    pub(crate) fn fs(&self) -> Result<&Fs> {
+        self.fs.as_ref().ok_or_else(|| Error::internal("a pass needs the filesystem before set_may_go_rw"))
+    }
+
+    /// Runs `f` on the btrees as they stand: the ctx's own, through the journal keys, before
+    /// the filesystem is assembled; the filesystem's after, through the keys until replay.
+    pub(crate) fn with_view<R>(&mut self, f: impl FnOnce(View<'_>) -> Result<R>) -> Result<R> {
+        let overlay = self.journal.as_ref().filter(|_| !self.replay_done).map(|j| &j.keys as &dyn KeyOverlay);
+        match (&self.fs, &mut self.btrees, &self.set) {
+            (Some(fs), _, _) => {
+                let mut t = fs.btrees();
+                let set = fs.set();
+                f(View { t: &mut t, overlay, set: &set })
+            }
+            (None, Some(t), Some(set)) => f(View { t, overlay, set }),
+            _ => Err(Error::internal("a pass ran before the btrees were opened")),
+        }
+    }
+
+    /// Whether an error found by `pass` is fixed in this run.
+    fn may_fix(&self, pass: RecoveryPass, err: FsckErr) -> bool {
+        match self.mode {
+            Mode::Check => false,
+            // What recovery itself scheduled is recovery's repair, whatever fsck mode asked.
+            _ if self.scheduled_why(pass).is_some() => true,
+            Mode::Fix => true,
+            Mode::Preen => err.flags().contains(FsckFlags::AUTOFIX),
+            Mode::Mount { fix_errors } => fix_errors == FixErrors::Yes,
+        }
+    }
+
+    /// Records what `pass` found; returns the repairs this run makes.
+    pub(crate) fn record(&mut self, pass: RecoveryPass, findings: Vec<Finding>) -> Vec<(BtreeId, Bkey)> {
+        let mut fixes = Vec::new();
+        for f in findings {
+            let fixed = match f.fix {
+                Some(updates) if self.may_fix(pass, f.err) => {
+                    fixes.extend(updates);
+                    true
+                }
+                _ => false,
+            };
+            self.problems.push(Problem { err: f.err, msg: f.msg, fixed, count: 1 });
+        }
+        fixes
+    }
+
+    /// Commits repairs found after the filesystem may write.
+    pub(crate) fn commit_fixes(&mut self, fixes: Vec<(BtreeId, Bkey)>) -> Result<()> {
+        if fixes.is_empty() {
+            return Ok(());
+        }
+        self.fs()?.commit_batched_updates(fixes).map(|_| ())
+    }
+
+    /// Decides, runs and records every pass of the table, in order.
+    pub(crate) fn run_passes(&mut self) -> Result<()> {
+        for &pass in RecoveryPass::ALL {
+            let outcome = match implementation(pass) {
+                PassImpl::NotModelled(why) => PassOutcome::NotModelled(why),
+                PassImpl::Runs(_) if !self.requested(pass) => PassOutcome::Skipped(not_requested(pass)),
+                PassImpl::Runs(_) if !self.mode.writes() && writes(pass) => {
+                    PassOutcome::Skipped("fsck -n writes nothing".to_owned())
+                }
+                PassImpl::Runs(run) => {
+                    if let Some(why) = self.scheduled_why(pass) {
+                        self.log.push(format!("running {} ({why})", pass.name()));
+                    } else if !pass.flags().contains(PassFlags::SILENT) {
+                        self.log.push(format!("starting {}", pass.name()));
+                    }
+                    run(self).map_err(|e| e.prefix(pass.name()))?;
+                    PassOutcome::Ran
+                }
+            };
+            if !matches!(outcome, PassOutcome::Ran) && self.fsck {
+                self.log.push(format!("{}: {outcome}", pass.name()));
+            }
+            self.outcomes.push((pass, outcome));
+        }
+        self.finish_fix_errors()
+    }
+
+    /// `mount -o fsck` with `fix_errors=exit` refuses to finish with errors left.
+    fn finish_fix_errors(&mut self) -> Result<()> {
+        let Mode::Mount { fix_errors } = self.mode else { return Ok(()) };
+        let left = self.problems.iter().filter(|p| !p.fixed).count();
+        match fix_errors {
+            FixErrors::Exit if left > 0 => Err(Error::new(
+                fs_core::error::ErrCode::FsckErrorsNotFixed,
+                format!("{left} errors left unfixed (fix_errors=exit; mount with fix_errors=yes to repair)"),
+            )),
+            FixErrors::Ask if left > 0 => {
+                self.log.push(format!("fix_errors=ask: nobody to ask; {left} errors left unfixed"));
+                Ok(())
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// Counts every problem in the superblock, once; written with the next superblock write.
+    pub(crate) fn count_errors(&self) -> Result<()> {
+        let fs = self.fs()?;
+        let mut set = fs.set();
+        for p in &self.problems {
+            set.sb.count_error(p.err, p.count);
+        }
+        Ok(())
+    }
+}
+
+/// Passes that write: not run by a check that writes nothing.
+fn writes(pass: RecoveryPass) -> bool {
+    matches!(pass, RecoveryPass::SetMayGoRw | RecoveryPass::JournalReplay | RecoveryPass::FsFreespaceInit)
+}
+
+fn not_requested(pass: RecoveryPass) -> String {
+    let flags = pass.flags();
+    if flags.contains(PassFlags::FSCK) {
+        "fsck not requested".to_owned()
+    } else if flags.contains(PassFlags::UNCLEAN) {
+        "clean shutdown".to_owned()
+    } else {
+        "not scheduled".to_owned()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every pass of the table has an implementation or a reason it is not modelled, and the
+    /// passes a pass requires come before it in the table.
+    #[test]
+    fn every_pass_is_handled_and_requirements_come_first() {
+        let at = |p| RecoveryPass::ALL.iter().position(|&q| q == p);
+        for &p in RecoveryPass::ALL {
+            if let PassImpl::NotModelled(why) = implementation(p) {
+                assert!(!why.is_empty(), "{} not modelled without a reason", p.name());
+            }
+            for &r in requires(p) {
+                assert!(at(r) < at(p), "{} requires {}, which runs after it", p.name(), r.name());
+            }
+        }
+    }
+}

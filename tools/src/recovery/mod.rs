@@ -1,0 +1,285 @@
+//! Mount = recovery: superblocks, the journal read (after an unclean shutdown), btree roots and
+//! journal keys, then the recovery passes in their table order ([`crate::passes`]).
+//!
+//! [`recover`] is the one way in, for mount and fsck alike; the mode says what the run may
+//! change. The log it produces reads like bcachefs's dmesg lines, so a recovery here can be
+//! compared with a kernel's line by line.
+
+pub mod journal;
+
+use std::time::{Duration, Instant};
+
+use fs_core::btree::BtreeConfig;
+use fs_core::error::{ErrCode, Error, Result};
+use fs_core::opts::{Behavior, LiveOpts, OptContext, OptFlags, OptId, Options, ParsedOpt};
+use fs_core::recovery_pass::RecoveryPass;
+use fs_core::sb::DeviceSet;
+use fs_core::sync::Arc;
+
+use self::journal::{RecoveryJournal, journal_read_opts};
+use crate::fs::layout::{clean_roots, open_btrees};
+use crate::fs::{Fs, ReadOnlyNodes};
+use crate::passes::RecoveryCtx;
+pub use crate::passes::{FixErrors, Mode, PassOutcome, Problem};
+
+/// Clean btree nodes a recovering filesystem keeps cached (128 MiB of 256 KiB nodes). Replay
+/// writes nodes back as it goes and never comes back to them, so a larger cache would only hold
+/// memory beside the journal keys (at 4096 nodes, about 1 GB after a 22M-key replay).
+const RECOVERY_CACHE_NODES: usize = 512;
+
+/// How a read-write mount runs journal reclaim.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum ReclaimMode {
+    /// On a thread of its own, as the kernel does.
+    #[default]
+    Thread,
+    /// Only when the caller calls [`Fs::tick`], with a clock of its own: for runs that must be
+    /// reproducible bit for bit (seeded workloads, crash tests that record every write).
+    Manual,
+}
+
+/// What `mount` was asked for.
+#[derive(Clone, Debug, Default)]
+pub struct MountOpts {
+    /// Options given with `-o`, already parsed for the mount context.
+    pub opts: Vec<ParsedOpt>,
+    pub reclaim: ReclaimMode,
+}
+
+impl MountOpts {
+    pub fn degraded(&self) -> bool {
+        self.flag(OptId::Degraded)
+    }
+
+    pub fn fsck(&self) -> bool {
+        self.flag(OptId::Fsck)
+    }
+
+    /// `fix_errors=` as given (default: exit).
+    pub fn fix_errors(&self) -> FixErrors {
+        match self.last(OptId::FixErrors).map_or(0, |p| p.value.as_u64()) {
+            1 => FixErrors::Yes,
+            2 => FixErrors::No,
+            3 => FixErrors::Ask,
+            _ => FixErrors::Exit,
+        }
+    }
+
+    fn last(&self, id: OptId) -> Option<&ParsedOpt> {
+        self.opts.iter().rev().find(|p| p.id == id)
+    }
+
+    fn flag(&self, id: OptId) -> bool {
+        self.last(id).is_some_and(|p| p.value.as_u64() == 1)
+    }
+}
+
+/// A mounted filesystem and the story of its recovery.
+pub struct Mounted {
+    pub fs: Fs,
+    pub log: Vec<String>,
+    /// `Some((first, last))` when journal entries were replayed.
+    pub replayed: Option<(u64, u64)>,
+    pub journal_keys_read: usize,
+    pub journal_keys_kept: usize,
+    /// What the journal read and the passes found, and whether it was repaired.
+    pub problems: Vec<Problem>,
+    /// What became of every recovery pass, in table order.
+    pub passes: Vec<(RecoveryPass, PassOutcome)>,
+    /// Wall time of each mount phase (all zero after a clean shutdown), for benchmarks.
+    pub times: RecoveryTimes,
+}
+
+/// Wall time of the phases of a recovery, in the order they run. The recovery passes other
+/// than replay (alloc_read, going read-write) are not counted in any of them.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RecoveryTimes {
+    /// Reading every device's journal, checking and merging the copies, choosing the range.
+    pub journal_read: PhaseTime,
+    /// Collecting the journal keys, sorting them and compacting them to one per position.
+    pub sort: PhaseTime,
+    /// `journal_replay`: the sorted pass and the journal-order pass.
+    pub replay: PhaseTime,
+    /// Writing back the replayed btrees (flushing the journal pins), releasing the replay range.
+    pub write_back: PhaseTime,
+}
+
+/// When a phase began, counted from the start of recovery, and how long it took: enough to
+/// place it on a timeline (memory samples, say).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PhaseTime {
+    pub start: Duration,
+    pub took: Duration,
+}
+
+impl PhaseTime {
+    /// The phase that began at `began`, in a recovery that began at `t0`, ending now.
+    pub(crate) fn until_now(t0: Instant, began: Instant) -> PhaseTime {
+        PhaseTime { start: began.saturating_duration_since(t0), took: began.elapsed() }
+    }
+}
+
+/// The filesystem options with the mount options applied. In the v1.37.5 profile a
+/// `MOUNT_OLD` option (metadata_replicas, metadata_target) is refused the way the kernel did:
+/// logged and ignored. The fixed profile accepts it as a recovery option.
+fn mount_options(set: &DeviceSet, mopts: &MountOpts, log: &mut Vec<String>) -> Result<Options> {
+    let mut opts = set.sb.opts.clone();
+    if let Some(b) = mopts.last(OptId::Behavior) {
+        opts.set(b.id, b.value.clone())?;
+    }
+    for p in &mopts.opts {
+        let flags = p.id.desc().flags;
+        if flags.contains(OptFlags::MOUNT_OLD)
+            && !flags.contains(OptFlags::MOUNT)
+            && opts.behavior() == Behavior::V1_37_5
+        {
+            log.push(format!(
+                "{}: option may no longer be specified at mount time; set via sysfs opts dir",
+                p.id
+            ));
+            continue;
+        }
+        opts.set(p.id, p.value.clone())?;
+    }
+    Ok(opts)
+}
+
+/// Parses `-o` text for mount.
+pub fn parse_mount_opts(text: &str) -> Result<MountOpts> {
+    Ok(MountOpts {
+        opts: fs_core::opts::parse_opts(text, OptContext::Mount)?,
+        reclaim: ReclaimMode::default(),
+    })
+}
+
+/// Mounts (recovers) the filesystem on `set`, read-write.
+pub fn mount(set: DeviceSet, mopts: &MountOpts) -> Result<Mounted> {
+    mount_with(set, mopts, BtreeConfig::default())
+}
+
+/// [`mount`] with btree settings (node cache size, node seq seed).
+pub fn mount_with(set: DeviceSet, mopts: &MountOpts, cfg: BtreeConfig) -> Result<Mounted> {
+    let mode = Mode::Mount { fix_errors: mopts.fix_errors() };
+    let ctx = recover(set, mopts, mode, mopts.fsck(), cfg)?;
+    let fs = ctx.fs.ok_or_else(|| Error::internal("a mount that never went read-write"))?;
+    Ok(Mounted {
+        fs,
+        log: ctx.log,
+        replayed: ctx.replayed,
+        journal_keys_read: ctx.keys_read,
+        journal_keys_kept: ctx.keys_kept,
+        problems: ctx.problems,
+        passes: ctx.outcomes,
+        times: ctx.times,
+    })
+}
+
+/// Recovers the filesystem on `set` in `mode`, with the fsck passes on if `fsck`: reads the
+/// superblock's roots (clean) or the journal (unclean), opens the btrees once, runs the passes.
+/// A writing mode ends with the filesystem assembled in the returned context, its errors
+/// counted in the superblock.
+pub(crate) fn recover(
+    set: DeviceSet,
+    mopts: &MountOpts,
+    mode: Mode,
+    fsck: bool,
+    cfg: BtreeConfig,
+) -> Result<RecoveryCtx> {
+    let mut log = Vec::new();
+    let opts = mount_options(&set, mopts, &mut log)?;
+    let nr = set.sb.members.iter().filter(|m| !m.is_unused()).count();
+    log.push(format!(
+        "bcsim ({}): starting version {} opts={}",
+        set.sb.uuid,
+        set.sb.version,
+        mopts
+            .opts
+            .iter()
+            .map(|p| format!("{}={}", p.id, p.id.desc().format(&p.value)))
+            .collect::<Vec<_>>()
+            .join(",")
+    ));
+    set.require_all(mopts.degraded())?;
+    let missing = set.missing();
+    if !missing.is_empty() {
+        log.push(format!("mounting degraded: {} of {nr} devices missing", missing.len()));
+    }
+    let cfg = BtreeConfig { behavior: opts.behavior(), ..cfg };
+    let live = Arc::new(LiveOpts::new(opts));
+    let mut ctx = RecoveryCtx::new(mode, set, live, cfg, mopts.reclaim, log);
+    ctx.fsck = fsck;
+    if ctx.unclean {
+        open_unclean(&mut ctx, mopts)?;
+    } else {
+        open_clean(&mut ctx)?;
+    }
+    ctx.run_passes()?;
+    if mode == Mode::Check {
+        return Ok(ctx);
+    }
+    ctx.count_errors()?;
+    ctx.fs()?.set().write_super()?;
+    ctx.log.push(match ctx.replayed {
+        Some(_) => format!("recovery done: {} keys replayed ({:.2?})", ctx.keys_replayed, ctx.t0.elapsed()),
+        None => "done".to_owned(),
+    });
+    Ok(ctx)
+}
+
+/// A clean filesystem: the btrees start at the roots the superblock recorded.
+fn open_clean(ctx: &mut RecoveryCtx) -> Result<()> {
+    let set = ctx.set_ref()?;
+    let seq = set.sb.clean.as_ref().map_or(0, |c| c.journal_seq);
+    let roots = clean_roots(set)?;
+    let node_size = ctx.opts.with(Options::btree_node_size);
+    let btrees = open_btrees(set, node_size, Arc::new(ReadOnlyNodes), roots, ctx.cfg, None);
+    ctx.btrees = Some(btrees);
+    ctx.log.push(format!("recovering from clean shutdown, journal seq {seq}"));
+    Ok(())
+}
+
+/// An unclean filesystem: the journal is read, its keys sorted and compacted, the btrees start
+/// at the roots the newest entry carries and ignore bsets of seqs past the replay range.
+/// Recovery schedules the allocation checks (see check_allocations).
+fn open_unclean(ctx: &mut RecoveryCtx, mopts: &MountOpts) -> Result<()> {
+    ctx.log.push("recovering from unclean shutdown".to_owned());
+    let set = ctx.set.as_ref().ok_or_else(|| Error::internal("recovery without its device set"))?;
+    let ropts = journal_read_opts(set, ctx.opts.with(Options::block_size), mopts.degraded());
+    let t0 = ctx.t0;
+    let rj = match ctx.mode {
+        Mode::Check => RecoveryJournal::read_for_check(set, &ropts)?,
+        _ => RecoveryJournal::read(set, &ropts)?,
+    };
+    ctx.times.journal_read =
+        PhaseTime { start: Duration::ZERO, took: rj.sort_began.saturating_duration_since(t0) };
+    ctx.times.sort = PhaseTime::until_now(t0, rj.sort_began);
+    ctx.log.extend(rj.read.log.iter().cloned());
+    let fixed = ctx.mode != Mode::Check;
+    for &(err, n) in rj.read.fsck_errors.iter().filter(|(_, n)| *n > 0) {
+        ctx.problems.push(Problem { err, msg: format!("journal: {} ({n}x)", err.name()), fixed, count: n });
+    }
+    if rj.read.entries.is_empty() {
+        return Err(Error::new(
+            ErrCode::JournalEntriesMissing,
+            "unclean shutdown but no journal entries found: nothing says where the btrees are (run fsck)",
+        ));
+    }
+    ctx.log.push(format!("journal read in {:.2?}", t0.elapsed()));
+    ctx.keys_read = rj.nr_read;
+    ctx.keys_kept = rj.keys.len();
+    ctx.log.push(::journal::JournalKeys::summary(rj.nr_read, rj.keys.len()));
+    let (start, end) = rj.new_blacklist;
+    ctx.log.push(format!("blacklisting journal seqs {start}-{}", end - 1));
+    let cfg = BtreeConfig { cache_nodes: RECOVERY_CACHE_NODES.min(ctx.cfg.cache_nodes), ..ctx.cfg };
+    let node_size = ctx.opts.with(Options::btree_node_size);
+    let mut btrees =
+        open_btrees(set, node_size, Arc::new(ReadOnlyNodes), rj.roots(), cfg, Some(rj.blacklisted()));
+    // bcachefs checks cached node headers only once check_allocations has run.
+    btrees.set_check_headers(false);
+    ctx.btrees = Some(btrees);
+    ctx.journal = Some(rj);
+    let why = "unclean shutdown: btree node allocations since the last write-back left stale alloc keys";
+    ctx.schedule(RecoveryPass::CheckAllocations, why);
+    ctx.schedule(RecoveryPass::CheckAllocInfo, why);
+    Ok(())
+}
