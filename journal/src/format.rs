@@ -1,19 +1,28 @@
 //! Journal entries on disk: `jset`s written block-aligned into each device's journal buckets.
 //!
 //! ```text
-//! jset header (40 bytes)
+//! jset header (JSET_HEADER_BYTES = 40)
 //!  0 csum        u32  crc32c of bytes [4, bytes)
 //!  4 bytes       u32  header and entries, before padding to the block size
 //!  8 magic       u64  fs_magic(uuid, JSET_SALT)
 //! 16 seq         u64
-//! 24 last_seq    u64  oldest seq replay still needs when this entry was written
+//! 24 last_seq    u64  oldest seq replay still needs when this entry was written; <= seq
 //! 32 version     u16  FORMAT_VERSION
 //! 34 flags       u16  bit 0: NO_FLUSH (written without a flush; not a replay end point)
 //! 36 nr_entries  u32
-//! entry: {bytes u32 (header included, multiple of 8), type u8, btree u8, level u8, reserved u8}
+//! 40 entries     nr_entries of them, back to back, then nothing up to `bytes`
+//!
+//! entry header (ENTRY_HEADER_BYTES = 8), then the body
+//!  0 bytes       u32  header included, a multiple of 8
+//!  4 type        u8   below
+//!  5 btree       u8   btree id (0 for blacklist)
+//!  6 level       u8   btree level (0 for blacklist)
+//!  7 reserved    u8   zero
+//!
+//! bodies
 //!   btree_keys (1), overwrite (4): keys in bkey encoding
 //!   btree_root (2): one btree_ptr_v2 key at POS_MAX
-//!   blacklist (3): {start u64, end u64}: journal seqs [start, end) are blacklisted
+//!   blacklist (3): 0 start u64, 8 end u64: journal seqs [start, end) are blacklisted; start < end
 //! ```
 //! An entry never crosses a bucket boundary; the rest of a bucket after its last entry is left
 //! as it was, which a reader recognises by magic, seq and checksum.
@@ -25,14 +34,134 @@ use fs_core::error::{ErrCode, Error, Result};
 
 /// Salt for journal entry magic numbers.
 pub const JSET_SALT: u64 = 0x6263_7369_6d5f_6a65; // "bcsim_je"
-pub const JSET_HEADER_BYTES: usize = 40;
-pub const ENTRY_HEADER_BYTES: usize = 8;
 pub const JSET_NO_FLUSH: u16 = 1 << 0;
+
+pub const JSET_HEADER_BYTES: usize = 40;
+const OFF_CSUM: usize = 0;
+const OFF_BYTES: usize = OFF_CSUM + 4;
+const OFF_MAGIC: usize = OFF_BYTES + 4;
+const OFF_SEQ: usize = OFF_MAGIC + 8;
+const OFF_LAST_SEQ: usize = OFF_SEQ + 8;
+const OFF_VERSION: usize = OFF_LAST_SEQ + 8;
+const OFF_FLAGS: usize = OFF_VERSION + 2;
+const OFF_NR_ENTRIES: usize = OFF_FLAGS + 2;
+const OFF_ENTRIES: usize = OFF_NR_ENTRIES + 4;
+const _: () = assert!(OFF_ENTRIES == JSET_HEADER_BYTES);
+
+pub const ENTRY_HEADER_BYTES: usize = 8;
+const ENTRY_OFF_BYTES: usize = 0;
+const ENTRY_OFF_TYPE: usize = ENTRY_OFF_BYTES + 4;
+const ENTRY_OFF_BTREE: usize = ENTRY_OFF_TYPE + 1;
+const ENTRY_OFF_LEVEL: usize = ENTRY_OFF_BTREE + 1;
+const ENTRY_OFF_RESERVED: usize = ENTRY_OFF_LEVEL + 1;
+const ENTRY_OFF_BODY: usize = ENTRY_OFF_RESERVED + 1;
+const _: () = assert!(ENTRY_OFF_BODY == ENTRY_HEADER_BYTES);
+
+/// Entry lengths, and so entry starts, are multiples of this.
+const ENTRY_ALIGN: usize = 8;
+
+const BLACKLIST_OFF_START: usize = 0;
+const BLACKLIST_OFF_END: usize = BLACKLIST_OFF_START + 8;
+const BLACKLIST_BYTES: usize = BLACKLIST_OFF_END + 8;
 
 const TYPE_BTREE_KEYS: u8 = 1;
 const TYPE_BTREE_ROOT: u8 = 2;
 const TYPE_BLACKLIST: u8 = 3;
 const TYPE_OVERWRITE: u8 = 4;
+
+/// `N` little-endian bytes at `at`. Every caller reads a field of a fixed-size header at a
+/// constant offset checked against the header's size above, so the zeros are never returned.
+fn field<const N: usize>(buf: &[u8], at: usize) -> [u8; N] {
+    buf.get(at..).and_then(|b| b.first_chunk::<N>()).copied().unwrap_or([0; N])
+}
+
+/// Writes `v` at `at`; as [`field`], always inside the header it is given.
+fn put(buf: &mut [u8], at: usize, v: &[u8]) {
+    if let Some(dst) = buf.get_mut(at..at.saturating_add(v.len())) {
+        dst.copy_from_slice(v);
+    }
+}
+
+/// The checksum a jset's first `bytes` bytes must carry: crc32c of everything after the
+/// checksum field.
+fn jset_csum(jset: &[u8]) -> u32 {
+    crc32c::crc32c(jset.get(OFF_BYTES..).unwrap_or_default())
+}
+
+/// The header of a jset, field by field (the layout at the top of this file).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct JsetHeader {
+    pub csum: u32,
+    pub bytes: u32,
+    pub magic: u64,
+    pub seq: u64,
+    pub last_seq: u64,
+    pub version: u16,
+    pub flags: u16,
+    pub nr_entries: u32,
+}
+
+impl JsetHeader {
+    pub fn to_bytes(&self) -> [u8; JSET_HEADER_BYTES] {
+        let mut h = [0u8; JSET_HEADER_BYTES];
+        put(&mut h, OFF_CSUM, &self.csum.to_le_bytes());
+        put(&mut h, OFF_BYTES, &self.bytes.to_le_bytes());
+        put(&mut h, OFF_MAGIC, &self.magic.to_le_bytes());
+        put(&mut h, OFF_SEQ, &self.seq.to_le_bytes());
+        put(&mut h, OFF_LAST_SEQ, &self.last_seq.to_le_bytes());
+        put(&mut h, OFF_VERSION, &self.version.to_le_bytes());
+        put(&mut h, OFF_FLAGS, &self.flags.to_le_bytes());
+        put(&mut h, OFF_NR_ENTRIES, &self.nr_entries.to_le_bytes());
+        h
+    }
+
+    pub fn from_bytes(h: &[u8; JSET_HEADER_BYTES]) -> JsetHeader {
+        JsetHeader {
+            csum: u32::from_le_bytes(field(h, OFF_CSUM)),
+            bytes: u32::from_le_bytes(field(h, OFF_BYTES)),
+            magic: u64::from_le_bytes(field(h, OFF_MAGIC)),
+            seq: u64::from_le_bytes(field(h, OFF_SEQ)),
+            last_seq: u64::from_le_bytes(field(h, OFF_LAST_SEQ)),
+            version: u16::from_le_bytes(field(h, OFF_VERSION)),
+            flags: u16::from_le_bytes(field(h, OFF_FLAGS)),
+            nr_entries: u32::from_le_bytes(field(h, OFF_NR_ENTRIES)),
+        }
+    }
+
+    /// The header at the start of `buf`; `None` if `buf` is shorter than a header.
+    pub fn read(buf: &[u8]) -> Option<JsetHeader> {
+        buf.first_chunk::<JSET_HEADER_BYTES>().map(JsetHeader::from_bytes)
+    }
+}
+
+/// An entry header (the layout at the top of this file).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct EntryHeader {
+    bytes: u32,
+    ty: u8,
+    btree: u8,
+    level: u8,
+}
+
+impl EntryHeader {
+    fn to_bytes(self) -> [u8; ENTRY_HEADER_BYTES] {
+        let mut h = [0u8; ENTRY_HEADER_BYTES];
+        put(&mut h, ENTRY_OFF_BYTES, &self.bytes.to_le_bytes());
+        put(&mut h, ENTRY_OFF_TYPE, &[self.ty]);
+        put(&mut h, ENTRY_OFF_BTREE, &[self.btree]);
+        put(&mut h, ENTRY_OFF_LEVEL, &[self.level]);
+        h
+    }
+
+    fn from_bytes(h: &[u8; ENTRY_HEADER_BYTES]) -> EntryHeader {
+        EntryHeader {
+            bytes: u32::from_le_bytes(field(h, ENTRY_OFF_BYTES)),
+            ty: u8::from_le_bytes(field(h, ENTRY_OFF_TYPE)),
+            btree: u8::from_le_bytes(field(h, ENTRY_OFF_BTREE)),
+            level: u8::from_le_bytes(field(h, ENTRY_OFF_LEVEL)),
+        }
+    }
+}
 
 /// One entry inside a jset.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -56,46 +185,42 @@ impl JsetEntry {
                 JsetEntry::BtreeRoot { ptr, .. } => {
                     fs_core::bkey::KEY_HEADER_BYTES + (40 + 16 * ptr.ptrs.len()).next_multiple_of(8)
                 }
-                JsetEntry::Blacklist { .. } => 16,
+                JsetEntry::Blacklist { .. } => BLACKLIST_BYTES,
             }
     }
 
     fn encode(&self, w: &mut Writer) {
         let start = w.len();
-        w.u32(0);
         let (ty, btree, level) = match self {
             JsetEntry::BtreeKeys { btree, level, .. } => (TYPE_BTREE_KEYS, *btree as u8, *level),
             JsetEntry::BtreeRoot { btree, level, .. } => (TYPE_BTREE_ROOT, *btree as u8, *level),
             JsetEntry::Blacklist { .. } => (TYPE_BLACKLIST, 0, 0),
             JsetEntry::Overwrite { btree, level, .. } => (TYPE_OVERWRITE, *btree as u8, *level),
         };
-        w.u8(ty);
-        w.u8(btree);
-        w.u8(level);
-        w.u8(0);
+        // The length goes in once the body is written.
+        w.bytes(&EntryHeader { bytes: 0, ty, btree, level }.to_bytes());
         match self {
             JsetEntry::BtreeKeys { keys, .. } | JsetEntry::Overwrite { keys, .. } => w.bytes(keys.bytes()),
             JsetEntry::BtreeRoot { ptr, .. } => {
                 Bkey::new(Bpos::MAX, KeyType::BtreePtrV2, ptr.encode()).encode(w)
             }
             JsetEntry::Blacklist { start, end } => {
-                w.u64(*start);
-                w.u64(*end);
+                let mut body = [0u8; BLACKLIST_BYTES];
+                put(&mut body, BLACKLIST_OFF_START, &start.to_le_bytes());
+                put(&mut body, BLACKLIST_OFF_END, &end.to_le_bytes());
+                w.bytes(&body);
             }
         }
         let bytes = (w.len() - start) as u32;
-        w.patch_u32(start, bytes);
+        w.patch_u32(start + ENTRY_OFF_BYTES, bytes);
     }
 
     /// Decodes one entry; with `keys` false, the keys of btree_keys and overwrite entries are
     /// checked but not kept.
     fn decode(r: &mut Reader<'_>, keys: bool) -> Result<JsetEntry> {
-        let bytes = r.u32()? as usize;
-        let ty = r.u8()?;
-        let raw_btree = r.u8()?;
-        let level = r.u8()?;
-        r.skip(1)?;
-        if bytes < ENTRY_HEADER_BYTES || bytes % 8 != 0 {
+        let EntryHeader { bytes, ty, btree: raw_btree, level } = EntryHeader::from_bytes(&r.array()?);
+        let bytes = bytes as usize;
+        if bytes < ENTRY_HEADER_BYTES || bytes % ENTRY_ALIGN != 0 {
             return Err(r.error(format_args!("journal entry length {bytes}")));
         }
         let mut body = r.sub(bytes - ENTRY_HEADER_BYTES, "journal entry")?;
@@ -164,21 +289,25 @@ impl Jset {
     /// Encodes the entry padded with zeros to a multiple of `block_size`.
     pub fn encode(&self, magic: u64, block_size: usize) -> Vec<u8> {
         let mut w = Writer::with_capacity(self.encoded_bytes().next_multiple_of(block_size.max(1)));
-        w.u32(0);
-        w.u32(0);
-        w.u64(magic);
-        w.u64(self.seq);
-        w.u64(self.last_seq);
-        w.u16(fs_core::sb::FORMAT_VERSION);
-        w.u16(self.flags);
-        w.u32(self.entries.len() as u32);
+        // Length and checksum go in once the entries are written.
+        let header = JsetHeader {
+            csum: 0,
+            bytes: 0,
+            magic,
+            seq: self.seq,
+            last_seq: self.last_seq,
+            version: fs_core::sb::FORMAT_VERSION,
+            flags: self.flags,
+            nr_entries: self.entries.len() as u32,
+        };
+        w.bytes(&header.to_bytes());
         for e in &self.entries {
             e.encode(&mut w);
         }
         let bytes = w.len() as u32;
-        w.patch_u32(4, bytes);
-        let csum = crc32c::crc32c(w.as_slice().get(4..).unwrap_or_default());
-        w.patch_u32(0, csum);
+        w.patch_u32(OFF_BYTES, bytes);
+        let csum = jset_csum(w.as_slice());
+        w.patch_u32(OFF_CSUM, csum);
         w.pad_to(block_size.max(1));
         w.into_vec()
     }
@@ -201,10 +330,7 @@ pub enum JsetRead {
 /// The seq of the jset header at the start of `buf` if it carries this filesystem's magic (the
 /// checksum is not checked: this only locates the newest bucket).
 pub fn peek_seq(buf: &[u8], magic: u64) -> Option<u64> {
-    let h = buf.get(..JSET_HEADER_BYTES)?;
-    let mut r = Reader::new(h, "jset header", ErrCode::JournalReadErr);
-    r.skip(8).ok()?;
-    (r.u64().ok()? == magic).then(|| r.u64().ok()).flatten()
+    JsetHeader::read(buf).filter(|h| h.magic == magic).map(|h| h.seq)
 }
 
 /// Decodes the jset at the start of `buf`. Only a malformed entry behind a good checksum is
@@ -226,19 +352,15 @@ pub fn for_each_btree_key(
     let Some(body) = buf.get(..bytes as usize).filter(|b| b.len() >= JSET_HEADER_BYTES) else {
         return Ok(false);
     };
-    let mut r = Reader::new(body, "jset", ErrCode::JournalReadErr);
-    if r.u32()? != csum || r.u32()? != bytes || crc32c::crc32c(body.get(4..).unwrap_or_default()) != csum {
+    let Some(h) = JsetHeader::read(body) else { return Ok(false) };
+    if h.csum != csum || h.bytes != bytes || jset_csum(body) != csum {
         return Ok(false);
     }
-    r.skip(JSET_HEADER_BYTES - 12)?;
-    let nr_entries = r.u32()?;
-    for _ in 0..nr_entries {
-        let len = r.u32()? as usize;
-        let ty = r.u8()?;
-        let raw_btree = r.u8()?;
-        let level = r.u8()?;
-        r.skip(1)?;
-        let mut e = r.sub(len.saturating_sub(ENTRY_HEADER_BYTES), "journal entry")?;
+    let mut r = Reader::new(body, "jset", ErrCode::JournalReadErr);
+    r.skip(OFF_ENTRIES)?;
+    for _ in 0..h.nr_entries {
+        let EntryHeader { bytes: len, ty, btree: raw_btree, level } = EntryHeader::from_bytes(&r.array()?);
+        let mut e = r.sub((len as usize).saturating_sub(ENTRY_HEADER_BYTES), "journal entry")?;
         if ty != TYPE_BTREE_KEYS {
             continue;
         }
@@ -264,25 +386,10 @@ pub struct Decode<'a> {
 
 /// [`decode_jset`] with shortcuts.
 pub fn decode_jset_with(buf: &[u8], magic: u64, how: &Decode<'_>) -> Result<JsetRead> {
-    let Some(h) = buf.get(..JSET_HEADER_BYTES) else { return Ok(JsetRead::Empty) };
-    let mut r = Reader::new(h, "jset header", ErrCode::JournalReadErr);
-    let csum = r.u32()?;
-    let bytes = r.u32()?;
-    if r.u64()? != magic {
-        return Ok(JsetRead::Empty);
-    }
-    let seq = r.u64()?;
-    let last_seq = r.u64()?;
-    let version = r.u16()?;
-    let flags = r.u16()?;
-    let nr_entries = r.u32()?;
+    let Some(h) = JsetHeader::read(buf).filter(|h| h.magic == magic) else { return Ok(JsetRead::Empty) };
+    let JsetHeader { csum, bytes, seq, last_seq, version, flags, nr_entries, .. } = h;
     let body = match buf.get(..bytes as usize) {
-        Some(b)
-            if (bytes as usize) >= JSET_HEADER_BYTES
-                && crc32c::crc32c(b.get(4..).unwrap_or_default()) == csum =>
-        {
-            b
-        }
+        Some(b) if (bytes as usize) >= JSET_HEADER_BYTES && jset_csum(b) == csum => b,
         _ => return Ok(JsetRead::BadChecksum { seq, bytes }),
     };
     if (how.known)(seq, bytes, csum) {
@@ -303,7 +410,7 @@ pub fn decode_jset_with(buf: &[u8], magic: u64, how: &Decode<'_>) -> Result<Jset
         .journal_seq(seq));
     }
     let mut r = Reader::new(body, "jset", ErrCode::JournalReadErr);
-    r.skip(JSET_HEADER_BYTES)?;
+    r.skip(OFF_ENTRIES)?;
     let mut entries = Vec::with_capacity((nr_entries as usize).min(1 << 16));
     for _ in 0..nr_entries {
         entries.push(JsetEntry::decode(&mut r, how.keys).map_err(|e| e.journal_seq(seq))?);
@@ -377,6 +484,69 @@ mod tests {
             let good = matches!(decode_jset(&bytes, MAGIC), Ok(JsetRead::Good { .. }));
             prop_assert!(!good, "flip at byte {} bit {} decoded as good", i, bit);
         }
+    }
+
+    proptest! {
+        /// Every header field comes back from its bytes as it went in.
+        #[test]
+        fn header_round_trip(f in any::<(u32, u32, u64, u64, u64, u16, u16, u32)>()) {
+            let (csum, bytes, magic, seq, last_seq, version, flags, nr_entries) = f;
+            let h = JsetHeader { csum, bytes, magic, seq, last_seq, version, flags, nr_entries };
+            prop_assert_eq!(JsetHeader::from_bytes(&h.to_bytes()), h);
+        }
+    }
+
+    /// The header and entry fields sit at the offsets the layout comment gives, and an encoded
+    /// jset's header says what it holds.
+    #[test]
+    fn fields_at_documented_offsets() {
+        let h = JsetHeader {
+            csum: 0x0403_0201,
+            bytes: 0x0807_0605,
+            magic: 0x1011_1213_1415_1617,
+            seq: 0x2021_2223_2425_2627,
+            last_seq: 0x3031_3233_3435_3637,
+            version: 0x4041,
+            flags: 0x4243,
+            nr_entries: 0x5051_5253,
+        };
+        let b = h.to_bytes();
+        assert_eq!(b[0..4], 0x0403_0201u32.to_le_bytes());
+        assert_eq!(b[4..8], 0x0807_0605u32.to_le_bytes());
+        assert_eq!(b[8..16], 0x1011_1213_1415_1617u64.to_le_bytes());
+        assert_eq!(b[16..24], 0x2021_2223_2425_2627u64.to_le_bytes());
+        assert_eq!(b[24..32], 0x3031_3233_3435_3637u64.to_le_bytes());
+        assert_eq!(b[32..34], 0x4041u16.to_le_bytes());
+        assert_eq!(b[34..36], 0x4243u16.to_le_bytes());
+        assert_eq!(b[36..40], 0x5051_5253u32.to_le_bytes());
+        let e = EntryHeader { bytes: 0x0102_0304, ty: 5, btree: 6, level: 7 }.to_bytes();
+        assert_eq!(e, [0x04, 0x03, 0x02, 0x01, 5, 6, 7, 0]);
+
+        let j = Jset {
+            seq: 7,
+            last_seq: 3,
+            flags: JSET_NO_FLUSH,
+            entries: vec![JsetEntry::Blacklist { start: 1, end: 2 }],
+        };
+        let buf = j.encode(MAGIC, 512);
+        let got = JsetHeader::read(&buf).unwrap();
+        assert_eq!(
+            got,
+            JsetHeader {
+                csum: crc32c::crc32c(&buf[4..got.bytes as usize]),
+                bytes: (JSET_HEADER_BYTES + ENTRY_HEADER_BYTES + 16) as u32,
+                magic: MAGIC,
+                seq: 7,
+                last_seq: 3,
+                version: fs_core::sb::FORMAT_VERSION,
+                flags: JSET_NO_FLUSH,
+                nr_entries: 1,
+            }
+        );
+        let entry = &buf[JSET_HEADER_BYTES..];
+        assert_eq!(entry[..8], [24, 0, 0, 0, TYPE_BLACKLIST, 0, 0, 0]);
+        assert_eq!(entry[8..16], 1u64.to_le_bytes());
+        assert_eq!(entry[16..24], 2u64.to_le_bytes());
     }
 
     #[test]
