@@ -26,6 +26,13 @@
 //! ```
 //! An entry never crosses a bucket boundary; the rest of a bucket after its last entry is left
 //! as it was, which a reader recognises by magic, seq and checksum.
+//!
+//! Every way of reading a jset goes through one walker ([`walk_jset`]): it makes every check of a
+//! good jset's contents (version, `last_seq`, each entry's length, type, btree id and body, no
+//! bytes after the last entry) and reports a failure as a [`JsetInvalid`]. [`decode_jset`]
+//! builds the entries from the walk; [`for_each_btree_key`], recovery's path for the keys to
+//! replay, hands each btree key out of the walk as it is checked, allocating nothing per key. A
+//! jset one accepts the other accepts, and one they reject they reject for the same reason.
 
 use fs_core::bkey::{Bkey, BtreePtrV2, KeyRef, KeyType, PackedKeys};
 use fs_core::bpos::{Bpos, BtreeId};
@@ -132,6 +139,17 @@ impl JsetHeader {
     pub fn read(buf: &[u8]) -> Option<JsetHeader> {
         buf.first_chunk::<JSET_HEADER_BYTES>().map(JsetHeader::from_bytes)
     }
+
+    /// The header's own rules, checked once the checksum has vouched for it.
+    fn check(&self) -> Result<(), JsetInvalid> {
+        if self.version != fs_core::sb::FORMAT_VERSION {
+            return Err(JsetInvalid::Version { version: self.version });
+        }
+        if self.last_seq > self.seq {
+            return Err(JsetInvalid::LastSeqAfterSeq { last_seq: self.last_seq, seq: self.seq });
+        }
+        Ok(())
+    }
 }
 
 /// An entry header (the layout at the top of this file).
@@ -162,6 +180,111 @@ impl EntryHeader {
         }
     }
 }
+
+/// Why a jset whose checksum is good is still refused: a bug or a checksum collision, not
+/// damage. Both ways of reading a jset refuse it for the same reason; it travels as the
+/// `source` of a `journal_read_err` carrying the jset's seq ([`JsetInvalid::of`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum JsetInvalid {
+    /// `version` is not [`fs_core::sb::FORMAT_VERSION`].
+    Version {
+        version: u16,
+    },
+    /// `last_seq` is newer than the jset's own seq.
+    LastSeqAfterSeq {
+        last_seq: u64,
+        seq: u64,
+    },
+    /// Entry `entry` (counted from 0) gives a length below its header or not a multiple of 8.
+    EntryLength {
+        entry: u32,
+        bytes: u32,
+    },
+    /// Entry `entry`, or its header, runs past the jset's `bytes`.
+    EntryPastEnd {
+        entry: u32,
+    },
+    /// Bytes between the last of `nr_entries` entries and the jset's `bytes`.
+    TrailingBytes {
+        bytes: usize,
+    },
+    UnknownEntryType {
+        entry: u32,
+        ty: u8,
+    },
+    UnknownBtree {
+        entry: u32,
+        btree: u8,
+    },
+    /// A key of a btree_keys or overwrite entry does not decode.
+    Key {
+        entry: u32,
+        why: String,
+    },
+    /// A btree_root entry is not one valid btree_ptr_v2 key.
+    Root {
+        entry: u32,
+        why: String,
+    },
+    /// A blacklist entry's body is not two seqs.
+    BlacklistLength {
+        entry: u32,
+        bytes: usize,
+    },
+    /// A blacklist entry's range is empty or backwards.
+    BlacklistRange {
+        entry: u32,
+        start: u64,
+        end: u64,
+    },
+}
+
+impl JsetInvalid {
+    /// The reason an error from [`decode_jset`] or [`for_each_btree_key`] carries, if it is one.
+    pub fn of(e: &Error) -> Option<&JsetInvalid> {
+        std::error::Error::source(e)?.downcast_ref::<JsetInvalid>()
+    }
+
+    /// As an error: `journal_read_err`, with the jset's seq.
+    fn at(self, seq: u64) -> Error {
+        Error::new(ErrCode::JournalReadErr, "journal entry invalid").journal_seq(seq).source(self)
+    }
+}
+
+impl std::fmt::Display for JsetInvalid {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            JsetInvalid::Version { version } => write!(
+                f,
+                "version {version} unsupported (this bcsim reads version {})",
+                fs_core::sb::FORMAT_VERSION
+            ),
+            JsetInvalid::LastSeqAfterSeq { last_seq, seq } => {
+                write!(f, "last_seq {last_seq} newer than its seq {seq}")
+            }
+            JsetInvalid::EntryLength { entry, bytes } => write!(
+                f,
+                "entry {entry} length {bytes}: not a multiple of {ENTRY_ALIGN} of at least {ENTRY_HEADER_BYTES}"
+            ),
+            JsetInvalid::EntryPastEnd { entry } => write!(f, "entry {entry} runs past the end of the jset"),
+            JsetInvalid::TrailingBytes { bytes } => write!(f, "{bytes} bytes after the last entry"),
+            JsetInvalid::UnknownEntryType { entry, ty } => write!(f, "entry {entry}: unknown type {ty}"),
+            JsetInvalid::UnknownBtree { entry, btree } => {
+                write!(f, "entry {entry}: unknown btree id {btree}")
+            }
+            JsetInvalid::Key { entry, why } => write!(f, "entry {entry}: {why}"),
+            JsetInvalid::Root { entry, why } => write!(f, "entry {entry}: btree_root {why}"),
+            JsetInvalid::BlacklistLength { entry, bytes } => {
+                write!(f, "entry {entry}: blacklist body of {bytes} bytes, not {BLACKLIST_BYTES}")
+            }
+            JsetInvalid::BlacklistRange { entry, start, end } => {
+                write!(f, "entry {entry}: blacklist {start}..{end} is empty")
+            }
+        }
+    }
+}
+
+impl std::error::Error for JsetInvalid {}
 
 /// One entry inside a jset.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -214,57 +337,6 @@ impl JsetEntry {
         let bytes = (w.len() - start) as u32;
         w.patch_u32(start + ENTRY_OFF_BYTES, bytes);
     }
-
-    /// Decodes one entry; with `keys` false, the keys of btree_keys and overwrite entries are
-    /// checked but not kept.
-    fn decode(r: &mut Reader<'_>, keys: bool) -> Result<JsetEntry> {
-        let EntryHeader { bytes, ty, btree: raw_btree, level } = EntryHeader::from_bytes(&r.array()?);
-        let bytes = bytes as usize;
-        if bytes < ENTRY_HEADER_BYTES || bytes % ENTRY_ALIGN != 0 {
-            return Err(r.error(format_args!("journal entry length {bytes}")));
-        }
-        let mut body = r.sub(bytes - ENTRY_HEADER_BYTES, "journal entry")?;
-        let btree = || {
-            BtreeId::from_u8(raw_btree)
-                .ok_or_else(|| body_error(format_args!("unknown btree id {raw_btree}")))
-        };
-        let entry = match ty {
-            TYPE_BTREE_KEYS | TYPE_OVERWRITE => {
-                let btree = btree()?;
-                let keys = if keys {
-                    PackedKeys::decode(&mut body)?
-                } else {
-                    PackedKeys::check(&mut body)?;
-                    PackedKeys::default()
-                };
-                if ty == TYPE_BTREE_KEYS {
-                    JsetEntry::BtreeKeys { btree, level, keys }
-                } else {
-                    JsetEntry::Overwrite { btree, level, keys }
-                }
-            }
-            TYPE_BTREE_ROOT => {
-                let k = Bkey::decode(&mut body)?;
-                if k.ty != KeyType::BtreePtrV2 || !body.is_empty() {
-                    return Err(body_error("btree_root entry is not one btree_ptr_v2 key"));
-                }
-                JsetEntry::BtreeRoot { btree: btree()?, level, ptr: BtreePtrV2::decode(&k.val)? }
-            }
-            TYPE_BLACKLIST => {
-                let (start, end) = (body.u64()?, body.u64()?);
-                if start >= end || !body.is_empty() {
-                    return Err(body_error(format_args!("blacklist entry {start}..{end}")));
-                }
-                JsetEntry::Blacklist { start, end }
-            }
-            _ => return Err(body_error(format_args!("unknown journal entry type {ty}"))),
-        };
-        Ok(entry)
-    }
-}
-
-fn body_error(msg: impl std::fmt::Display) -> Error {
-    Error::new(ErrCode::JournalReadErr, format!("journal entry invalid: {msg}"))
 }
 
 /// A journal entry (`struct jset`).
@@ -333,43 +405,194 @@ pub fn peek_seq(buf: &[u8], magic: u64) -> Option<u64> {
     JsetHeader::read(buf).filter(|h| h.magic == magic).map(|h| h.seq)
 }
 
+/// A jset at the start of a buffer with its header read and its checksum checked, nothing more.
+enum Found<'a> {
+    /// Not this filesystem's: too short for a header, or another magic.
+    NotOurs,
+    /// Ours, but `bytes` is below a header, past the buffer, or the checksum does not match.
+    BadChecksum(JsetHeader),
+    /// `jset` is the entry's `bytes` bytes, header included.
+    Good { header: JsetHeader, jset: &'a [u8] },
+}
+
+fn find_jset(buf: &[u8], magic: u64) -> Found<'_> {
+    let Some(header) = JsetHeader::read(buf).filter(|h| h.magic == magic) else { return Found::NotOurs };
+    match buf.get(..header.bytes as usize) {
+        Some(jset) if jset.len() >= JSET_HEADER_BYTES && jset_csum(jset) == header.csum => {
+            Found::Good { header, jset }
+        }
+        _ => Found::BadChecksum(header),
+    }
+}
+
+/// What a walk over a good jset does with what it has checked.
+trait Visit<'a> {
+    /// True: btree_keys and overwrite entries reach [`Visit::entry`] with their keys. False: they
+    /// arrive without keys, and each key of a btree_keys entry goes to [`Visit::btree_key`] as it
+    /// is checked. Either way each key is decoded, and so checked, exactly once.
+    fn keep_keys(&self) -> bool;
+    fn btree_key(&mut self, btree: BtreeId, level: u8, key: KeyRef<'a>);
+    fn entry(&mut self, entry: JsetEntry);
+}
+
+/// Every check of a good jset's contents, for every way of reading one: the header's rules, then
+/// each of its `nr_entries` entries in order (length, type, btree id, body), then nothing left
+/// up to `bytes`. `jset` is the entry's `bytes` bytes, header included. Stops at the first
+/// failure, after `v` has seen the entries and keys before it.
+fn walk_jset<'a>(header: &JsetHeader, jset: &'a [u8], v: &mut impl Visit<'a>) -> Result<(), JsetInvalid> {
+    header.check()?;
+    let mut rest = jset.get(OFF_ENTRIES..).unwrap_or_default();
+    for entry in 0..header.nr_entries {
+        let eh = rest
+            .first_chunk::<ENTRY_HEADER_BYTES>()
+            .map(EntryHeader::from_bytes)
+            .ok_or(JsetInvalid::EntryPastEnd { entry })?;
+        let len = eh.bytes as usize;
+        if len < ENTRY_HEADER_BYTES || len % ENTRY_ALIGN != 0 {
+            return Err(JsetInvalid::EntryLength { entry, bytes: eh.bytes });
+        }
+        let (this, after) = rest.split_at_checked(len).ok_or(JsetInvalid::EntryPastEnd { entry })?;
+        rest = after;
+        walk_entry(entry, eh, this.get(ENTRY_OFF_BODY..).unwrap_or_default(), v)?;
+    }
+    if !rest.is_empty() {
+        return Err(JsetInvalid::TrailingBytes { bytes: rest.len() });
+    }
+    Ok(())
+}
+
+/// Checks entry number `entry`, whose header is `eh` and body `body`, and hands it to `v`.
+fn walk_entry<'a>(
+    entry: u32,
+    eh: EntryHeader,
+    body: &'a [u8],
+    v: &mut impl Visit<'a>,
+) -> Result<(), JsetInvalid> {
+    let btree = || BtreeId::from_u8(eh.btree).ok_or(JsetInvalid::UnknownBtree { entry, btree: eh.btree });
+    let level = eh.level;
+    let checked = match eh.ty {
+        TYPE_BTREE_KEYS => {
+            let btree = btree()?;
+            JsetEntry::BtreeKeys { btree, level, keys: walk_keys(entry, Some((btree, level)), body, v)? }
+        }
+        TYPE_OVERWRITE => {
+            let btree = btree()?;
+            JsetEntry::Overwrite { btree, level, keys: walk_keys(entry, None, body, v)? }
+        }
+        TYPE_BTREE_ROOT => {
+            let ptr = decode_root(entry, body)?;
+            JsetEntry::BtreeRoot { btree: btree()?, level, ptr }
+        }
+        TYPE_BLACKLIST => decode_blacklist(entry, body)?,
+        ty => return Err(JsetInvalid::UnknownEntryType { entry, ty }),
+    };
+    v.entry(checked);
+    Ok(())
+}
+
+/// Checks every key of a btree_keys (`replayed` is its btree and level) or overwrite entry:
+/// kept, or the btree_keys ones handed to `v` one by one, as `v` wants.
+fn walk_keys<'a>(
+    entry: u32,
+    replayed: Option<(BtreeId, u8)>,
+    body: &'a [u8],
+    v: &mut impl Visit<'a>,
+) -> Result<PackedKeys, JsetInvalid> {
+    let bad = |e: Error| JsetInvalid::Key { entry, why: e.message().to_owned() };
+    let mut r = Reader::new(body, "journal entry keys", ErrCode::JournalReadErr);
+    // PackedKeys::decode checks with the same KeyRef::decode, key by key, as the loop below.
+    if v.keep_keys() {
+        return PackedKeys::decode(&mut r).map_err(bad);
+    }
+    while !r.is_empty() {
+        let key = KeyRef::decode(&mut r).map_err(bad)?;
+        if let Some((btree, level)) = replayed {
+            v.btree_key(btree, level, key);
+        }
+    }
+    Ok(PackedKeys::default())
+}
+
+fn decode_root(entry: u32, body: &[u8]) -> Result<BtreePtrV2, JsetInvalid> {
+    let bad = |why: String| JsetInvalid::Root { entry, why };
+    let mut r = Reader::new(body, "btree_root entry", ErrCode::JournalReadErr);
+    let k = KeyRef::decode(&mut r).map_err(|e| bad(e.message().to_owned()))?;
+    if k.ty != KeyType::BtreePtrV2 || !r.is_empty() {
+        return Err(bad("is not one btree_ptr_v2 key".to_owned()));
+    }
+    BtreePtrV2::decode(k.val).map_err(|e| bad(e.message().to_owned()))
+}
+
+fn decode_blacklist(entry: u32, body: &[u8]) -> Result<JsetEntry, JsetInvalid> {
+    let Some(b) = body.first_chunk::<BLACKLIST_BYTES>().filter(|_| body.len() == BLACKLIST_BYTES) else {
+        return Err(JsetInvalid::BlacklistLength { entry, bytes: body.len() });
+    };
+    let start = u64::from_le_bytes(field(b, BLACKLIST_OFF_START));
+    let end = u64::from_le_bytes(field(b, BLACKLIST_OFF_END));
+    if start >= end {
+        return Err(JsetInvalid::BlacklistRange { entry, start, end });
+    }
+    Ok(JsetEntry::Blacklist { start, end })
+}
+
+/// Collects the entries of a walk, for [`decode_jset_with`].
+struct Entries {
+    entries: Vec<JsetEntry>,
+    keep_keys: bool,
+}
+
+impl Visit<'_> for Entries {
+    fn keep_keys(&self) -> bool {
+        self.keep_keys
+    }
+
+    fn btree_key(&mut self, _: BtreeId, _: u8, _: KeyRef<'_>) {}
+
+    fn entry(&mut self, entry: JsetEntry) {
+        self.entries.push(entry);
+    }
+}
+
+/// Hands the btree keys of a walk to a function, for [`for_each_btree_key`].
+struct EachKey<F>(F);
+
+impl<'a, F: FnMut(BtreeId, u8, KeyRef<'a>)> Visit<'a> for EachKey<F> {
+    fn keep_keys(&self) -> bool {
+        false
+    }
+
+    fn btree_key(&mut self, btree: BtreeId, level: u8, key: KeyRef<'a>) {
+        (self.0)(btree, level, key);
+    }
+
+    fn entry(&mut self, _: JsetEntry) {}
+}
+
 /// Decodes the jset at the start of `buf`. Only a malformed entry behind a good checksum is
-/// an error (a bug or a collision, not damage).
+/// an error (a bug or a collision, not damage); its [`JsetInvalid`] says why.
 pub fn decode_jset(buf: &[u8], magic: u64) -> Result<JsetRead> {
     decode_jset_with(buf, magic, &Decode { known: &|_, _, _| false, keys: true })
 }
 
 /// Calls `f` with each key of the btree_keys entries of the jset at the start of `buf`, in
-/// order, if it is a good entry with length `bytes` and checksum `csum` (as a scan found it);
-/// `Ok(false)` if it is not. Recovery takes the keys to replay this way, straight from the
-/// bytes of the copy it keeps.
-pub fn for_each_btree_key(
-    buf: &[u8],
+/// order, if it is the good entry `seq` with length `bytes` and checksum `csum` (as a scan found
+/// it); `Ok(false)` if it is not. Recovery takes the keys to replay this way, straight from the
+/// bytes of the copy it keeps. The jset is checked exactly as [`decode_jset`] checks it (one
+/// walk does both), and an invalid one is the same error; `f` may have seen keys before the
+/// failure, which the caller must drop.
+pub fn for_each_btree_key<'a>(
+    buf: &'a [u8],
+    magic: u64,
+    seq: u64,
     bytes: u32,
     csum: u32,
-    mut f: impl FnMut(BtreeId, u8, KeyRef<'_>),
+    f: impl FnMut(BtreeId, u8, KeyRef<'a>),
 ) -> Result<bool> {
-    let Some(body) = buf.get(..bytes as usize).filter(|b| b.len() >= JSET_HEADER_BYTES) else {
-        return Ok(false);
-    };
-    let Some(h) = JsetHeader::read(body) else { return Ok(false) };
-    if h.csum != csum || h.bytes != bytes || jset_csum(body) != csum {
+    let Found::Good { header, jset } = find_jset(buf, magic) else { return Ok(false) };
+    if (header.seq, header.bytes, header.csum) != (seq, bytes, csum) {
         return Ok(false);
     }
-    let mut r = Reader::new(body, "jset", ErrCode::JournalReadErr);
-    r.skip(OFF_ENTRIES)?;
-    for _ in 0..h.nr_entries {
-        let EntryHeader { bytes: len, ty, btree: raw_btree, level } = EntryHeader::from_bytes(&r.array()?);
-        let mut e = r.sub((len as usize).saturating_sub(ENTRY_HEADER_BYTES), "journal entry")?;
-        if ty != TYPE_BTREE_KEYS {
-            continue;
-        }
-        let btree = BtreeId::from_u8(raw_btree)
-            .ok_or_else(|| body_error(format_args!("unknown btree id {raw_btree}")))?;
-        while !e.is_empty() {
-            f(btree, level, KeyRef::decode(&mut e)?);
-        }
-    }
+    walk_jset(&header, jset, &mut EachKey(f)).map_err(|why| why.at(seq))?;
     Ok(true)
 }
 
@@ -386,43 +609,20 @@ pub struct Decode<'a> {
 
 /// [`decode_jset`] with shortcuts.
 pub fn decode_jset_with(buf: &[u8], magic: u64, how: &Decode<'_>) -> Result<JsetRead> {
-    let Some(h) = JsetHeader::read(buf).filter(|h| h.magic == magic) else { return Ok(JsetRead::Empty) };
-    let JsetHeader { csum, bytes, seq, last_seq, version, flags, nr_entries, .. } = h;
-    let body = match buf.get(..bytes as usize) {
-        Some(b) if (bytes as usize) >= JSET_HEADER_BYTES && jset_csum(b) == csum => b,
-        _ => return Ok(JsetRead::BadChecksum { seq, bytes }),
+    let (header, jset) = match find_jset(buf, magic) {
+        Found::NotOurs => return Ok(JsetRead::Empty),
+        Found::BadChecksum(h) => return Ok(JsetRead::BadChecksum { seq: h.seq, bytes: h.bytes }),
+        Found::Good { header, jset } => (header, jset),
     };
+    let JsetHeader { csum, bytes, seq, last_seq, flags, nr_entries, .. } = header;
     if (how.known)(seq, bytes, csum) {
         return Ok(JsetRead::Known { seq, bytes });
     }
-    if version != fs_core::sb::FORMAT_VERSION {
-        return Err(Error::new(
-            ErrCode::JournalReadErr,
-            format!("journal entry version {version} unsupported"),
-        )
-        .journal_seq(seq));
-    }
-    if last_seq > seq {
-        return Err(Error::new(
-            ErrCode::JournalReadErr,
-            format!("journal entry last_seq {last_seq} newer than its seq"),
-        )
-        .journal_seq(seq));
-    }
-    let mut r = Reader::new(body, "jset", ErrCode::JournalReadErr);
-    r.skip(OFF_ENTRIES)?;
-    let mut entries = Vec::with_capacity((nr_entries as usize).min(1 << 16));
-    for _ in 0..nr_entries {
-        entries.push(JsetEntry::decode(&mut r, how.keys).map_err(|e| e.journal_seq(seq))?);
-    }
-    if !r.is_empty() {
-        return Err(
-            Error::new(ErrCode::JournalReadErr, "bytes after the last journal entry").journal_seq(seq)
-        );
-    }
-    Ok(JsetRead::Good { jset: Jset { seq, last_seq, flags, entries }, bytes, csum })
+    let mut v =
+        Entries { entries: Vec::with_capacity((nr_entries as usize).min(1 << 16)), keep_keys: how.keys };
+    walk_jset(&header, jset, &mut v).map_err(|why| why.at(seq))?;
+    Ok(JsetRead::Good { jset: Jset { seq, last_seq, flags, entries: v.entries }, bytes, csum })
 }
-
 #[cfg(test)]
 mod tests {
     use fs_core::bkey::ExtentPtr;

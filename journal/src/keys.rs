@@ -217,13 +217,21 @@ impl std::fmt::Debug for KeySink {
 }
 
 impl KeySink {
-    /// Takes the `btree_keys` of jset `seq` from its encoding in `buf` (length `bytes`,
-    /// checksum `csum`); false, taking nothing, if `buf` does not hold that entry.
-    pub(crate) fn take_from_bytes(&mut self, seq: u64, buf: &[u8], bytes: u32, csum: u32) -> Result<bool> {
+    /// Takes the `btree_keys` of jset `seq` from its encoding in `buf` (magic `magic`, length
+    /// `bytes`, checksum `csum`); false, taking nothing, if `buf` does not hold that entry, and
+    /// an error, taking nothing, if it is invalid.
+    pub(crate) fn take_from_bytes(
+        &mut self,
+        buf: &[u8],
+        magic: u64,
+        seq: u64,
+        bytes: u32,
+        csum: u32,
+    ) -> Result<bool> {
         let start = self.0.recs.len();
         let mut journal_offset = 0u32;
         let sk = &mut self.0;
-        let found = for_each_btree_key(buf, bytes, csum, |btree, level, key| {
+        let found = for_each_btree_key(buf, magic, seq, bytes, csum, |btree, level, key| {
             sk.push(btree, level, seq, journal_offset, key);
             journal_offset = journal_offset.saturating_add(1);
         });

@@ -15,7 +15,7 @@ pub mod keys;
 pub mod read;
 pub mod write;
 
-pub use format::{Jset, JsetEntry, JsetRead, decode_jset};
+pub use format::{Jset, JsetEntry, JsetInvalid, JsetRead, decode_jset};
 pub use keys::{JournalKey, JournalKeys, KeySink};
 pub use read::{
     DeviceRing, EntryPtr, JournalDevice, JournalRead, ReadEntry, ReadOpts, read_journal, read_journal_keys,

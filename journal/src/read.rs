@@ -42,7 +42,7 @@ use fs_core::dev::SharedDevice;
 use fs_core::error::{ErrCode, Error, Result};
 use fs_core::fsck_err::FsckErr;
 
-use crate::format::{Decode, Jset, JsetEntry, JsetRead, decode_jset, decode_jset_with};
+use crate::format::{Decode, Jset, JsetEntry, JsetInvalid, JsetRead, decode_jset, decode_jset_with};
 use crate::keys::KeySink;
 
 /// One present member device's journal: its bucket list from the superblock, in ring order.
@@ -165,7 +165,7 @@ fn read(
     for d in devs {
         Geometry::new(d, opts)?;
     }
-    let mut m = Merger { sink, ..Merger::default() };
+    let mut m = Merger { sink, magic: opts.magic, ..Merger::default() };
     let mut rings = Vec::with_capacity(devs.len());
     scan_all(devs, opts, Pass::First, &mut m, |m, scan| {
         m.add_scan(scan, &mut rings, None);
@@ -508,7 +508,7 @@ fn scan_bucket(buf: &[u8], base: u64, ctx: &BucketCtx<'_>, copies: &mut Vec<Copy
                 (seq, CopyState::Bad("bad checksum".into()), geo.block_len)
             }
             Err(e) => match e.context().journal_seq {
-                Some(seq) => (seq, CopyState::Bad(format!("invalid entry: {}", e.message())), geo.block_len),
+                Some(seq) => (seq, CopyState::Bad(invalid_copy(&e)), geo.block_len),
                 // No seq to file it under: nothing to do but step over it.
                 None => {
                     pos = pos.saturating_add(geo.block_len);
@@ -534,6 +534,14 @@ fn scan_bucket(buf: &[u8], base: u64, ctx: &BucketCtx<'_>, copies: &mut Vec<Copy
     match first_seq {
         Some(first_seq) => BucketState::Data { first_seq, newest_seq, end: end as u64 },
         None => BucketState::Empty,
+    }
+}
+
+/// Why a copy that decoded with an error is bad, for the log.
+fn invalid_copy(e: &Error) -> String {
+    match JsetInvalid::of(e) {
+        Some(why) => format!("invalid entry: {why}"),
+        None => format!("invalid entry: {}", e.message()),
     }
 }
 
@@ -632,6 +640,8 @@ struct Merger {
     known: Known,
     /// Where the keys of kept entries go, when the caller takes them as they come.
     sink: Option<KeySink>,
+    /// The jset magic, to read kept copies again.
+    magic: u64,
     /// Entries kept since the last [`Merger::fill_sink`], whose keys it is to read.
     to_sink: Vec<(u64, EntryPtr, CopyId)>,
     /// Entries whose kept copy did not read back; retried from every good copy at the end.
@@ -683,8 +693,9 @@ impl Merger {
     /// every device has been scanned ([`Merger::retry_sink`]).
     fn fill_sink(&mut self, devs: &[JournalDevice]) {
         let Some(sink) = self.sink.as_mut() else { return };
+        let copy = KeptCopy { devs, magic: self.magic };
         for (seq, ptr, id) in self.to_sink.drain(..) {
-            if !matches!(take_copy_keys(sink, &mut self.sink_buf, devs, seq, ptr, id), Ok(true)) {
+            if !matches!(copy.take_keys(sink, &mut self.sink_buf, seq, ptr, id), Ok(true)) {
                 self.sink_retry.push((seq, id));
             }
         }
@@ -693,11 +704,12 @@ impl Merger {
     /// The entries whose kept copy could not be read again: their keys from any good copy.
     fn retry_sink(&mut self, devs: &[JournalDevice]) -> Result<()> {
         let Some(sink) = self.sink.as_mut() else { return Ok(()) };
+        let copy = KeptCopy { devs, magic: self.magic };
         for (seq, id) in self.sink_retry.drain(..) {
             let ptrs = self.slots.get(&seq).map(|s| s.ptrs.clone()).unwrap_or_default();
             let mut last = None;
             let taken =
-                ptrs.iter().any(|&ptr| match take_copy_keys(sink, &mut self.sink_buf, devs, seq, ptr, id) {
+                ptrs.iter().any(|&ptr| match copy.take_keys(sink, &mut self.sink_buf, seq, ptr, id) {
                     Ok(taken) => taken,
                     Err(e) => {
                         last = Some(e);
@@ -910,21 +922,30 @@ impl Merger {
     }
 }
 
-/// Takes the keys of entry `seq` from its copy at `ptr` into `sink`: true if the copy read back
-/// with the length and checksum `id` it was scanned with.
-fn take_copy_keys(
-    sink: &mut KeySink,
-    buf: &mut Vec<u8>,
-    devs: &[JournalDevice],
-    seq: u64,
-    ptr: EntryPtr,
-    id: CopyId,
-) -> Result<bool> {
-    let (bytes, csum) = id;
-    let Some(d) = devs.iter().find(|d| d.dev_idx == ptr.dev) else { return Ok(false) };
-    buf.resize(bytes as usize, 0);
-    d.dev.read_at(buf, ptr.offset).map_err(|e| e.dev(ptr.dev).journal_seq(seq))?;
-    sink.take_from_bytes(seq, buf, bytes, csum)
+/// Where kept copies are read again from.
+#[derive(Clone, Copy)]
+struct KeptCopy<'a> {
+    devs: &'a [JournalDevice],
+    magic: u64,
+}
+
+impl KeptCopy<'_> {
+    /// Takes the keys of entry `seq` from its copy at `ptr` into `sink`: true if the copy read
+    /// back as the entry with the length and checksum `id` it was scanned with.
+    fn take_keys(
+        self,
+        sink: &mut KeySink,
+        buf: &mut Vec<u8>,
+        seq: u64,
+        ptr: EntryPtr,
+        id: CopyId,
+    ) -> Result<bool> {
+        let (bytes, csum) = id;
+        let Some(d) = self.devs.iter().find(|d| d.dev_idx == ptr.dev) else { return Ok(false) };
+        buf.resize(bytes as usize, 0);
+        d.dev.read_at(buf, ptr.offset).map_err(|e| e.dev(ptr.dev).journal_seq(seq))?;
+        sink.take_from_bytes(buf, self.magic, seq, bytes, csum)
+    }
 }
 
 /// Scanning back from the newest seq: blacklisted seqs, no-flush entries and seqs with no good
