@@ -15,7 +15,9 @@
 //! 3. Copies are merged by seq ([`Merger`]): same device and offset is the same copy; same device
 //!    at another offset is a duplicate; good copies that differ are a replica mismatch; otherwise
 //!    the pointer lists merge.
-//! 4. The replay range is chosen scanning back from the newest seq ([`replay_range`]).
+//! 4. The replay range is chosen scanning back from the newest seq ([`replay_range`]); which
+//!    seqs replay, and which the next mount blacklists, is then [`ReplayDecision`]'s to say
+//!    ([`JournalRead::replay`]), for the read itself and for every caller.
 //! 5. Seqs missing from the range force one full re-read (every block of every bucket, no
 //!    shortcuts); what is still missing is logged and counted, or, when member devices are
 //!    absent and `-o degraded` was not given, fails the mount.
@@ -35,6 +37,8 @@
 //! - An entry that decodes badly behind a good checksum is treated as a bad copy, like a bad
 //!   checksum: another device's copy may serve.
 
+mod decision;
+
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::ops::RangeInclusive;
 
@@ -42,6 +46,8 @@ use fs_core::dev::SharedDevice;
 use fs_core::error::{ErrCode, Error, Result};
 use fs_core::fsck_err::FsckErr;
 
+use self::decision::in_blacklist;
+pub use self::decision::{BLACKLIST_AHEAD, ReplayDecision, SeqStatus};
 use crate::format::{Decode, Jset, JsetEntry, JsetInvalid, JsetRead, decode_jset, decode_jset_with};
 use crate::keys::KeySink;
 
@@ -105,7 +111,8 @@ pub struct DeviceRing {
 /// The result of [`read_journal`].
 #[derive(Clone, Debug, Default)]
 pub struct JournalRead {
-    /// In seq order: only `last_seq..=replay_end`, blacklisted seqs and missing seqs left out.
+    /// In seq order, the entries [`JournalRead::replay`] replays: `last_seq..=replay_end`,
+    /// blacklisted seqs and missing seqs left out.
     pub entries: Vec<ReadEntry>,
     /// Only with [`ReadOpts::keep_all`], else empty: every seq with a good copy, in seq order,
     /// including those below `last_seq`, past `replay_end` (no-flush, above a torn write) and
@@ -137,6 +144,16 @@ impl JournalRead {
     /// How many times `err` was counted.
     pub fn fsck_count(&self, err: FsckErr) -> u64 {
         self.fsck_errors.iter().find(|(e, _)| *e == err).map_or(0, |(_, n)| *n)
+    }
+
+    /// Which seqs replay, and which the next mount must blacklist: ask this, never the fields.
+    pub fn replay(&self) -> ReplayDecision<'_> {
+        ReplayDecision {
+            last_seq: self.last_seq,
+            replay_end: self.replay_end,
+            newest_seq: self.newest_seq,
+            blacklist: &self.blacklist,
+        }
     }
 }
 
@@ -803,7 +820,7 @@ impl Merger {
     }
 
     fn blacklisted(&self, seq: u64) -> bool {
-        self.blacklist.iter().any(|&(start, end)| (start..end).contains(&seq))
+        in_blacklist(&self.blacklist, seq)
     }
 
     /// A blacklisted flush entry inside the replay range should not exist: count it.
@@ -896,29 +913,27 @@ impl Merger {
     }
 
     fn finish(self, last_seq: u64, replay_end: u64, rings: Vec<DeviceRing>, keep_all: bool) -> JournalRead {
-        let newest_seq = self.newest_seq();
-        let fsck_errors = self.fsck_errors();
-        let all_entries = if keep_all { self.all_entries() } else { Vec::new() };
-        let blacklist = self.blacklist;
-        let in_blacklist = |seq: u64| blacklist.iter().any(|&(start, end)| (start..end).contains(&seq));
+        let mut jr = JournalRead {
+            entries: Vec::new(),
+            all_entries: if keep_all { self.all_entries() } else { Vec::new() },
+            last_seq,
+            replay_end,
+            newest_seq: self.newest_seq(),
+            fsck_errors: self.fsck_errors(),
+            blacklist: self.blacklist,
+            log: self.log,
+            bad_copies: self.bad_copies,
+            rings,
+        };
+        let replay = jr.replay();
         let entries = self
             .slots
             .into_iter()
-            .filter(|(seq, _)| (last_seq..=replay_end).contains(seq) && !in_blacklist(*seq))
+            .filter(|(seq, _)| replay.replays(*seq))
             .filter_map(|(_, s)| s.good.map(|jset| ReadEntry { jset, ptrs: s.ptrs }))
             .collect();
-        JournalRead {
-            entries,
-            all_entries,
-            last_seq,
-            replay_end,
-            newest_seq,
-            blacklist,
-            log: self.log,
-            fsck_errors,
-            bad_copies: self.bad_copies,
-            rings,
-        }
+        jr.entries = entries;
+        jr
     }
 }
 
