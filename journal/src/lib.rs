@@ -18,7 +18,7 @@ pub mod write;
 pub use format::{Jset, JsetEntry, JsetInvalid, JsetRead, decode_jset};
 pub use keys::{JournalKey, JournalKeys, KeySink};
 pub use read::{
-    BLACKLIST_AHEAD, DeviceRing, EntryPtr, JournalDevice, JournalRead, ReadEntry, ReadOpts, ReplayDecision,
-    SeqStatus, read_journal, read_journal_keys,
+    BLACKLIST_AHEAD, DeviceRing, EntryPtr, JournalDevice, JournalRead, JournalReplay, ReadEntry, ReadOpts,
+    ReplayDecision, SeqStatus, read_journal, read_journal_for_replay, read_journal_keys,
 };
 pub use write::{Journal, JournalConfig, JournalStats, JournalWatermark, Ring};

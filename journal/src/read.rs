@@ -41,6 +41,7 @@ mod decision;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::ops::RangeInclusive;
+use std::time::{Duration, Instant};
 
 use fs_core::dev::SharedDevice;
 use fs_core::error::{ErrCode, Error, Result};
@@ -49,7 +50,7 @@ use fs_core::fsck_err::FsckErr;
 use self::decision::in_blacklist;
 pub use self::decision::{BLACKLIST_AHEAD, ReplayDecision, SeqStatus};
 use crate::format::{Decode, Jset, JsetEntry, JsetInvalid, JsetRead, decode_jset, decode_jset_with};
-use crate::keys::KeySink;
+use crate::keys::{JournalKeys, KeySink};
 
 /// One present member device's journal: its bucket list from the superblock, in ring order.
 #[derive(Clone, Debug)]
@@ -157,6 +158,21 @@ impl JournalRead {
     }
 }
 
+/// The journal as recovery and `fsck -n` take it ([`read_journal_for_replay`]): the read, and the
+/// btree keys of the seqs its replay decision replays, sorted and compacted.
+#[derive(Debug)]
+pub struct JournalReplay {
+    /// The read, its entries without their btree keys (the other entries intact): those are in
+    /// `keys`.
+    pub read: JournalRead,
+    pub keys: JournalKeys,
+    /// Keys of the replayed seqs before compaction (`read` in [`JournalKeys::summary`]).
+    pub keys_read: usize,
+    /// Wall time of the read, and of sorting and compacting the keys after it.
+    pub read_time: Duration,
+    pub sort_time: Duration,
+}
+
 /// Reads the journal of every present device and decides what to replay. See the module docs
 /// for the rules. Errors: an invalid geometry (`JournalReadErr`), or entries that survive only on
 /// absent devices without `opts.degraded` (`InsufficientDevices`).
@@ -164,14 +180,29 @@ pub fn read_journal(devs: &[JournalDevice], opts: &ReadOpts) -> Result<JournalRe
     read(devs, opts, None).map(|(jr, _)| jr)
 }
 
-/// [`read_journal`] for recovery: the scans check keys without keeping them, and the keys of
-/// each entry kept are read again from the one copy kept, straight into a [`KeySink`], as the
-/// entry is merged. The read thus never holds the journal's keys twice (decoded copies and sort
-/// records), nor decoded copies it then frees (memory the allocator keeps). The entries come
-/// back without their keys (all other entries intact), so `opts.keep_all` is no use with it.
+/// The read of [`read_journal_for_replay`], with the keys it put in the sink still unsorted.
+/// Going: the caller had to say itself which seqs replay.
 pub fn read_journal_keys(devs: &[JournalDevice], opts: &ReadOpts) -> Result<(JournalRead, KeySink)> {
     let (jr, sink) = read(devs, opts, Some(KeySink::default()))?;
     Ok((jr, sink.unwrap_or_default()))
+}
+
+/// [`read_journal`] for recovery and `fsck -n`, with the journal keys to replay: the one way to
+/// get them. The scans check keys without keeping them, and the keys of each entry kept are
+/// read again from the one copy kept, straight into sort records, as the entry is merged; once
+/// the read has decided, the records of the seqs [`JournalRead::replay`] replays are sorted and
+/// compacted. The read thus never holds the journal's keys twice (decoded copies and sort
+/// records), nor decoded copies it then frees (memory the allocator keeps). The entries come
+/// back without their btree keys, so `opts.keep_all` is no use with it.
+pub fn read_journal_for_replay(devs: &[JournalDevice], opts: &ReadOpts) -> Result<JournalReplay> {
+    let t0 = Instant::now();
+    let (read, sink) = read(devs, opts, Some(KeySink::default()))?;
+    let read_time = t0.elapsed();
+    let t_sort = Instant::now();
+    let replay = read.replay();
+    let (keys, keys_read) = JournalKeys::from_sink(sink.unwrap_or_default(), |seq| replay.replays(seq));
+    let sort_time = t_sort.elapsed();
+    Ok(JournalReplay { read, keys, keys_read, read_time, sort_time })
 }
 
 fn read(
