@@ -19,14 +19,10 @@ use fs_core::recovery_pass::{PassFlags, RecoveryPass};
 use fs_core::sb::{DeviceSet, fs_magic};
 use journal::format::JSET_SALT;
 use journal::keys::JournalKeys;
-use journal::read::{JournalDevice, JournalRead, ReadOpts, read_journal, read_journal_keys};
+use journal::read::{JournalDevice, JournalRead, JournalReplay, ReadOpts, read_journal_for_replay};
 use journal::{Journal, JournalWatermark, JsetEntry, Ring};
 
 use crate::fs::{Fs, device_inits, journal_config};
-
-/// Journal seqs blacklisted after an unclean shutdown beyond the newest seq found: the open
-/// entry at the crash had the next seq and may have reached btree nodes.
-const BLACKLIST_AHEAD: u64 = 1;
 
 /// What `mount` was asked for.
 #[derive(Clone, Debug, Default)]
@@ -199,12 +195,11 @@ pub fn open_read_only(set: DeviceSet, mopts: &MountOpts) -> Result<ReadOnlyView>
         return Ok(ReadOnlyView { set, btrees, keys: None, journal: None, log });
     }
     let ropts = journal_read_opts(&set, opts.block_size(), mopts.degraded());
-    let jr = read_journal(&journal_devices(&set), &ropts)?;
+    let JournalReplay { read: jr, keys, keys_read: nr_read, .. } =
+        read_journal_for_replay(&journal_devices(&set), &ropts)?;
     log.extend(jr.log.iter().cloned());
-    let (keys, nr_read) = JournalKeys::from_entries(&jr.entries);
     log.push(JournalKeys::summary(nr_read, keys.len()));
-    let mut blacklist = jr.blacklist.clone();
-    blacklist.push(blacklist_after(&jr));
+    let blacklist = jr.replay().btree_blacklist();
     let btrees = open_btrees(&set, &opts, Arc::new(crate::fs::ReadOnlyNodes), journal_roots(&jr), blacklist);
     Ok(ReadOnlyView { set, btrees, keys: Some(keys), journal: Some(jr), log })
 }
@@ -256,8 +251,10 @@ fn recover(mut set: DeviceSet, opts: Options, mopts: &MountOpts, mut log: Vec<St
     let t0 = Instant::now();
     let ropts = journal_read_opts(&set, opts.block_size(), mopts.degraded());
     let mut times = RecoveryTimes::default();
-    let (jr, sink) = read_journal_keys(&journal_devices(&set), &ropts)?;
-    times.journal_read = PhaseTime::until_now(t0, t0);
+    let JournalReplay { read: jr, mut keys, keys_read: nr_read, read_time, sort_time } =
+        read_journal_for_replay(&journal_devices(&set), &ropts)?;
+    times.journal_read = PhaseTime { start: Duration::ZERO, took: read_time };
+    times.sort = PhaseTime { start: read_time, took: sort_time };
     log.extend(jr.log.iter().cloned());
     for &(err, n) in &jr.fsck_errors {
         set.sb.count_error(err, n);
@@ -268,22 +265,15 @@ fn recover(mut set: DeviceSet, opts: Options, mopts: &MountOpts, mut log: Vec<St
             "unclean shutdown but no journal entries found: nothing says where the btrees are (run fsck)",
         ));
     }
-    log.push(format!("journal read in {:.2?}", t0.elapsed()));
+    log.push(format!("journal read in {read_time:.2?}"));
 
     let roots = journal_roots(&jr);
-    let t_sort = Instant::now();
-    // The read moved the keys of the entries it kept into `sink` as it went: what is to replay
-    // are those of the replay range, less blacklisted seqs (the entries `jr.entries` lists).
-    let replays = |seq: u64| (jr.last_seq..=jr.replay_end).contains(&seq) && !in_ranges(&jr.blacklist, seq);
-    let (mut keys, nr_read) = JournalKeys::from_sink(sink, replays);
-    times.sort = PhaseTime::until_now(t0, t_sort);
     log.push(JournalKeys::summary(nr_read, keys.len()));
 
     // Seqs after the replay range may have reached btree nodes without their journal entry
     // becoming durable: their bsets must be ignored from now on.
-    let (bl_start, bl_end) = blacklist_after(&jr);
-    let mut blacklist = jr.blacklist.clone();
-    blacklist.push((bl_start, bl_end));
+    let (bl_start, bl_end) = jr.replay().blacklist_after();
+    let blacklist = jr.replay().btree_blacklist();
     log.push(format!("blacklisting journal seqs {bl_start}-{}", bl_end - 1));
 
     let mut alloc: Option<Arc<Allocator>> = None;
@@ -448,12 +438,6 @@ const RECOVERY_CACHE_NODES: usize = 512;
 /// Whether `seq` lies in one of the `[start, end)` ranges.
 fn in_ranges(ranges: &[(u64, u64)], seq: u64) -> bool {
     ranges.iter().any(|&(s, e)| (s..e).contains(&seq))
-}
-
-/// The seqs to blacklist after an unclean shutdown, `[start, end)`: past the replay range they
-/// may have reached btree nodes without their journal entry becoming durable.
-fn blacklist_after(jr: &JournalRead) -> (u64, u64) {
-    (jr.replay_end + 1, jr.newest_seq.max(jr.replay_end) + 1 + BLACKLIST_AHEAD)
 }
 
 /// The btrees of `set` as recovery opens them: the given roots, bsets of `blacklist`ed seqs
