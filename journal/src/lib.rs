@@ -16,9 +16,9 @@ pub mod read;
 pub mod write;
 
 pub use format::{Jset, JsetEntry, JsetInvalid, JsetRead, decode_jset};
-pub use keys::{JournalKey, JournalKeys, KeySink};
+pub use keys::{JournalKey, JournalKeys};
 pub use read::{
     BLACKLIST_AHEAD, DeviceRing, EntryPtr, JournalDevice, JournalRead, JournalReplay, ReadEntry, ReadOpts,
-    ReplayDecision, SeqStatus, read_journal, read_journal_for_replay, read_journal_keys,
+    ReplayDecision, SeqStatus, read_journal, read_journal_for_replay,
 };
 pub use write::{Journal, JournalConfig, JournalStats, JournalWatermark, Ring};

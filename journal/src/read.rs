@@ -180,13 +180,6 @@ pub fn read_journal(devs: &[JournalDevice], opts: &ReadOpts) -> Result<JournalRe
     read(devs, opts, None).map(|(jr, _)| jr)
 }
 
-/// The read of [`read_journal_for_replay`], with the keys it put in the sink still unsorted.
-/// Going: the caller had to say itself which seqs replay.
-pub fn read_journal_keys(devs: &[JournalDevice], opts: &ReadOpts) -> Result<(JournalRead, KeySink)> {
-    let (jr, sink) = read(devs, opts, Some(KeySink::default()))?;
-    Ok((jr, sink.unwrap_or_default()))
-}
-
 /// [`read_journal`] for recovery and `fsck -n`, with the journal keys to replay: the one way to
 /// get them. The scans check keys without keeping them, and the keys of each entry kept are
 /// read again from the one copy kept, straight into sort records, as the entry is merged; once
