@@ -23,8 +23,7 @@ use fs_core::bpos::{Bpos, BtreeId};
 use fs_core::btree::iter::KeyOverlay;
 use fs_core::error::Result;
 
-use crate::format::{JsetEntry, for_each_btree_key};
-use crate::read::ReadEntry;
+use crate::format::for_each_btree_key;
 
 /// One key to replay, as [`JournalKeys`] shows it (its value borrowed).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -53,21 +52,12 @@ pub struct JournalKeys {
 }
 
 impl JournalKeys {
-    /// From the entries' `btree_keys` entries: sorted by (btree, level, pos), ties oldest seq
-    /// first, then only the newest per position kept. Returns the keys and the number read (for
-    /// [`JournalKeys::summary`]).
-    pub fn from_entries(entries: &[ReadEntry]) -> (JournalKeys, usize) {
-        let mut sk = SortKeys::with_capacity(count_keys(entries));
-        for e in entries {
-            push_keys(&mut sk, e.jset.seq, e.jset.entries.iter());
-        }
-        JournalKeys::sort_and_compact(sk)
-    }
-
-    /// From the keys a journal read put in `sink` ([`crate::read::read_journal_keys`]), those of
-    /// the jsets `replays` keeps (the replay range less blacklisted seqs): as
-    /// [`JournalKeys::from_entries`] of the entries to replay.
-    pub fn from_sink(sink: KeySink, replays: impl Fn(u64) -> bool) -> (JournalKeys, usize) {
+    /// From the keys a journal read put in `sink`, those of the jsets `replays` keeps: sorted by
+    /// (btree, level, pos), ties oldest seq first (then by place in the jset), then only the
+    /// newest per position kept. Returns the keys and the number taken before compaction (for
+    /// [`JournalKeys::summary`]). [`crate::read::read_journal_for_replay`] is the one caller, with
+    /// the read's replay decision.
+    pub(crate) fn from_sink(sink: KeySink, replays: impl Fn(u64) -> bool) -> (JournalKeys, usize) {
         let mut sk = sink.0;
         sk.recs.retain(|r| replays(r.seq));
         JournalKeys::sort_and_compact(sk)
@@ -208,7 +198,7 @@ impl KeyOverlay for JournalKeys {
 /// Journal keys collected during the journal read, ready to sort: each kept entry's
 /// `btree_keys` move in as the entry is merged.
 #[derive(Default)]
-pub struct KeySink(SortKeys);
+pub(crate) struct KeySink(SortKeys);
 
 impl std::fmt::Debug for KeySink {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -217,13 +207,21 @@ impl std::fmt::Debug for KeySink {
 }
 
 impl KeySink {
-    /// Takes the `btree_keys` of jset `seq` from its encoding in `buf` (length `bytes`,
-    /// checksum `csum`); false, taking nothing, if `buf` does not hold that entry.
-    pub(crate) fn take_from_bytes(&mut self, seq: u64, buf: &[u8], bytes: u32, csum: u32) -> Result<bool> {
+    /// Takes the `btree_keys` of jset `seq` from its encoding in `buf` (magic `magic`, length
+    /// `bytes`, checksum `csum`); false, taking nothing, if `buf` does not hold that entry, and
+    /// an error, taking nothing, if it is invalid.
+    pub(crate) fn take_from_bytes(
+        &mut self,
+        buf: &[u8],
+        magic: u64,
+        seq: u64,
+        bytes: u32,
+        csum: u32,
+    ) -> Result<bool> {
         let start = self.0.recs.len();
         let mut journal_offset = 0u32;
         let sk = &mut self.0;
-        let found = for_each_btree_key(buf, bytes, csum, |btree, level, key| {
+        let found = for_each_btree_key(buf, magic, seq, bytes, csum, |btree, level, key| {
             sk.push(btree, level, seq, journal_offset, key);
             journal_offset = journal_offset.saturating_add(1);
         });
@@ -234,12 +232,8 @@ impl KeySink {
     }
 
     /// Keys taken so far (all seqs).
-    pub fn len(&self) -> usize {
+    pub(crate) fn len(&self) -> usize {
         self.0.recs.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.0.recs.is_empty()
     }
 }
 
@@ -309,10 +303,6 @@ struct SortKeys {
 }
 
 impl SortKeys {
-    fn with_capacity(n: usize) -> SortKeys {
-        SortKeys { recs: Vec::with_capacity(n), boxed: Vec::new() }
-    }
-
     fn push(&mut self, btree: BtreeId, level: u8, seq: u64, journal_offset: u32, key: KeyRef<'_>) {
         let KeyRef { pos, ty, size, val } = key;
         let mut inline = [0u8; INLINE_VAL_BYTES];
@@ -377,29 +367,6 @@ fn sort_split(keys: &mut [SortKey], depth: u32) {
     // slice is then still a permutation), leaves its half to this thread.
     if !right_sorted {
         sort_split(right, 0);
-    }
-}
-
-fn count_keys(entries: &[ReadEntry]) -> usize {
-    entries
-        .iter()
-        .flat_map(|e| &e.jset.entries)
-        .map(|e| match e {
-            JsetEntry::BtreeKeys { keys, .. } => keys.len(),
-            _ => 0,
-        })
-        .sum()
-}
-
-/// Appends the `btree_keys` of one jset, numbering them in jset order.
-fn push_keys<'a>(out: &mut SortKeys, seq: u64, entries: impl Iterator<Item = &'a JsetEntry>) {
-    let mut journal_offset = 0u32;
-    for entry in entries {
-        let JsetEntry::BtreeKeys { btree, level, keys } = entry else { continue };
-        for key in keys.iter() {
-            out.push(*btree, *level, seq, journal_offset, key);
-            journal_offset = journal_offset.saturating_add(1);
-        }
     }
 }
 
@@ -529,7 +496,7 @@ mod tests {
     fn boxed_values_survive_sort_and_compaction() {
         let big = |tag: u8| Bkey::new(Bpos::new(1, u64::from(tag), 0), KeyType::Set, vec![tag; 40]);
         let small = |tag: u8| Bkey::new(Bpos::new(1, u64::from(tag), 0), KeyType::Set, vec![tag; 3]);
-        let mut sk = SortKeys::with_capacity(4);
+        let mut sk = SortKeys::default();
         for (i, k) in [big(9), small(2), big(5), big(2)].into_iter().enumerate() {
             sk.push(BtreeId::Extents, 0, 1, i as u32, k.as_ref());
         }

@@ -25,11 +25,12 @@ pub mod read;
 pub mod ring;
 pub mod write;
 
-pub use format::{Jset, JsetEntry, JsetRead, decode_jset};
-pub use keys::{JournalKey, JournalKeys, KeySink};
+pub use format::{Jset, JsetEntry, JsetInvalid, JsetRead, decode_jset};
+pub use keys::{JournalKey, JournalKeys};
 pub use pin::{JournalPin, PinFlush, Unflushable};
 pub use read::{
-    DeviceRing, EntryPtr, JournalDevice, JournalRead, ReadEntry, ReadOpts, read_journal, read_journal_keys,
+    BLACKLIST_AHEAD, DeviceRing, EntryPtr, JournalDevice, JournalRead, JournalReplay, ReadEntry, ReadOpts,
+    ReplayDecision, SeqStatus, read_journal, read_journal_for_replay,
 };
 pub use ring::Ring;
 pub use write::{Journal, JournalConfig, JournalRes, JournalStats, JournalWatermark};

@@ -15,7 +15,9 @@
 //! 3. Copies are merged by seq ([`Merger`]): same device and offset is the same copy; same device
 //!    at another offset is a duplicate; good copies that differ are a replica mismatch; otherwise
 //!    the pointer lists merge.
-//! 4. The replay range is chosen scanning back from the newest seq ([`replay_range`]).
+//! 4. The replay range is chosen scanning back from the newest seq ([`replay_range`]); which
+//!    seqs replay, and which the next mount blacklists, is then [`ReplayDecision`]'s to say
+//!    ([`JournalRead::replay`]), for the read itself and for every caller.
 //! 5. Seqs missing from the range force one full re-read (every block of every bucket, no
 //!    shortcuts); what is still missing is logged and counted, or, when member devices are
 //!    absent and `-o degraded` was not given, fails the mount.
@@ -35,15 +37,20 @@
 //! - An entry that decodes badly behind a good checksum is treated as a bad copy, like a bad
 //!   checksum: another device's copy may serve.
 
+mod decision;
+
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::ops::RangeInclusive;
+use std::time::{Duration, Instant};
 
 use fs_core::dev::SharedDevice;
 use fs_core::error::{ErrCode, Error, Result};
 use fs_core::fsck_err::FsckErr;
 
-use crate::format::{Decode, Jset, JsetEntry, JsetRead, decode_jset, decode_jset_with};
-use crate::keys::KeySink;
+use self::decision::in_blacklist;
+pub use self::decision::{BLACKLIST_AHEAD, ReplayDecision, SeqStatus};
+use crate::format::{Decode, Jset, JsetEntry, JsetInvalid, JsetRead, decode_jset, decode_jset_with};
+use crate::keys::{JournalKeys, KeySink};
 
 /// One present member device's journal: its bucket list from the superblock, in ring order.
 #[derive(Clone, Debug)]
@@ -105,7 +112,8 @@ pub struct DeviceRing {
 /// The result of [`read_journal`].
 #[derive(Clone, Debug, Default)]
 pub struct JournalRead {
-    /// In seq order: only `last_seq..=replay_end`, blacklisted seqs and missing seqs left out.
+    /// In seq order, the entries [`JournalRead::replay`] replays: `last_seq..=replay_end`,
+    /// blacklisted seqs and missing seqs left out.
     pub entries: Vec<ReadEntry>,
     /// Only with [`ReadOpts::keep_all`], else empty: every seq with a good copy, in seq order,
     /// including those below `last_seq`, past `replay_end` (no-flush, above a torn write) and
@@ -138,6 +146,31 @@ impl JournalRead {
     pub fn fsck_count(&self, err: FsckErr) -> u64 {
         self.fsck_errors.iter().find(|(e, _)| *e == err).map_or(0, |(_, n)| *n)
     }
+
+    /// Which seqs replay, and which the next mount must blacklist: ask this, never the fields.
+    pub fn replay(&self) -> ReplayDecision<'_> {
+        ReplayDecision {
+            last_seq: self.last_seq,
+            replay_end: self.replay_end,
+            newest_seq: self.newest_seq,
+            blacklist: &self.blacklist,
+        }
+    }
+}
+
+/// The journal as recovery and `fsck -n` take it ([`read_journal_for_replay`]): the read, and the
+/// btree keys of the seqs its replay decision replays, sorted and compacted.
+#[derive(Debug)]
+pub struct JournalReplay {
+    /// The read, its entries without their btree keys (the other entries intact): those are in
+    /// `keys`.
+    pub read: JournalRead,
+    pub keys: JournalKeys,
+    /// Keys of the replayed seqs before compaction (`read` in [`JournalKeys::summary`]).
+    pub keys_read: usize,
+    /// Wall time of the read, and of sorting and compacting the keys after it.
+    pub read_time: Duration,
+    pub sort_time: Duration,
 }
 
 /// Reads the journal of every present device and decides what to replay. See the module docs
@@ -147,14 +180,22 @@ pub fn read_journal(devs: &[JournalDevice], opts: &ReadOpts) -> Result<JournalRe
     read(devs, opts, None).map(|(jr, _)| jr)
 }
 
-/// [`read_journal`] for recovery: the scans check keys without keeping them, and the keys of
-/// each entry kept are read again from the one copy kept, straight into a [`KeySink`], as the
-/// entry is merged. The read thus never holds the journal's keys twice (decoded copies and sort
+/// [`read_journal`] for recovery and `fsck -n`, with the journal keys to replay: the one way to
+/// get them. The scans check keys without keeping them, and the keys of each entry kept are
+/// read again from the one copy kept, straight into sort records, as the entry is merged; once
+/// the read has decided, the records of the seqs [`JournalRead::replay`] replays are sorted and
+/// compacted. The read thus never holds the journal's keys twice (decoded copies and sort
 /// records), nor decoded copies it then frees (memory the allocator keeps). The entries come
-/// back without their keys (all other entries intact), so `opts.keep_all` is no use with it.
-pub fn read_journal_keys(devs: &[JournalDevice], opts: &ReadOpts) -> Result<(JournalRead, KeySink)> {
-    let (jr, sink) = read(devs, opts, Some(KeySink::default()))?;
-    Ok((jr, sink.unwrap_or_default()))
+/// back without their btree keys, so `opts.keep_all` is no use with it.
+pub fn read_journal_for_replay(devs: &[JournalDevice], opts: &ReadOpts) -> Result<JournalReplay> {
+    let t0 = Instant::now();
+    let (read, sink) = read(devs, opts, Some(KeySink::default()))?;
+    let read_time = t0.elapsed();
+    let t_sort = Instant::now();
+    let replay = read.replay();
+    let (keys, keys_read) = JournalKeys::from_sink(sink.unwrap_or_default(), |seq| replay.replays(seq));
+    let sort_time = t_sort.elapsed();
+    Ok(JournalReplay { read, keys, keys_read, read_time, sort_time })
 }
 
 fn read(
@@ -165,7 +206,7 @@ fn read(
     for d in devs {
         Geometry::new(d, opts)?;
     }
-    let mut m = Merger { sink, ..Merger::default() };
+    let mut m = Merger { sink, magic: opts.magic, ..Merger::default() };
     let mut rings = Vec::with_capacity(devs.len());
     scan_all(devs, opts, Pass::First, &mut m, |m, scan| {
         m.add_scan(scan, &mut rings, None);
@@ -508,7 +549,7 @@ fn scan_bucket(buf: &[u8], base: u64, ctx: &BucketCtx<'_>, copies: &mut Vec<Copy
                 (seq, CopyState::Bad("bad checksum".into()), geo.block_len)
             }
             Err(e) => match e.context().journal_seq {
-                Some(seq) => (seq, CopyState::Bad(format!("invalid entry: {}", e.message())), geo.block_len),
+                Some(seq) => (seq, CopyState::Bad(invalid_copy(&e)), geo.block_len),
                 // No seq to file it under: nothing to do but step over it.
                 None => {
                     pos = pos.saturating_add(geo.block_len);
@@ -534,6 +575,14 @@ fn scan_bucket(buf: &[u8], base: u64, ctx: &BucketCtx<'_>, copies: &mut Vec<Copy
     match first_seq {
         Some(first_seq) => BucketState::Data { first_seq, newest_seq, end: end as u64 },
         None => BucketState::Empty,
+    }
+}
+
+/// Why a copy that decoded with an error is bad, for the log.
+fn invalid_copy(e: &Error) -> String {
+    match JsetInvalid::of(e) {
+        Some(why) => format!("invalid entry: {why}"),
+        None => format!("invalid entry: {}", e.message()),
     }
 }
 
@@ -632,6 +681,8 @@ struct Merger {
     known: Known,
     /// Where the keys of kept entries go, when the caller takes them as they come.
     sink: Option<KeySink>,
+    /// The jset magic, to read kept copies again.
+    magic: u64,
     /// Entries kept since the last [`Merger::fill_sink`], whose keys it is to read.
     to_sink: Vec<(u64, EntryPtr, CopyId)>,
     /// Entries whose kept copy did not read back; retried from every good copy at the end.
@@ -683,8 +734,9 @@ impl Merger {
     /// every device has been scanned ([`Merger::retry_sink`]).
     fn fill_sink(&mut self, devs: &[JournalDevice]) {
         let Some(sink) = self.sink.as_mut() else { return };
+        let copy = KeptCopy { devs, magic: self.magic };
         for (seq, ptr, id) in self.to_sink.drain(..) {
-            if !matches!(take_copy_keys(sink, &mut self.sink_buf, devs, seq, ptr, id), Ok(true)) {
+            if !matches!(copy.take_keys(sink, &mut self.sink_buf, seq, ptr, id), Ok(true)) {
                 self.sink_retry.push((seq, id));
             }
         }
@@ -693,11 +745,12 @@ impl Merger {
     /// The entries whose kept copy could not be read again: their keys from any good copy.
     fn retry_sink(&mut self, devs: &[JournalDevice]) -> Result<()> {
         let Some(sink) = self.sink.as_mut() else { return Ok(()) };
+        let copy = KeptCopy { devs, magic: self.magic };
         for (seq, id) in self.sink_retry.drain(..) {
             let ptrs = self.slots.get(&seq).map(|s| s.ptrs.clone()).unwrap_or_default();
             let mut last = None;
             let taken =
-                ptrs.iter().any(|&ptr| match take_copy_keys(sink, &mut self.sink_buf, devs, seq, ptr, id) {
+                ptrs.iter().any(|&ptr| match copy.take_keys(sink, &mut self.sink_buf, seq, ptr, id) {
                     Ok(taken) => taken,
                     Err(e) => {
                         last = Some(e);
@@ -791,7 +844,7 @@ impl Merger {
     }
 
     fn blacklisted(&self, seq: u64) -> bool {
-        self.blacklist.iter().any(|&(start, end)| (start..end).contains(&seq))
+        in_blacklist(&self.blacklist, seq)
     }
 
     /// A blacklisted flush entry inside the replay range should not exist: count it.
@@ -884,47 +937,54 @@ impl Merger {
     }
 
     fn finish(self, last_seq: u64, replay_end: u64, rings: Vec<DeviceRing>, keep_all: bool) -> JournalRead {
-        let newest_seq = self.newest_seq();
-        let fsck_errors = self.fsck_errors();
-        let all_entries = if keep_all { self.all_entries() } else { Vec::new() };
-        let blacklist = self.blacklist;
-        let in_blacklist = |seq: u64| blacklist.iter().any(|&(start, end)| (start..end).contains(&seq));
+        let mut jr = JournalRead {
+            entries: Vec::new(),
+            all_entries: if keep_all { self.all_entries() } else { Vec::new() },
+            last_seq,
+            replay_end,
+            newest_seq: self.newest_seq(),
+            fsck_errors: self.fsck_errors(),
+            blacklist: self.blacklist,
+            log: self.log,
+            bad_copies: self.bad_copies,
+            rings,
+        };
+        let replay = jr.replay();
         let entries = self
             .slots
             .into_iter()
-            .filter(|(seq, _)| (last_seq..=replay_end).contains(seq) && !in_blacklist(*seq))
+            .filter(|(seq, _)| replay.replays(*seq))
             .filter_map(|(_, s)| s.good.map(|jset| ReadEntry { jset, ptrs: s.ptrs }))
             .collect();
-        JournalRead {
-            entries,
-            all_entries,
-            last_seq,
-            replay_end,
-            newest_seq,
-            blacklist,
-            log: self.log,
-            fsck_errors,
-            bad_copies: self.bad_copies,
-            rings,
-        }
+        jr.entries = entries;
+        jr
     }
 }
 
-/// Takes the keys of entry `seq` from its copy at `ptr` into `sink`: true if the copy read back
-/// with the length and checksum `id` it was scanned with.
-fn take_copy_keys(
-    sink: &mut KeySink,
-    buf: &mut Vec<u8>,
-    devs: &[JournalDevice],
-    seq: u64,
-    ptr: EntryPtr,
-    id: CopyId,
-) -> Result<bool> {
-    let (bytes, csum) = id;
-    let Some(d) = devs.iter().find(|d| d.dev_idx == ptr.dev) else { return Ok(false) };
-    buf.resize(bytes as usize, 0);
-    d.dev.read_at(buf, ptr.offset).map_err(|e| e.dev(ptr.dev).journal_seq(seq))?;
-    sink.take_from_bytes(seq, buf, bytes, csum)
+/// Where kept copies are read again from.
+#[derive(Clone, Copy)]
+struct KeptCopy<'a> {
+    devs: &'a [JournalDevice],
+    magic: u64,
+}
+
+impl KeptCopy<'_> {
+    /// Takes the keys of entry `seq` from its copy at `ptr` into `sink`: true if the copy read
+    /// back as the entry with the length and checksum `id` it was scanned with.
+    fn take_keys(
+        self,
+        sink: &mut KeySink,
+        buf: &mut Vec<u8>,
+        seq: u64,
+        ptr: EntryPtr,
+        id: CopyId,
+    ) -> Result<bool> {
+        let (bytes, csum) = id;
+        let Some(d) = self.devs.iter().find(|d| d.dev_idx == ptr.dev) else { return Ok(false) };
+        buf.resize(bytes as usize, 0);
+        d.dev.read_at(buf, ptr.offset).map_err(|e| e.dev(ptr.dev).journal_seq(seq))?;
+        sink.take_from_bytes(buf, self.magic, seq, bytes, csum)
+    }
 }
 
 /// Scanning back from the newest seq: blacklisted seqs, no-flush entries and seqs with no good

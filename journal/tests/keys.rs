@@ -1,13 +1,56 @@
 //! Journal keys: compaction to the newest key per position, and the overlay iterators see during replay.
+//! The keys are built the one way recovery builds them: jsets written to devices, then
+//! `read_journal_for_replay`.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use fs_core::bkey::{Bkey, KeyType};
 use fs_core::bpos::{Bpos, BtreeId};
 use fs_core::btree::iter::KeyOverlay;
+use fs_core::dev::{BlockDevice, MemDevice};
 use fs_core::rng::Rng;
-use journal::{JournalKeys, Jset, JsetEntry, ReadEntry};
+use journal::{JournalDevice, JournalKeys, Jset, JsetEntry, ReadEntry, ReadOpts, read_journal_for_replay};
+
+const MAGIC: u64 = 0x6b65_7973;
+const BLOCK: usize = 512;
+const DEVICES: usize = 3;
+
+/// The journal keys of `entries` as recovery gets them: each jset written, as a flush entry
+/// whose `last_seq` is the oldest seq given, into a bucket of its own on device `i % DEVICES`
+/// (`i` its place in `entries`: a shuffled order spreads the seqs over the devices at random,
+/// so keys reach the sort out of seq order), then the devices read by `read_journal_for_replay`.
+fn journal_keys(entries: &[ReadEntry]) -> (JournalKeys, usize) {
+    let first = entries.iter().map(|e| e.jset.seq).min().unwrap_or(1);
+    let encoded: Vec<(u64, Vec<u8>)> = entries
+        .iter()
+        .map(|e| (e.jset.seq, Jset { last_seq: first, flags: 0, ..e.jset.clone() }.encode(MAGIC, BLOCK)))
+        .collect();
+    let bucket = encoded.iter().map(|(_, b)| b.len()).max().unwrap_or(BLOCK) as u64;
+    let devs: Vec<JournalDevice> = (0..DEVICES)
+        .map(|d| {
+            let mut mine: Vec<&(u64, Vec<u8>)> = encoded.iter().skip(d).step_by(DEVICES).collect();
+            mine.sort_by_key(|(seq, _)| *seq);
+            let nr = mine.len().max(1) as u64;
+            let dev = Arc::new(MemDevice::new(format!("mem{d}"), nr * bucket));
+            for (i, (_, bytes)) in mine.iter().enumerate() {
+                dev.write_at(bytes, i as u64 * bucket).unwrap();
+            }
+            JournalDevice { dev_idx: d as u8, dev, bucket_size: bucket, buckets: (0..nr).collect() }
+        })
+        .collect();
+    let opts = ReadOpts {
+        magic: MAGIC,
+        block_size: BLOCK as u64,
+        degraded: false,
+        missing: Vec::new(),
+        keep_all: false,
+    };
+    let got = read_journal_for_replay(&devs, &opts).unwrap();
+    assert!(got.read.fsck_errors.is_empty(), "{:#?}", got.read.log);
+    (got.keys, got.keys_read)
+}
 
 fn set(pos: Bpos, tag: u8) -> Bkey {
     Bkey::new(pos, KeyType::Set, vec![tag; 8])
@@ -72,7 +115,7 @@ fn compaction_keeps_newest_per_position() {
         let mut rng = Rng::new(seed);
         let (mut entries, model, total) = random_journal(&mut rng);
         rng.shuffle(&mut entries);
-        let (keys, read) = JournalKeys::from_entries(&entries);
+        let (keys, read) = journal_keys(&entries);
         assert_eq!(read, total, "seed {seed}");
         let got: Vec<_> =
             keys.iter().map(|k| ((k.btree, k.level, k.key.pos), (k.key.to_key(), k.seq))).collect();
@@ -98,7 +141,7 @@ fn ties_resolve_to_the_newest_write() {
             ],
         ),
     ];
-    let (keys, read) = JournalKeys::from_entries(&entries);
+    let (keys, read) = journal_keys(&entries);
     assert_eq!(read, 6);
     let kept: Vec<(Bpos, u8, u64)> = keys.iter().map(|k| (k.key.pos, k.key.val[0], k.seq)).collect();
     assert_eq!(kept, vec![(p(1), 50, 5), (p(2), 42, 4)]);
@@ -111,7 +154,7 @@ fn summary_string() {
         JournalKeys::summary(29_000_000, 22_000_000),
         "Journal keys: 29000000 read, 22000000 after sorting and compacting"
     );
-    let (keys, read) = JournalKeys::from_entries(&[]);
+    let (keys, read) = journal_keys(&[]);
     assert!(keys.is_empty());
     assert_eq!(
         JournalKeys::summary(read, keys.len()),
@@ -130,7 +173,7 @@ fn overlay_keys() -> JournalKeys {
             leaf(BtreeId::Inodes, vec![set(p(0), 9)]),
         ],
     )];
-    JournalKeys::from_entries(&entries).0
+    journal_keys(&entries).0
 }
 
 /// The overlay shows leaf keys of the asked btree only, returns deletions (they hide btree
@@ -183,7 +226,7 @@ fn overlay_matches_model_under_random_overwrites() {
     for seed in 0..30u64 {
         let mut rng = Rng::new(seed);
         let (entries, model, _) = random_journal(&mut rng);
-        let (mut keys, _) = JournalKeys::from_entries(&entries);
+        let (mut keys, _) = journal_keys(&entries);
         let mut live: BTreeMap<(BtreeId, Bpos), Bkey> = model
             .iter()
             .filter(|((_, l, _), _)| *l == 0)
@@ -225,7 +268,7 @@ fn overlay_matches_model_under_random_overwrites() {
 fn overlay_skips_long_overwritten_runs() {
     let n = 100_000u64;
     let keys_in: Vec<Bkey> = (0..=n).map(|i| set(p(i), 1)).collect();
-    let (mut keys, read) = JournalKeys::from_entries(&[read_entry(2, vec![leaf(BtreeId::Alloc, keys_in)])]);
+    let (mut keys, read) = journal_keys(&[read_entry(2, vec![leaf(BtreeId::Alloc, keys_in)])]);
     assert_eq!(read, n as usize + 1);
     for i in 0..n {
         assert!(keys.mark_overwritten(BtreeId::Alloc, 0, p(i)));

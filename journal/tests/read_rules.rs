@@ -1,6 +1,7 @@
 //! The journal read rules of BCACHEFS-NOTES §4, each on a journal laid out by hand or by a seeded writer.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -13,9 +14,10 @@ use fs_core::error::{ErrCode, Result};
 use fs_core::fsck_err::FsckErr;
 use fs_core::rng::Rng;
 use journal::format::JSET_NO_FLUSH;
-use journal::keys::JournalKeys;
-use journal::read::read_journal_keys;
-use journal::{EntryPtr, JournalDevice, JournalRead, Jset, JsetEntry, ReadOpts, read_journal};
+use journal::{
+    EntryPtr, JournalDevice, JournalKey, JournalRead, Jset, JsetEntry, ReadOpts, read_journal,
+    read_journal_for_replay,
+};
 
 const MAGIC: u64 = 0x6a6f_7572_6e61_6c21;
 const BLOCK: u64 = 512;
@@ -913,18 +915,46 @@ fn rule3_mismatch_and_merge_across_waves() {
     }
 }
 
-/// `read_journal_keys` (keys moved out as entries are merged, later replicas not decoded) finds
-/// the same replay range, entries (less their keys) and journal keys as `read_journal` followed
-/// by `JournalKeys::from_entries`, on random layouts of one to three devices.
+/// What compaction must keep of `entries` (in seq order): per (btree, level, pos) the last
+/// btree key written, with its seq and its index among its jset's btree keys; and how many btree
+/// keys there were. Built by hand, as a reference for `read_journal_for_replay`.
+type KeyModel = BTreeMap<(BtreeId, u8, Bpos), (Bkey, u64, u32)>;
+
+fn reference_keys(entries: &[journal::ReadEntry]) -> (KeyModel, usize) {
+    let mut model = KeyModel::new();
+    let mut read = 0;
+    for e in entries {
+        let mut journal_offset = 0u32;
+        for entry in &e.jset.entries {
+            let JsetEntry::BtreeKeys { btree, level, keys } = entry else { continue };
+            for k in keys.iter() {
+                model.insert((*btree, *level, k.pos), (k.to_key(), e.jset.seq, journal_offset));
+                journal_offset += 1;
+                read += 1;
+            }
+        }
+    }
+    (model, read)
+}
+
+fn key_row(k: JournalKey<'_>) -> ((BtreeId, u8, Bpos), (Bkey, u64, u32)) {
+    ((k.btree, k.level, k.key.pos), (k.key.to_key(), k.seq, k.journal_offset))
+}
+
+/// `read_journal_for_replay` (keys moved out as entries are merged, later replicas not decoded,
+/// sorted and compacted by the read's own replay decision) finds the same replay range, log,
+/// entries (less their keys) and journal keys as `read_journal`, whose entries give the keys a
+/// reference built by hand, on random layouts of one to three devices.
 #[test]
-fn seeded_read_with_key_sink_matches_plain_read() {
+fn seeded_read_journal_for_replay_matches_plain_read() {
     for seed in 0..24u64 {
         let l = Layout::write(&mut Rng::new(seed));
         let devs: Vec<JournalDevice> = l.rings.iter().map(|r| r.jdev()).collect();
         let plain = read_journal(&devs, &opts()).unwrap();
-        let (sunk, sink) = read_journal_keys(&devs, &opts()).unwrap();
+        let got = read_journal_for_replay(&devs, &opts()).unwrap();
+        let sunk = &got.read;
         let ctx = format!("seed {seed} (ndev {} replicas {})", l.ndev, l.replicas);
-        assert_eq!((sunk.last_seq, sunk.replay_end), (plain.last_seq, plain.replay_end), "{ctx}");
+        assert_eq!(sunk.replay(), plain.replay(), "{ctx}");
         assert_eq!(sunk.log, plain.log, "{ctx}");
         let strip = |j: &Jset| {
             let mut j = j.clone();
@@ -938,12 +968,34 @@ fn seeded_read_with_key_sink_matches_plain_read() {
         let want: Vec<_> = plain.entries.iter().map(|e| (strip(&e.jset), e.ptrs.clone())).collect();
         let have: Vec<_> = sunk.entries.iter().map(|e| (e.jset.clone(), e.ptrs.clone())).collect();
         assert_eq!(have, want, "{ctx}");
-        let (want_keys, want_read) = JournalKeys::from_entries(&plain.entries);
-        let replays = |seq: u64| (sunk.last_seq..=sunk.replay_end).contains(&seq);
-        let (got_keys, got_read) = JournalKeys::from_sink(sink, replays);
-        assert_eq!(got_read, want_read, "{ctx}");
-        assert!(got_keys.iter().eq(want_keys.iter()), "{ctx}");
+        let (want_keys, want_read) = reference_keys(&plain.entries);
+        assert!(want_read > 0, "{ctx}");
+        assert_eq!(got.keys_read, want_read, "{ctx}");
+        let have_keys: Vec<_> = got.keys.iter().map(key_row).collect();
+        assert_eq!(have_keys, want_keys.into_iter().collect::<Vec<_>>(), "{ctx}");
+        assert!(got.keys.iter().all(|k| !k.overwritten), "{ctx}");
     }
+}
+
+/// Only the seqs the replay decision replays give keys: those of a blacklisted seq inside the
+/// range, and of no-flush entries past the replay end, are read but never sorted in.
+#[test]
+fn read_journal_for_replay_takes_only_replayed_seqs() {
+    let mut r = Ring::new(0, vec![0, 1, 2, 3]);
+    for seq in 1..=3 {
+        r.append(&entry(seq, 1));
+    }
+    let mut j = entry(4, 1);
+    j.entries.push(JsetEntry::Blacklist { start: 2, end: 3 });
+    r.append(&j);
+    r.append(&no_flush(5, 1));
+    let got = read_journal_for_replay(&[r.jdev()], &opts()).unwrap();
+    let replay = got.read.replay();
+    assert_eq!((replay.last_seq, replay.replay_end, replay.newest_seq), (1, 4, 5));
+    let seqs: Vec<u64> = got.keys.iter().map(|k| k.seq).collect();
+    assert_eq!(seqs, vec![1, 3, 4]);
+    assert_eq!(got.keys_read, 3);
+    assert_eq!(replay.blacklist_after(), (5, 7));
 }
 
 /// Regression: recovery's read takes an entry's keys by reading the kept copy a second time.
@@ -968,8 +1020,7 @@ fn key_sink_survives_a_failed_reread_of_the_kept_copy() {
         JournalDevice { dev_idx: 0, dev: faulty, bucket_size: BUCKET, buckets: (0..NBUCKETS).collect() },
         JournalDevice { dev_idx: 1, dev: other, bucket_size: BUCKET, buckets: (0..NBUCKETS).collect() },
     ];
-    let (jr, sink) = read_journal_keys(&devs, &opts()).unwrap();
-    assert_eq!((jr.last_seq, jr.replay_end), (1, 3));
-    let (keys, read) = JournalKeys::from_sink(sink, |seq| (1..=3).contains(&seq));
-    assert_eq!((read, keys.len()), (3, 3));
+    let got = read_journal_for_replay(&devs, &opts()).unwrap();
+    assert_eq!((got.read.last_seq, got.read.replay_end), (1, 3));
+    assert_eq!((got.keys_read, got.keys.len()), (3, 3));
 }

@@ -8,7 +8,7 @@
 use fs_core::bpos::BtreeId;
 use fs_core::error::{ErrCode, Error, Result};
 use fs_core::sb::DeviceSet;
-use journal::{JournalRead, JsetEntry, ReadEntry, read_journal};
+use journal::{JournalRead, JsetEntry, ReadEntry, SeqStatus, read_journal};
 use serde_json::{Value, json};
 
 use crate::recovery::journal::{journal_devices, journal_read_opts};
@@ -106,15 +106,13 @@ pub struct Listed<'a> {
     pub items: Vec<&'a JsetEntry>,
 }
 
+/// The journal read's own replay decision, in list-journal's words.
 fn status(jr: &JournalRead, seq: u64) -> Status {
-    if jr.entries.iter().any(|e| e.jset.seq == seq) {
-        Status::Replayed
-    } else if jr.blacklist.iter().any(|&(start, end)| (start..end).contains(&seq)) {
-        Status::Blacklisted
-    } else if seq < jr.last_seq {
-        Status::BelowLastSeq
-    } else {
-        Status::PastReplayEnd
+    match jr.replay().status(seq) {
+        SeqStatus::Replayed => Status::Replayed,
+        SeqStatus::Blacklisted => Status::Blacklisted,
+        SeqStatus::BelowLastSeq => Status::BelowLastSeq,
+        SeqStatus::PastReplayEnd => Status::PastReplayEnd,
     }
 }
 

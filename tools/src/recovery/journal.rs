@@ -1,17 +1,15 @@
 //! Recovery's journal read: what the journal of a set of images says to replay, where the
 //! btrees start, which seqs to ignore, and how the rings continue.
 
+use std::time::Duration;
+
 use fs_core::btree::Root;
 use fs_core::error::Result;
 use fs_core::sb::{DeviceSet, fs_magic};
 use journal::format::JSET_SALT;
 use journal::keys::JournalKeys;
-use journal::read::{JournalDevice, JournalRead, ReadOpts, read_journal, read_journal_keys};
+use journal::read::{JournalDevice, JournalRead, JournalReplay, ReadOpts, read_journal_for_replay};
 use journal::{JsetEntry, Ring};
-
-/// Journal seqs blacklisted after an unclean shutdown beyond the newest seq found: the open
-/// entry at the crash had the next seq and may have reached btree nodes.
-const BLACKLIST_AHEAD: u64 = 1;
 
 /// The journal of every present member that has journal buckets, as the journal read takes it.
 pub fn journal_devices(set: &DeviceSet) -> Vec<JournalDevice> {
@@ -44,52 +42,30 @@ pub fn journal_read_opts(set: &DeviceSet, block_size: u64, degraded: bool) -> Re
     }
 }
 
-/// What recovery takes from the journal.
+/// What recovery takes from the journal: the read, the keys to replay, and the decision of
+/// what replays and what the btrees must ignore, all as the journal crate decided them.
 pub struct RecoveryJournal {
     pub read: JournalRead,
     /// Sorted and compacted: the overlay over the btrees until replay, and what it replays.
     pub keys: JournalKeys,
     /// Keys read before compaction.
     pub nr_read: usize,
-    /// Every blacklisted range: those the journal lists and the one this recovery adds.
-    pub blacklist: Vec<(u64, u64)>,
     /// `[start, end)`: the seqs after the replay range this recovery blacklists.
     pub new_blacklist: (u64, u64),
-    /// When the read ended and sorting the keys began.
-    pub sort_began: std::time::Instant,
+    /// Every blacklisted range: those the journal lists and the one this recovery adds.
+    blacklist: Vec<(u64, u64)>,
+    pub read_time: Duration,
+    pub sort_time: Duration,
 }
 
 impl RecoveryJournal {
-    /// Reads the journal of `set`.
+    /// Reads the journal of `set`: the same read and keys for a mount and for a check.
     pub fn read(set: &DeviceSet, ropts: &ReadOpts) -> Result<RecoveryJournal> {
-        let (read, sink) = read_journal_keys(&journal_devices(set), ropts)?;
-        let sort_began = std::time::Instant::now();
-        // The read moved the keys of the entries it kept into `sink` as it went: what is to
-        // replay are those of the replay range, less blacklisted seqs.
-        let replays =
-            |seq: u64| (read.last_seq..=read.replay_end).contains(&seq) && !in_ranges(&read.blacklist, seq);
-        let (keys, nr_read) = JournalKeys::from_sink(sink, replays);
-        Ok(RecoveryJournal::new(read, keys, nr_read, sort_began))
-    }
-
-    /// Reads the journal of `set` for a check that writes nothing.
-    pub fn read_for_check(set: &DeviceSet, ropts: &ReadOpts) -> Result<RecoveryJournal> {
-        let read = read_journal(&journal_devices(set), ropts)?;
-        let sort_began = std::time::Instant::now();
-        let (keys, nr_read) = JournalKeys::from_entries(&read.entries);
-        Ok(RecoveryJournal::new(read, keys, nr_read, sort_began))
-    }
-
-    fn new(
-        read: JournalRead,
-        keys: JournalKeys,
-        nr_read: usize,
-        sort_began: std::time::Instant,
-    ) -> RecoveryJournal {
-        let new_blacklist = blacklist_after(&read);
-        let mut blacklist = read.blacklist.clone();
-        blacklist.push(new_blacklist);
-        RecoveryJournal { read, keys, nr_read, blacklist, new_blacklist, sort_began }
+        let JournalReplay { read, keys, keys_read, read_time, sort_time } =
+            read_journal_for_replay(&journal_devices(set), ropts)?;
+        let new_blacklist = read.replay().blacklist_after();
+        let blacklist = read.replay().btree_blacklist();
+        Ok(RecoveryJournal { read, keys, nr_read: keys_read, new_blacklist, blacklist, read_time, sort_time })
     }
 
     /// The roots the newest replayed entry carries (every entry carries them).
@@ -142,10 +118,4 @@ impl RecoveryJournal {
 /// Whether `seq` lies in one of the `[start, end)` ranges.
 fn in_ranges(ranges: &[(u64, u64)], seq: u64) -> bool {
     ranges.iter().any(|&(s, e)| (s..e).contains(&seq))
-}
-
-/// The seqs to blacklist after an unclean shutdown, `[start, end)`: past the replay range they
-/// may have reached btree nodes without their journal entry becoming durable.
-fn blacklist_after(jr: &JournalRead) -> (u64, u64) {
-    (jr.replay_end + 1, jr.newest_seq.max(jr.replay_end) + 1 + BLACKLIST_AHEAD)
 }

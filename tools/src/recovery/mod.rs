@@ -245,14 +245,9 @@ fn open_unclean(ctx: &mut RecoveryCtx, mopts: &MountOpts) -> Result<()> {
     ctx.log.push("recovering from unclean shutdown".to_owned());
     let set = ctx.set.as_ref().ok_or_else(|| Error::internal("recovery without its device set"))?;
     let ropts = journal_read_opts(set, ctx.opts.with(Options::block_size), mopts.degraded());
-    let t0 = ctx.t0;
-    let rj = match ctx.mode {
-        Mode::Check => RecoveryJournal::read_for_check(set, &ropts)?,
-        _ => RecoveryJournal::read(set, &ropts)?,
-    };
-    ctx.times.journal_read =
-        PhaseTime { start: Duration::ZERO, took: rj.sort_began.saturating_duration_since(t0) };
-    ctx.times.sort = PhaseTime::until_now(t0, rj.sort_began);
+    let rj = RecoveryJournal::read(set, &ropts)?;
+    ctx.times.journal_read = PhaseTime { start: Duration::ZERO, took: rj.read_time };
+    ctx.times.sort = PhaseTime { start: rj.read_time, took: rj.sort_time };
     ctx.log.extend(rj.read.log.iter().cloned());
     let fixed = ctx.mode != Mode::Check;
     for &(err, n) in rj.read.fsck_errors.iter().filter(|(_, n)| *n > 0) {
@@ -264,7 +259,7 @@ fn open_unclean(ctx: &mut RecoveryCtx, mopts: &MountOpts) -> Result<()> {
             "unclean shutdown but no journal entries found: nothing says where the btrees are (run fsck)",
         ));
     }
-    ctx.log.push(format!("journal read in {:.2?}", t0.elapsed()));
+    ctx.log.push(format!("journal read in {:.2?}", rj.read_time));
     ctx.keys_read = rj.nr_read;
     ctx.keys_kept = rj.keys.len();
     ctx.log.push(::journal::JournalKeys::summary(rj.nr_read, rj.keys.len()));
