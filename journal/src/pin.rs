@@ -20,6 +20,9 @@
 //! 4. A pin is a handle: it is dropped by giving it back ([`Journal::pin_drop`]), which takes it
 //!    by value, so it cannot be dropped twice; a handle that goes out of scope without being
 //!    given back is a leak, caught by a debug assertion.
+//! 5. An owner adds a pin while holding the lock its callback takes to find the pin, so reclaim
+//!    can never call the callback before the owner holds the handle (the loom model in
+//!    `tests/loom_pins.rs` finds exactly that race when the rule is broken).
 //!
 //! ```compile_fail
 //! # use journal::{Journal, JournalPin};
