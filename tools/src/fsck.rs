@@ -9,10 +9,11 @@
 
 use fs_core::btree::BtreeConfig;
 use fs_core::error::Result;
+use fs_core::recovery_pass::RecoveryPass;
 use fs_core::sb::DeviceSet;
 
 use crate::passes::Mode;
-pub use crate::passes::Problem;
+pub use crate::passes::{PassOutcome, Problem};
 use crate::recovery::{MountOpts, recover};
 
 /// What fsck may change.
@@ -40,6 +41,8 @@ pub struct FsckReport {
     pub log: Vec<String>,
     /// The full checks ran (not skipped as clean).
     pub checked: bool,
+    /// What became of every recovery pass, in table order (empty for the quick check).
+    pub passes: Vec<(RecoveryPass, PassOutcome)>,
 }
 
 impl FsckReport {
@@ -88,10 +91,11 @@ pub fn fsck(set: DeviceSet, o: &FsckOpts) -> Result<FsckReport> {
     let quick = set.sb.is_clean() && !o.force;
     if quick && mode == Mode::Check {
         let log = vec!["filesystem is clean; use -f to check it anyway".to_owned()];
-        return Ok(FsckReport { problems: Vec::new(), log, checked: false });
+        return Ok(FsckReport { problems: Vec::new(), log, checked: false, passes: Vec::new() });
     }
     let ctx = recover(set, &o.mount, mode, !quick, BtreeConfig::default())?;
-    let mut report = FsckReport { problems: ctx.problems, log: ctx.log, checked: !quick };
+    let mut report =
+        FsckReport { problems: ctx.problems, log: ctx.log, checked: !quick, passes: ctx.outcomes };
     if quick {
         report.log.push("filesystem is clean; use -f to check it anyway".to_owned());
     }

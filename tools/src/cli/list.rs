@@ -5,11 +5,10 @@ use std::path::PathBuf;
 use clap::Args;
 
 use bcsim::exit;
-use bcsim::fs::Fs;
 use bcsim::images::open_device_set;
+use bcsim::recovery::{MountOpts, open_view};
 use bcsim::report::{key_json, key_text, node_json, node_text};
 use fs_core::bpos::Bpos;
-use fs_core::btree::BtreeConfig;
 use fs_core::error::{ErrCode, Error};
 
 use super::{CmdResult, parse_btree, print_json};
@@ -18,7 +17,8 @@ use super::{CmdResult, parse_btree, print_json};
 ///
 /// Prints one key per line: position (inode:offset:snapshot), type, value. With --nodes, prints
 /// the btree's nodes instead: level, key range, seq, keys, sectors written and where each
-/// replica lives (dev:sector). Reads a cleanly unmounted filesystem; writes nothing.
+/// replica lives (dev:sector). Writes nothing: after an unclean shutdown the journal is read
+/// and replayed in memory only, as `fsck -n` does.
 #[derive(Args)]
 pub struct ListArgs {
     /// Btree to list: extents, inodes, dirents, xattrs, alloc, freespace, need_discard, ...
@@ -55,7 +55,12 @@ pub fn run(args: ListArgs) -> CmdResult {
     let start = parse_pos("--start", &args.start)?;
     let end = parse_pos("--end", &args.end)?;
     let set = open_device_set(&args.images, false)?;
-    let fs = Fs::open(set, false, BtreeConfig::default())?;
+    let mut fs = open_view(set, &MountOpts::default())?;
+    if fs.unclean() {
+        eprintln!(
+            "note: the filesystem was not unmounted cleanly: keys are shown with its journal replayed in memory"
+        );
+    }
     if args.nodes {
         let nodes = fs.nodes(btree)?;
         if args.json {

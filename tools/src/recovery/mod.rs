@@ -9,7 +9,9 @@ pub mod journal;
 
 use std::time::{Duration, Instant};
 
-use fs_core::btree::BtreeConfig;
+use fs_core::bkey::Bkey;
+use fs_core::bpos::{Bpos, BtreeId};
+use fs_core::btree::{BtreeConfig, NodeInfo};
 use fs_core::error::{ErrCode, Error, Result};
 use fs_core::opts::{Behavior, LiveOpts, OptContext, OptFlags, OptId, Options, ParsedOpt};
 use fs_core::recovery_pass::RecoveryPass;
@@ -224,6 +226,60 @@ pub(crate) fn recover(
         None => "done".to_owned(),
     });
     Ok(ctx)
+}
+
+/// A filesystem recovered in memory only, for reading: after an unclean shutdown its journal
+/// keys lie over the btrees as an overlay, exactly as `fsck -n` sees them. Nothing is written.
+pub struct RecoveredView {
+    ctx: RecoveryCtx,
+}
+
+impl RecoveredView {
+    /// What opening it logged (the journal read, after an unclean shutdown).
+    pub fn log(&self) -> &[String] {
+        &self.ctx.log
+    }
+
+    /// True if the journal had to be read: the filesystem was not unmounted cleanly.
+    pub fn unclean(&self) -> bool {
+        self.ctx.unclean
+    }
+
+    /// Keys of `btree` from `start` to `end` inclusive, journal keys included.
+    pub fn list(&mut self, btree: BtreeId, start: Bpos, end: Bpos) -> Result<Vec<Bkey>> {
+        self.ctx.with_view(|v| {
+            let mut it = v.t.iter(btree, start);
+            let mut out = Vec::new();
+            while let Some(k) = it.next(v.t, v.overlay)? {
+                if k.pos > end {
+                    break;
+                }
+                out.push(k);
+            }
+            Ok(out)
+        })
+    }
+
+    /// The nodes of `btree` as they are on disk.
+    pub fn nodes(&mut self, btree: BtreeId) -> Result<Vec<NodeInfo>> {
+        self.ctx.with_view(|v| v.t.node_infos(btree))
+    }
+}
+
+/// Opens `set` for reading as recovery would, without running a pass or writing anything.
+pub fn open_view(set: DeviceSet, mopts: &MountOpts) -> Result<RecoveredView> {
+    let mut log = Vec::new();
+    let opts = mount_options(&set, mopts, &mut log)?;
+    set.require_all(mopts.degraded())?;
+    let cfg = BtreeConfig { behavior: opts.behavior(), ..BtreeConfig::default() };
+    let mut ctx =
+        RecoveryCtx::new(Mode::Check, set, Arc::new(LiveOpts::new(opts)), cfg, ReclaimMode::Manual, log);
+    if ctx.unclean {
+        open_unclean(&mut ctx, mopts)?;
+    } else {
+        open_clean(&mut ctx)?;
+    }
+    Ok(RecoveredView { ctx })
 }
 
 /// A clean filesystem: the btrees start at the roots the superblock recorded.

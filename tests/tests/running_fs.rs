@@ -1,0 +1,253 @@
+//! The running filesystem: mount and fsck run every pass of the recovery-pass table (run,
+//! skipped with a reason, or listed as not modelled) in each mode; mount and `fsck -n` see the
+//! same journal keys after a crash; each error is counted in the superblock once; the journal
+//! reclaim thread writes the open entry when `journal_flush_delay` has passed; a write-back that
+//! fails in the background makes the filesystem emergency read-only instead of losing updates.
+
+// A failed unwrap or index in a test is that test failing, with its message.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bcsim::files::Files;
+use bcsim::fs::Fs;
+use bcsim::fsck::{FixMode, FsckOpts, fsck};
+use bcsim::recovery::{MountOpts, PassOutcome, ReclaimMode, mount, open_view};
+use bcsim::workload::{generate, run_op};
+use fs_core::bkey::{Bkey, KeyType};
+use fs_core::bpos::{Bpos, BtreeId};
+use fs_core::btree::BtreeConfig;
+use fs_core::dev::{
+    CrashMode, FaultKind, FaultOp, FaultRule, FaultyDevice, MemDevice, SharedDevice, Trigger,
+};
+use fs_core::error::ErrCode;
+use fs_core::format::{DeviceSpec, format};
+use fs_core::opts::{OptId, OptValue, Options};
+use fs_core::recovery_pass::RecoveryPass;
+use fs_core::sb::DeviceSet;
+
+fn devices(seed: u64) -> Vec<Arc<FaultyDevice>> {
+    devices_of(seed, 2, 64 << 20, 16 << 10, Some(256 << 10))
+}
+
+/// `nr` formatted devices of `bytes` each (sparse, in memory), `metadata_replicas=2`, btree
+/// nodes of `node` bytes, buckets of `bucket` bytes (`None`: chosen from the size).
+fn devices_of(seed: u64, nr: u64, bytes: u64, node: u64, bucket: Option<u64>) -> Vec<Arc<FaultyDevice>> {
+    let faulty: Vec<Arc<FaultyDevice>> = (0..nr)
+        .map(|i| Arc::new(FaultyDevice::new(Arc::new(MemDevice::new(format!("dev{i}"), bytes)), seed ^ i)))
+        .collect();
+    let mut opts = Options::default();
+    opts.set(OptId::MetadataReplicas, OptValue::U64(2)).unwrap();
+    opts.set(OptId::BtreeNodeSize, OptValue::U64(node)).unwrap();
+    let specs: Vec<DeviceSpec> = faulty
+        .iter()
+        .map(|f| DeviceSpec { bucket_size: bucket, ..DeviceSpec::new(f.clone() as SharedDevice) })
+        .collect();
+    format(&specs, &opts, None).unwrap();
+    faulty
+}
+
+fn set(devs: &[Arc<FaultyDevice>]) -> DeviceSet {
+    DeviceSet::open(devs.iter().map(|f| f.clone() as SharedDevice).collect()).unwrap()
+}
+
+fn manual() -> MountOpts {
+    MountOpts { reclaim: ReclaimMode::Manual, ..MountOpts::default() }
+}
+
+/// Devices after a seeded workload of `ops` operations and a crash that loses unflushed writes.
+fn crashed(seed: u64, ops: usize) -> Vec<Arc<FaultyDevice>> {
+    crash(devices(seed), seed, ops, 50)
+}
+
+/// The crash of [`crashed`] on `devs`, writing back every `write_back_every` operations.
+fn crash(
+    devs: Vec<Arc<FaultyDevice>>,
+    seed: u64,
+    ops: usize,
+    write_back_every: usize,
+) -> Vec<Arc<FaultyDevice>> {
+    for d in &devs {
+        d.set_volatile_cache(true);
+    }
+    {
+        let mut fs = bcsim::recovery::mount(set(&devs), &manual()).unwrap().fs;
+        let mut files = Files::new(&mut fs).unwrap();
+        for (i, op) in generate(seed, ops).iter().enumerate() {
+            run_op(&mut fs, &mut files, op).unwrap();
+            if i % write_back_every == write_back_every - 1 {
+                fs.write_back().unwrap();
+            }
+        }
+    }
+    for d in &devs {
+        d.crash(CrashMode::DropUnflushed).unwrap();
+    }
+    devs
+}
+
+/// Every pass of the table appears once, in table order: the runner dropped none.
+fn assert_every_pass(
+    what: &str,
+    passes: &[(RecoveryPass, PassOutcome)],
+) -> BTreeMap<&'static str, PassOutcome> {
+    let order: Vec<RecoveryPass> = passes.iter().map(|(p, _)| *p).collect();
+    assert_eq!(order, RecoveryPass::ALL, "{what}: passes missing or out of order: {passes:?}");
+    passes.iter().map(|(p, o)| (p.name(), o.clone())).collect()
+}
+
+#[test]
+fn every_pass_is_run_skipped_or_not_modelled_in_every_mode() {
+    let ran = |m: &BTreeMap<&str, PassOutcome>, p: &str| m[p] == PassOutcome::Ran;
+    // Clean mount: the ALWAYS passes, no check.
+    let devs = devices(1);
+    let m = mount(set(&devs), &manual()).unwrap();
+    let clean = assert_every_pass("clean mount", &m.passes);
+    assert!(ran(&clean, "alloc_read") && ran(&clean, "set_may_go_rw") && ran(&clean, "journal_replay"));
+    assert!(matches!(clean["check_allocations"], PassOutcome::Skipped(_)), "{clean:?}");
+    assert!(matches!(clean["trans_mark_dev_sbs"], PassOutcome::NotModelled(_)), "{clean:?}");
+    m.fs.unmount().unwrap();
+
+    // Unclean mount: recovery schedules the allocation checks (and topology, which they need).
+    let devs = crashed(2, 120);
+    let m = mount(set(&devs), &manual()).unwrap();
+    let unclean = assert_every_pass("unclean mount", &m.passes);
+    for p in ["check_topology", "check_allocations", "check_alloc_info", "journal_replay"] {
+        assert!(ran(&unclean, p), "unclean mount: {p} did not run: {unclean:?}");
+    }
+    assert!(matches!(unclean["check_dirents"], PassOutcome::Skipped(_)), "{unclean:?}");
+    m.fs.unmount().unwrap();
+
+    // fsck -n: the fsck passes run, the writing ones are skipped.
+    let devs = crashed(3, 120);
+    let opts = FsckOpts { mode: FixMode::No, force: true, mount: MountOpts::default() };
+    let r = fsck(set(&devs), &opts).unwrap();
+    let check = assert_every_pass("fsck -n", &r.passes);
+    assert!(ran(&check, "check_dirents") && ran(&check, "check_nlinks"), "{check:?}");
+    for p in ["set_may_go_rw", "journal_replay", "fs_freespace_init"] {
+        assert!(matches!(&check[p], PassOutcome::Skipped(why) if why.contains("-n")), "{p}: {check:?}");
+    }
+
+    // fsck -y: everything runs.
+    let opts = FsckOpts { mode: FixMode::Yes, force: true, mount: MountOpts::default() };
+    let r = fsck(set(&devs), &opts).unwrap();
+    let fix = assert_every_pass("fsck -y", &r.passes);
+    for p in ["check_topology", "check_allocations", "journal_replay", "check_alloc_info", "check_nlinks"] {
+        assert!(ran(&fix, p), "fsck -y: {p} did not run: {fix:?}");
+    }
+}
+
+#[test]
+fn mount_and_fsck_n_see_the_same_journal_keys() {
+    for seed in 0..4 {
+        let devs = crashed(10 + seed, 150);
+        let opts = FsckOpts { mode: FixMode::No, force: true, mount: MountOpts::default() };
+        let check = fsck(set(&devs), &opts).unwrap();
+        let summary = |log: &[String]| log.iter().find(|l| l.starts_with("Journal keys:")).cloned();
+        let view = fsck_view(&devs);
+        let m = mount(set(&devs), &manual()).unwrap();
+        assert!(m.replayed.is_some(), "seed {seed}: nothing replayed");
+        assert_eq!(summary(&check.log), summary(&m.log), "seed {seed}: different journal keys");
+        assert!(summary(&m.log).is_some(), "seed {seed}: {:?}", m.log);
+        // Every key fsck -n saw through its overlay is what the mount replayed: the namespace
+        // btrees, which no repair touches, are equal key for key.
+        assert!(view.values().any(|keys| !keys.is_empty()), "seed {seed}: nothing to compare");
+        for btree in [BtreeId::Inodes, BtreeId::Dirents, BtreeId::Extents] {
+            let mounted = m.fs.list(btree, Bpos::MIN, Bpos::MAX).unwrap();
+            assert_eq!(view[&btree], mounted, "seed {seed}: {btree} differs between fsck -n and mount");
+        }
+        m.fs.unmount().unwrap();
+    }
+}
+
+/// The namespace btrees as `fsck -n` sees them: the btrees with the journal keys laid over
+/// them in memory, nothing written.
+fn fsck_view(devs: &[Arc<FaultyDevice>]) -> BTreeMap<BtreeId, Vec<Bkey>> {
+    let mut view = open_view(set(devs), &MountOpts::default()).unwrap();
+    assert!(view.unclean());
+    [BtreeId::Inodes, BtreeId::Dirents, BtreeId::Extents]
+        .into_iter()
+        .map(|b| (b, view.list(b, Bpos::MIN, Bpos::MAX).unwrap()))
+        .collect()
+}
+
+#[test]
+fn each_error_is_counted_once_in_the_superblock() {
+    let mut seen = 0;
+    // Four 1 GiB devices as `bcsim format --size 1G` makes them, never written back before the
+    // crash: recovery and fsck find stale alloc keys to repair.
+    for seed in 20..24 {
+        let devs = crash(devices_of(seed, 4, 1 << 30, 256 << 10, None), seed, 150, usize::MAX);
+        let opts = FsckOpts { mode: FixMode::Yes, force: true, mount: MountOpts::default() };
+        let r = fsck(set(&devs), &opts).unwrap();
+        let mut want: BTreeMap<u16, u64> = BTreeMap::new();
+        for p in &r.problems {
+            *want.entry(p.err.id()).or_default() += p.count;
+        }
+        seen += r.problems.len();
+        let got: BTreeMap<u16, u64> = set(&devs).sb.errors.iter().map(|e| (e.id, e.count)).collect();
+        assert_eq!(got, want, "seed {seed}: superblock counts vs problems {:#?}", r.problems);
+    }
+    assert!(seen > 0, "no crash left anything to repair: the test checked nothing");
+}
+
+#[test]
+fn the_reclaim_thread_writes_the_open_entry_after_the_flush_delay() {
+    let devs = devices(30);
+    let fs = Fs::open(set(&devs), true, BtreeConfig::default()).unwrap();
+    fs.opts().set(OptId::JournalFlushDelay, OptValue::U64(1)).unwrap();
+    let j = fs.journal().unwrap().clone();
+    let seq =
+        fs.commit(BtreeId::Inodes, [Bkey::new(Bpos::new(0, 4096, 0), KeyType::Set, Vec::new())]).unwrap();
+    // No fsync: only the reclaim thread can make it durable. Bounded wait, not a sleep.
+    assert_eq!(j.wait_flushed(seq, Duration::from_secs(30)), seq.max(j.flushed_seq()), "never written");
+    assert!(j.flushed_seq() >= seq);
+    fs.unmount().unwrap();
+
+    // Without the thread nothing is written until the caller ticks its own clock.
+    let fs = bcsim::recovery::mount(set(&devs), &manual()).unwrap().fs;
+    fs.opts().set(OptId::JournalFlushDelay, OptValue::U64(1000)).unwrap();
+    let j = fs.journal().unwrap().clone();
+    let t0 = Instant::now();
+    let seq =
+        fs.commit(BtreeId::Inodes, [Bkey::new(Bpos::new(0, 4097, 0), KeyType::Set, Vec::new())]).unwrap();
+    fs.tick(t0).unwrap();
+    assert!(j.flushed_seq() < seq, "written before its delay");
+    fs.tick(t0 + Duration::from_secs(2)).unwrap();
+    assert!(j.flushed_seq() >= seq, "not written after its delay");
+    fs.unmount().unwrap();
+}
+
+#[test]
+fn a_failed_background_write_back_goes_emergency_read_only() {
+    let devs = devices(40);
+    let fs = Fs::open(set(&devs), true, BtreeConfig::default()).unwrap();
+    for i in 0..50u64 {
+        fs.commit(BtreeId::Inodes, [Bkey::new(Bpos::new(0, 5000 + i, 0), KeyType::Set, vec![1; 32])])
+            .unwrap();
+    }
+    fs.fsync().unwrap();
+    // Every write fails from now on: the reclaim thread's write-back cannot succeed.
+    for d in &devs {
+        d.add_rule(FaultRule {
+            op: FaultOp::Write,
+            range: None,
+            trigger: Trigger::Always,
+            kind: FaultKind::Eio,
+        });
+    }
+    fs.reclaim().unwrap_err();
+    assert!(fs.health().is_emergency_ro());
+    let e =
+        fs.commit(BtreeId::Inodes, [Bkey::new(Bpos::new(0, 6000, 0), KeyType::Set, Vec::new())]).unwrap_err();
+    assert!(e.matches(ErrCode::Erofs), "{e}");
+    let e = fs.unmount().unwrap_err();
+    assert!(e.matches(ErrCode::Erofs), "{e}");
+    // Not marked clean: the next mount replays what was journalled.
+    for d in &devs {
+        d.clear_rules();
+    }
+    assert!(!set(&devs).sb.is_clean());
+}
