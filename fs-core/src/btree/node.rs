@@ -131,7 +131,7 @@ pub struct Child {
 impl Child {
     /// Encoded size of the pointer key.
     pub fn encoded_bytes(&self) -> usize {
-        crate::bkey::KEY_HEADER_BYTES + (40 + 16 * self.ptr.ptrs.len()).next_multiple_of(8)
+        self.ptr.key_bytes()
     }
 }
 
