@@ -37,6 +37,7 @@ use crate::bpos::{Bpos, BtreeId};
 use crate::btree::pos_map::{Leaf, LeafMap, PosMap};
 use crate::encode::{Reader, Writer};
 use crate::error::{ErrCode, Error, Result};
+use crate::sb::FORMAT_VERSION;
 
 /// Salt for node magic numbers.
 pub const BTREE_NODE_SALT: u64 = 0x6263_7369_6d5f_626e; // "bcsim_bn"
@@ -256,7 +257,7 @@ impl Node {
         h.set_field::<NODE_OFF_SEQ, 8>(self.hdr.seq.to_le_bytes());
         h.set_field::<NODE_OFF_BTREE_ID, 1>([self.hdr.btree as u8]);
         h.set_field::<NODE_OFF_LEVEL, 1>([self.hdr.level]);
-        h.set_field::<NODE_OFF_VERSION, 4>(u32::from(crate::sb::FORMAT_VERSION).to_le_bytes());
+        h.set_field::<NODE_OFF_VERSION, 4>(u32::from(FORMAT_VERSION).to_le_bytes());
         h.set_field::<NODE_OFF_MIN_KEY, POS_BYTES>(pos_to_bytes(self.hdr.min_key));
         h.set_field::<NODE_OFF_MAX_KEY, POS_BYTES>(pos_to_bytes(self.hdr.max_key));
         let csum = crc32c::crc32c(&h[NODE_CSUM_FROM..]);
@@ -394,10 +395,19 @@ fn decode_header(buf: &[u8], magic: u64, exp: &Expected) -> Result<NodeHeader> {
         return Err(node_err(ErrCode::BtreeNodeReadErr, exp, "btree node header checksum mismatch")
             .csum(computed, csum));
     }
+    // The rest of the header, and the bsets, are laid out as their version says: check it
+    // before believing any other field.
+    let version = u32::from_le_bytes(h.field::<NODE_OFF_VERSION, 4>());
+    if version != u32::from(FORMAT_VERSION) {
+        return Err(node_err(
+            ErrCode::BtreeNodeUnsupportedVersion,
+            exp,
+            format!("btree node format version {version}, this bcsim reads version {FORMAT_VERSION}"),
+        ));
+    }
     let seq = u64::from_le_bytes(h.field::<NODE_OFF_SEQ, 8>());
     let raw_btree = u8::from_le_bytes(h.field::<NODE_OFF_BTREE_ID, 1>());
     let level = u8::from_le_bytes(h.field::<NODE_OFF_LEVEL, 1>());
-    let _version = u32::from_le_bytes(h.field::<NODE_OFF_VERSION, 4>());
     let min_key = pos_from_bytes(&h.field::<NODE_OFF_MIN_KEY, POS_BYTES>());
     let max_key = pos_from_bytes(&h.field::<NODE_OFF_MAX_KEY, POS_BYTES>());
     if seq != exp.seq {

@@ -477,12 +477,10 @@ fn reverse_iteration_stops_at_pos_min() {
     assert!(it.prev(&mut t, None).unwrap().is_none());
 }
 
-/// Every node validation failure is its own typed error carrying btree, level and position:
-/// bad magic, wrong seq, btree, level, min_key, max_key, a bad bset checksum inside the written
-/// range, and fewer sectors than the pointer says.
-#[test]
-fn node_validation_errors_are_typed() {
-    use crate::btree::node::{Expected, KeyVal, Node, NodeHeader, decode_node};
+/// A leaf of 20 keys written whole (header and one bset) into a node-sized image, and what its
+/// pointer says of it.
+fn leaf_image() -> (Vec<u8>, crate::btree::node::Expected) {
+    use crate::btree::node::{Expected, KeyVal, Node, NodeHeader};
     let hdr = NodeHeader {
         btree: BtreeId::Alloc,
         level: 0,
@@ -509,6 +507,17 @@ fn node_validation_errors_are_typed() {
         seq: 77,
         sectors_written: sectors,
     };
+    (img, good)
+}
+
+/// Every node validation failure is its own typed error carrying btree, level and position:
+/// bad magic, wrong seq, btree, level, min_key, max_key, a bad bset checksum inside the written
+/// range, and fewer sectors than the pointer says.
+#[test]
+fn node_validation_errors_are_typed() {
+    use crate::btree::node::{Expected, decode_node};
+    let (img, good) = leaf_image();
+    let sectors = good.sectors_written;
     let none = |_: u64| false;
     assert_eq!(decode_node(&img, MAGIC, &good, &none).unwrap().nr_keys(), 20);
 
@@ -535,6 +544,38 @@ fn node_validation_errors_are_typed() {
     assert!(e.context().csum.is_some_and(|c| c.got != c.expected), "{e}");
     // A blacklisted journal seq drops the bset's keys.
     assert_eq!(decode_node(&img, MAGIC, &good, &|_| true).unwrap().nr_keys(), 0);
+}
+
+/// A node header of another format version is refused as such, with the node's btree, level
+/// and position, before any other field is believed; the header checksum covers the version,
+/// so a version changed without re-checksumming is a checksum error instead.
+#[test]
+fn node_of_another_version_is_refused() {
+    use crate::btree::node::decode_node;
+    const VERSION_AT: usize = 28; // the on-disk offset, deliberately not the code's constant
+    let (img, good) = leaf_image();
+    let none = |_: u64| false;
+    assert!(decode_node(&img, MAGIC, &good, &none).is_ok());
+    for version in [0u32, 2, u32::MAX] {
+        let mut other = img.clone();
+        other[VERSION_AT..VERSION_AT + 4].copy_from_slice(&version.to_le_bytes());
+        let e = decode_node(&other, MAGIC, &good, &none).unwrap_err();
+        assert_eq!(e.code(), ErrCode::BtreeNodeReadErr, "{e}");
+        assert!(e.context().csum.is_some(), "{e}");
+
+        let csum = crc32c::crc32c(&other[4..88]);
+        other[0..4].copy_from_slice(&csum.to_le_bytes());
+        // A pointer that disagrees with the header too: the version is checked first.
+        for exp in [good, crate::btree::node::Expected { seq: good.seq + 1, level: 2, ..good }] {
+            let e = decode_node(&other, MAGIC, &exp, &none).unwrap_err();
+            assert_eq!(e.code(), ErrCode::BtreeNodeUnsupportedVersion, "{e}");
+            assert!(e.matches(ErrCode::BtreeNodeReadErr), "{e}");
+            assert!(e.to_string().contains(&format!("version {version}")), "{e}");
+            assert_eq!(e.context().btree, Some(exp.btree), "{e}");
+            assert_eq!(e.context().level, Some(exp.level), "{e}");
+            assert_eq!(e.context().pos, Some(exp.max_key), "{e}");
+        }
+    }
 }
 
 proptest! {
