@@ -138,6 +138,7 @@ errcodes! {
     BtreeNeedTopologyRepair = "btree_need_topology_repair", Eio, "btree topology is damaged: run fsck (check_topology)";
     BtreeNodeReadErr = "btree_node_read_err", Eio, "btree node read failed validation";
     BtreeNodeBadMagic = "btree_node_bad_magic", BtreeNodeReadErr, "btree node magic wrong";
+    BtreeNodeUnsupportedVersion = "btree_node_unsupported_version", BtreeNodeReadErr, "btree node written in a format version this bcsim does not read";
     BtreeNodeBadSeq = "btree_node_bad_seq", BtreeNodeReadErr, "got wrong btree node (seq mismatch)";
     BtreeNodeBadBtree = "btree_node_bad_btree", BtreeNodeReadErr, "btree node belongs to another btree";
     BtreeNodeBadLevel = "btree_node_bad_level", BtreeNodeReadErr, "btree node level wrong";

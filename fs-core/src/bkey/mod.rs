@@ -53,6 +53,32 @@ impl KeyType {
     }
 }
 
+/// Fields of a fixed-size on-disk layout (a node or bset header, the fixed part of a value),
+/// read and written at `OFF_*` constants. A field that would run past the end of the layout
+/// fails to compile, and a value of the wrong width is a type error, so no access can fail at
+/// run time.
+pub trait FixedFields {
+    /// The `N` bytes at offset `OFF`.
+    fn field<const OFF: usize, const N: usize>(&self) -> [u8; N];
+    /// Sets the `N` bytes at offset `OFF`.
+    fn set_field<const OFF: usize, const N: usize>(&mut self, v: [u8; N]);
+}
+
+// Each access is in bounds: the inline const fails to compile any instance where it is not.
+impl<const LEN: usize> FixedFields for [u8; LEN] {
+    fn field<const OFF: usize, const N: usize>(&self) -> [u8; N] {
+        const { assert!(OFF + N <= LEN, "field runs past the end of its layout") };
+        let mut v = [0; N];
+        v.copy_from_slice(&self[OFF..OFF + N]);
+        v
+    }
+
+    fn set_field<const OFF: usize, const N: usize>(&mut self, v: [u8; N]) {
+        const { assert!(OFF + N <= LEN, "field runs past the end of its layout") };
+        self[OFF..OFF + N].copy_from_slice(&v);
+    }
+}
+
 /// Encodes a key from its parts, for holders of keys that are not [`Bkey`]s.
 pub fn encode_key(w: &mut Writer, pos: Bpos, ty: KeyType, size: u32, val: &[u8]) {
     // One append per key (node write-back encodes millions): the header and the value

@@ -3,16 +3,19 @@
 //! On disk a node is a header sector followed by bsets appended over time, each sector-aligned:
 //!
 //! ```text
-//! node header (sector 0; 88 bytes used)
-//!  0 csum      u32  crc32c of bytes [4, 88)
-//!  4 reserved  u32
-//!  8 magic     u64  fs_magic(uuid, BTREE_NODE_SALT)
-//! 16 seq       u64  the node's identity; its pointer carries the same seq
-//! 24 btree_id  u8 | 25 level u8 | 26 reserved u16 | 28 version u32 (FORMAT_VERSION)
-//! 32 min_key   24 bytes (inode u64, offset u64, snapshot u32, reserved u32)
-//! 56 max_key   24 bytes
-//! 80 reserved  u64
-//! bset (at a sector boundary after the header sector)
+//! node header (sector 0; NODE_HEADER_BYTES = 88 used, the rest zero)
+//!  0 csum       u32  crc32c of bytes [4, 88)
+//!  4 reserved   u32
+//!  8 magic      u64  fs_magic(uuid, BTREE_NODE_SALT)
+//! 16 seq        u64  the node's identity; its pointer carries the same seq
+//! 24 btree_id   u8
+//! 25 level      u8
+//! 26 reserved   u16
+//! 28 version    u32  FORMAT_VERSION; a node of another version is refused
+//! 32 min_key    24 bytes (inode u64, offset u64, snapshot u32, reserved u32)
+//! 56 max_key    24 bytes
+//! 80 reserved   u64
+//! bset (at a sector boundary after the header sector; BSET_HEADER_BYTES = 32, then keys)
 //!  0 csum        u32  crc32c of bytes [4, bytes)
 //!  4 bytes       u32  header and keys, before padding to a sector
 //!  8 node_seq    u64  the node's seq: a bset left by an earlier node in this place is not ours
@@ -22,23 +25,54 @@
 //! 32 keys        sorted, strictly increasing positions, each a bkey
 //! ```
 //!
+//! The `NODE_OFF_*` and `BSET_OFF_*` constants below are these tables in code.
+//!
 //! In memory a leaf keeps its keys in a map; a deletion of a key that may be on disk stays as a
 //! whiteout until a bset carrying it is written. Interior nodes hold child pointers keyed by the
 //! child's max_key.
 
-use crate::bkey::ptr::{SECTOR_BYTES, decode_pos, encode_pos};
-use crate::bkey::{Bkey, BtreePtrV2, ExtentPtr, KeyRef, KeyType};
+use crate::bkey::ptr::{POS_BYTES, SECTOR_BYTES, pos_from_bytes, pos_to_bytes};
+use crate::bkey::{Bkey, BtreePtrV2, ExtentPtr, FixedFields, KeyRef, KeyType};
 use crate::bpos::{Bpos, BtreeId};
 use crate::btree::pos_map::{Leaf, LeafMap, PosMap};
 use crate::encode::{Reader, Writer};
 use crate::error::{ErrCode, Error, Result};
+use crate::sb::FORMAT_VERSION;
 
 /// Salt for node magic numbers.
 pub const BTREE_NODE_SALT: u64 = 0x6263_7369_6d5f_626e; // "bcsim_bn"
-pub const NODE_HEADER_BYTES: usize = 88;
-pub const BSET_HEADER_BYTES: usize = 32;
 /// The header takes the whole first sector; bsets start after it.
 pub const HEADER_SECTORS: u32 = 1;
+
+pub const NODE_HEADER_BYTES: usize = 88;
+const NODE_OFF_CSUM: usize = 0;
+const NODE_OFF_RESERVED0: usize = NODE_OFF_CSUM + 4;
+const NODE_OFF_MAGIC: usize = NODE_OFF_RESERVED0 + 4;
+const NODE_OFF_SEQ: usize = NODE_OFF_MAGIC + 8;
+const NODE_OFF_BTREE_ID: usize = NODE_OFF_SEQ + 8;
+const NODE_OFF_LEVEL: usize = NODE_OFF_BTREE_ID + 1;
+const NODE_OFF_RESERVED1: usize = NODE_OFF_LEVEL + 1;
+const NODE_OFF_VERSION: usize = NODE_OFF_RESERVED1 + 2;
+const NODE_OFF_MIN_KEY: usize = NODE_OFF_VERSION + 4;
+const NODE_OFF_MAX_KEY: usize = NODE_OFF_MIN_KEY + POS_BYTES;
+const NODE_OFF_RESERVED2: usize = NODE_OFF_MAX_KEY + POS_BYTES;
+const _: () = assert!(NODE_OFF_RESERVED2 + 8 == NODE_HEADER_BYTES);
+const _: () = assert!(NODE_HEADER_BYTES <= HEADER_SECTORS as usize * SECTOR_BYTES as usize);
+/// The header checksum covers everything after the checksum itself.
+const NODE_CSUM_FROM: usize = NODE_OFF_CSUM + 4;
+
+pub const BSET_HEADER_BYTES: usize = 32;
+const BSET_OFF_CSUM: usize = 0;
+const BSET_OFF_BYTES: usize = BSET_OFF_CSUM + 4;
+const BSET_OFF_NODE_SEQ: usize = BSET_OFF_BYTES + 4;
+const BSET_OFF_JOURNAL_SEQ: usize = BSET_OFF_NODE_SEQ + 8;
+const BSET_OFF_NR_KEYS: usize = BSET_OFF_JOURNAL_SEQ + 8;
+const BSET_OFF_RESERVED: usize = BSET_OFF_NR_KEYS + 4;
+const BSET_OFF_KEYS: usize = BSET_OFF_RESERVED + 4;
+const _: () = assert!(BSET_OFF_KEYS == BSET_HEADER_BYTES);
+/// The bset checksum covers the bset from its `bytes` field to its last key.
+const BSET_CSUM_FROM: usize = BSET_OFF_CSUM + 4;
+
 /// btree levels run 0 (leaves) to MAX_LEVEL.
 pub const MAX_LEVEL: u8 = 3;
 
@@ -131,7 +165,7 @@ pub struct Child {
 impl Child {
     /// Encoded size of the pointer key.
     pub fn encoded_bytes(&self) -> usize {
-        crate::bkey::KEY_HEADER_BYTES + (40 + 16 * self.ptr.ptrs.len()).next_multiple_of(8)
+        self.ptr.key_bytes()
     }
 }
 
@@ -218,23 +252,18 @@ impl Node {
 
     /// Encodes the header sector.
     pub fn encode_header(&self, magic: u64) -> Vec<u8> {
-        let mut w = Writer::with_capacity(SECTOR_BYTES as usize);
-        w.u32(0);
-        w.u32(0);
-        w.u64(magic);
-        w.u64(self.hdr.seq);
-        w.u8(self.hdr.btree as u8);
-        w.u8(self.hdr.level);
-        w.u16(0);
-        w.u32(u32::from(crate::sb::FORMAT_VERSION));
-        encode_pos(&mut w, self.hdr.min_key);
-        encode_pos(&mut w, self.hdr.max_key);
-        w.u64(0);
-        let mut out = w.into_vec();
-        let csum = crc32c::crc32c(out.get(4..NODE_HEADER_BYTES).unwrap_or_default());
-        if let Some(dst) = out.get_mut(0..4) {
-            dst.copy_from_slice(&csum.to_le_bytes());
-        }
+        let mut h = [0u8; NODE_HEADER_BYTES];
+        h.set_field::<NODE_OFF_MAGIC, 8>(magic.to_le_bytes());
+        h.set_field::<NODE_OFF_SEQ, 8>(self.hdr.seq.to_le_bytes());
+        h.set_field::<NODE_OFF_BTREE_ID, 1>([self.hdr.btree as u8]);
+        h.set_field::<NODE_OFF_LEVEL, 1>([self.hdr.level]);
+        h.set_field::<NODE_OFF_VERSION, 4>(u32::from(FORMAT_VERSION).to_le_bytes());
+        h.set_field::<NODE_OFF_MIN_KEY, POS_BYTES>(pos_to_bytes(self.hdr.min_key));
+        h.set_field::<NODE_OFF_MAX_KEY, POS_BYTES>(pos_to_bytes(self.hdr.max_key));
+        let csum = crc32c::crc32c(&h[NODE_CSUM_FROM..]);
+        h.set_field::<NODE_OFF_CSUM, 4>(csum.to_le_bytes());
+        let mut out = Vec::with_capacity(SECTOR_BYTES as usize);
+        out.extend_from_slice(&h);
         out.resize(SECTOR_BYTES as usize, 0);
         out
     }
@@ -242,12 +271,8 @@ impl Node {
     /// Encodes a bset of the pending keys (all keys when `all`), padded to whole sectors.
     pub fn encode_bset(&mut self, all: bool) -> Vec<u8> {
         let mut w = Writer::with_capacity(BSET_HEADER_BYTES + self.key_bytes.min(1 << 20));
-        w.u32(0);
-        w.u32(0);
-        w.u64(self.hdr.seq);
-        w.u64(self.journal_seq);
-        w.u32(0);
-        w.u32(0);
+        // Room for the header, which is known only once the keys are written.
+        w.bytes(&[0; BSET_HEADER_BYTES]);
         let mut nr: u32 = 0;
         if let Some(m) = self.leaf_mut() {
             for (pos, kv) in m.iter().filter(|(_, kv)| all || kv.pending) {
@@ -263,14 +288,21 @@ impl Node {
                 nr += 1;
             }
         }
-        let bytes = w.len() as u32;
-        w.patch_u32(24, nr);
-        w.patch_u32(4, bytes);
         let mut out = w.into_vec();
-        let csum = crc32c::crc32c(out.get(4..).unwrap_or_default());
-        if let Some(dst) = out.get_mut(0..4) {
-            dst.copy_from_slice(&csum.to_le_bytes());
-        }
+        let mut h = [0u8; BSET_HEADER_BYTES];
+        h.set_field::<BSET_OFF_BYTES, 4>((out.len() as u32).to_le_bytes());
+        h.set_field::<BSET_OFF_NODE_SEQ, 8>(self.hdr.seq.to_le_bytes());
+        h.set_field::<BSET_OFF_JOURNAL_SEQ, 8>(self.journal_seq.to_le_bytes());
+        h.set_field::<BSET_OFF_NR_KEYS, 4>(nr.to_le_bytes());
+        #[expect(
+            clippy::expect_used,
+            reason = "the writer was started with the header's BSET_HEADER_BYTES bytes"
+        )]
+        let (head, keys) =
+            out.split_first_chunk_mut::<BSET_HEADER_BYTES>().expect("bset starts with its header");
+        let csum = crc32c::crc32c_append(crc32c::crc32c(&h[BSET_CSUM_FROM..]), keys);
+        h.set_field::<BSET_OFF_CSUM, 4>(csum.to_le_bytes());
+        *head = h;
         out.resize((out.len() as u64).next_multiple_of(SECTOR_BYTES) as usize, 0);
         out
     }
@@ -347,32 +379,37 @@ pub fn decode_node(
 }
 
 fn decode_header(buf: &[u8], magic: u64, exp: &Expected) -> Result<NodeHeader> {
-    let Some(h) = buf.get(..NODE_HEADER_BYTES) else {
+    let Some(h) = buf.first_chunk::<NODE_HEADER_BYTES>() else {
         return Err(node_err(ErrCode::BtreeNodeDataMissing, exp, "btree node shorter than its header"));
     };
-    let mut r = Reader::new(h, "btree node header", ErrCode::BtreeNodeReadErr);
-    let csum = r.u32()?;
-    r.skip(4)?;
-    let got_magic = r.u64()?;
-    if got_magic != magic {
+    let csum = u32::from_le_bytes(h.field::<NODE_OFF_CSUM, 4>());
+    if u64::from_le_bytes(h.field::<NODE_OFF_MAGIC, 8>()) != magic {
         return Err(node_err(
             ErrCode::BtreeNodeBadMagic,
             exp,
             "bad btree node magic (not a node of this filesystem)",
         ));
     }
-    let computed = crc32c::crc32c(h.get(4..).unwrap_or_default());
+    let computed = crc32c::crc32c(&h[NODE_CSUM_FROM..]);
     if csum != computed {
         return Err(node_err(ErrCode::BtreeNodeReadErr, exp, "btree node header checksum mismatch")
             .csum(computed, csum));
     }
-    let seq = r.u64()?;
-    let raw_btree = r.u8()?;
-    let level = r.u8()?;
-    r.skip(2)?;
-    let _version = r.u32()?;
-    let min_key = decode_pos(&mut r)?;
-    let max_key = decode_pos(&mut r)?;
+    // The rest of the header, and the bsets, are laid out as their version says: check it
+    // before believing any other field.
+    let version = u32::from_le_bytes(h.field::<NODE_OFF_VERSION, 4>());
+    if version != u32::from(FORMAT_VERSION) {
+        return Err(node_err(
+            ErrCode::BtreeNodeUnsupportedVersion,
+            exp,
+            format!("btree node format version {version}, this bcsim reads version {FORMAT_VERSION}"),
+        ));
+    }
+    let seq = u64::from_le_bytes(h.field::<NODE_OFF_SEQ, 8>());
+    let raw_btree = u8::from_le_bytes(h.field::<NODE_OFF_BTREE_ID, 1>());
+    let level = u8::from_le_bytes(h.field::<NODE_OFF_LEVEL, 1>());
+    let min_key = pos_from_bytes(&h.field::<NODE_OFF_MIN_KEY, POS_BYTES>());
+    let max_key = pos_from_bytes(&h.field::<NODE_OFF_MAX_KEY, POS_BYTES>());
     if seq != exp.seq {
         return Err(node_err(
             ErrCode::BtreeNodeBadSeq,
@@ -411,13 +448,12 @@ fn decode_header(buf: &[u8], magic: u64, exp: &Expected) -> Result<NodeHeader> {
 /// Decodes the bset at the start of `buf`. `None`: no bset of this node here (end of data).
 /// A damaged bset inside the written range is an error; past it, a torn tail that ends the node.
 fn decode_bset(buf: &[u8], exp: &Expected, within_written: bool) -> Result<Option<(usize, u64, Vec<Bkey>)>> {
-    let Some(h) = buf.get(..BSET_HEADER_BYTES) else { return Ok(None) };
-    let mut r = Reader::new(h, "bset header", ErrCode::BsetBadCsum);
-    let csum = r.u32()?;
-    let bytes = r.u32()? as usize;
-    let node_seq = r.u64()?;
-    let journal_seq = r.u64()?;
-    let nr_keys = r.u32()?;
+    let Some(h) = buf.first_chunk::<BSET_HEADER_BYTES>() else { return Ok(None) };
+    let csum = u32::from_le_bytes(h.field::<BSET_OFF_CSUM, 4>());
+    let bytes = u32::from_le_bytes(h.field::<BSET_OFF_BYTES, 4>()) as usize;
+    let node_seq = u64::from_le_bytes(h.field::<BSET_OFF_NODE_SEQ, 8>());
+    let journal_seq = u64::from_le_bytes(h.field::<BSET_OFF_JOURNAL_SEQ, 8>());
+    let nr_keys = u32::from_le_bytes(h.field::<BSET_OFF_NR_KEYS, 4>());
     if node_seq != exp.seq || bytes < BSET_HEADER_BYTES {
         return if within_written {
             Err(node_err(ErrCode::BtreeNodeDataMissing, exp, "bset missing inside the node's written range"))
@@ -425,7 +461,7 @@ fn decode_bset(buf: &[u8], exp: &Expected, within_written: bool) -> Result<Optio
             Ok(None)
         };
     }
-    let got = buf.get(..bytes).map(|b| crc32c::crc32c(b.get(4..).unwrap_or_default()));
+    let got = buf.get(..bytes).map(|b| crc32c::crc32c(b.get(BSET_CSUM_FROM..).unwrap_or_default()));
     let body = match buf.get(..bytes) {
         Some(b) if got == Some(csum) => b,
         _ if within_written => {
@@ -438,7 +474,7 @@ fn decode_bset(buf: &[u8], exp: &Expected, within_written: bool) -> Result<Optio
         _ => return Ok(None),
     };
     let mut r = Reader::new(body, "bset", ErrCode::BtreeNodeReadErr);
-    r.skip(BSET_HEADER_BYTES)?;
+    r.skip(BSET_OFF_KEYS)?;
     let mut keys = Vec::with_capacity(nr_keys as usize);
     for _ in 0..nr_keys {
         keys.push(Bkey::decode(&mut r)?);

@@ -479,12 +479,10 @@ fn reverse_iteration_stops_at_pos_min() {
     assert!(it.prev(&mut t, None).unwrap().is_none());
 }
 
-/// Every node validation failure is its own typed error carrying btree, level and position:
-/// bad magic, wrong seq, btree, level, min_key, max_key, a bad bset checksum inside the written
-/// range, and fewer sectors than the pointer says.
-#[test]
-fn node_validation_errors_are_typed() {
-    use crate::btree::node::{Expected, KeyVal, Node, NodeHeader, decode_node};
+/// A leaf of 20 keys written whole (header and one bset) into a node-sized image, and what its
+/// pointer says of it.
+fn leaf_image() -> (Vec<u8>, crate::btree::node::Expected) {
+    use crate::btree::node::{Expected, KeyVal, Node, NodeHeader};
     let hdr = NodeHeader {
         btree: BtreeId::Alloc,
         level: 0,
@@ -511,6 +509,17 @@ fn node_validation_errors_are_typed() {
         seq: 77,
         sectors_written: sectors,
     };
+    (img, good)
+}
+
+/// Every node validation failure is its own typed error carrying btree, level and position:
+/// bad magic, wrong seq, btree, level, min_key, max_key, a bad bset checksum inside the written
+/// range, and fewer sectors than the pointer says.
+#[test]
+fn node_validation_errors_are_typed() {
+    use crate::btree::node::{Expected, decode_node};
+    let (img, good) = leaf_image();
+    let sectors = good.sectors_written;
     let none = |_: u64| false;
     assert_eq!(decode_node(&img, MAGIC, &good, &none).unwrap().nr_keys(), 20);
 
@@ -537,6 +546,38 @@ fn node_validation_errors_are_typed() {
     assert!(e.context().csum.is_some_and(|c| c.got != c.expected), "{e}");
     // A blacklisted journal seq drops the bset's keys.
     assert_eq!(decode_node(&img, MAGIC, &good, &|_| true).unwrap().nr_keys(), 0);
+}
+
+/// A node header of another format version is refused as such, with the node's btree, level
+/// and position, before any other field is believed; the header checksum covers the version,
+/// so a version changed without re-checksumming is a checksum error instead.
+#[test]
+fn node_of_another_version_is_refused() {
+    use crate::btree::node::decode_node;
+    const VERSION_AT: usize = 28; // the on-disk offset, deliberately not the code's constant
+    let (img, good) = leaf_image();
+    let none = |_: u64| false;
+    assert!(decode_node(&img, MAGIC, &good, &none).is_ok());
+    for version in [0u32, 2, u32::MAX] {
+        let mut other = img.clone();
+        other[VERSION_AT..VERSION_AT + 4].copy_from_slice(&version.to_le_bytes());
+        let e = decode_node(&other, MAGIC, &good, &none).unwrap_err();
+        assert_eq!(e.code(), ErrCode::BtreeNodeReadErr, "{e}");
+        assert!(e.context().csum.is_some(), "{e}");
+
+        let csum = crc32c::crc32c(&other[4..88]);
+        other[0..4].copy_from_slice(&csum.to_le_bytes());
+        // A pointer that disagrees with the header too: the version is checked first.
+        for exp in [good, crate::btree::node::Expected { seq: good.seq + 1, level: 2, ..good }] {
+            let e = decode_node(&other, MAGIC, &exp, &none).unwrap_err();
+            assert_eq!(e.code(), ErrCode::BtreeNodeUnsupportedVersion, "{e}");
+            assert!(e.matches(ErrCode::BtreeNodeReadErr), "{e}");
+            assert!(e.to_string().contains(&format!("version {version}")), "{e}");
+            assert_eq!(e.context().btree, Some(exp.btree), "{e}");
+            assert_eq!(e.context().level, Some(exp.level), "{e}");
+            assert_eq!(e.context().pos, Some(exp.max_key), "{e}");
+        }
+    }
 }
 
 proptest! {
@@ -606,4 +647,113 @@ fn values_inline_up_to_the_limit() {
         }
     }
     assert_eq!(std::mem::size_of::<Val>(), 24);
+}
+
+/// Hex (whitespace ignored) to bytes, for golden images.
+fn unhex(s: &str) -> Vec<u8> {
+    let digits: Vec<u8> = s.bytes().filter(|b| !b.is_ascii_whitespace()).collect();
+    digits.chunks(2).map(|d| u8::from_str_radix(std::str::from_utf8(d).unwrap(), 16).unwrap()).collect()
+}
+
+/// `bytes` padded with zeros to whole sectors, as bsets and the header sector are on disk.
+fn sector_padded(mut bytes: Vec<u8>) -> Vec<u8> {
+    bytes.resize(bytes.len().next_multiple_of(512), 0);
+    bytes
+}
+
+/// The node header, a leaf bset and an interior bset (with its `btree_ptr_v2` value) encode
+/// byte for byte as format version 1 images hold them, and those bytes decode to the same
+/// node: an encoder or decoder change that moves a field would strand every existing image.
+#[test]
+fn node_encoding_is_pinned() {
+    use crate::bkey::BtreePtrV2;
+    use crate::btree::node::{Child, Expected, KeyVal, Node, NodeHeader, NodeKeys, decode_node};
+    let leaf_hdr = NodeHeader {
+        btree: BtreeId::Alloc,
+        level: 0,
+        min_key: Bpos::new(1, 2, 3),
+        max_key: Bpos::new(0x0102_0304_0506_0708, 0x1112_1314_1516_1718, 0x2122_2324),
+        seq: 0xa1a2_a3a4_a5a6_a7a8,
+    };
+    let leaf_keys = [
+        Bkey::new(Bpos::new(2, 5, 0), KeyType::Set, vec![0xc1; 3]),
+        Bkey::new(Bpos::new(2, 6, 0), KeyType::Set, vec![0xc2; 9]),
+    ];
+    let mut leaf = Node::new(leaf_hdr, Vec::new());
+    leaf.journal_seq = 0xb1b2_b3b4_b5b6_b7b8;
+    if let Some(m) = leaf.leaf_mut() {
+        for k in &leaf_keys {
+            let (p, kv) = KeyVal::from_key(k.clone(), true);
+            m.insert(p, kv);
+        }
+    }
+    let ptr = BtreePtrV2 {
+        seq: 0xd1d2_d3d4_d5d6_d7d8,
+        sectors_written: 0xe1e2_e3e4,
+        min_key: Bpos::new(4, 5, 6),
+        ptrs: vec![
+            ExtentPtr { dev: 1, bucket_gen: 2, offset: 0xf1f2_f3f4_f5f6_f7f8 },
+            ExtentPtr { dev: 3, bucket_gen: 4, offset: 5 },
+        ],
+    };
+    let ptr_pos = Bpos::new(7, 8, 9);
+    let mut interior = Node::new(NodeHeader { level: 1, ..leaf_hdr }, Vec::new());
+    interior.journal_seq = 9;
+    if let NodeKeys::Interior(m) = &mut interior.keys {
+        m.insert(ptr_pos, Child { ptr: ptr.clone(), pending: true });
+    }
+
+    // One field per group, in layout order.
+    let header = unhex(
+        "9bf95ebc 00000000 7856341200000000 a8a7a6a5a4a3a2a1 04 00 0000 01000000
+         0100000000000000 0200000000000000 03000000 00000000
+         0807060504030201 1817161514131211 24232221 00000000
+         0000000000000000",
+    );
+    let interior_header = unhex(
+        "de5bb838 00000000 7856341200000000 a8a7a6a5a4a3a2a1 04 01 0000 01000000
+         0100000000000000 0200000000000000 03000000 00000000
+         0807060504030201 1817161514131211 24232221 00000000
+         0000000000000000",
+    );
+    let leaf_bset = unhex(
+        "5dd1e07f 78000000 a8a7a6a5a4a3a2a1 b8b7b6b5b4b3b2b1 02000000 00000000
+         19 00 0300 00000000 0200000000000000 0500000000000000 00000000 00000000 c1c1c10000000000
+         19 00 0900 00000000 0200000000000000 0600000000000000 00000000 00000000
+         c2c2c2c2c2c2c2c2 c200000000000000",
+    );
+    let interior_bset = unhex(
+        "18697bfc 88000000 a8a7a6a5a4a3a2a1 0900000000000000 01000000 00000000
+         12 00 4800 00000000 0700000000000000 0800000000000000 09000000 00000000
+         d8d7d6d5d4d3d2d1 e4e3e2e1 02 000000 0400000000000000 0500000000000000 06000000 00000000
+         01 02 000000000000 f8f7f6f5f4f3f2f1
+         03 04 000000000000 0500000000000000",
+    );
+    assert_eq!(leaf.encode_header(MAGIC), sector_padded(header.clone()));
+    assert_eq!(leaf.encode_bset(true), sector_padded(leaf_bset.clone()));
+    assert_eq!(interior.encode_header(MAGIC), sector_padded(interior_header.clone()));
+    assert_eq!(interior.encode_bset(true), sector_padded(interior_bset.clone()));
+
+    let none = |_: u64| false;
+    let exp = Expected {
+        btree: leaf_hdr.btree,
+        level: 0,
+        min_key: leaf_hdr.min_key,
+        max_key: leaf_hdr.max_key,
+        seq: leaf_hdr.seq,
+        sectors_written: 2,
+    };
+    let mut img = sector_padded(header);
+    img.extend(sector_padded(leaf_bset));
+    let mut read = decode_node(&img, MAGIC, &exp, &none).unwrap();
+    assert_eq!(read.hdr, leaf_hdr);
+    let got: Vec<Bkey> = read.leaf_mut().unwrap().iter().map(|(p, kv)| kv.to_key(*p)).collect();
+    assert_eq!(got, leaf_keys);
+
+    let mut img = sector_padded(interior_header);
+    img.extend(sector_padded(interior_bset));
+    let read = decode_node(&img, MAGIC, &Expected { level: 1, ..exp }, &none).unwrap();
+    let NodeKeys::Interior(m) = &read.keys else { panic!("interior node read as a leaf") };
+    let children: Vec<(Bpos, BtreePtrV2)> = m.iter().map(|(p, c)| (*p, c.ptr.clone())).collect();
+    assert_eq!(children, vec![(ptr_pos, ptr)]);
 }
