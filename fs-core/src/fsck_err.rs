@@ -69,6 +69,7 @@ fsck_errs! {
     BtreeNodeUnreadable = 30, "btree_node_unreadable", NONE;
     BtreeNodeBadMagic = 32, "btree_node_bad_magic", NONE;
     BtreeNodeBadSeq = 33, "btree_node_bad_seq", NONE;
+    BtreeNodeUnsupportedVersion = 34, "btree_node_unsupported_version", NONE;
     BtreeNodeDataMissing = 37, "btree_node_data_missing", NONE;
     BtreeNodeReplicasDataMismatch = 40, "btree_node_replicas_data_mismatch", NONE;
     BsetBadCsum = 42, "bset_bad_csum", NONE;

@@ -305,9 +305,7 @@ impl JsetEntry {
         ENTRY_HEADER_BYTES
             + match self {
                 JsetEntry::BtreeKeys { keys, .. } | JsetEntry::Overwrite { keys, .. } => keys.bytes().len(),
-                JsetEntry::BtreeRoot { ptr, .. } => {
-                    fs_core::bkey::KEY_HEADER_BYTES + (40 + 16 * ptr.ptrs.len()).next_multiple_of(8)
-                }
+                JsetEntry::BtreeRoot { ptr, .. } => ptr.key_bytes(),
                 JsetEntry::Blacklist { .. } => BLACKLIST_BYTES,
             }
     }
