@@ -194,8 +194,9 @@ impl Allocator {
 
     /// Discards every `need_discard` bucket whose emptying is durable (`journal_seq_empty` at
     /// or below `durable_seq`, so no pointer into it can come back from the journal), and
-    /// returns how many: the work a transaction blocked on the allocator waits for.
-    pub fn discard_durable(&self, durable_seq: u64) -> Result<usize> {
+    /// returns them, `(dev, bucket)`: the work a transaction blocked on the allocator waits for.
+    /// Issuing the device-level discards is the caller's (the allocator never writes).
+    pub fn discard_durable(&self, durable_seq: u64) -> Result<Vec<(u8, u64)>> {
         let mut inner = self.lock();
         let ready: Vec<(u8, u64)> = inner
             .devs
@@ -211,7 +212,7 @@ impl Allocator {
         for &(dev, bucket) in &ready {
             inner.discard(dev, bucket)?;
         }
-        Ok(ready.len())
+        Ok(ready)
     }
 
     /// The persistent records of every bucket changed since the last call, for the caller to

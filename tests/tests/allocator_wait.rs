@@ -1,15 +1,17 @@
-//! A transaction or data write blocked on the allocator waits for it, which in this
-//! single-threaded model means running in line what the waiter waits for (write-back, journal
-//! flush, discards of the buckets emptied so far) and trying again; when that frees nothing the
-//! error comes back instead of a wait that would never end.
+//! A transaction or data write blocked on the allocator waits for it, which means running what
+//! the waiter waits for (write-back, journal flush, discards of the buckets emptied so far,
+//! on the devices too with `discard`) and trying again; when that frees nothing the error comes
+//! back instead of a wait that would never end.
 
 // A failed unwrap or index in a test is that test failing, with its message.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
 
 use bcsim::files::{CHUNK_BYTES, Files, ROOT_INO, chunk_data};
 use bcsim_tests::{fsck_n, open_small, two_small_devices};
+use fs_core::bkey::DataType;
 use fs_core::dev::SharedDevice;
 use fs_core::error::ErrCode;
+use fs_core::opts::{OptId, OptValue};
 
 const DEV_BYTES: u64 = 24 << 20;
 const BUCKET: u64 = 256 << 10;
@@ -45,6 +47,46 @@ fn overwrites_past_capacity_reuse_discarded_buckets() {
     fs.unmount().unwrap();
     let report = fsck_n(&devs);
     assert!(report.problems.is_empty(), "{:#?}", report.problems);
+}
+
+/// Buckets the wait discards are discarded on the device too, when the `discard` option is on:
+/// every free bucket whose gen moved (it was discarded) reads back as zeros, so no stale data
+/// survives in it. With `nodiscard` the allocator still reuses them, but the old bytes stay.
+#[test]
+fn discard_option_decides_whether_devices_see_discards() {
+    for discard in [true, false] {
+        let devs = formatted();
+        let mut fs = open_small(&devs);
+        fs.opts().set(OptId::Discard, OptValue::U64(u64::from(discard))).unwrap();
+        let mut files = Files::new(&mut fs).unwrap();
+        let ino = files.create(&mut fs, ROOT_INO, "f", false).unwrap();
+        for i in 0..capacity_chunks() {
+            files.write(&mut fs, ino, i % 8, i).unwrap();
+        }
+        let alloc = fs.alloc().cloned().unwrap();
+        let mut discarded = 0;
+        let mut zeroed = 0;
+        for (dev, d) in devs.iter().enumerate() {
+            for bucket in 0..DEV_BYTES / BUCKET {
+                // The last bucket is not whole (a superblock copy sits at the end): none there.
+                let Some(st) = alloc.bucket(dev as u8, bucket) else { continue };
+                if st.data_type != DataType::Free || st.bucket_gen == 0 {
+                    continue;
+                }
+                discarded += 1;
+                let mut buf = vec![1u8; BUCKET as usize];
+                d.read_at(&mut buf, bucket * BUCKET).unwrap();
+                zeroed += u32::from(buf.iter().all(|&b| b == 0));
+            }
+        }
+        assert!(discarded > 0, "discard={discard}: nothing was discarded, the test checks nothing");
+        if discard {
+            assert_eq!(zeroed, discarded, "discard=on: discarded buckets still hold data");
+        } else {
+            assert_eq!(zeroed, 0, "discard=off: a discarded bucket was zeroed on the device");
+        }
+        fs.unmount().unwrap();
+    }
 }
 
 /// With every chunk written still live nothing can be discarded: the wait frees nothing, and

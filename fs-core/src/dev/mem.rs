@@ -116,6 +116,25 @@ impl BlockDevice for MemDevice {
         Ok(())
     }
 
+    /// Drops the chunks the range covers whole and zeroes the parts of the others.
+    fn discard(&self, offset: u64, len: u64) -> Result<()> {
+        let len_usize = usize::try_from(len).unwrap_or(usize::MAX);
+        check_range(&self.name, offset, len_usize, self.size_bytes, ErrCode::IoWrite)?;
+        let mut chunks = self.chunks.lock();
+        let mut pos = offset;
+        let end = offset + len;
+        while pos < end {
+            let (index, start, n) = chunk_piece(pos, usize::try_from(end - pos).unwrap_or(usize::MAX));
+            if n == CHUNK_LEN {
+                chunks.remove(&index);
+            } else if let Some(part) = chunks.get_mut(&index).and_then(|c| c.get_mut(start..start + n)) {
+                part.fill(0);
+            }
+            pos = pos.saturating_add(n as u64);
+        }
+        Ok(())
+    }
+
     fn size(&self) -> u64 {
         self.size_bytes
     }
@@ -128,6 +147,26 @@ impl BlockDevice for MemDevice {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A discard drops whole chunks and zeroes partial ones: the range reads as zeros, the
+    /// bytes around it are kept, and memory is given back.
+    #[test]
+    fn discard_zeroes_and_frees() {
+        let dev = MemDevice::new("m", 8 * CHUNK_SIZE_BYTES);
+        dev.write_at(&vec![9u8; (4 * CHUNK_SIZE_BYTES) as usize], 0).unwrap();
+        dev.discard(CHUNK_SIZE_BYTES / 2, 2 * CHUNK_SIZE_BYTES).unwrap();
+        assert_eq!(dev.allocated_bytes(), 3 * CHUNK_SIZE_BYTES, "the whole chunk in the middle is dropped");
+        let mut buf = vec![1u8; (4 * CHUNK_SIZE_BYTES) as usize];
+        dev.read_at(&mut buf, 0).unwrap();
+        let (a, b) =
+            ((CHUNK_SIZE_BYTES / 2) as usize, (CHUNK_SIZE_BYTES / 2 + 2 * CHUNK_SIZE_BYTES) as usize);
+        assert!(
+            buf[..a].iter().all(|&x| x == 9)
+                && buf[a..b].iter().all(|&x| x == 0)
+                && buf[b..].iter().all(|&x| x == 9)
+        );
+        assert_eq!(dev.discard(8 * CHUNK_SIZE_BYTES, 1).unwrap_err().code(), ErrCode::IoWrite);
+    }
     use crate::rng::Rng;
 
     fn pattern(len: usize, salt: u8) -> Vec<u8> {

@@ -29,6 +29,27 @@ pub trait BlockDevice: Send + Sync + std::fmt::Debug {
     fn write_at(&self, buf: &[u8], offset: u64) -> Result<()>;
     /// Makes every completed write durable.
     fn flush(&self) -> Result<()>;
+    /// Tells the device that `len` bytes at `offset` hold nothing anyone needs (a discard, or
+    /// TRIM): they read back as zeros afterwards. Image files get a hole punched, memory is
+    /// dropped; this default writes zeros, so a wrapper that logs or caches writes (fault
+    /// injection, crash recording) sees a discard as the write it is.
+    fn discard(&self, offset: u64, len: u64) -> Result<()> {
+        check_range(
+            self.name(),
+            offset,
+            usize::try_from(len).unwrap_or(usize::MAX),
+            self.size(),
+            ErrCode::IoWrite,
+        )?;
+        let zeros = vec![0u8; DISCARD_PIECE_BYTES.min(len) as usize];
+        let mut done = 0;
+        while done < len {
+            let n = (len - done).min(zeros.len() as u64) as usize;
+            self.write_at(zeros.get(..n).unwrap_or_default(), offset + done)?;
+            done += n as u64;
+        }
+        Ok(())
+    }
     /// The device's size in bytes.
     fn size(&self) -> u64;
     /// A name for messages: the image path, or e.g. "mem0".
@@ -37,6 +58,9 @@ pub trait BlockDevice: Send + Sync + std::fmt::Debug {
 
 /// A device shared between the parts of a filesystem and its threads.
 pub type SharedDevice = std::sync::Arc<dyn BlockDevice>;
+
+/// The largest write the default discard makes at a time.
+const DISCARD_PIECE_BYTES: u64 = 1 << 20;
 
 /// The unit a device writes atomically: a torn write tears at these boundaries.
 pub const SECTOR_SIZE: u64 = 512;

@@ -159,17 +159,33 @@ impl FsShared {
     /// What a transaction blocked on the allocator waits for, done by the waiting thread
     /// itself: everything written back and the journal flushed, so that nothing on disk or in
     /// the journal still points into the buckets emptied so far (nor into the btree nodes
-    /// freed by splits and rewrites), then every such bucket discarded. Returns how many
-    /// buckets became free.
+    /// freed by splits and rewrites), then every such bucket discarded — on the device too
+    /// when the `discard` option is on. Returns how many buckets became free.
     pub(crate) fn wait_on_allocator(&self) -> Result<usize> {
         let Some(alloc) = &self.alloc else { return Ok(0) };
         self.write_back()?;
         let durable = self.journal_rw()?.flush()?;
         let freed = alloc.discard_durable(durable).map_err(|e| self.check_fatal(e))?;
-        if freed > 0 {
+        if self.opts.u64(fs_core::opts::OptId::Discard) == 1 {
+            self.discard_on_devices(&freed)?;
+        }
+        if !freed.is_empty() {
             self.apply_alloc_updates(CommitFlags::NO_WAIT)?;
         }
-        Ok(freed)
+        Ok(freed.len())
+    }
+
+    /// Device-level discards of `buckets`, `(dev, bucket)`: they read back as zeros from now
+    /// on, so no stale node or data in them can be mistaken for a live one. A failed discard
+    /// is an I/O error like any other write's.
+    fn discard_on_devices(&self, buckets: &[(u8, u64)]) -> Result<()> {
+        for &(dev, bucket) in buckets {
+            let Some(d) = self.device(dev) else { continue };
+            let size = self.bucket_size(dev);
+            d.discard(bucket * size, size)
+                .map_err(|e| e.dev(dev).bucket(bucket).prefix("discarding a bucket"))?;
+        }
+        Ok(())
     }
 
     /// Commits updates in as many transactions as their size needs: for bulk loads and
