@@ -163,6 +163,7 @@ errcodes! {
     OptionUnknown = "option_unknown", InvalidOption, "unknown option";
     OptionValueInvalid = "option_value_invalid", InvalidOption, "option value invalid";
     OptionNotSettable = "option_not_settable", InvalidOption, "option cannot be set here";
+    OptionNotModelled = "option_not_modelled", InvalidOption, "bcsim does not model what this option controls";
     InvalidArgument = "invalid_argument", Einval, "invalid argument";
 
     // Device sets: the images given do not form one filesystem

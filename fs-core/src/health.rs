@@ -17,7 +17,8 @@ use std::fmt;
 use std::time::Duration;
 
 use crate::error::{ErrCode, Error, Result};
-use crate::sync::{AtomicBool, Condvar, Mutex, Ordering};
+use crate::opts::ErrorAction;
+use crate::sync::{AtomicBool, AtomicU32, Condvar, Mutex, Ordering};
 
 /// An error as the health state keeps it: its code and its one-line text (an [`Error`] is not
 /// `Clone`, and what is kept is what gets reported).
@@ -56,6 +57,10 @@ struct HealthState {
 pub struct FsHealth {
     /// Mirrors `state.emergency_ro.is_some()` for checks on hot paths.
     ro: AtomicBool,
+    /// Recovery is over: filesystem errors follow `errors=` from now on.
+    running: AtomicBool,
+    /// `errors=`: 0 continue, 1 ro (the option's own numbering).
+    errors: AtomicU32,
     state: Mutex<HealthState>,
     changed: Condvar,
     hooks: Mutex<Vec<Hook>>,
@@ -99,6 +104,28 @@ impl FsHealth {
     /// Notes a non-fatal error to be named later (the first one is kept).
     pub fn note(&self, err: &Error) {
         self.state.lock().first_noted.get_or_insert_with(|| ErrorRecord::of(err));
+    }
+
+    /// Sets what a filesystem error does once recovery is over (`errors=`).
+    pub fn set_error_action(&self, action: ErrorAction) {
+        self.errors.store(if action == ErrorAction::Continue { 0 } else { 1 }, Ordering::Release);
+    }
+
+    /// Recovery is over: from now on filesystem errors follow `errors=`. During recovery they
+    /// are only noted: recovery's passes decide what to do about them (bcachefs schedules
+    /// check_topology then).
+    pub fn set_running(&self) {
+        self.running.store(true, Ordering::Release);
+    }
+
+    /// A filesystem error (`bch2_fs_error`): noted, and with `errors=ro` on a running
+    /// filesystem, emergency read-only. Returns true if the filesystem is read-only now.
+    pub fn fs_error(&self, err: &Error) -> bool {
+        self.note(err);
+        if self.running.load(Ordering::Acquire) && self.errors.load(Ordering::Acquire) == 1 {
+            self.fatal(err);
+        }
+        self.is_emergency_ro()
     }
 
     /// The fatal error that made the filesystem read-only.

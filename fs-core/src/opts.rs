@@ -506,7 +506,34 @@ fn parse_one(item: &str, context: OptContext) -> Result<ParsedOpt> {
             format!("option {} cannot be set {}", desc.name, context.name()),
         ));
     }
-    Ok(ParsedOpt { id: desc.id, value: desc.parse(&value_text)? })
+    let value = desc.parse(&value_text)?;
+    check_modelled(desc.id, &value)?;
+    Ok(ParsedOpt { id: desc.id, value })
+}
+
+/// Options (or values) bcachefs has whose effect bcsim does not model: refused wherever they
+/// are given, so that no option is accepted and then silently does nothing.
+fn not_modelled(id: OptId, value: &OptValue) -> Option<&'static str> {
+    match (id, value.as_u64()) {
+        (OptId::AllocatorStuckTimeout, _) => Some(
+            "allocations blocked on the allocator do not park on a wait list yet, so nothing reports being stuck",
+        ),
+        (OptId::Errors, 2) => {
+            Some("errors=panic: there is no kernel to panic; errors=ro stops all writes instead")
+        }
+        _ => None,
+    }
+}
+
+/// Refuses an option or value bcsim does not model, naming what it would have done.
+pub fn check_modelled(id: OptId, value: &OptValue) -> Result<()> {
+    match not_modelled(id, value) {
+        Some(why) => Err(Error::new(
+            ErrCode::OptionNotModelled,
+            format!("option {}={} is not modelled: {why}", id.name(), id.desc().format(value)),
+        )),
+        None => Ok(()),
+    }
 }
 
 fn lookup(name: &str) -> Option<&'static OptDesc> {
@@ -567,6 +594,7 @@ impl LiveOpts {
     /// Changes an option at run time. Only `RUNTIME` options may change; the new generation is
     /// returned, waiters wake, and subscribers hear of the change after the lock is dropped.
     pub fn set(&self, id: OptId, value: OptValue) -> Result<u64> {
+        check_modelled(id, &value)?;
         if !id.desc().flags.contains(OptFlags::RUNTIME) {
             return Err(Error::new(
                 ErrCode::OptionNotSettable,
@@ -660,6 +688,17 @@ mod tests {
         assert!(parse_opts("metadata_target=SSD", OptContext::Format).is_err());
         assert!(parse_opts("metadata_target=ssd.nvme0", OptContext::Format).is_ok());
         assert!(parse_opts("errors", OptContext::Mount).is_err());
+        // What bcsim does not model is refused wherever it is given, never accepted silently.
+        for (text, ctx) in [
+            ("allocator_stuck_timeout=10", OptContext::Mount),
+            ("allocator_stuck_timeout=10", OptContext::Format),
+            ("errors=panic", OptContext::Runtime),
+        ] {
+            let e = parse_opts(text, ctx).unwrap_err();
+            assert_eq!(e.code(), ErrCode::OptionNotModelled, "{text}: {e}");
+            assert!(e.to_string().contains("not modelled"), "{e}");
+        }
+        assert!(parse_opts("errors=continue", OptContext::Mount).is_ok());
         assert!(parse_opts("", OptContext::Mount).unwrap().is_empty());
         assert!(e.matches(ErrCode::Einval));
     }

@@ -251,3 +251,40 @@ fn a_failed_background_write_back_goes_emergency_read_only() {
     }
     assert!(!set(&devs).sb.is_clean());
 }
+
+/// A topology error on a running filesystem follows `errors=`: with `ro` the filesystem goes
+/// emergency read-only naming it; with `continue` it is noted and writing goes on. During
+/// recovery it is only noted (recovery decides).
+#[test]
+fn topology_errors_follow_the_errors_option() {
+    for (errors, goes_ro) in [("ro", true), ("continue", false)] {
+        let devs = devices(50);
+        let fs = Fs::open(set(&devs), true, BtreeConfig::default()).unwrap();
+        for i in 0..200u64 {
+            fs.commit(BtreeId::Inodes, [Bkey::new(Bpos::new(0, 5000 + i, 0), KeyType::Set, vec![1; 64])])
+                .unwrap();
+        }
+        fs.write_back().unwrap();
+        fs.unmount().unwrap();
+        let mopts = MountOpts {
+            opts: fs_core::opts::parse_opts(&format!("errors={errors}"), fs_core::opts::OptContext::Mount)
+                .unwrap(),
+            reclaim: ReclaimMode::Manual,
+        };
+        let fs = mount(set(&devs), &mopts).unwrap().fs;
+        let pos = Bpos::new(0, 5100, 0);
+        assert!(
+            fs.btrees().corrupt_cached_header(BtreeId::Inodes, 0, pos).unwrap_or(false),
+            "no leaf cached"
+        );
+        let e = fs.get(BtreeId::Inodes, pos).unwrap_err();
+        assert_eq!(e.code(), ErrCode::BtreeNeedTopologyRepair, "{e}");
+        let noted = fs.health().first_noted().unwrap();
+        assert_eq!(noted.code, ErrCode::BtreeNeedTopologyRepair);
+        assert_eq!(fs.health().is_emergency_ro(), goes_ro, "errors={errors}");
+        if goes_ro {
+            assert!(fs.health().emergency_ro_cause().unwrap().text.contains("header doesn't match"));
+        }
+        drop(fs);
+    }
+}

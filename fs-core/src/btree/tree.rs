@@ -16,6 +16,7 @@ use crate::btree::node::{Child, Expected, KeyVal, MAX_LEVEL, Node, NodeHeader, N
 use crate::btree::node_alloc::{NodeAllocator, NodeLocation};
 use crate::btree::pos_map::LeafMap;
 use crate::error::{ErrCode, Error, Result};
+use crate::health::FsHealth;
 use crate::opts::Behavior;
 use crate::rng::Rng;
 use crate::sync::Arc;
@@ -98,6 +99,8 @@ pub struct Btrees {
     split_bytes: usize,
     /// Header checks on cached nodes are off until `check_allocations` has run, as in bcachefs.
     check_headers: bool,
+    /// Where filesystem errors found here (topology errors) are reported.
+    health: Option<Arc<FsHealth>>,
     topology_errors: u64,
     blacklisted: Box<dyn Fn(u64) -> bool + Send + Sync>,
     log: Vec<String>,
@@ -150,6 +153,7 @@ impl Btrees {
             seqs: Rng::new(cfg.seq_seed.unwrap_or_else(|| crate::uuid::Uuid::random().low_u64())),
             split_bytes: usable * 2 / 3,
             check_headers: true,
+            health: None,
             topology_errors: 0,
             blacklisted: Box::new(|_| false),
             log: Vec::new(),
@@ -161,6 +165,11 @@ impl Btrees {
     /// Replaces the node allocator (after the allocator was rebuilt, e.g. by fsck repairs).
     pub fn set_node_allocator(&mut self, alloc: Arc<dyn NodeAllocator>) {
         self.alloc = alloc;
+    }
+
+    /// Reports the errors found from now on (topology errors) to `health`.
+    pub fn set_health(&mut self, health: Arc<FsHealth>) {
+        self.health = Some(health);
     }
 
     pub fn set_check_headers(&mut self, on: bool) {
@@ -327,12 +336,18 @@ impl Btrees {
             exp.btree, exp.level, exp.min_key, exp.max_key, hdr.btree, hdr.level, hdr.min_key, hdr.max_key
         );
         self.log.push(line.clone());
+        let err = Error::new(ErrCode::BtreeNeedTopologyRepair, line)
+            .btree(exp.btree)
+            .level(exp.level)
+            .pos(exp.max_key);
+        // A topology error is a filesystem error: noted, and under errors=ro on a running
+        // filesystem the end of writing.
+        if let Some(h) = &self.health {
+            h.fs_error(&err);
+        }
         match self.cfg.behavior {
             Behavior::V1_37_5 => Ok(()),
-            Behavior::Fixed => Err(Error::new(ErrCode::BtreeNeedTopologyRepair, line)
-                .btree(exp.btree)
-                .level(exp.level)
-                .pos(exp.max_key)),
+            Behavior::Fixed => Err(err),
         }
     }
 

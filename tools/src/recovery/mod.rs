@@ -13,7 +13,7 @@ use fs_core::bkey::Bkey;
 use fs_core::bpos::{Bpos, BtreeId};
 use fs_core::btree::{BtreeConfig, NodeInfo};
 use fs_core::error::{ErrCode, Error, Result};
-use fs_core::opts::{Behavior, LiveOpts, OptContext, OptFlags, OptId, Options, ParsedOpt};
+use fs_core::opts::{Behavior, ErrorAction, LiveOpts, OptContext, OptFlags, OptId, Options, ParsedOpt};
 use fs_core::recovery_pass::RecoveryPass;
 use fs_core::sb::DeviceSet;
 use fs_core::sync::Arc;
@@ -207,9 +207,18 @@ pub(crate) fn recover(
         log.push(format!("mounting degraded: {} of {nr} devices missing", missing.len()));
     }
     let cfg = BtreeConfig { behavior: opts.behavior(), ..cfg };
+    let errors = opts.errors();
     let live = Arc::new(LiveOpts::new(opts));
-    let mut ctx = RecoveryCtx::new(mode, set, live, cfg, mopts.reclaim, log);
+    let mut ctx = RecoveryCtx::new(mode, set, live.clone(), cfg, mopts.reclaim, log);
     ctx.fsck = fsck;
+    // errors= follows the live option: set now, and again whenever it changes.
+    ctx.health.set_error_action(errors);
+    let health = ctx.health.clone();
+    live.subscribe(move |id, v| {
+        if id == OptId::Errors {
+            health.set_error_action(if v.as_u64() == 0 { ErrorAction::Continue } else { ErrorAction::Ro });
+        }
+    });
     if ctx.unclean {
         open_unclean(&mut ctx, mopts)?;
     } else {
@@ -221,6 +230,7 @@ pub(crate) fn recover(
     }
     ctx.count_errors()?;
     ctx.fs()?.set().write_super()?;
+    ctx.health.set_running();
     ctx.log.push(match ctx.replayed {
         Some(_) => format!("recovery done: {} keys replayed ({:.2?})", ctx.keys_replayed, ctx.t0.elapsed()),
         None => "done".to_owned(),
@@ -288,7 +298,8 @@ fn open_clean(ctx: &mut RecoveryCtx) -> Result<()> {
     let seq = set.sb.clean.as_ref().map_or(0, |c| c.journal_seq);
     let roots = clean_roots(set)?;
     let node_size = ctx.opts.with(Options::btree_node_size);
-    let btrees = open_btrees(set, node_size, Arc::new(ReadOnlyNodes), roots, ctx.cfg, None);
+    let mut btrees = open_btrees(set, node_size, Arc::new(ReadOnlyNodes), roots, ctx.cfg, None);
+    btrees.set_health(ctx.health.clone());
     ctx.btrees = Some(btrees);
     ctx.log.push(format!("recovering from clean shutdown, journal seq {seq}"));
     Ok(())
@@ -327,6 +338,7 @@ fn open_unclean(ctx: &mut RecoveryCtx, mopts: &MountOpts) -> Result<()> {
         open_btrees(set, node_size, Arc::new(ReadOnlyNodes), rj.roots(), cfg, Some(rj.blacklisted()));
     // bcachefs checks cached node headers only once check_allocations has run.
     btrees.set_check_headers(false);
+    btrees.set_health(ctx.health.clone());
     ctx.btrees = Some(btrees);
     ctx.journal = Some(rj);
     let why = "unclean shutdown: btree node allocations since the last write-back left stale alloc keys";
