@@ -3,10 +3,9 @@
 //! This crate owns per-device bucket state (gen, data type, sector counts,
 //! `journal_seq_empty`) with `alloc_v4` keys as its persistent record and the `freespace` /
 //! `need_discard` indexes kept consistent with them; watermarks and reserves; replica placement
-//! across a target's devices by durability; btree node allocation for the btree; and, next,
-//! discards and the wait list for blocked allocations, which in the fixed profile restarts a
-//! waiting request when replica options change, on emergency read-only, on new free buckets, and
-//! after a timeout with a stuck report.
+//! across a target's devices by durability; btree node allocation for the btree, following the
+//! live `metadata_replicas` and `metadata_target`; and discards of buckets whose emptying is
+//! durable. There is no wait list yet: a blocked request returns its error to the caller.
 //!
 //! It decides and returns alloc-key updates; it never commits them itself, and it never writes
 //! to a device.

@@ -1,11 +1,19 @@
 //! fs-core: the ground floor of bcsim.
 //!
-//! It owns what every other crate stands on: key positions and btree ids, the typed error tree,
-//! the option table, the sync shim (`parking_lot` or loom), block devices (image files, memory,
-//! fault injection), the on-disk encoding helpers and the superblock. The btree lands here too.
+//! It owns what every other crate stands on, and must never depend on a higher crate: where it
+//! needs a service from one (a node allocator, a journal-key overlay) it defines a trait the
+//! higher crate implements.
 //!
-//! It must never depend on a higher crate: where it needs a service from one (a node allocator,
-//! a journal-key overlay) it defines a trait the higher crate implements.
+//! - [`bpos`], [`bkey`]: positions, btree ids, keys and their values.
+//! - [`error`]: the typed error tree; [`fsck_err`]: fsck errors with stable ids;
+//!   [`recovery_pass`]: the recovery-pass table.
+//! - [`opts`]: the option table, option strings, and the live options of a mounted filesystem.
+//! - [`health`]: a filesystem's first error and its emergency read-only state.
+//! - [`sync`]: the one switch between parking_lot and loom.
+//! - [`dev`]: block devices (image files, memory, fault injection); [`sb`]: the superblock;
+//!   [`format`](mod@format): laying out a new filesystem; [`encode`]: little-endian encoding helpers.
+//! - [`btree`]: btree nodes on disk, the node cache, descent, inserts, splits, write-back.
+//! - [`rng`], [`uuid`], [`size`]: a seeded generator, uuids, sizes with units.
 
 #[macro_use]
 mod ids;

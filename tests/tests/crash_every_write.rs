@@ -10,11 +10,9 @@
 use std::sync::{Arc, Mutex};
 
 use bcsim::files::Files;
-use bcsim::fs::Fs;
 use bcsim::fsck::{FixMode, FsckOpts, fsck};
-use bcsim::recovery::{MountOpts, mount};
+use bcsim::recovery::{MountOpts, ReclaimMode, mount};
 use bcsim::workload::{Op, generate, matching_prefixes, run_op};
-use fs_core::btree::BtreeConfig;
 use fs_core::dev::{BlockDevice, MemDevice, SharedDevice};
 use fs_core::error::Result;
 use fs_core::format::{DeviceSpec, format};
@@ -107,7 +105,9 @@ fn crash_at_every_write_boundary() {
     let mut started = Vec::new();
     let mut returned = Vec::new();
     {
-        let mut fs = Fs::open(DeviceSet::open(run_devs).unwrap(), true, BtreeConfig::default()).unwrap();
+        // No reclaim thread: the recorded writes must come from the operations alone.
+        let mopts = MountOpts { reclaim: ReclaimMode::Manual, ..MountOpts::default() };
+        let mut fs = mount(DeviceSet::open(run_devs).unwrap(), &mopts).unwrap().fs;
         let mut files = Files::new(&mut fs).unwrap();
         fs.fsync().unwrap();
         for (i, op) in ops.iter().enumerate() {

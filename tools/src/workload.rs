@@ -261,15 +261,21 @@ pub fn run_on_images(
     for c in &caches {
         c.set_volatile_cache(true);
     }
-    let mounted = crate::recovery::mount(set, mopts)?;
+    // Reproducible: no reclaim thread, whose timer would write at different points each run;
+    // reclaim steps after every operation on a clock that advances one millisecond per
+    // operation (so journal_flush_delay still acts, at the same operations every time).
+    let mopts = crate::recovery::MountOpts { reclaim: crate::recovery::ReclaimMode::Manual, ..mopts.clone() };
+    let mounted = crate::recovery::mount(set, &mopts)?;
     let mount_log = mounted.log;
     let mut fs = mounted.fs;
     let mut files = Files::new(&mut fs)?;
     let stop = crash_after.unwrap_or(ops);
     let mut last_fsync_after = 0;
+    let t0 = std::time::Instant::now();
     for (i, op) in generate(seed, ops).iter().take(stop).enumerate() {
         run_op(&mut fs, &mut files, op)
             .map_err(|e| e.prefix(format_args!("operation {} ({op:?})", i + 1)))?;
+        fs.tick(t0 + std::time::Duration::from_millis(i as u64 + 1))?;
         if *op == Op::Fsync {
             last_fsync_after = i + 1;
         }

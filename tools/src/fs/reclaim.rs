@@ -7,9 +7,9 @@
 //! read-only (the journal reports failed pin flushes itself) and ends the thread; stopping it
 //! hands that failure to whoever stops it.
 //!
-//! A mount that must be reproducible bit for bit (a seeded workload, a crash test recording
-//! every write) runs without the thread and calls [`super::Fs::tick`] with a clock of its own
-//! instead: the same step, at points the caller chooses.
+//! A mount whose writes must come at the same points every run (a seeded workload, a crash
+//! test recording every write) runs without the thread and calls [`super::Fs::tick`] with a
+//! clock of its own instead: the same step, at points the caller chooses.
 
 use std::time::{Duration, Instant};
 

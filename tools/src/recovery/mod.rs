@@ -36,7 +36,8 @@ pub enum ReclaimMode {
     #[default]
     Thread,
     /// Only when the caller calls [`Fs::tick`], with a clock of its own: for runs that must be
-    /// reproducible bit for bit (seeded workloads, crash tests that record every write).
+    /// reproducible, with every write at the same point each time (seeded workloads, crash
+    /// tests that record every write).
     Manual,
 }
 
