@@ -366,7 +366,14 @@ impl RecoveryCtx {
                     PassOutcome::Ran
                 }
             };
-            if !matches!(outcome, PassOutcome::Ran) && self.fsck {
+            // A pass that would have run but is not modelled is always said; with fsck, so is
+            // every skipped one.
+            let say = match &outcome {
+                PassOutcome::Ran => false,
+                PassOutcome::NotModelled(_) => self.fsck || self.requested(pass),
+                PassOutcome::Skipped(_) => self.fsck,
+            };
+            if say {
                 self.log.push(format!("{}: {outcome}", pass.name()));
             }
             self.outcomes.push((pass, outcome));
