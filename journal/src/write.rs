@@ -9,8 +9,9 @@
 //! does not fit it, on a flush (fsync), or once it is older than `journal_flush_delay` (the
 //! journal reclaim thread calls [`Journal::tick`]).
 //!
-//! Each entry goes to `metadata_replicas` rings (capped at the rings there are), devices of
-//! `metadata_target` first, the emptiest first. Both options are read from the live options at
+//! Each entry goes to `metadata_replicas` rings, devices of `metadata_target` first, the
+//! emptiest first; with fewer rings than that the journal refuses (`insufficient_devices`)
+//! rather than write fewer copies than asked for. Both options are read from the live options at
 //! each write. When no ring can take an entry the journal is full: `journal_full` (an
 //! `operation_blocked` error) tells the committer to run reclaim — flush pins, which writes back
 //! what they protect — and retry. Reclaim itself needs a little journal space (the alloc keys
@@ -46,6 +47,14 @@ pub struct JournalConfig {
     pub max_entry_bytes: usize,
     /// Each ring's device label, for `metadata_target`.
     pub labels: BTreeMap<u8, String>,
+    /// Each ring's device durability: the replicas a copy there counts as (1 if absent).
+    pub durability: BTreeMap<u8, u8>,
+}
+
+impl JournalConfig {
+    fn durability(&self, dev: u8) -> u8 {
+        self.durability.get(&dev).copied().unwrap_or(1)
+    }
 }
 
 /// Who is asking for journal space: reclaim may use the reserve others may not.
@@ -149,10 +158,14 @@ impl Journal {
         health: Arc<FsHealth>,
     ) -> Result<Journal> {
         let want = opts.u64(OptId::MetadataReplicas);
-        if rings.is_empty() {
+        let total: u64 = rings.iter().map(|r| u64::from(cfg.durability(r.dev_idx))).sum();
+        if rings.is_empty() || total < want {
             return Err(Error::new(
                 ErrCode::InsufficientDevices,
-                format!("journal needs {want} devices with journal buckets, has none"),
+                format!(
+                    "metadata_replicas={want} but the {} devices with journal buckets give only {total} replicas of durability",
+                    rings.len()
+                ),
             ));
         }
         Ok(Journal {
@@ -346,7 +359,20 @@ impl Journal {
     fn choose_rings(&self, st: &State, bytes: u64, wm: JournalWatermark) -> Result<Vec<(usize, usize, u64)>> {
         let (want, target) =
             self.opts.with(|o: &Options| (o.metadata_replicas(), o.metadata_target().to_owned()));
-        let replicas = (want as usize).clamp(1, st.rings.len().max(1));
+        let want = want.max(1);
+        let durability = |i: usize| st.rings.get(i).map_or(0, |r| u64::from(self.cfg.durability(r.dev_idx)));
+        let total: u64 = (0..st.rings.len()).map(durability).sum();
+        if total < want {
+            // Never fewer copies than asked for without saying so (ARCHITECTURE.md, principle 1).
+            return Err(Error::new(
+                ErrCode::InsufficientDevices,
+                format!(
+                    "metadata_replicas={want} but the {} devices with journal buckets give only {total} replicas of durability",
+                    st.rings.len()
+                ),
+            )
+            .journal_seq(st.seq));
+        }
         let last_seq = st.last_seq();
         let reserve = match wm {
             JournalWatermark::Normal => RECLAIM_RESERVE_BUCKETS,
@@ -360,19 +386,6 @@ impl Journal {
                 r.place(bytes, last_seq, reserve).map(|(b, o)| (i, b, o, r.free_buckets(last_seq)))
             })
             .collect();
-        if fits.len() < replicas {
-            return Err(match wm {
-                JournalWatermark::Normal => Error::new(
-                    ErrCode::JournalFull,
-                    format!("journal full: {} of {replicas} devices can take an entry (last_seq {last_seq})", fits.len()),
-                ),
-                JournalWatermark::Reclaim => Error::new(
-                    ErrCode::JournalReclaimWouldDeadlock,
-                    format!("journal reclaim needs journal space and none is left, even in the reserve (last_seq {last_seq})"),
-                ),
-            }
-            .journal_seq(st.seq));
-        }
         let in_target = |i: usize| {
             target.is_empty()
                 || st
@@ -382,7 +395,29 @@ impl Journal {
                     .is_some_and(|l| label_in_target(l, &target))
         };
         fits.sort_by_key(|&(i, _, _, free)| (!in_target(i), std::cmp::Reverse(free), i));
-        Ok(fits.into_iter().take(replicas).map(|(i, b, o, _)| (i, b, o)).collect())
+        let mut chosen = Vec::new();
+        let mut got = 0;
+        for (i, b, o, _) in fits {
+            if got >= want {
+                break;
+            }
+            got += durability(i);
+            chosen.push((i, b, o));
+        }
+        if got < want {
+            return Err(match wm {
+                JournalWatermark::Normal => Error::new(
+                    ErrCode::JournalFull,
+                    format!("journal full: {got} of {want} replicas fit an entry (last_seq {last_seq})"),
+                ),
+                JournalWatermark::Reclaim => Error::new(
+                    ErrCode::JournalReclaimWouldDeadlock,
+                    format!("journal reclaim needs journal space and none is left, even in the reserve (last_seq {last_seq})"),
+                ),
+            }
+            .journal_seq(st.seq));
+        }
+        Ok(chosen)
     }
 
     /// Writes the open entry if it holds updates, is older than `journal_flush_delay` and no

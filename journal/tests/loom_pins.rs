@@ -32,8 +32,13 @@ const NR_BUCKETS: u64 = 4;
 
 fn journal(dev: &SharedDevice, health: Arc<FsHealth>) -> Journal {
     let ring = Ring::empty(0, dev.clone(), BUCKET, (1..=NR_BUCKETS).collect()).unwrap();
-    let cfg =
-        JournalConfig { magic: MAGIC, block_size: BLOCK, max_entry_bytes: 16 << 10, labels: BTreeMap::new() };
+    let cfg = JournalConfig {
+        magic: MAGIC,
+        block_size: BLOCK,
+        max_entry_bytes: 16 << 10,
+        labels: BTreeMap::new(),
+        durability: BTreeMap::new(),
+    };
     Journal::new(vec![ring], cfg, 1, Arc::new(LiveOpts::new(Options::default())), health).unwrap()
 }
 

@@ -26,8 +26,13 @@ const BUCKET: u64 = 64 << 10;
 fn journal(health: Arc<FsHealth>) -> Journal {
     let dev: SharedDevice = Arc::new(MemDevice::new("mem0", 4 << 20));
     let ring = Ring::empty(0, dev, BUCKET, (1..=8).collect()).unwrap();
-    let cfg =
-        JournalConfig { magic: 0xabc, block_size: 4096, max_entry_bytes: 16 << 10, labels: BTreeMap::new() };
+    let cfg = JournalConfig {
+        magic: 0xabc,
+        block_size: 4096,
+        max_entry_bytes: 16 << 10,
+        labels: BTreeMap::new(),
+        durability: BTreeMap::new(),
+    };
     Journal::new(vec![ring], cfg, 1, Arc::new(LiveOpts::new(Options::default())), health).unwrap()
 }
 
@@ -182,6 +187,7 @@ fn the_replay_range_pin_holds_last_seq_below_the_journal() {
             block_size: 4096,
             max_entry_bytes: 16 << 10,
             labels: BTreeMap::new(),
+            durability: BTreeMap::new(),
         };
         Journal::new(
             vec![ring],

@@ -25,7 +25,13 @@ const BUCKET: u64 = 64 << 10;
 const BLOCK: u64 = 4096;
 
 fn cfg() -> JournalConfig {
-    JournalConfig { magic: MAGIC, block_size: BLOCK, max_entry_bytes: 16 << 10, labels: BTreeMap::new() }
+    JournalConfig {
+        magic: MAGIC,
+        block_size: BLOCK,
+        max_entry_bytes: 16 << 10,
+        labels: BTreeMap::new(),
+        durability: BTreeMap::new(),
+    }
 }
 
 /// Live options with `metadata_replicas` = `replicas` and the default 1 s flush delay.
@@ -245,4 +251,30 @@ fn entries_prefer_the_metadata_target() {
         on.sort_unstable();
         assert_eq!(on, vec![2, 3], "seq {seq} not on the target devices");
     }
+}
+
+/// Never fewer copies than asked for: a journal whose devices cannot give `metadata_replicas`
+/// refuses to open, and one whose replicas are raised past what its devices give refuses to
+/// write, both with `insufficient_devices`. A device of durability 2 counts as two replicas.
+#[test]
+fn too_few_replicas_are_refused_not_written() {
+    let devs = mem(2);
+    let e = Journal::new(rings(&devs, 4), cfg(), 1, opts(3), Arc::new(FsHealth::new())).err().unwrap();
+    assert_eq!(e.code(), ErrCode::InsufficientDevices, "{e}");
+
+    let j = journal(&devs, 4, 2, 1);
+    j.add(keys(3, 0), JournalWatermark::Normal, Instant::now()).unwrap();
+    j.flush().unwrap();
+    j.options().set(OptId::MetadataReplicas, OptValue::U64(3)).unwrap();
+    let e = j.add(keys(3, 1), JournalWatermark::Normal, Instant::now()).unwrap_err();
+    assert_eq!(e.code(), ErrCode::InsufficientDevices, "{e}");
+
+    // One device of durability 2 holds both replicas.
+    let one = mem(1);
+    let cfg2 = JournalConfig { durability: BTreeMap::from([(0, 2)]), ..cfg() };
+    let j = Journal::new(rings(&one, 4), cfg2, 1, opts(2), Arc::new(FsHealth::new())).unwrap();
+    j.add(keys(3, 0), JournalWatermark::Normal, Instant::now()).unwrap();
+    j.flush().unwrap();
+    let refs: Vec<&dyn BlockDevice> = one.iter().map(|d| d.as_ref()).collect();
+    assert_eq!(scan(&refs, 4).len(), 1);
 }

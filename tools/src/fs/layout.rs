@@ -60,15 +60,19 @@ pub fn journal_config(set: &DeviceSet, block_size: u64) -> JournalConfig {
         magic: fs_magic(&set.sb.uuid, JSET_SALT),
         block_size,
         max_entry_bytes: MAX_JOURNAL_ENTRY_BYTES.min(smallest_bucket as usize / 4),
-        labels: set
-            .sb
-            .members
-            .iter()
-            .enumerate()
-            .filter(|(_, m)| !m.is_unused())
-            .filter_map(|(i, m)| Some((u8::try_from(i).ok()?, m.label.clone())))
-            .collect(),
+        labels: members(set).map(|(i, m)| (i, m.label.clone())).collect(),
+        durability: members(set).map(|(i, m)| (i, m.durability)).collect(),
     }
+}
+
+/// The members in use, by index.
+fn members(set: &DeviceSet) -> impl Iterator<Item = (u8, &fs_core::sb::Member)> {
+    set.sb
+        .members
+        .iter()
+        .enumerate()
+        .filter(|(_, m)| !m.is_unused())
+        .filter_map(|(i, m)| Some((u8::try_from(i).ok()?, m)))
 }
 
 /// The persisted roots of a cleanly unmounted filesystem.
