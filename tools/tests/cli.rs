@@ -1,6 +1,7 @@
 //! The `bcsim` binary on good and bad input: every bad input gets one line on stderr naming the
 //! problem and the image, exit 8 (operational) or 16 (usage) as fsck(8) has it, never a panic;
-//! refused formats leave the images as they were; per-device flags reach the right devices.
+//! refused formats leave the images as they were; per-device flags reach the right devices; a
+//! stdout whose reader went away (`| head`) ends the output quietly and nothing else.
 
 // A failed unwrap or index in a test is that test failing, with its message.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
@@ -10,7 +11,7 @@ mod common;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use common::{bcsim, fails, gunzip};
+use common::{Out, bcsim, bcsim_head, bcsim_reader_gone, fails, gunzip, quiet};
 
 fn tmp() -> tempfile::TempDir {
     tempfile::tempdir().unwrap()
@@ -19,6 +20,14 @@ fn tmp() -> tempfile::TempDir {
 fn format_ok(dir: &Path, args: &[&str]) {
     let out = bcsim(&[&["format"], args].concat(), dir);
     assert_eq!(out.code, 0, "format failed: {}", out.stderr);
+}
+
+/// Unpacks the two-device fixture `name` as image.0 and image.1 in `dir`.
+fn unpack_fixture(dir: &Path, name: &str) {
+    let fixture = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(name);
+    for n in ["image.0", "image.1"] {
+        gunzip(&fixture.join(format!("{n}.gz")), &dir.join(n));
+    }
 }
 
 fn flip_byte(path: &Path, offset: u64) {
@@ -323,10 +332,7 @@ fn list_shows_committed_keys_and_nodes() {
 #[test]
 fn fsck_modes_exit_codes_and_error_counts() {
     let d = tmp();
-    let fixture = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/f_inode_wrong_nlink");
-    for n in ["image.0", "image.1"] {
-        gunzip(&fixture.join(format!("{n}.gz")), &d.path().join(n));
-    }
+    unpack_fixture(d.path(), "f_inode_wrong_nlink");
     let before: Vec<Vec<u8>> =
         ["image.0", "image.1"].iter().map(|n| std::fs::read(d.path().join(n)).unwrap()).collect();
     let out = bcsim(&["fsck", "-nf", "image.0", "image.1"], d.path());
@@ -385,4 +391,127 @@ fn run_crash_then_mount_recovers() {
     let sb = bcsim(&["show-super", "--json", "-f", "options", "a.img"], d.path());
     let sb: serde_json::Value = serde_json::from_str(&sb.stdout).unwrap();
     assert_eq!(sb["options"]["errors"], "ro", "a mount option was written into the superblock");
+}
+
+/// Runs `command` on a.img and b.img with a reader and with none: with none it ends quietly,
+/// with the exit code (0) and the stderr it has with a reader.
+fn same_without_reader(command: &[&str], dir: &Path) {
+    let args = [command, &["a.img", "b.img"]].concat();
+    let with_reader = bcsim(&args, dir);
+    assert_eq!(with_reader.code, 0, "{args:?}: {}", with_reader.stderr);
+    assert!(!with_reader.stdout.is_empty(), "{args:?} prints nothing: the test would test nothing");
+    let gone = bcsim_reader_gone(&args, dir);
+    quiet(&gone, with_reader.code);
+    assert_eq!(gone.stderr, with_reader.stderr, "{args:?}");
+}
+
+/// Every reading command whose stdout reader is gone ends quietly, as it would with a reader.
+/// `list --btree alloc` prints some 900 KiB here and `list-journal -a` some 100 KiB, more than
+/// a pipe holds, so `head -n 1` on them meets EPIPE too.
+#[test]
+fn reading_commands_stop_quietly_when_stdout_closes() {
+    let d = tmp();
+    format_ok(d.path(), &["--size", "1G", "a.img", "b.img"]);
+    let run =
+        bcsim(&["run", "--ops", "400", "--seed", "3", "--crash-after", "300", "a.img", "b.img"], d.path());
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    // Crashed: a journal to list, keys shown with it replayed in memory.
+    let commands: &[&[&str]] = &[
+        &["list", "--btree", "alloc"],
+        &["list", "--btree", "alloc", "--json"],
+        &["list", "--btree", "alloc", "--nodes"],
+        &["list-journal"],
+        &["list-journal", "-a", "-B"],
+        &["list-journal", "--json"],
+        &["show-super"],
+        &["show-super", "--json"],
+        &["list", "--help"],
+    ];
+    for command in commands {
+        same_without_reader(command, d.path());
+    }
+    for command in [&["list", "--btree", "alloc"][..], &["list-journal", "-a"]] {
+        let args = [command, &["a.img", "b.img"]].concat();
+        let head = bcsim_head(&args, d.path(), 1);
+        quiet(&head, 0);
+        assert_eq!(head.stdout.lines().count(), 1, "{args:?}");
+    }
+    // Clean: fsck -n finds nothing (exit 0).
+    assert_eq!(bcsim(&["mount", "a.img", "b.img"], d.path()).code, 0);
+    for command in
+        [&["fsck", "-n"][..], &["fsck", "-nfv"], &["fsck", "-nf", "--json"], &["list", "-b", "alloc"]]
+    {
+        same_without_reader(command, d.path());
+    }
+}
+
+/// Commands that write images finish their work when nobody reads their output: the run
+/// crashes where it was told, the mount recovers and unmounts cleanly, fsck -y repairs, and
+/// each exits as it would with a reader (fsck's code reports the filesystem, not the pipe).
+#[test]
+fn writing_commands_finish_their_work_when_stdout_closes() {
+    let d = tmp();
+    quiet(&bcsim_reader_gone(&["format", "--size", "1G", "a.img", "b.img"], d.path()), 0);
+    quiet(&bcsim_reader_gone(&["format", "--json", "--size", "256M", "c.img"], d.path()), 0);
+    let sb = |image: &str| -> serde_json::Value {
+        let out = bcsim(&["show-super", "--json", image], d.path());
+        assert_eq!(out.code, 0, "{}", out.stderr);
+        serde_json::from_str(&out.stdout).unwrap()
+    };
+    assert_eq!(sb("a.img")["clean"], true, "format wrote its superblocks");
+
+    let run = ["run", "--ops", "400", "--seed", "3", "--crash-after", "300", "a.img", "b.img"];
+    quiet(&bcsim_reader_gone(&run, d.path()), 0);
+    assert_eq!(sb("a.img")["clean"], false, "the run crashed as told");
+    quiet(&bcsim_reader_gone(&["mount", "a.img", "b.img"], d.path()), 0);
+    assert_eq!(sb("a.img")["clean"], true, "the mount recovered and unmounted cleanly");
+    quiet(&bcsim_reader_gone(&["mount", "--json", "a.img", "b.img"], d.path()), 0);
+    quiet(&bcsim_reader_gone(&["run", "--ops", "50", "--json", "a.img", "b.img"], d.path()), 0);
+    assert_eq!(sb("a.img")["clean"], true, "a run without --crash-after unmounts cleanly");
+
+    unpack_fixture(d.path(), "f_inode_wrong_nlink");
+    let images = ["image.0", "image.1"];
+    quiet(&bcsim_reader_gone(&[&["fsck", "-nf"][..], &images].concat(), d.path()), 4);
+    quiet(&bcsim_reader_gone(&[&["fsck", "-yf"][..], &images].concat(), d.path()), 1);
+    let again = bcsim(&[&["fsck", "-nf"][..], &images].concat(), d.path());
+    assert_eq!(again.code, 0, "fsck -y repaired nothing: {}{}", again.stdout, again.stderr);
+}
+
+/// The demo runs to its end (its exit code is its fsck's) with nobody reading it.
+#[test]
+fn demo_finishes_when_stdout_closes() {
+    let d = tmp();
+    quiet(&bcsim_reader_gone(&["demo", "--dir", "set"], d.path()), 0);
+    assert_eq!(std::fs::read_dir(d.path().join("set")).unwrap().count(), 8);
+}
+
+/// Runs the built `bcsim` with `file` as its stdout.
+fn bcsim_into(args: &[&str], dir: &Path, file: std::fs::File) -> Out {
+    let out =
+        Command::new(env!("CARGO_BIN_EXE_bcsim")).args(args).current_dir(dir).stdout(file).output().unwrap();
+    Out {
+        code: out.status.code().unwrap_or(-1),
+        stdout: String::new(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
+}
+
+/// A stdout that fails for another reason than a reader going away (a full disk behind a
+/// redirect) is an operational error: one line naming stdout, exit 8, also for fsck.
+#[test]
+fn stdout_write_errors_are_operational() {
+    let d = tmp();
+    format_ok(d.path(), &["--size", "256M", "a.img"]);
+    // The first mount writes the alloc keys.
+    assert_eq!(bcsim(&["mount", "a.img"], d.path()).code, 0);
+    for args in [&["show-super", "a.img"][..], &["fsck", "-n", "a.img"], &["list", "-b", "alloc", "a.img"]] {
+        let full = match std::fs::OpenOptions::new().write(true).open("/dev/full") {
+            Ok(f) => f,
+            Err(e) => {
+                eprintln!("SKIPPED: /dev/full unavailable: {e}");
+                return;
+            }
+        };
+        fails(&bcsim_into(args, d.path(), full), 8, "cannot write to stdout: No space left on device");
+    }
 }

@@ -12,6 +12,7 @@ use fs_core::error::{ErrCode, io_error};
 use fs_core::opts::{OptId, Options};
 
 use super::CmdResult;
+use super::out::{self, out, outln};
 
 /// Format, run, crash, recover, check: the main job on the default 8-device set
 ///
@@ -71,31 +72,31 @@ fn run_in(dir: &std::path::Path) -> CmdResult {
     opts.set_text(OptId::MetadataReplicas, "2")?;
     opts.set_text(OptId::MetadataTarget, "ssd")?;
     let report = format_images(&specs, &opts, None, true)?;
-    println!("bcsim demo: images in {}", dir.display());
-    print!("{}", super::format::report_text(&report));
+    outln!("bcsim demo: images in {}", dir.display());
+    out!("{}", super::format::report_text(&report));
     let paths: Vec<PathBuf> = specs.iter().map(|s| s.path.clone()).collect();
 
     let run = run_on_images(&paths, OPS, SEED, Some(CRASH_AFTER), &MountOpts::default())?;
-    println!(
+    outln!(
         "\nworkload: ran {} of {OPS} operations (seed {SEED}), last fsync after operation {}, then crashed ({} unflushed writes lost)",
-        run.ops_run, run.last_fsync_after, run.unflushed_writes_lost
+        run.ops_run,
+        run.last_fsync_after,
+        run.unflushed_writes_lost
     );
 
-    println!("\nmount (recovery log):");
+    outln!("\nmount (recovery log):");
     let mounted = mount(open_device_set(&paths, true)?, &MountOpts::default())?;
-    for line in &mounted.log {
-        println!("  {line}");
-    }
+    out::lines(mounted.log.iter().map(|line| format!("  {line}")));
     let replayed = mounted.replayed;
     let kept = mounted.journal_keys_kept;
     mounted.fs.unmount()?;
 
-    println!("\nfsck -fn:");
+    outln!("\nfsck -fn:");
     let check = FsckOpts { mode: FixMode::No, force: true, mount: MountOpts::default() };
     let names = "hdd0..5.img nvme0..1.img";
     let fsck_report = fsck(open_device_set(&paths, false)?, &check)?;
-    print!("{}", fsck_report.text(names, false));
-    println!(
+    out!("{}", fsck_report.text(names, false));
+    outln!(
         "\nsummary: crash after {} operations, fsynced through {}; recovery replayed journal entries {} ({kept} keys); fsck: {}",
         run.ops_run,
         run.last_fsync_after,

@@ -13,6 +13,7 @@ use fs_core::opts::{OptContext, OptId, Options, parse_opts};
 use fs_core::size::{format_size, parse_size};
 use fs_core::uuid::Uuid;
 
+use super::out::out;
 use super::{CmdResult, print_json};
 
 /// Format image files (one per device) as a new filesystem
@@ -149,7 +150,7 @@ pub fn run(args: FormatArgs, m: &ArgMatches) -> CmdResult {
     if args.json {
         print_json(&report_json(&report));
     } else {
-        print!("{}", report_text(&report));
+        out!("{}", report_text(&report));
     }
     Ok(exit::OK)
 }

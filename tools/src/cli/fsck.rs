@@ -9,6 +9,7 @@ use bcsim::fsck::{FixMode, FsckOpts, fsck};
 use bcsim::images::open_device_set;
 use bcsim::recovery::parse_mount_opts;
 
+use super::out::out;
 use super::{CmdResult, print_json};
 
 /// Check a filesystem and repair it
@@ -75,6 +76,6 @@ pub fn run(args: FsckArgs) -> CmdResult {
         return Ok(code);
     }
     let names: Vec<String> = args.images.iter().map(|p| p.display().to_string()).collect();
-    print!("{}", report.text(&names.join(" "), args.verbose));
+    out!("{}", report.text(&names.join(" "), args.verbose));
     Ok(code)
 }

@@ -11,7 +11,7 @@ use bcsim::report::{key_json, key_text, node_json, node_text};
 use fs_core::bpos::Bpos;
 use fs_core::error::{ErrCode, Error};
 
-use super::{CmdResult, parse_btree, print_json};
+use super::{CmdResult, out, parse_btree, print_json};
 
 /// List a btree's keys, like `bcachefs list`
 ///
@@ -66,14 +66,14 @@ pub fn run(args: ListArgs) -> CmdResult {
         if args.json {
             print_json(&serde_json::Value::Array(nodes.iter().map(node_json).collect()));
         } else {
-            nodes.iter().for_each(|n| println!("{}", node_text(n)));
+            out::lines(nodes.iter().map(node_text));
         }
     } else {
         let keys = fs.list(btree, start, end)?;
         if args.json {
             print_json(&serde_json::Value::Array(keys.iter().map(key_json).collect()));
         } else {
-            keys.iter().for_each(|k| println!("{}", key_text(k)));
+            out::lines(keys.iter().map(key_text));
         }
     }
     Ok(exit::OK)

@@ -11,7 +11,7 @@ use bcsim::list_journal::{
 };
 use fs_core::error::{ErrCode, Error};
 
-use super::{CmdResult, parse_btree, print_json};
+use super::{CmdResult, out, parse_btree, print_json};
 
 /// List journal entries, like `bcachefs list_journal`
 ///
@@ -103,12 +103,15 @@ pub fn run(args: ListJournalArgs) -> CmdResult {
         return Ok(exit::OK);
     }
     if args.blacklisted {
-        blacklist_text(&jr).iter().for_each(|l| println!("{l}"));
+        out::lines(blacklist_text(&jr));
     }
     for l in &listed {
-        println!("{}", header_text(l));
+        if !out::is_open() {
+            break;
+        }
+        out::outln!("{}", header_text(l));
         if !args.headers_only {
-            l.items.iter().flat_map(|e| item_text(e)).for_each(|line| println!("{line}"));
+            out::lines(l.items.iter().flat_map(|e| item_text(e)));
         }
     }
     Ok(exit::OK)

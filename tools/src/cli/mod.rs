@@ -7,6 +7,7 @@ mod fsck;
 mod list;
 mod list_journal;
 mod mount;
+mod out;
 mod run;
 mod show_super;
 
@@ -69,7 +70,10 @@ pub fn main() -> u8 {
         (Command::Demo(args), _) => demo::run(args),
         (Command::Format(_), None) => Ok(exit::USAGE),
     };
-    match result {
+    // A failed write to stdout fails a command that otherwise succeeded; a command that failed
+    // reports its own error, the one line that explains it.
+    let flushed = out::finish();
+    match result.and_then(|code| flushed.map(|()| code)) {
         Ok(code) => code,
         Err(e) => {
             eprintln!("bcsim: {e}");
@@ -102,5 +106,5 @@ pub fn parse_btree(name: &str) -> Result<BtreeId, Error> {
 
 /// Prints a JSON value on one line of stdout.
 pub fn print_json(v: &serde_json::Value) {
-    println!("{v}");
+    out::outln!("{v}");
 }

@@ -9,6 +9,7 @@ use bcsim::exit;
 use bcsim::images::open_device_set;
 use bcsim::recovery::{mount, parse_mount_opts};
 
+use super::out::{self, outln};
 use super::{CmdResult, print_json};
 
 /// Mount (recover) a filesystem, print the recovery log, unmount cleanly
@@ -45,10 +46,8 @@ pub fn run(args: MountArgs) -> CmdResult {
             "clean_unmount": true,
         }));
     } else {
-        for line in &log {
-            println!("{line}");
-        }
-        println!("clean shutdown complete");
+        out::lines(&log);
+        outln!("clean shutdown complete");
     }
     Ok(exit::OK)
 }

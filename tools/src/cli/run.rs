@@ -9,6 +9,7 @@ use bcsim::exit;
 use bcsim::recovery::parse_mount_opts;
 use bcsim::workload::run_on_images;
 
+use super::out::outln;
 use super::{CmdResult, print_json};
 
 /// Run a seeded file workload, then crash or unmount cleanly
@@ -52,12 +53,16 @@ pub fn run(args: RunArgs) -> CmdResult {
             "crashed": r.crashed, "unflushed_writes_lost": r.unflushed_writes_lost,
         }));
     } else if r.crashed {
-        println!(
+        outln!(
             "ran {} of {} operations (seed {}), last fsync after operation {}; crashed: {} unflushed writes lost",
-            r.ops_run, args.ops, args.seed, r.last_fsync_after, r.unflushed_writes_lost
+            r.ops_run,
+            args.ops,
+            args.seed,
+            r.last_fsync_after,
+            r.unflushed_writes_lost
         );
     } else {
-        println!("ran {} operations (seed {}); unmounted cleanly", r.ops_run, args.seed);
+        outln!("ran {} operations (seed {}); unmounted cleanly", r.ops_run, args.seed);
     }
     Ok(exit::OK)
 }

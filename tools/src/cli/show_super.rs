@@ -9,6 +9,7 @@ use bcsim::images::{open_device_set, read_image_super};
 use bcsim::report::{Field, SuperReport};
 use fs_core::error::{ErrCode, Error};
 
+use super::out::out;
 use super::{CmdResult, print_json};
 
 /// Print an image's superblock
@@ -54,7 +55,7 @@ pub fn run(args: ShowSuperArgs) -> CmdResult {
         }
     } else {
         let texts: Vec<String> = reports.iter().map(|r| r.text(&fields)).collect();
-        print!("{}", texts.join("\n"));
+        out!("{}", texts.join("\n"));
     }
     Ok(exit::OK)
 }

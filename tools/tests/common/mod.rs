@@ -4,8 +4,9 @@
 // Each test binary uses a subset of these helpers.
 #![allow(dead_code)]
 
+use std::io::{BufRead, BufReader};
 use std::path::Path;
-use std::process::Command;
+use std::process::{Command, Stdio};
 
 pub struct Out {
     pub code: i32,
@@ -21,6 +22,65 @@ pub fn bcsim(args: &[&str], dir: &Path) -> Out {
         stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
         stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
     }
+}
+
+fn finish(child: std::process::Child, stdout: String) -> Out {
+    let out = child.wait_with_output().unwrap();
+    Out {
+        code: out.status.code().unwrap_or(-1),
+        stdout,
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
+}
+
+/// Runs the built `bcsim` with its stdout a pipe whose reader went away before the command
+/// started, as under `bcsim ... | true`: every write to stdout fails with EPIPE, however short
+/// the output. The pipe is a FIFO opened read-write then write-only, and the read-write end is
+/// closed before the spawn, so no reader exists and no timing decides the outcome.
+pub fn bcsim_reader_gone(args: &[&str], dir: &Path) -> Out {
+    let fifo = tempfile::tempdir().unwrap();
+    let path = fifo.path().join("stdout");
+    let made = Command::new("mkfifo").arg(&path).status().unwrap();
+    assert!(made.success(), "mkfifo failed");
+    // On Linux a read-write open of a FIFO does not wait for a peer; the write-only open then
+    // finds that reader and does not wait either.
+    let reader = std::fs::OpenOptions::new().read(true).write(true).open(&path).unwrap();
+    let writer = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
+    drop(reader);
+    let child = Command::new(env!("CARGO_BIN_EXE_bcsim"))
+        .args(args)
+        .current_dir(dir)
+        .stdout(Stdio::from(writer))
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    finish(child, String::new())
+}
+
+/// Runs the built `bcsim` with its stdout a pipe read for `lines` lines and then closed, as
+/// `bcsim ... | head -n LINES` does; `stdout` holds the lines read. The command only meets
+/// EPIPE if it prints more than was read plus a pipe buffer (64 KiB on Linux).
+pub fn bcsim_head(args: &[&str], dir: &Path, lines: usize) -> Out {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_bcsim"))
+        .args(args)
+        .current_dir(dir)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let reader = BufReader::new(child.stdout.take().unwrap());
+    let read: Vec<String> = reader.lines().take(lines).map(Result::unwrap).collect();
+    // Dropping the reader (taken out of `child`) closes the pipe's only read end.
+    finish(child, read.iter().map(|l| format!("{l}\n")).collect())
+}
+
+/// Asserts a command whose stdout reader went away stopped quietly: the exit code it has with a
+/// reader, no panic, no backtrace, no `bcsim:` error line.
+pub fn quiet(out: &Out, code: i32) {
+    assert!(!out.stderr.contains("panicked"), "{}", out.stderr);
+    assert!(!out.stderr.to_lowercase().contains("backtrace"), "{}", out.stderr);
+    assert!(!out.stderr.lines().any(|l| l.starts_with("bcsim:")), "{}", out.stderr);
+    assert_eq!(out.code, code, "stderr: {}", out.stderr);
 }
 
 /// Asserts a failure: the exit code, one stderr line containing `needle`, no panic.
