@@ -10,14 +10,14 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
 
-use fs_core::bkey::alloc::{AllocV4, DataType, bucket_pos};
+use fs_core::bkey::Bkey;
+use fs_core::bkey::alloc::{AllocV4, DataType};
 use fs_core::bkey::ptr::SECTOR_BYTES;
-use fs_core::bkey::{Bkey, KeyType};
 use fs_core::bpos::{Bpos, BtreeId};
 use fs_core::error::{ErrCode, Error, Result};
 use fs_core::sync::{Mutex, MutexGuard};
 
-use crate::device::{BucketState, DevUsage, Device, DeviceInit, is_allocatable};
+use crate::device::{BucketState, DevUsage, Device, DeviceInit, TakeUndo, Updates, is_allocatable};
 use crate::placement::{Candidate, Shortfall, place};
 use crate::watermark::Watermark;
 
@@ -33,6 +33,14 @@ pub struct AllocRequest {
     pub target: String,
     pub data_type: DataType,
     pub watermark: Watermark,
+}
+
+/// Keys handed out by a take, with what undoing the take needs if they are not committed.
+#[must_use = "taken keys must be committed, or given back with Allocator::untake"]
+#[derive(Debug)]
+pub struct Taken {
+    pub updates: Vec<(BtreeId, Bkey)>,
+    undo: Vec<(u8, TakeUndo)>,
 }
 
 /// One bucket handed out: pointers into it carry `bucket_gen`.
@@ -74,10 +82,17 @@ fn no_device(dev: u8) -> Error {
 
 impl Allocator {
     /// An allocator for a freshly laid out set of devices (format): every bucket is as the layout
-    /// says, gen 0, and the first [`take_updates`](Self::take_updates) returns all their keys.
-    /// Unused member slots are skipped; devices not `rw` keep their state but never allocate.
-    /// `btree_node_size` sizes each device's btree reserve.
+    /// says, gen 0, and the first [`take_updates`](Self::take_updates) returns the keys a new
+    /// filesystem starts with: the superblock and journal buckets' alloc keys and one freespace
+    /// key per run of free buckets (unused buckets have no alloc key). Unused member slots are
+    /// skipped; devices not `rw` keep their state but never allocate. `btree_node_size` sizes
+    /// each device's btree reserve.
     pub fn new(devices: Vec<DeviceInit>, btree_node_size: u64) -> Result<Allocator> {
+        Allocator::laid_out(devices, btree_node_size, true)
+    }
+
+    /// The devices as their layout says; `fresh`: nothing of them is on disk yet.
+    pub(crate) fn laid_out(devices: Vec<DeviceInit>, btree_node_size: u64, fresh: bool) -> Result<Allocator> {
         if btree_node_size == 0 || btree_node_size % SECTOR_BYTES != 0 {
             return Err(Error::new(
                 ErrCode::InvalidArgument,
@@ -95,7 +110,7 @@ impl Allocator {
                     Error::new(ErrCode::DeviceDuplicate, format!("member device {dev} given twice")).dev(dev)
                 );
             }
-            devs.insert(dev, Device::new(init, btree_node_size)?);
+            devs.insert(dev, Device::new(init, btree_node_size, fresh)?);
         }
         Ok(Allocator::from_inner(Inner { devs, btree_node_size, undo: None }))
     }
@@ -202,7 +217,7 @@ impl Allocator {
             .devs
             .iter()
             .flat_map(|(&dev, d)| {
-                d.buckets()
+                d.touched()
                     .filter(|(_, st)| {
                         st.data_type == DataType::NeedDiscard && st.journal_seq_empty <= durable_seq
                     })
@@ -216,16 +231,80 @@ impl Allocator {
     }
 
     /// The persistent records of every bucket changed since the last call, for the caller to
-    /// commit: the `alloc_v4` key in the alloc btree, a `set` key or a whiteout in the freespace
-    /// btree (set iff free) and likewise in the need_discard btree. Sorted by btree, then
-    /// position, so a caller can insert them in order.
-    pub fn take_updates(&self) -> Vec<(BtreeId, Bkey)> {
-        self.lock().take_updates()
+    /// commit: the `alloc_v4` key (a whiteout for an unused bucket) in the alloc btree, a `set`
+    /// key or a whiteout in the need_discard btree, and the freespace range keys (`set` keys at
+    /// the run's end, `size` buckets long) rewritten around them. Sorted by btree, then position,
+    /// so a caller can insert them in order. A bucket a freed btree node emptied is stamped with
+    /// `journal_seq` as its `journal_seq_empty`: the seq of the update that commits these keys.
+    pub fn take_updates_at(&self, journal_seq: u64) -> Taken {
+        self.lock().take(None, journal_seq)
     }
 
-    /// Buckets changed since the last [`take_updates`](Self::take_updates).
+    /// [`Allocator::take_updates_at`] of only `buckets` (`(dev, bucket)`): the buckets a
+    /// transaction's own sector accounting changed. Other changes stay pending.
+    pub fn take_updates_of(&self, buckets: &[(u8, u64)], journal_seq: u64) -> Taken {
+        self.lock().take(Some(buckets), journal_seq)
+    }
+
+    /// [`Allocator::take_updates_at`] for callers that commit what they take for sure and free
+    /// no btree node meanwhile (tests, laying out a new filesystem).
+    pub fn take_updates(&self) -> Vec<(BtreeId, Bkey)> {
+        self.lock().take(None, 0).updates
+    }
+
+    /// Gives back keys taken but not committed (the transaction failed): their buckets are
+    /// pending again, exactly as before the take.
+    pub fn untake(&self, taken: Taken) {
+        let mut inner = self.lock();
+        for (dev, undo) in taken.undo.into_iter().rev() {
+            if let Some(d) = inner.devs.get_mut(&dev) {
+                d.untake(undo);
+            }
+        }
+    }
+
+    /// The states of `buckets`, to put back with [`Allocator::restore`] if the transaction
+    /// that changes them fails.
+    pub fn states_of(&self, buckets: &[(u8, u64)]) -> Result<Vec<(u8, u64, BucketState)>> {
+        let inner = self.lock();
+        buckets.iter().map(|&(dev, b)| Ok((dev, b, inner.state(dev, b)?))).collect()
+    }
+
+    /// Puts back bucket states saved with [`Allocator::states_of`].
+    pub fn restore(&self, states: &[(u8, u64, BucketState)]) -> Result<()> {
+        let mut inner = self.lock();
+        for &(dev, b, st) in states.iter().rev() {
+            inner.set_bucket(dev, b, st)?;
+        }
+        Ok(())
+    }
+
+    /// Buckets changed since their keys were last handed out.
     pub fn pending_updates(&self) -> u64 {
         self.lock().nr_changed()
+    }
+
+    /// At most how many bytes of keys (entry headers not counted) taking every pending update
+    /// would hand out; `usize::MAX` before a new filesystem's first take (its freespace keys
+    /// are the whole devices').
+    pub fn pending_key_bytes(&self) -> usize {
+        self.lock().devs.values().map(Device::pending_key_bytes).fold(0usize, usize::saturating_add)
+    }
+
+    /// Applies sector changes of one transaction, all or nothing: `(dev, bucket, data type,
+    /// delta)` each, emptied buckets stamped with `journal_seq`. See
+    /// [`Allocator::add_sectors`].
+    pub fn add_sectors_all(&self, changes: &[(u8, u64, DataType, i64)], journal_seq: u64) -> Result<()> {
+        self.lock().atomically(|inner| {
+            changes.iter().try_for_each(|&(dev, bucket, dt, delta)| {
+                inner.change_sectors(dev, bucket, dt, delta, journal_seq, true)
+            })
+        })
+    }
+
+    /// Bytes the bucket states of every device take in memory (reports, benchmarks).
+    pub fn memory_bytes(&self) -> usize {
+        self.lock().devs.values().map(Device::memory_bytes).sum()
     }
 
     /// Checks the allocator against itself and against committed alloc, freespace and
@@ -483,31 +562,28 @@ impl Inner {
         self.set_bucket(dev, bucket, next)
     }
 
-    fn take_updates(&mut self) -> Vec<(BtreeId, Bkey)> {
-        let mut alloc = Vec::new();
-        let mut freespace = Vec::new();
-        let mut need_discard = Vec::new();
+    fn take(&mut self, only: Option<&[(u8, u64)]>, journal_seq: u64) -> Taken {
+        let mut u = Updates::default();
+        let mut undo = Vec::new();
         for d in self.devs.values_mut() {
-            for bucket in d.take_changed() {
-                let Some(st) = d.bucket(bucket) else { continue };
-                let pos = bucket_pos(d.dev, bucket);
-                alloc.push((BtreeId::Alloc, Bkey::new(pos, KeyType::AllocV4, st.alloc_v4().encode())));
-                freespace.push((BtreeId::Freespace, index_key(pos, st.data_type == DataType::Free)));
-                need_discard
-                    .push((BtreeId::NeedDiscard, index_key(pos, st.data_type == DataType::NeedDiscard)));
+            let mine: Option<Vec<u64>> =
+                only.map(|bs| bs.iter().filter(|(dev, _)| *dev == d.dev).map(|&(_, b)| b).collect());
+            let buckets = d.changed_among(mine.as_deref());
+            if buckets.is_empty() && mine.is_some() {
+                continue;
             }
+            let mut du = TakeUndo::default();
+            d.take(&buckets, journal_seq, &mut u, &mut du);
+            undo.push((d.dev, du));
         }
-        alloc.extend(freespace);
-        alloc.extend(need_discard);
-        alloc
+        u.freespace.sort_by_key(|k| k.pos);
+        let mut out: Vec<(BtreeId, Bkey)> = u.alloc.into_iter().map(|k| (BtreeId::Alloc, k)).collect();
+        out.extend(u.freespace.into_iter().map(|k| (BtreeId::Freespace, k)));
+        out.extend(u.need_discard.into_iter().map(|k| (BtreeId::NeedDiscard, k)));
+        Taken { updates: out, undo }
     }
 
     fn nr_changed(&self) -> u64 {
         self.devs.values().map(Device::nr_changed).sum()
     }
-}
-
-/// An index btree entry: a `set` key where the bucket is in the index, a whiteout where not.
-fn index_key(pos: Bpos, present: bool) -> Bkey {
-    if present { Bkey::new(pos, KeyType::Set, Vec::new()) } else { Bkey::whiteout(pos) }
 }

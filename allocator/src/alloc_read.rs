@@ -3,12 +3,15 @@
 //! Keys are taken verbatim (bcachefs replays bucket states as they are, without triggers), after
 //! checks that a key could have been written by this allocator: a key that contradicts the device
 //! layout or itself is a typed error naming its position, left for fsck to repair, never
-//! silently rewritten. Buckets without a key get their layout state and are reported by the next
-//! `take_updates`, so the record becomes complete.
+//! silently rewritten. A bucket without a key is unused: free, gen 0. Only the keys there are
+//! are read, so an empty terabyte costs next to nothing; the freespace keys on disk are taken to
+//! be the runs of free buckets the alloc keys leave (check_alloc_info checks that they are).
 //!
 //! Not persistent, so not rebuilt: the in-memory `written` mark (a bucket whose key says
 //! allocated with 0 sectors counts as never written: nothing durable points into it) and the
 //! open btree buckets (partly used btree buckets stay as they are and are not filled further).
+
+use std::collections::{BTreeMap, BTreeSet};
 
 use fs_core::bkey::alloc::{AllocV4, DataType};
 use fs_core::bpos::{Bpos, BtreeId};
@@ -30,11 +33,15 @@ impl Allocator {
         btree_node_size: u64,
         keys: impl IntoIterator<Item = (Bpos, AllocV4)>,
     ) -> Result<Allocator> {
-        let alloc = Allocator::new(devices, btree_node_size)?;
+        let alloc = Allocator::laid_out(devices, btree_node_size, false)?;
         {
             let mut inner = alloc.lock();
+            let mut seen: BTreeMap<u8, BTreeSet<u64>> = BTreeMap::new();
             for (pos, key) in keys {
-                inner.read_alloc_key(pos, &key)?;
+                inner.read_alloc_key(pos, &key, &mut seen)?;
+            }
+            for d in inner.devs.values_mut() {
+                d.finish_read();
             }
         }
         Ok(alloc)
@@ -42,7 +49,12 @@ impl Allocator {
 }
 
 impl Inner {
-    fn read_alloc_key(&mut self, pos: Bpos, key: &AllocV4) -> Result<()> {
+    fn read_alloc_key(
+        &mut self,
+        pos: Bpos,
+        key: &AllocV4,
+        seen: &mut BTreeMap<u8, BTreeSet<u64>>,
+    ) -> Result<()> {
         let err = |msg: String| Error::new(ErrCode::BucketAccounting, msg).btree(BtreeId::Alloc).pos(pos);
         let dev = u8::try_from(pos.inode)
             .ok()
@@ -54,15 +66,12 @@ impl Inner {
         if pos.snapshot != 0 || bucket >= d.nbuckets() {
             return Err(err(format!("alloc key beyond the device's {} buckets", d.nbuckets())));
         }
-        // Every bucket starts out changed; reading its key clears that, so a clear mark here
-        // means the key came twice.
-        if !d.is_changed(bucket) {
+        if !seen.entry(dev).or_default().insert(bucket) {
             return Err(err("alloc key given twice".to_owned()));
         }
         let state =
             bucket_from_key(d, bucket, key).map_err(|msg| err(format!("alloc key {key:?}: {msg}")))?;
-        d.set(bucket, state);
-        d.set_changed(bucket, false);
+        d.set_read(bucket, state);
         Ok(())
     }
 }

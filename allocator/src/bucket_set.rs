@@ -127,6 +127,34 @@ impl BucketSet {
         None
     }
 
+    /// The smallest number `>= start` (and below the set's size) that is not a member: the end
+    /// of a run of members starting at or before `start`.
+    pub(crate) fn next_clear_from(&self, start: u64) -> u64 {
+        let mut b = start;
+        while b < self.nbits {
+            let Some((w, _)) = locate(b) else { return self.nbits };
+            let Some(word) = self.words.get(w) else { return self.nbits };
+            let gaps = !*word & (u64::MAX << (b % WORD_BITS));
+            if gaps != 0 {
+                return (w as u64 * WORD_BITS + u64::from(gaps.trailing_zeros())).min(self.nbits);
+            }
+            b = (w as u64 + 1) * WORD_BITS;
+        }
+        self.nbits
+    }
+
+    /// The maximal runs of members inside `lo..hi`, as `start..end` ranges in order.
+    pub(crate) fn runs_in(&self, lo: u64, hi: u64) -> Vec<std::ops::Range<u64>> {
+        let mut out = Vec::new();
+        let mut at = lo;
+        while let Some(start) = self.next_from(at).filter(|&s| s < hi) {
+            let end = self.next_clear_from(start).min(hi);
+            out.push(start..end);
+            at = end;
+        }
+        out
+    }
+
     /// The first member at or after `start`, wrapping around to the start of the set.
     pub(crate) fn next_wrapping(&self, start: u64) -> Option<u64> {
         self.next_from(start).or_else(|| self.next_from(0))
@@ -177,6 +205,47 @@ mod tests {
                 assert_eq!(set.len(), model.len() as u64, "seed {seed} step {step}");
             }
             assert!(set.iter().eq(model.iter().copied()), "seed {seed}");
+        }
+    }
+
+    /// Runs of members come out maximal and in order, cut at the bounds asked for; the first
+    /// non-member after a point is found across full words.
+    #[test]
+    fn runs_and_next_clear() {
+        for seed in 0..30u64 {
+            let mut rng = Rng::new(seed);
+            let nbits = rng.range(1..9_000);
+            let mut set = BucketSet::new(nbits);
+            let mut model = BTreeSet::new();
+            // Long runs as well as scattered bits.
+            for _ in 0..rng.range(0..20) {
+                let start = rng.below(nbits);
+                let len = rng.below(700);
+                for b in start..(start + len).min(nbits) {
+                    set.insert(b);
+                    model.insert(b);
+                }
+            }
+            let (lo, hi) = {
+                let a = rng.below(nbits + 1);
+                let b = rng.below(nbits + 1);
+                (a.min(b), a.max(b))
+            };
+            let mut want = Vec::new();
+            let mut cur: Option<std::ops::Range<u64>> = None;
+            for b in lo..hi {
+                match (&mut cur, model.contains(&b)) {
+                    (Some(r), true) => r.end = b + 1,
+                    (None, true) => cur = Some(b..b + 1),
+                    (Some(_), false) => want.extend(cur.take()),
+                    (None, false) => {}
+                }
+            }
+            want.extend(cur);
+            assert_eq!(set.runs_in(lo, hi), want, "seed {seed} {lo}..{hi}");
+            let probe = rng.below(nbits + 1);
+            let clear = (probe..nbits).find(|b| !model.contains(b)).unwrap_or(nbits);
+            assert_eq!(set.next_clear_from(probe), clear, "seed {seed} probe {probe}");
         }
     }
 

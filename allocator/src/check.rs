@@ -8,42 +8,67 @@ use fs_core::bkey::alloc::{AllocV4, DataType, bucket_pos};
 use fs_core::bpos::Bpos;
 
 use crate::alloc::Inner;
-use crate::device::{Device, Layout, is_allocatable};
+use crate::device::{Device, Layout, is_allocatable, is_unused};
 
 impl Inner {
+    /// `alloc` holds the alloc keys (none for unused buckets), `freespace` every bucket the
+    /// freespace range keys cover, `need_discard` the need_discard keys; all after every update
+    /// was applied.
     pub(crate) fn check_invariants(
         &self,
         alloc: &BTreeMap<Bpos, AllocV4>,
         freespace: &BTreeSet<Bpos>,
         need_discard: &BTreeSet<Bpos>,
     ) -> Result<(), String> {
-        let mut nr_buckets = 0u64;
+        let mut nr_keys = 0u64;
         for d in self.devs.values() {
             check_device(d)?;
             for (b, st) in d.buckets() {
-                let want = st.alloc_v4();
-                match alloc.get(&bucket_pos(d.dev, b)) {
-                    Some(key) if *key == want => {}
+                let want = st.persisted();
+                let pos = bucket_pos(d.dev, b);
+                match alloc.get(&pos) {
+                    Some(key) if is_unused(key) => {
+                        return Err(format!("dev {} bucket {b}: an alloc key for an unused bucket", d.dev));
+                    }
+                    Some(key) if *key == want => nr_keys += 1,
                     Some(key) => {
                         return Err(format!(
-                            "dev {} bucket {b}: alloc key {key:?}, in memory {want:?}",
+                            "dev {} bucket {b}: alloc key {key:?}, persisted {want:?}",
                             d.dev
                         ));
                     }
-                    None => return Err(format!("dev {} bucket {b}: no alloc key", d.dev)),
+                    None if is_unused(&want) => {}
+                    None => return Err(format!("dev {} bucket {b}: no alloc key for {want:?}", d.dev)),
                 }
+                let in_index = |index: &BTreeSet<Bpos>, t: DataType, name: &str| {
+                    if index.contains(&pos) == (want.data_type == t) {
+                        Ok(())
+                    } else {
+                        Err(format!(
+                            "dev {} bucket {b}: persisted {}, {name} index has it: {}",
+                            d.dev,
+                            want.data_type,
+                            index.contains(&pos)
+                        ))
+                    }
+                };
+                in_index(freespace, DataType::Free, "freespace")?;
+                in_index(need_discard, DataType::NeedDiscard, "need_discard")?;
             }
-            nr_buckets += d.nbuckets();
         }
-        if alloc.len() as u64 != nr_buckets {
+        if alloc.len() as u64 != nr_keys {
             let stray = alloc.keys().find(|pos| !self.is_bucket(**pos));
             return Err(format!(
-                "{} alloc keys for {nr_buckets} buckets (first stray: {stray:?})",
+                "{} alloc keys, {nr_keys} for buckets (first stray: {stray:?})",
                 alloc.len()
             ));
         }
-        check_index("freespace", alloc, freespace, DataType::Free)?;
-        check_index("need_discard", alloc, need_discard, DataType::NeedDiscard)
+        for (name, index) in [("freespace", freespace), ("need_discard", need_discard)] {
+            if let Some(pos) = index.iter().find(|p| !self.is_bucket(**p)) {
+                return Err(format!("{pos}: {name} key for no bucket"));
+            }
+        }
+        Ok(())
     }
 
     fn is_bucket(&self, pos: Bpos) -> bool {
@@ -105,26 +130,4 @@ fn check_device(d: &Device) -> Result<(), String> {
         ));
     }
     Ok(())
-}
-
-/// An index btree holds exactly the positions whose alloc key has `data_type`.
-fn check_index(
-    name: &str,
-    alloc: &BTreeMap<Bpos, AllocV4>,
-    index: &BTreeSet<Bpos>,
-    data_type: DataType,
-) -> Result<(), String> {
-    for (pos, a) in alloc {
-        if (a.data_type == data_type) != index.contains(pos) {
-            return Err(format!(
-                "{pos}: alloc key is {}, {name} index has it: {}",
-                a.data_type,
-                index.contains(pos)
-            ));
-        }
-    }
-    match index.iter().find(|pos| !alloc.contains_key(pos)) {
-        Some(pos) => Err(format!("{pos}: {name} key without an alloc key")),
-        None => Ok(()),
-    }
 }

@@ -1,15 +1,26 @@
 //! One member device's buckets: the state of each bucket, counts per data type, the free set,
-//! and which buckets changed since their alloc keys were last handed out.
+//! which buckets' alloc keys must change, and what the freespace btree was last told.
+//!
+//! What the btrees hold of a bucket is its *persisted* state ([`BucketState::persisted`]): its
+//! `alloc_v4` key (none for an unused bucket: free, gen 0), a `need_discard` key when it needs a
+//! discard, and its place in a `freespace` range key when it is free. A bucket allocated but not
+//! yet holding any accounted sectors (an open bucket) is persisted as free: nothing on disk
+//! points into it yet.
 //!
 //! Every change to a bucket goes through `Device::set`, which keeps the counts, the free set and
 //! the changed set in step with the bucket; nothing else writes a bucket.
 
-use fs_core::bkey::alloc::{ALLOC_NEED_DISCARD, ALLOC_NEED_INC_GEN, AllocV4, DataType};
+use std::collections::BTreeMap;
+
+use fs_core::bkey::alloc::{ALLOC_NEED_DISCARD, ALLOC_NEED_INC_GEN, AllocV4, DataType, bucket_pos};
 use fs_core::bkey::ptr::SECTOR_BYTES;
+use fs_core::bkey::{Bkey, KeyType};
+use fs_core::bpos::Bpos;
 use fs_core::error::{ErrCode, Error, Result};
 use fs_core::sb::{JournalBuckets, Member, MemberState};
 
 use crate::bucket_set::BucketSet;
+use crate::bucket_table::BucketTable;
 use crate::watermark::{Watermark, nr_btree_reserve, reserved_buckets};
 
 /// What the allocator needs to know about one member device.
@@ -37,7 +48,27 @@ pub struct BucketState {
     pub journal_seq_empty: u64,
 }
 
+/// Bytes of an alloc key with its value.
+const ALLOC_KEY_BYTES: usize = fs_core::bkey::KEY_HEADER_BYTES + fs_core::bkey::alloc::ALLOC_V4_BYTES;
+/// Bytes of a freespace or need_discard key (no value).
+const INDEX_KEY_BYTES: usize = fs_core::bkey::KEY_HEADER_BYTES;
+
+/// `journal_seq_empty` of a bucket a freed btree node emptied, until the update that makes the
+/// node unreachable is journalled and stamps its seq: never at or below a durable seq, so the
+/// bucket cannot be discarded while a durable pointer may still lead into it.
+pub const PENDING_SEQ: u64 = u64::MAX;
+
 impl BucketState {
+    /// A bucket never used: free, gen 0. It has no alloc key.
+    pub const UNUSED: BucketState = BucketState {
+        bucket_gen: 0,
+        oldest_gen: 0,
+        data_type: DataType::Free,
+        written: false,
+        dirty_sectors: 0,
+        journal_seq_empty: 0,
+    };
+
     fn layout(data_type: DataType, dirty_sectors: u32) -> BucketState {
         BucketState {
             bucket_gen: 0,
@@ -64,6 +95,20 @@ impl BucketState {
             journal_seq_empty: self.journal_seq_empty,
         }
     }
+
+    /// What the btrees hold of this bucket: its `alloc_v4` record, except that an allocated
+    /// bucket holding no accounted sectors yet is still free there.
+    pub fn persisted(&self) -> AllocV4 {
+        if is_allocatable(self.data_type) && self.dirty_sectors == 0 {
+            return BucketState { data_type: DataType::Free, written: false, ..*self }.alloc_v4();
+        }
+        self.alloc_v4()
+    }
+}
+
+/// True if `a` is the record of an unused bucket: such a bucket has no alloc key.
+pub fn is_unused(a: &AllocV4) -> bool {
+    *a == BucketState::UNUSED.alloc_v4()
 }
 
 /// Data types the allocator hands buckets out for and accounts sectors against. Superblock and
@@ -89,11 +134,17 @@ pub(crate) struct Device {
     pub(crate) dev: u8,
     pub(crate) member: Member,
     journal: JournalBuckets,
-    buckets: Vec<BucketState>,
+    buckets: BucketTable,
     counts: [u64; NR_DATA_TYPES],
     free: BucketSet,
-    /// Buckets whose alloc key (and index keys) have not been handed out since they changed.
+    /// Buckets whose persisted state changed since their keys were last handed out.
     changed: BucketSet,
+    /// Buckets the freespace keys handed out so far say are free.
+    pub_free: BucketSet,
+    /// The freespace keys handed out so far, `end -> start`: each covers buckets `start..end`.
+    runs: BTreeMap<u64, u64>,
+    /// No freespace key was handed out yet (a new filesystem): the next take writes them all.
+    runs_unwritten: bool,
     /// Where the next search for a free bucket starts: allocation rotates through the device
     /// rather than reusing the lowest bucket at once.
     pub(crate) alloc_cursor: u64,
@@ -108,9 +159,10 @@ fn member_error(dev: u8, msg: String) -> Error {
 
 impl Device {
     /// Builds the device as its layout says: superblock buckets below `first_bucket`, full
-    /// journal buckets, everything else free with gen 0. Every bucket starts out changed, so the
-    /// first `take_updates` returns the whole record.
-    pub(crate) fn new(init: DeviceInit, btree_node_size: u64) -> Result<Device> {
+    /// journal buckets, everything else unused. For a new filesystem (`fresh`) nothing is on
+    /// disk yet: the superblock and journal buckets' keys and every freespace key are to be
+    /// handed out. Otherwise the caller reads the alloc keys in, then [`Device::finish_read`].
+    pub(crate) fn new(init: DeviceInit, btree_node_size: u64, fresh: bool) -> Result<Device> {
         let DeviceInit { dev_idx: dev, member, journal } = init;
         let bucket_sectors = bucket_sectors(&member)
             .ok_or_else(|| member_error(dev, format!("bucket size {} bytes invalid", member.bucket_size)))?;
@@ -118,31 +170,29 @@ impl Device {
         if member.nbuckets <= first {
             return Err(member_error(dev, format!("{} buckets, first bucket {first}", member.nbuckets)));
         }
-        let len = usize::try_from(member.nbuckets)
-            .map_err(|_| member_error(dev, format!("{} buckets do not fit in memory", member.nbuckets)))?;
+        let mut buckets = BucketTable::new(member.nbuckets)
+            .ok_or_else(|| member_error(dev, format!("{} buckets do not fit in memory", member.nbuckets)))?;
         validate_journal(dev, &member, &journal)?;
 
-        let mut buckets = vec![BucketState::layout(DataType::Free, 0); len];
-        for b in buckets.iter_mut().take(usize::try_from(first).unwrap_or(len)) {
-            *b = BucketState::layout(DataType::Sb, bucket_sectors);
-        }
-        for jb in journal.buckets() {
-            if let Some(b) = usize::try_from(jb).ok().and_then(|i| buckets.get_mut(i)) {
-                *b = BucketState::layout(DataType::Journal, bucket_sectors);
-            }
-        }
         let mut free = BucketSet::new(member.nbuckets);
+        free.fill();
+        let mut changed = BucketSet::new(member.nbuckets);
         let mut counts = [0u64; NR_DATA_TYPES];
-        for (b, st) in (0u64..).zip(&buckets) {
-            if let Some(c) = counts.get_mut(st.data_type as usize) {
+        let layout =
+            (0..first).map(|b| (b, DataType::Sb)).chain(journal.buckets().map(|b| (b, DataType::Journal)));
+        for (b, t) in layout {
+            buckets.replace(b, BucketState::layout(t, bucket_sectors));
+            free.remove(b);
+            if fresh {
+                changed.insert(b);
+            }
+            if let Some(c) = counts.get_mut(t as usize) {
                 *c += 1;
             }
-            if st.data_type == DataType::Free {
-                free.insert(b);
-            }
         }
-        let mut changed = BucketSet::new(member.nbuckets);
-        changed.fill();
+        if let Some(c) = counts.get_mut(DataType::Free as usize) {
+            *c = free.len();
+        }
         let data_buckets = member.nbuckets.saturating_sub(first).saturating_sub(journal.nr());
         let nr_btree_reserve = nr_btree_reserve(u64::from(member.bucket_size), btree_node_size);
         Ok(Device {
@@ -151,12 +201,40 @@ impl Device {
             journal,
             buckets,
             counts,
+            pub_free: free.clone(),
             free,
             changed,
+            runs: BTreeMap::new(),
+            runs_unwritten: true,
             alloc_cursor: first,
             data_buckets,
             nr_btree_reserve,
         })
+    }
+
+    /// Takes a state read back from the bucket's alloc key: it is what the disk holds, so the
+    /// bucket is not changed.
+    pub(crate) fn set_read(&mut self, b: u64, st: BucketState) -> Option<()> {
+        self.set(b, st)?;
+        self.changed.remove(b);
+        self.note_published(b, &st.persisted());
+        Some(())
+    }
+
+    /// After the alloc keys were read in: the freespace keys on disk are the runs of free
+    /// buckets those keys leave.
+    pub(crate) fn finish_read(&mut self) {
+        self.runs = self.pub_free.runs_in(0, self.nbuckets()).into_iter().map(|r| (r.end, r.start)).collect();
+        self.runs_unwritten = false;
+        self.changed.clear();
+    }
+
+    fn note_published(&mut self, b: u64, persisted: &AllocV4) {
+        if persisted.data_type == DataType::Free {
+            self.pub_free.insert(b);
+        } else {
+            self.pub_free.remove(b);
+        }
     }
 
     pub(crate) fn nbuckets(&self) -> u64 {
@@ -181,11 +259,22 @@ impl Device {
     }
 
     pub(crate) fn bucket(&self, b: u64) -> Option<&BucketState> {
-        self.buckets.get(usize::try_from(b).ok()?)
+        self.buckets.get(b)
     }
 
+    /// Every bucket, unused ones included.
     pub(crate) fn buckets(&self) -> impl Iterator<Item = (u64, &BucketState)> {
-        (0u64..).zip(&self.buckets)
+        self.buckets.all()
+    }
+
+    /// Every bucket that may be in use; the others are unused.
+    pub(crate) fn touched(&self) -> impl Iterator<Item = (u64, &BucketState)> {
+        self.buckets.touched()
+    }
+
+    /// Bytes the bucket states take in memory.
+    pub(crate) fn memory_bytes(&self) -> usize {
+        self.buckets.memory_bytes()
     }
 
     pub(crate) fn count(&self, data_type: DataType) -> u64 {
@@ -229,11 +318,11 @@ impl Device {
         self.free.next_wrapping(self.alloc_cursor)
     }
 
-    /// Replaces bucket `b`'s state, keeping counts, the free set and the changed set in step.
-    /// Returns the old state, or `None` (and changes nothing) if `b` is not on the device.
+    /// Replaces bucket `b`'s state, keeping counts, the free set and the changed set in step:
+    /// the bucket is changed when its persisted state is. Returns the old state, or `None` (and
+    /// changes nothing) if `b` is not on the device.
     pub(crate) fn set(&mut self, b: u64, new: BucketState) -> Option<BucketState> {
-        let slot = self.buckets.get_mut(usize::try_from(b).ok()?)?;
-        let old = std::mem::replace(slot, new);
+        let old = self.buckets.replace(b, new)?;
         if let Some(c) = self.counts.get_mut(old.data_type as usize) {
             *c = c.saturating_sub(1);
         }
@@ -246,7 +335,9 @@ impl Device {
         if new.data_type == DataType::Free {
             self.free.insert(b);
         }
-        self.changed.insert(b);
+        if old.persisted() != new.persisted() {
+            self.changed.insert(b);
+        }
         Some(old)
     }
 
@@ -254,7 +345,7 @@ impl Device {
         self.changed.contains(b)
     }
 
-    /// Marks `b` as changed or not, for undo and for a state read back from its alloc key.
+    /// Marks `b` as changed or not, for undo.
     pub(crate) fn set_changed(&mut self, b: u64, changed: bool) {
         if changed {
             self.changed.insert(b);
@@ -263,18 +354,173 @@ impl Device {
         }
     }
 
-    /// The changed buckets in order; the set is emptied.
-    pub(crate) fn take_changed(&mut self) -> Vec<u64> {
-        if self.changed.len() == 0 {
-            return Vec::new();
+    /// The changed buckets among `buckets`, or all of them, in order.
+    pub(crate) fn changed_among(&self, buckets: Option<&[u64]>) -> Vec<u64> {
+        match buckets {
+            None => self.changed.iter().collect(),
+            Some(bs) => {
+                let mut v: Vec<u64> = bs.iter().copied().filter(|&b| self.changed.contains(b)).collect();
+                v.sort_unstable();
+                v.dedup();
+                v
+            }
         }
-        let out: Vec<u64> = self.changed.iter().collect();
-        self.changed.clear();
-        out
     }
 
     pub(crate) fn nr_changed(&self) -> u64 {
         self.changed.len()
+    }
+
+    /// An upper bound of the bytes of keys [`Device::take`] of every changed bucket would hand
+    /// out: each bucket's alloc key (or whiteout) and need_discard key, and where its free-ness
+    /// flips, three freespace keys (a run split or two joined, and the bucket's own run).
+    pub(crate) fn pending_key_bytes(&self) -> usize {
+        if self.runs_unwritten {
+            return usize::MAX;
+        }
+        self.changed
+            .iter()
+            .map(|b| {
+                let flips = self.buckets.get(b).is_some_and(|st| {
+                    (st.persisted().data_type == DataType::Free) != self.pub_free.contains(b)
+                });
+                ALLOC_KEY_BYTES + INDEX_KEY_BYTES + if flips { 3 * INDEX_KEY_BYTES } else { 0 }
+            })
+            .sum()
+    }
+
+    /// Hands out the keys of `buckets` (changed ones, in order): an `alloc_v4` key or, for an
+    /// unused bucket, a whiteout; a `need_discard` set key or whiteout; and the freespace range
+    /// keys around them, rewritten from what was last handed out. A bucket emptied by a freed
+    /// btree node gets `stamp` as its `journal_seq_empty`. The buckets are no longer changed.
+    pub(crate) fn take(&mut self, buckets: &[u64], stamp: u64, out: &mut Updates, undo: &mut TakeUndo) {
+        undo.runs_unwritten = self.runs_unwritten;
+        for &b in buckets {
+            let Some(mut st) = self.buckets.get(b).copied() else { continue };
+            undo.buckets.push((b, self.changed.contains(b), self.pub_free.contains(b), st.journal_seq_empty));
+            if st.journal_seq_empty == PENDING_SEQ {
+                st.journal_seq_empty = stamp;
+                self.buckets.replace(b, st);
+            }
+            self.changed.remove(b);
+            let p = st.persisted();
+            let pos = bucket_pos(self.dev, b);
+            out.alloc.push(if is_unused(&p) {
+                Bkey::whiteout(pos)
+            } else {
+                Bkey::new(pos, KeyType::AllocV4, p.encode())
+            });
+            out.need_discard.push(if p.data_type == DataType::NeedDiscard {
+                Bkey::new(pos, KeyType::Set, Vec::new())
+            } else {
+                Bkey::whiteout(pos)
+            });
+            self.note_published(b, &p);
+        }
+        if self.runs_unwritten {
+            self.runs_unwritten = false;
+            let runs = self.pub_free.runs_in(0, self.nbuckets());
+            self.replace_runs(0, self.nbuckets(), runs, out, undo);
+            return;
+        }
+        let mut covered = 0;
+        for &b in buckets {
+            if b < covered {
+                continue;
+            }
+            let (lo, hi) = self.run_span(b);
+            let runs = self.pub_free.runs_in(lo, hi);
+            self.replace_runs(lo, hi, runs, out, undo);
+            covered = hi;
+        }
+    }
+
+    /// Undoes a [`Device::take`] whose keys were never committed: the buckets are changed
+    /// again and the record of what was handed out is as before.
+    pub(crate) fn untake(&mut self, undo: TakeUndo) {
+        for end in undo.runs_added.into_iter().rev() {
+            self.runs.remove(&end);
+        }
+        for (end, start) in undo.runs_removed {
+            self.runs.insert(end, start);
+        }
+        for (b, changed, pub_free, seq) in undo.buckets.into_iter().rev() {
+            if let Some(mut st) = self.buckets.get(b).copied() {
+                st.journal_seq_empty = seq;
+                self.buckets.replace(b, st);
+            }
+            self.set_changed(b, changed);
+            if pub_free {
+                self.pub_free.insert(b);
+            } else {
+                self.pub_free.remove(b);
+            }
+        }
+        self.runs_unwritten = undo.runs_unwritten;
+    }
+
+    /// The span of buckets whose freespace keys a change of bucket `b` may affect: `b` and
+    /// every handed-out run touching it or its neighbours, widened until no run crosses an edge.
+    fn run_span(&self, b: u64) -> (u64, u64) {
+        let (mut lo, mut hi) = (b, b + 1);
+        loop {
+            let mut grew = false;
+            // A run containing lo - 1 (or lo), or hi (or hi - 1), reaches across an edge.
+            for probe in [lo.saturating_sub(1), hi.min(self.nbuckets().saturating_sub(1))] {
+                if let Some((&end, &start)) = self.runs.range(probe + 1..).next() {
+                    if start <= probe && (start < lo || end > hi) {
+                        lo = lo.min(start);
+                        hi = hi.max(end);
+                        grew = true;
+                    }
+                }
+            }
+            if !grew {
+                return (lo, hi);
+            }
+        }
+    }
+
+    /// Replaces the handed-out runs inside `lo..hi` by `runs`: whiteouts for keys that go, set
+    /// keys for new ones (a run longer than a key's size can say is cut in pieces).
+    fn replace_runs(
+        &mut self,
+        lo: u64,
+        hi: u64,
+        runs: Vec<std::ops::Range<u64>>,
+        out: &mut Updates,
+        undo: &mut TakeUndo,
+    ) {
+        let mut new: BTreeMap<u64, u64> = BTreeMap::new();
+        for r in runs {
+            let mut start = r.start;
+            while start < r.end {
+                let end = r.end.min(start + u64::from(u32::MAX));
+                new.insert(end, start);
+                start = end;
+            }
+        }
+        let old: Vec<(u64, u64)> =
+            self.runs.range(lo + 1..=hi).map(|(&e, &s)| (e, s)).filter(|&(_, s)| s >= lo).collect();
+        for &(end, start) in &old {
+            if new.get(&end) != Some(&start) {
+                self.runs.remove(&end);
+                undo.runs_removed.push((end, start));
+                out.freespace.push(Bkey::whiteout(Bpos::new(u64::from(self.dev), end, 0)));
+            }
+        }
+        for (end, start) in new {
+            if self.runs.get(&end) == Some(&start) {
+                continue;
+            }
+            if let Some(old) = self.runs.insert(end, start) {
+                undo.runs_removed.push((end, old));
+            }
+            undo.runs_added.push(end);
+            let mut k = Bkey::new(Bpos::new(u64::from(self.dev), end, 0), KeyType::Set, Vec::new());
+            k.size = u32::try_from(end - start).unwrap_or(u32::MAX);
+            out.freespace.push(k);
+        }
     }
 
     pub(crate) fn usage(&self) -> DevUsage {
@@ -296,7 +542,7 @@ impl Device {
             parity: self.count(DataType::Parity),
             stripe: self.count(DataType::Stripe),
             need_gc_gens: self.count(DataType::NeedGcGens),
-            dirty_sectors: self.buckets.iter().map(|b| u64::from(b.dirty_sectors)).sum(),
+            dirty_sectors: self.buckets.touched().map(|(_, b)| u64::from(b.dirty_sectors)).sum(),
         }
     }
 }
@@ -380,4 +626,22 @@ impl DevUsage {
             DataType::NeedDiscard => self.need_discard,
         }
     }
+}
+
+/// Keys handed out for the three alloc btrees, in the order they are to be committed.
+#[derive(Debug, Default)]
+pub(crate) struct Updates {
+    pub(crate) alloc: Vec<Bkey>,
+    pub(crate) freespace: Vec<Bkey>,
+    pub(crate) need_discard: Vec<Bkey>,
+}
+
+/// What undoing one device's part of a take needs.
+#[derive(Debug, Default)]
+pub(crate) struct TakeUndo {
+    /// `(bucket, was changed, was handed out as free, journal_seq_empty)` per bucket taken.
+    buckets: Vec<(u64, bool, bool, u64)>,
+    runs_removed: Vec<(u64, u64)>,
+    runs_added: Vec<u64>,
+    runs_unwritten: bool,
 }

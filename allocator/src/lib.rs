@@ -23,13 +23,14 @@
 pub mod alloc;
 pub mod alloc_read;
 mod bucket_set;
+mod bucket_table;
 mod check;
 pub mod device;
 pub mod node_alloc;
 mod placement;
 pub mod watermark;
 
-pub use alloc::{AllocRequest, AllocatedBucket, Allocator};
-pub use device::{BucketState, DevUsage, DeviceInit};
+pub use alloc::{AllocRequest, AllocatedBucket, Allocator, Taken};
+pub use device::{BucketState, DevUsage, DeviceInit, PENDING_SEQ, is_unused};
 pub use node_alloc::BtreeNodeAlloc;
 pub use watermark::{Watermark, nr_btree_reserve, reserved_buckets};

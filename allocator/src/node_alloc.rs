@@ -19,10 +19,10 @@ use fs_core::bpos::BtreeId;
 use fs_core::btree::{NodeAllocator, NodeLocation};
 use fs_core::error::{ErrCode, Error, Result};
 use fs_core::opts::{LiveOpts, OptId, Options};
-use fs_core::sync::{Arc, AtomicU64, Mutex, Ordering};
+use fs_core::sync::{Arc, Mutex};
 
 use crate::alloc::{Allocator, Inner, inconsistent};
-use crate::device::Device;
+use crate::device::{Device, PENDING_SEQ};
 use crate::placement::{Candidate, place};
 use crate::watermark::Watermark;
 
@@ -51,9 +51,6 @@ pub struct BtreeNodeAlloc {
     alloc: Arc<Allocator>,
     opts: Arc<LiveOpts>,
     state: Mutex<NodeState>,
-    /// The journal seq a freed node's bucket records as `journal_seq_empty` when the trait's
-    /// `free_node` (which carries no seq) empties it.
-    journal_seq: AtomicU64,
 }
 
 impl BtreeNodeAlloc {
@@ -75,7 +72,6 @@ impl BtreeNodeAlloc {
             alloc,
             opts,
             state: Mutex::new(NodeState { watermark: Watermark::Btree, open: BTreeMap::new() }),
-            journal_seq: AtomicU64::new(0),
         })
     }
 
@@ -107,11 +103,6 @@ impl BtreeNodeAlloc {
         self.state.lock().watermark = watermark;
     }
 
-    /// The journal seq that the trait's `free_node` records when it empties a bucket.
-    pub fn set_journal_seq(&self, journal_seq: u64) {
-        self.journal_seq.store(journal_seq, Ordering::Release);
-    }
-
     /// Forgets the open btree buckets (after the allocator was replaced: they may no longer be
     /// what it says they are).
     pub fn reset_open_buckets(&self) {
@@ -133,12 +124,10 @@ impl BtreeNodeAlloc {
         let mut st = self.state.lock();
         let NodeState { watermark, open } = &mut *st;
         let req = NodeRequest { replicas, target: &target, watermark: *watermark };
-        let journal_seq = self.journal_seq.load(Ordering::Acquire);
         let saved_open = open.clone();
         let mut inner = self.alloc.lock();
-        let result = inner.atomically(|inner| {
-            (0..nr).map(|_| alloc_node(inner, open, &req, journal_seq)).collect::<Result<Vec<_>>>()
-        });
+        let result = inner
+            .atomically(|inner| (0..nr).map(|_| alloc_node(inner, open, &req)).collect::<Result<Vec<_>>>());
         if result.is_err() {
             *open = saved_open;
         }
@@ -147,8 +136,9 @@ impl BtreeNodeAlloc {
 
     /// Gives back node locations that were never written, all or nothing.
     pub fn try_release_unused(&self, nodes: &[NodeLocation]) -> Result<()> {
-        let seq = self.journal_seq.load(Ordering::Acquire);
-        self.give_back(nodes.iter().flat_map(|n| n.ptrs.iter()), seq, false)
+        // Unwritten, but their bucket may also hold freed written nodes: if it empties, it waits
+        // for the update that publishes the frees, as a freed node does.
+        self.give_back(nodes.iter().flat_map(|n| n.ptrs.iter()), PENDING_SEQ, false)
     }
 
     /// Frees a written node's slots, all or nothing; a bucket this empties goes to `need_discard`
@@ -196,9 +186,11 @@ impl NodeAllocator for BtreeNodeAlloc {
         self.try_release_unused(&nodes).map_err(|e| e.prefix("releasing unused btree nodes"))
     }
 
+    /// The bucket a freed node empties waits for the update that makes the node unreachable:
+    /// its `journal_seq_empty` is [`PENDING_SEQ`] until that update takes its keys and stamps
+    /// its own seq (see `Allocator::take_updates_at`).
     fn free_node(&self, ptrs: &[ExtentPtr]) -> Result<()> {
-        let seq = self.journal_seq.load(Ordering::Acquire);
-        self.try_free_node(ptrs, seq).map_err(|e| e.prefix("freeing a btree node"))
+        self.try_free_node(ptrs, PENDING_SEQ).map_err(|e| e.prefix("freeing a btree node"))
     }
 }
 
@@ -233,7 +225,6 @@ fn alloc_node(
     inner: &mut Inner,
     open: &mut BTreeMap<u8, OpenBtreeBucket>,
     req: &NodeRequest<'_>,
-    journal_seq: u64,
 ) -> Result<NodeLocation> {
     let node_size = inner.btree_node_size;
     let cands = inner
@@ -260,17 +251,12 @@ fn alloc_node(
             req.watermark,
         )
     })?;
-    let ptrs = devs.into_iter().map(|dev| take_slot(inner, open, dev, journal_seq)).collect::<Result<_>>()?;
+    let ptrs = devs.into_iter().map(|dev| take_slot(inner, open, dev)).collect::<Result<_>>()?;
     Ok(NodeLocation { ptrs })
 }
 
 /// Takes the next slot on `dev`, opening a new btree bucket if the device has none open.
-fn take_slot(
-    inner: &mut Inner,
-    open: &mut BTreeMap<u8, OpenBtreeBucket>,
-    dev: u8,
-    journal_seq: u64,
-) -> Result<ExtentPtr> {
+fn take_slot(inner: &mut Inner, open: &mut BTreeMap<u8, OpenBtreeBucket>, dev: u8) -> Result<ExtentPtr> {
     let node_size = inner.btree_node_size;
     let node_sectors = node_sectors(node_size)?;
     let d = inner.device(dev)?;
@@ -285,7 +271,7 @@ fn take_slot(
         }
     };
     let slot = ob.next_slot;
-    inner.change_sectors(dev, ob.bucket, DataType::Btree, node_sectors, journal_seq, false)?;
+    inner.change_sectors(dev, ob.bucket, DataType::Btree, node_sectors, 0, false)?;
     ob.next_slot += 1;
     if ob.next_slot < ob.nr_slots {
         open.insert(dev, ob);

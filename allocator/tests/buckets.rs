@@ -29,10 +29,12 @@ fn user(watermark: Watermark) -> AllocRequest {
     AllocRequest { nr_replicas: 1, target: String::new(), data_type: DataType::User, watermark }
 }
 
-/// At format every bucket has its layout state and the first batch of updates records all of
-/// them, sorted by btree then position; the next batch is empty.
+/// At format every bucket has its layout state and the first batch of updates records what a
+/// new filesystem's alloc info holds, sorted by btree then position: alloc keys for the
+/// superblock and journal buckets only (unused buckets have none), one freespace key covering
+/// the free run, need_discard whiteouts for the keyed buckets. The next batch is empty.
 #[test]
-fn format_records_every_bucket() {
+fn format_records_the_layout_sparsely() {
     let a = one_device(32);
     let u = a.dev_usage(0).unwrap();
     assert_eq!((u.sb, u.journal, u.free), (2, 3, 27));
@@ -42,31 +44,26 @@ fn format_records_every_bucket() {
     assert_eq!((j.data_type, j.dirty_sectors), (DataType::Journal, BUCKET_SECTORS));
 
     let updates = a.take_updates();
-    assert_eq!(updates.len(), 3 * 32);
     let order: Vec<_> = updates.iter().map(|(b, k)| (*b, k.pos)).collect();
     let mut sorted = order.clone();
     sorted.sort();
     assert_eq!(order, sorted);
-    for (btree, k) in &updates {
-        let b = k.pos.offset;
-        let free = b >= 5;
-        match btree {
-            BtreeId::Alloc => {
-                assert_eq!(k.ty, KeyType::AllocV4);
-                let want = if free {
-                    DataType::Free
-                } else if b < 2 {
-                    DataType::Sb
-                } else {
-                    DataType::Journal
-                };
-                assert_eq!(AllocV4::decode(&k.val).unwrap().data_type, want);
-            }
-            BtreeId::Freespace => assert_eq!(k.ty, if free { KeyType::Set } else { KeyType::Whiteout }),
-            BtreeId::NeedDiscard => assert_eq!(k.ty, KeyType::Whiteout),
-            other => panic!("update for {other}"),
-        }
+    let of =
+        |btree: BtreeId| updates.iter().filter(move |(b, _)| *b == btree).map(|(_, k)| k).collect::<Vec<_>>();
+    let alloc = of(BtreeId::Alloc);
+    assert_eq!(alloc.len(), 5, "{alloc:?}");
+    for k in alloc {
+        let want = if k.pos.offset < 2 { DataType::Sb } else { DataType::Journal };
+        assert_eq!((k.ty, AllocV4::decode(&k.val).unwrap().data_type), (KeyType::AllocV4, want));
     }
+    let free = of(BtreeId::Freespace);
+    assert_eq!(free.len(), 1, "{free:?}");
+    assert_eq!(
+        (free[0].ty, free[0].pos.offset, free[0].size),
+        (KeyType::Set, 32, 27),
+        "one key for buckets 5..32"
+    );
+    assert!(of(BtreeId::NeedDiscard).iter().all(|k| k.ty == KeyType::Whiteout));
     assert!(a.take_updates().is_empty());
 }
 
@@ -83,14 +80,14 @@ fn empty_bucket_needs_discard_then_gets_a_new_gen() {
     model.sync(&a).unwrap();
     let pos = bucket_pos(0, b.bucket);
     assert_eq!(model.alloc[&pos].dirty_sectors, 60);
-    assert!(!model.freespace.contains(&pos));
+    assert!(!model.freespace().unwrap().contains(&pos));
 
     a.add_sectors(0, b.bucket, DataType::User, -60, 12).unwrap();
     model.sync(&a).unwrap();
     let k = model.alloc[&pos];
     assert_eq!((k.data_type, k.journal_seq_empty, k.bucket_gen), (DataType::NeedDiscard, 12, 0));
     assert_eq!(k.flags, ALLOC_NEED_DISCARD | ALLOC_NEED_INC_GEN);
-    assert!(model.need_discard.contains(&pos) && !model.freespace.contains(&pos));
+    assert!(model.need_discard.contains(&pos) && !model.freespace().unwrap().contains(&pos));
 
     // Emptying again, releasing and allocating from it are all refused.
     assert_eq!(
@@ -103,7 +100,7 @@ fn empty_bucket_needs_discard_then_gets_a_new_gen() {
     model.sync(&a).unwrap();
     let k = model.alloc[&pos];
     assert_eq!((k.data_type, k.bucket_gen, k.flags), (DataType::Free, 1, 0));
-    assert!(model.freespace.contains(&pos) && !model.need_discard.contains(&pos));
+    assert!(model.freespace().unwrap().contains(&pos) && !model.need_discard.contains(&pos));
     assert_eq!(
         a.discard(0, b.bucket).unwrap_err().code(),
         ErrCode::BucketAccounting,
@@ -130,18 +127,22 @@ fn bucket_gen_wraps() {
     assert_eq!(&gens[254..], &[254, 255, 0]);
 }
 
-/// A bucket allocated and never written goes back to free with its gen unchanged.
+/// A bucket allocated and never written goes back to free with its gen unchanged. While it is
+/// open (nothing accounted in it yet) the disk still records it as free: no update is due.
 #[test]
 fn release_of_unwritten_bucket_keeps_gen() {
     let a = one_device(32);
     let mut model = Model::synced(&a);
     let b = a.alloc_buckets(&user(Watermark::Normal)).unwrap()[0];
+    assert_eq!(a.bucket(0, b.bucket).unwrap().data_type, DataType::User);
+    assert_eq!(a.pending_updates(), 0, "an open bucket changes nothing on disk");
     model.sync(&a).unwrap();
-    assert_eq!(model.alloc[&bucket_pos(0, b.bucket)].data_type, DataType::User);
     a.release_bucket(0, b.bucket).unwrap();
+    assert_eq!(a.pending_updates(), 0);
     model.sync(&a).unwrap();
-    let k = model.alloc[&bucket_pos(0, b.bucket)];
-    assert_eq!((k.data_type, k.bucket_gen), (DataType::Free, b.bucket_gen));
+    let st = a.bucket(0, b.bucket).unwrap();
+    assert_eq!((st.data_type, st.bucket_gen), (DataType::Free, b.bucket_gen));
+    assert!(!model.alloc.contains_key(&bucket_pos(0, b.bucket)), "an unused bucket has no key");
     assert_eq!(
         a.release_bucket(0, b.bucket).unwrap_err().code(),
         ErrCode::BucketAccounting,
@@ -220,4 +221,74 @@ fn bad_requests_and_layouts() {
     assert_eq!(a.dev_usage(1).unwrap().free, 28);
     let e = a.alloc_buckets(&user(Watermark::Reclaim)).unwrap_err();
     assert_eq!(e.code(), ErrCode::InsufficientDevices, "{e}");
+}
+
+/// Taking the updates of some buckets only (a transaction's own accounting) leaves the others
+/// pending; a take given back (its transaction failed) is as if it never happened; and what was
+/// handed out is consistent on its own: every bucket the freespace keys
+/// cover is free by its alloc key (or has none), and every free one is covered. Checked after
+/// every partial take of a seeded random history.
+#[test]
+fn partial_takes_hand_out_a_consistent_record() {
+    for seed in 0..30u64 {
+        let mut rng = fs_core::rng::Rng::new(seed);
+        let a = one_device(64);
+        let mut model = Model::synced(&a);
+        let mut live: Vec<u64> = Vec::new();
+        for seq in 1..200u64 {
+            let mut touched = Vec::new();
+            match rng.below(3) {
+                0 => {
+                    if let Ok(got) = a.alloc_buckets(&user(Watermark::Normal)) {
+                        a.add_sectors(0, got[0].bucket, DataType::User, 8, seq).unwrap();
+                        live.push(got[0].bucket);
+                        touched.push(got[0].bucket);
+                    }
+                }
+                1 if !live.is_empty() => {
+                    let b = live.swap_remove(rng.below(live.len() as u64) as usize);
+                    a.add_sectors(0, b, DataType::User, -8, seq).unwrap();
+                    touched.push(b);
+                }
+                _ => {
+                    let nd: Vec<u64> = (0..64)
+                        .filter(|&b| a.bucket(0, b).is_some_and(|s| s.data_type == DataType::NeedDiscard))
+                        .collect();
+                    if let Some(&b) = rng.choose(&nd) {
+                        a.discard(0, b).unwrap();
+                    }
+                }
+            }
+            // Only some of the touched buckets are taken; discards stay pending.
+            let take: Vec<(u8, u64)> = touched.iter().filter(|_| rng.chance(0.7)).map(|&b| (0, b)).collect();
+            // A take given back leaves everything as it was: the same take again hands out the
+            // same keys.
+            let first = a.take_updates_of(&take, seq);
+            let keys = first.updates.clone();
+            if rng.chance(0.3) {
+                a.untake(first);
+                let again = a.take_updates_of(&take, seq);
+                assert_eq!(again.updates, keys, "seed {seed} seq {seq}: untake did not restore");
+                model.apply(again.updates).unwrap();
+            } else {
+                model.apply(first.updates).unwrap();
+            }
+            let free = model.freespace().unwrap_or_else(|e| panic!("seed {seed} seq {seq}: {e}"));
+            for b in 5..64 {
+                let pos = bucket_pos(0, b);
+                let k = model.alloc.get(&pos).copied().unwrap_or(AllocV4::free(0));
+                assert_eq!(
+                    free.contains(&pos),
+                    k.data_type == DataType::Free,
+                    "seed {seed} seq {seq} bucket {b}: {k:?}"
+                );
+                assert_eq!(
+                    model.need_discard.contains(&pos),
+                    k.data_type == DataType::NeedDiscard,
+                    "seed {seed} seq {seq} bucket {b}"
+                );
+            }
+        }
+        model.sync(&a).unwrap_or_else(|e| panic!("seed {seed}: {e}"));
+    }
 }

@@ -13,8 +13,8 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
 use allocator::{
-    AllocRequest, AllocatedBucket, Allocator, BtreeNodeAlloc, BucketState, Watermark, nr_btree_reserve,
-    reserved_buckets,
+    AllocRequest, AllocatedBucket, Allocator, BtreeNodeAlloc, BucketState, PENDING_SEQ, Watermark,
+    nr_btree_reserve, reserved_buckets,
 };
 use common::{Model, dev, member, seeds};
 use fs_core::bkey::DataType;
@@ -462,10 +462,9 @@ impl Sim {
         for p in &node.ptrs {
             self.live_slots.remove(&(p.dev, p.offset));
         }
-        self.nodes.set_journal_seq(self.journal_seq);
         if written {
             self.node_bucket_written.extend(buckets.iter().copied());
-            NodeAllocator::free_node(&self.nodes, &node.ptrs)
+            self.nodes.try_free_node(&node.ptrs, self.journal_seq)
         } else {
             NodeAllocator::release_unused(&self.nodes, vec![node])
         }
@@ -477,8 +476,11 @@ impl Sim {
             // The bucket emptied: need_discard if a node in it was freed as written, else free.
             let st = self.state(dev, bucket)?;
             let was_written = self.node_bucket_written.remove(&(dev, bucket));
+            // Emptied by this free: its seq. Emptied by releasing an unwritten node beside a
+            // written one freed earlier: pending until an update publishes the frees.
+            let want_seq = if written { self.journal_seq } else { PENDING_SEQ };
             let ok = if was_written {
-                st.data_type == DataType::NeedDiscard && st.journal_seq_empty == self.journal_seq
+                st.data_type == DataType::NeedDiscard && st.journal_seq_empty == want_seq
             } else {
                 st.data_type == DataType::Free && st.bucket_gen == self.gen_of(dev, bucket)
             };

@@ -10,7 +10,7 @@ mod common;
 use std::collections::BTreeSet;
 use std::sync::Arc;
 
-use allocator::{Allocator, BtreeNodeAlloc, Watermark};
+use allocator::{Allocator, BtreeNodeAlloc, PENDING_SEQ, Watermark};
 use common::{Model, dev, member};
 use fs_core::bkey::{DataType, ExtentPtr};
 use fs_core::bpos::BtreeId;
@@ -132,12 +132,16 @@ fn release_unused_versus_free_node() {
 
     let locs = nodes.alloc_nodes(2, BtreeId::Extents, 0).unwrap();
     let bucket = bucket_of(&locs[0].ptrs[0]);
-    nodes.set_journal_seq(41);
     nodes.free_node(&locs[0].ptrs).unwrap();
-    nodes.set_journal_seq(42);
     nodes.release_unused(vec![locs[1].clone()]).unwrap();
+    // A node in it was written: need_discard, and not discardable until the update that
+    // publishes the free takes its keys and stamps its seq.
     let st = a.bucket(0, bucket).unwrap();
-    assert_eq!((st.data_type, st.journal_seq_empty), (DataType::NeedDiscard, 42), "a node in it was written");
+    assert_eq!((st.data_type, st.journal_seq_empty), (DataType::NeedDiscard, PENDING_SEQ));
+    assert!(a.discard_durable(u64::MAX - 1).unwrap().is_empty(), "discarded before its free was published");
+    model.apply(a.take_updates_at(42).updates).unwrap();
+    assert_eq!(a.bucket(0, bucket).unwrap().journal_seq_empty, 42);
+    assert_eq!(model.alloc[&fs_core::bkey::alloc::bucket_pos(0, bucket)].journal_seq_empty, 42);
     model.sync(&a).unwrap();
     a.discard(0, bucket).unwrap();
     assert_eq!(a.bucket(0, bucket).unwrap().bucket_gen, 1);

@@ -41,8 +41,7 @@ fn hundred_thousand_node_slots_on_eight_big_devices() {
     assert!((full..=full + 8).contains(&btree), "{btree} btree buckets for {SLOTS} slots");
 
     for (i, loc) in locs.iter().enumerate() {
-        nodes.set_journal_seq(i as u64);
-        nodes.free_node(&loc.ptrs).unwrap();
+        nodes.try_free_node(&loc.ptrs, i as u64).unwrap();
     }
     let freed = start.elapsed();
     for d in 0..8 {

@@ -140,7 +140,7 @@ fn both_paths_reject_each_damage_alike() {
     let j = sample();
     let nr = j.entries.len() as u32;
     let cases: Vec<(&str, Vec<u8>, JsetInvalid)> = vec![
-        ("version", damaged(|_, b| edit_header(b, |h| h.version = 2)), JsetInvalid::Version { version: 2 }),
+        ("version", damaged(|_, b| edit_header(b, |h| h.version = 3)), JsetInvalid::Version { version: 3 }),
         (
             "last_seq > seq",
             damaged(|_, b| edit_header(b, |h| h.last_seq = 10)),

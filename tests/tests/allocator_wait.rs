@@ -14,7 +14,9 @@ use fs_core::error::ErrCode;
 use fs_core::opts::{OptId, OptValue};
 
 const DEV_BYTES: u64 = 24 << 20;
-const BUCKET: u64 = 256 << 10;
+/// Journal entries are at most a bucket: 64 KiB buckets keep a file larger than one transaction
+/// within the devices.
+const BUCKET: u64 = 64 << 10;
 
 fn formatted() -> Vec<SharedDevice> {
     two_small_devices(DEV_BYTES, BUCKET)

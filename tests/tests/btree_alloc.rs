@@ -6,11 +6,11 @@
 // A failed unwrap or index in a test is that test failing, with its message.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use bcsim::fs::Fs;
-use fs_core::bkey::{AllocV4, Bkey, DataType, KeyType};
+use fs_core::bkey::{Bkey, DataType, KeyType};
 use fs_core::bpos::{Bpos, BtreeId};
 use fs_core::btree::BtreeConfig;
 use fs_core::dev::{MemDevice, SharedDevice};
@@ -73,10 +73,7 @@ fn commit_unmount_reopen_and_alloc_btrees_agree() {
     assert!(got.iter().zip(model.values()).all(|(a, b)| a == b), "seed {seed:#x}: keys differ after reopen");
 
     // The persisted allocator record matches the allocator rebuilt from it.
-    let alloc_keys: BTreeMap<Bpos, AllocV4> =
-        all(&mut fs, BtreeId::Alloc).iter().map(|k| (k.pos, AllocV4::decode(&k.val).unwrap())).collect();
-    let freespace: BTreeSet<Bpos> = all(&mut fs, BtreeId::Freespace).iter().map(|k| k.pos).collect();
-    let need_discard: BTreeSet<Bpos> = all(&mut fs, BtreeId::NeedDiscard).iter().map(|k| k.pos).collect();
+    let (alloc_keys, freespace, need_discard) = bcsim_tests::alloc_records(&fs);
     let alloc = fs.alloc().cloned().unwrap();
     alloc.check_invariants(&alloc_keys, &freespace, &need_discard).unwrap();
 

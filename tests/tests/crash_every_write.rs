@@ -1,8 +1,9 @@
 //! Crash at every write boundary of a small workload: the writes (and flushes) of a run are
 //! recorded in their global order; for every boundary k, the images are rebuilt as they would
 //! be after a crash there — every write before k landed, or only those before the last flush
-//! before k — and each must mount, pass a full fsck, and hold every update whose fsync had
-//! returned by k (and nothing that had not started).
+//! before k — and each must pass `fsck -n` before any mount, mount without repairing anything,
+//! pass a full fsck after, and hold every update whose fsync had returned by k (and nothing
+//! that had not started).
 
 // A failed unwrap or index in a test is that test failing, with its message.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
@@ -11,11 +12,12 @@ use std::sync::{Arc, Mutex};
 
 use bcsim::files::Files;
 use bcsim::fsck::{FixMode, FsckOpts, fsck};
+use bcsim::images::format_devices;
 use bcsim::recovery::{MountOpts, ReclaimMode, mount};
 use bcsim::workload::{Op, generate, matching_prefixes, run_op};
 use fs_core::dev::{BlockDevice, MemDevice, SharedDevice};
 use fs_core::error::Result;
-use fs_core::format::{DeviceSpec, format};
+use fs_core::format::DeviceSpec;
 use fs_core::opts::{OptId, Options};
 use fs_core::sb::DeviceSet;
 
@@ -88,7 +90,7 @@ fn crash_at_every_write_boundary() {
     opts.set_text(OptId::BtreeNodeSize, "16k").unwrap();
     opts.set_text(OptId::MetadataReplicas, "2").unwrap();
     let specs: Vec<DeviceSpec> = base.iter().map(|d| DeviceSpec::new(d.clone() as SharedDevice)).collect();
-    format(&specs, &opts, None).unwrap();
+    format_devices(&specs, &opts, None).unwrap();
 
     // The recorded run, on copies of the base.
     let log = Arc::new(Mutex::new(Vec::new()));
@@ -142,17 +144,22 @@ fn crash_at_every_write_boundary() {
         ];
         for (what, writes) in variants {
             let devs = crashed(&base, &writes);
+            let check = FsckOpts { mode: FixMode::No, force: true, mount: MountOpts::default() };
+            let before = fsck(DeviceSet::open(devs.clone()).unwrap(), &check)
+                .unwrap_or_else(|e| panic!("boundary {k} ({what}): fsck -n before mount failed: {e}"));
+            assert!(
+                before.problems.is_empty(),
+                "boundary {k} ({what}): fsck -n before mount: {:?}",
+                before.problems
+            );
             let m = mount(DeviceSet::open(devs.clone()).unwrap(), &MountOpts::default())
                 .unwrap_or_else(|e| panic!("boundary {k} ({what}): mount failed: {e}"));
+            assert!(m.problems.is_empty(), "boundary {k} ({what}): recovery repaired: {:?}", m.problems);
             let mut fs = m.fs;
             let p = matching_prefixes(&mut fs, &ops, acked, begun).unwrap();
             assert!(!p.is_empty(), "boundary {k} ({what}): contents match no prefix in {acked}..={begun}");
             fs.unmount().unwrap();
-            let report = fsck(
-                DeviceSet::open(devs).unwrap(),
-                &FsckOpts { mode: FixMode::No, force: true, mount: MountOpts::default() },
-            )
-            .unwrap();
+            let report = fsck(DeviceSet::open(devs).unwrap(), &check).unwrap();
             assert!(report.problems.is_empty(), "boundary {k} ({what}): fsck: {:?}", report.problems);
             states += 1;
         }

@@ -2,25 +2,24 @@
 //! machine "crashes" at a random point (unflushed writes lost or torn), and recovery must give
 //! back a filesystem equal to the workload's model after some prefix of the operations that
 //! ends at or after the last fsync: every fsynced update is there, no half operation is, all
-//! data matches its checksum, and the allocator agrees with the alloc btrees. A full fsck then
-//! finds nothing, and a clean unmount and remount give the same contents.
+//! data matches its checksum, and the allocator agrees with the alloc btrees. `fsck -n` of the
+//! crashed images finds nothing before any mount, recovery repairs nothing, a full fsck after
+//! the unmount finds nothing, and a clean remount gives the same contents.
 
 // A failed unwrap or index in a test is that test failing, with its message.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
 
-use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
 use bcsim::files::Files;
 use bcsim::fs::Fs;
 use bcsim::fsck::{FixMode, FsckOpts, fsck};
+use bcsim::images::format_devices;
 use bcsim::recovery::{MountOpts, mount};
 use bcsim::workload::{Op, generate, matching_prefixes, run_op};
-use fs_core::bkey::AllocV4;
-use fs_core::bpos::{Bpos, BtreeId};
 use fs_core::btree::BtreeConfig;
 use fs_core::dev::{CrashMode, FaultyDevice, MemDevice, SharedDevice};
-use fs_core::format::{DeviceSpec, format};
+use fs_core::format::DeviceSpec;
 use fs_core::opts::{OptId, OptValue, Options};
 use fs_core::rng::Rng;
 use fs_core::sb::DeviceSet;
@@ -43,7 +42,7 @@ fn devices(seed: u64) -> Vec<Arc<FaultyDevice>> {
         .iter()
         .map(|f| DeviceSpec { bucket_size: Some(256 << 10), ..DeviceSpec::new(f.clone() as SharedDevice) })
         .collect();
-    format(&specs, &opts, None).unwrap();
+    format_devices(&specs, &opts, None).unwrap();
     for f in &faulty {
         f.set_volatile_cache(true);
     }
@@ -55,11 +54,7 @@ fn set(devs: &[Arc<FaultyDevice>]) -> DeviceSet {
 }
 
 fn check_alloc(fs: &mut Fs, seed: u64) {
-    let all = |fs: &mut Fs, b| fs.list(b, Bpos::MIN, Bpos::MAX).unwrap();
-    let alloc: BTreeMap<Bpos, AllocV4> =
-        all(fs, BtreeId::Alloc).iter().map(|k| (k.pos, AllocV4::decode(&k.val).unwrap())).collect();
-    let freespace: BTreeSet<Bpos> = all(fs, BtreeId::Freespace).iter().map(|k| k.pos).collect();
-    let need_discard: BTreeSet<Bpos> = all(fs, BtreeId::NeedDiscard).iter().map(|k| k.pos).collect();
+    let (alloc, freespace, need_discard) = bcsim_tests::alloc_records(fs);
     let a = fs.alloc().cloned().unwrap();
     if let Err(e) = a.check_invariants(&alloc, &freespace, &need_discard) {
         panic!("seed {seed}: allocator and alloc btrees disagree after recovery: {e}");
@@ -94,9 +89,13 @@ fn crash_at_random_points_recovers_a_prefix_at_or_after_the_last_fsync() {
             d.crash(mode).unwrap();
         }
 
+        let check = FsckOpts { mode: FixMode::No, force: true, mount: MountOpts::default() };
+        let before = fsck(set(&devs), &check).unwrap_or_else(|e| panic!("seed {seed}: fsck -n failed: {e}"));
+        assert!(before.problems.is_empty(), "seed {seed}: fsck -n before mount: {:#?}", before.problems);
         let mounted = mount(set(&devs), &MountOpts::default())
             .unwrap_or_else(|e| panic!("seed {seed}: recovery failed (crash after {crash_at} ops): {e}"));
         assert!(mounted.replayed.is_some(), "seed {seed}: an unclean filesystem was not replayed");
+        assert!(mounted.problems.is_empty(), "seed {seed}: recovery repaired: {:#?}", mounted.problems);
         let mut fs = mounted.fs;
         let prefixes = matching_prefixes(&mut fs, &ops, last_fsync, crash_at).unwrap();
         assert!(
@@ -112,7 +111,6 @@ fn crash_at_random_points_recovers_a_prefix_at_or_after_the_last_fsync() {
 
         // Clean unmount; then a full check finds nothing; then a clean mount: same contents.
         fs.unmount().unwrap();
-        let check = FsckOpts { mode: FixMode::No, force: true, mount: MountOpts::default() };
         let report = fsck(set(&devs), &check).unwrap();
         assert!(report.problems.is_empty(), "seed {seed}: fsck after recovery: {:#?}", report.problems);
         let again = mount(set(&devs), &MountOpts::default()).unwrap();

@@ -18,8 +18,10 @@ use fs_core::sb::DeviceSet;
 
 const DEV_BYTES: u64 = 32 << 20;
 
+/// 64 KiB buckets: journal entries are at most a bucket, so a file larger than one transaction
+/// fits the devices.
 fn formatted() -> Vec<SharedDevice> {
-    two_small_devices(DEV_BYTES, 256 << 10)
+    two_small_devices(DEV_BYTES, 64 << 10)
 }
 
 /// A file with more extents than one transaction can delete, in a fresh filesystem.

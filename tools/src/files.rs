@@ -18,7 +18,10 @@ use fs_core::bpos::{Bpos, BtreeId};
 use fs_core::error::{ErrCode, Error, Result};
 use fs_core::opts::OptId;
 
+use std::collections::BTreeSet;
+
 use crate::fs::Fs;
+use crate::fs::trans::{alloc_update_bytes, update_bytes};
 
 /// Inode number of the root directory (bcachefs's `BCACHEFS_ROOT_INO`).
 pub const ROOT_INO: u64 = 4096;
@@ -97,17 +100,32 @@ impl Files {
     }
 
     /// Deletes an unlinked inode's `extents` (all it has), as many transactions as they need,
-    /// then the inode and its deleted_inodes key together.
+    /// then the inode and its deleted_inodes key together. A transaction carries the alloc keys
+    /// of the buckets its whiteouts empty, so a batch ends when those would not fit beside them.
     fn delete_inode(fs: &mut Fs, inum: u64, extents: &[Bkey]) -> Result<()> {
-        let whiteouts = extents.iter().map(|k| (BtreeId::Extents, Bkey::whiteout(k.pos))).collect();
-        // Batches keep the order of the whiteouts, so each takes the next extents' pointers.
-        let mut extents = extents.iter();
-        for batch in fs.batches(whiteouts) {
-            let freed: Vec<Vec<ExtentPtr>> = extents
-                .by_ref()
-                .take(batch.len())
-                .map(|k| Ok(Extent::decode(&k.val)?.ptrs))
-                .collect::<Result<_>>()?;
+        let capacity = fs.transaction_capacity();
+        let mut batch: Vec<(BtreeId, Bkey)> = Vec::new();
+        let mut freed: Vec<Vec<ExtentPtr>> = Vec::new();
+        let mut buckets: BTreeSet<(u8, u64)> = BTreeSet::new();
+        let mut bytes = 0;
+        for k in extents {
+            let ptrs = Extent::decode(&k.val)?.ptrs;
+            let whiteout = (BtreeId::Extents, Bkey::whiteout(k.pos));
+            let mut more = buckets.clone();
+            more.extend(ptrs.iter().map(|p| (p.dev, p.byte_offset() / fs.bucket_size(p.dev))));
+            let need = bytes + update_bytes(&whiteout);
+            if !batch.is_empty() && need + alloc_update_bytes(more.len()) > capacity {
+                fs.commit_with_sectors(std::mem::take(&mut batch), &dropped(&std::mem::take(&mut freed)))?;
+                buckets.clear();
+                bytes = 0;
+                more = ptrs.iter().map(|p| (p.dev, p.byte_offset() / fs.bucket_size(p.dev))).collect();
+            }
+            bytes += update_bytes(&whiteout);
+            buckets = more;
+            batch.push(whiteout);
+            freed.push(ptrs);
+        }
+        if !batch.is_empty() {
             fs.commit_with_sectors(batch, &dropped(&freed))?;
         }
         fs.commit_updates(vec![

@@ -2,7 +2,8 @@
 //!
 //! Format checks everything before it changes any file: each path is inspected, an existing
 //! filesystem is refused without `force`, and the whole format is first rehearsed on in-memory
-//! devices of the same sizes, so a refused format leaves every image as it was.
+//! devices of the same sizes, so a refused format leaves every image as it was. A format ends
+//! with the filesystem's first mount and unmount, which write its initial alloc info.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -138,7 +139,19 @@ pub fn format_images(
         }
         devices.push(device_spec(spec, open_image(&spec.path, true)?));
     }
-    format(&devices, opts, Some(uuid))
+    format_devices(&devices, opts, Some(uuid))
+}
+
+/// Formats `devices` and initializes the new filesystem with its first mount and unmount, as
+/// `bcachefs format` does: the allocator lays the devices out and writes what a filesystem
+/// starts with (the superblock and journal buckets' alloc keys, one freespace key per run of
+/// free buckets), and the unmount records the roots, so fsck finds a freshly formatted set
+/// clean before anything else mounts it.
+pub fn format_devices(devices: &[DeviceSpec], opts: &Options, uuid: Option<Uuid>) -> Result<FormatReport> {
+    let report = format(devices, opts, uuid)?;
+    let set = DeviceSet::open(devices.iter().map(|d| d.dev.clone()).collect())?;
+    crate::fs::Fs::open(set, true, fs_core::btree::BtreeConfig::default())?.unmount()?;
+    Ok(report)
 }
 
 fn device_spec(spec: &ImageSpec, dev: SharedDevice) -> DeviceSpec {

@@ -77,16 +77,17 @@ const DAMAGES: &[Damage] = &[
     Damage {
         name: "f_freespace_key_wrong",
         apply: |fs| {
-            // A free bucket loses its freespace key; a used one gains one.
-            let free = fs.list(BtreeId::Freespace, Bpos::MIN, Bpos::MAX).unwrap()[0].pos;
+            // A run of free buckets loses its freespace key (a range key at the run's end,
+            // its size the run's length); a used bucket gains a one-bucket run. The run is the
+            // last one, the free tail of the last device: buckets are allocated lowest first,
+            // so the writes of the unmount leave it alone.
+            let free = fs.list(BtreeId::Freespace, Bpos::MIN, Bpos::MAX).unwrap().last().unwrap().pos;
             let (_, e) = first_extent(fs);
             let p = e.ptrs[0];
             let used = p.byte_offset() / fs.bucket_size(p.dev);
-            fs.commit(
-                BtreeId::Freespace,
-                [Bkey::whiteout(free), Bkey::new(bucket_pos(p.dev, used), KeyType::Set, Vec::new())],
-            )
-            .unwrap();
+            let mut wrong = Bkey::new(bucket_pos(p.dev, used + 1), KeyType::Set, Vec::new());
+            wrong.size = 1;
+            fs.commit(BtreeId::Freespace, [Bkey::whiteout(free), wrong]).unwrap();
         },
     },
 ];

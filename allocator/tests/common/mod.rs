@@ -36,7 +36,8 @@ pub fn dev(dev_idx: u8, member: Member, journal: std::ops::Range<u64>) -> Device
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Model {
     pub alloc: BTreeMap<Bpos, AllocV4>,
-    pub freespace: BTreeSet<Bpos>,
+    /// Freespace range keys: end position -> buckets covered.
+    pub freespace_keys: BTreeMap<Bpos, u32>,
     pub need_discard: BTreeSet<Bpos>,
 }
 
@@ -49,11 +50,17 @@ impl Model {
                     let a = AllocV4::decode(&key.val).map_err(|e| format!("{}: {e}", key.pos))?;
                     self.alloc.insert(key.pos, a);
                 }
+                (BtreeId::Alloc, KeyType::Whiteout) => {
+                    self.alloc.remove(&key.pos);
+                }
                 (BtreeId::Freespace, KeyType::Set) => {
-                    self.freespace.insert(key.pos);
+                    if key.size == 0 {
+                        return Err(format!("{}: freespace key of no buckets", key.pos));
+                    }
+                    self.freespace_keys.insert(key.pos, key.size);
                 }
                 (BtreeId::Freespace, KeyType::Whiteout) => {
-                    self.freespace.remove(&key.pos);
+                    self.freespace_keys.remove(&key.pos);
                 }
                 (BtreeId::NeedDiscard, KeyType::Set) => {
                     self.need_discard.insert(key.pos);
@@ -67,10 +74,23 @@ impl Model {
         Ok(())
     }
 
+    /// Every bucket the freespace range keys cover; overlapping keys are an error.
+    pub fn freespace(&self) -> Result<BTreeSet<Bpos>, String> {
+        let mut out = BTreeSet::new();
+        for (end, &size) in &self.freespace_keys {
+            for b in end.offset - u64::from(size)..end.offset {
+                if !out.insert(Bpos::new(end.inode, b, 0)) {
+                    return Err(format!("freespace keys overlap at {}:{b}", end.inode));
+                }
+            }
+        }
+        Ok(out)
+    }
+
     /// Takes the allocator's updates, applies them, and checks the invariants.
     pub fn sync(&mut self, alloc: &Allocator) -> Result<(), String> {
         self.apply(alloc.take_updates())?;
-        alloc.check_invariants(&self.alloc, &self.freespace, &self.need_discard)
+        alloc.check_invariants(&self.alloc, &self.freespace()?, &self.need_discard)
     }
 
     /// A model holding the full initial record of a fresh allocator.

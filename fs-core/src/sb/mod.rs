@@ -39,7 +39,7 @@ use crate::opts::Options;
 use crate::uuid::Uuid;
 
 /// The on-disk format version; bumped on any change to any on-disk structure.
-pub const FORMAT_VERSION: u16 = 1;
+pub const FORMAT_VERSION: u16 = 2;
 
 pub const SB_SIGNATURE: [u8; 8] = *b"bcsimSB\0";
 /// Salt for the superblock magic; journal entries and btree nodes get salts of their own.
@@ -206,7 +206,16 @@ impl Superblock {
         if version != FORMAT_VERSION {
             return Err(Error::new(
                 ErrCode::InvalidSbVersion,
-                format!("superblock format version {version}, this bcsim reads version {FORMAT_VERSION}"),
+                if version < FORMAT_VERSION {
+                    format!(
+                        "image of format version {version}, older than this bcsim's {FORMAT_VERSION} (version 2 made \
+                         alloc info sparse): reformat it, or read it with the bcsim that wrote it"
+                    )
+                } else {
+                    format!(
+                        "image of format version {version}, newer than this bcsim's {FORMAT_VERSION}: use a newer bcsim"
+                    )
+                },
             ));
         }
         let dev_idx = r.u16()?;

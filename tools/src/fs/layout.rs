@@ -51,15 +51,16 @@ pub fn journal_rings(set: &DeviceSet) -> Result<Vec<Ring>> {
 }
 
 /// The journal's fixed configuration: its magic, the block size entries are padded to, the
-/// largest entry (a quarter of the smallest bucket, at most [`MAX_JOURNAL_ENTRY_BYTES`]), and
-/// each member's label for `metadata_target`.
+/// largest entry (the smallest bucket, at most [`MAX_JOURNAL_ENTRY_BYTES`]: write-back publishes
+/// the alloc keys of every node it allocated and freed in one entry), and each member's label
+/// and durability.
 pub fn journal_config(set: &DeviceSet, block_size: u64) -> JournalConfig {
     let smallest_bucket =
         set.sb.members.iter().filter(|m| !m.is_unused()).map(|m| m.bucket_size).min().unwrap_or(0);
     JournalConfig {
         magic: fs_magic(&set.sb.uuid, JSET_SALT),
         block_size,
-        max_entry_bytes: MAX_JOURNAL_ENTRY_BYTES.min(smallest_bucket as usize / 4),
+        max_entry_bytes: MAX_JOURNAL_ENTRY_BYTES.min(smallest_bucket as usize),
         labels: members(set).map(|(i, m)| (i, m.label.clone())).collect(),
         durability: members(set).map(|(i, m)| (i, m.durability)).collect(),
     }

@@ -13,8 +13,8 @@
 //! and flushes journal pins when the journal fills. Dropping an `Fs` without unmounting is a crash:
 //! the thread stops and what was only in memory is gone.
 //!
-//! Lock order: btrees, then the pending alloc updates, then the allocator's and the journal's
-//! own locks; the superblock lock is taken alone or after the btrees. Journal pin callbacks run
+//! Lock order: btrees, then the write-back pin, then the allocator's and the journal's own
+//! locks; the superblock lock is taken alone or after the btrees. Journal pin callbacks run
 //! with no journal lock held.
 
 pub mod layout;
@@ -64,8 +64,6 @@ pub struct FsShared {
     nodes: Option<Arc<BtreeNodeAlloc>>,
     journal: Option<Arc<Journal>>,
     btrees: Mutex<Btrees>,
-    /// Alloc-key updates taken from the allocator but not yet committed.
-    pending_alloc: Mutex<Vec<(BtreeId, Bkey)>>,
     /// The pin held for updates applied to btree nodes and not yet written back: at the
     /// oldest such seq. Its flush callback is btree write-back.
     wb_pin: Mutex<Option<JournalPin>>,
@@ -94,7 +92,6 @@ impl FsShared {
             nodes: p.nodes,
             journal: p.journal,
             btrees: Mutex::new(p.btrees),
-            pending_alloc: Mutex::new(Vec::new()),
             wb_pin: Mutex::new(None),
             wb_flush: Arc::new(WriteBackPin { fs: me.clone() }),
         })

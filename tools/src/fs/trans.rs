@@ -1,17 +1,20 @@
 //! Transactions: the one path every update takes into the btrees — the file layer's commits,
-//! the allocator's alloc-key updates, fsck's repairs, and journal replay.
+//! fsck's repairs, the allocator's published alloc keys, and journal replay.
 //!
 //! A transaction reserves room in the open journal entry (which fixes its seq), applies its
-//! updates to the btrees under the btree lock (undoing them all if one fails), pins the seq for
-//! write-back, and commits its keys into the reservation: all of it replays or none. A full
-//! journal sends it to journal reclaim, then it retries. An allocator that cannot give a btree
-//! node now (`operation_blocked`) sends a waiting transaction to [`FsShared::wait_on_allocator`],
-//! then it retries.
+//! updates to the btrees under the btree lock, accounts the data sectors it adds and drops in
+//! the allocator, and puts the alloc keys of exactly those buckets into the btrees and the same
+//! journal entry (bcachefs's triggers): after a crash the extents and their buckets' alloc keys
+//! come back together or not at all. Anything that fails undoes all of it — btree updates,
+//! sector counts, the keys taken from the allocator — and a failed undo is fatal. A full journal
+//! sends it to journal reclaim, then it retries. An allocator that cannot give a btree node now
+//! (`operation_blocked`) sends a waiting transaction to [`FsShared::wait_on_allocator`], then it
+//! retries.
 //!
-//! The allocator decides and returns alloc-key updates; committing them is this layer's job.
-//! They ride along with the next transaction while they fit, and committing them can allocate
-//! btree nodes, which produces more updates: the loop that applies them is bounded and converges
-//! because each round touches fewer buckets.
+//! Btree nodes a transaction allocates or frees (splits) change their buckets in the allocator
+//! only; those alloc keys are published by write-back in the journal entry that carries the new
+//! roots, the first that makes the nodes reachable or unreachable on disk
+//! ([`FsShared::publish_locked`]).
 //!
 //! Journal replay commits through [`ReplayTrans`]: no reservation (the keys are in the journal
 //! already, at their own seqs), the caller's watermark, and each key routed by btree. That is
@@ -21,7 +24,8 @@ use std::collections::BTreeMap;
 use std::time::Instant;
 
 use allocator::Watermark;
-use fs_core::bkey::{Bkey, DataType, ExtentPtr, KeyRef};
+use fs_core::bkey::alloc::ALLOC_V4_BYTES;
+use fs_core::bkey::{Bkey, DataType, ExtentPtr, KEY_HEADER_BYTES, KeyRef};
 use fs_core::bpos::{Bpos, BtreeId};
 use fs_core::btree::Btrees;
 use fs_core::error::{ErrCode, Error, Result};
@@ -53,18 +57,14 @@ pub(crate) struct CommitFlags {
 impl CommitFlags {
     pub(crate) const NORMAL: CommitFlags = CommitFlags { wm: JournalWatermark::Normal, may_wait: true };
     pub(crate) const RECLAIM: CommitFlags = CommitFlags { wm: JournalWatermark::Reclaim, may_wait: false };
-    const NO_WAIT: CommitFlags = CommitFlags { wm: JournalWatermark::Normal, may_wait: false };
 }
 
 /// What undoing applied updates takes: each position's previous key, in apply order.
 type Undo = Vec<(BtreeId, Bpos, Option<Bkey>)>;
 
-/// The btrees whose keys record bucket state: updates to them are the allocator's.
-const ALLOC_BTREES: [BtreeId; 3] = [BtreeId::Alloc, BtreeId::Freespace, BtreeId::NeedDiscard];
-
 /// Journal bytes an update may take: its key, and an entry header of its own at worst (one
 /// per btree in the transaction).
-fn update_bytes(u: &(BtreeId, Bkey)) -> usize {
+pub fn update_bytes(u: &(BtreeId, Bkey)) -> usize {
     u.1.encoded_bytes() + journal::format::ENTRY_HEADER_BYTES
 }
 
@@ -93,6 +93,24 @@ fn is_fatal(e: &Error) -> bool {
     e.matches(ErrCode::BucketAccounting) || e.matches(ErrCode::Internal)
 }
 
+/// Journal bytes one bucket's alloc keys may take when a transaction or a publication hands
+/// them out: its alloc key, its need_discard key, and the freespace range keys it rewrites (a
+/// change of one bucket removes at most two runs and adds at most two; four keys is the bound).
+pub const ALLOC_UPDATE_BYTES: usize =
+    KEY_HEADER_BYTES + ALLOC_V4_BYTES + KEY_HEADER_BYTES + 4 * KEY_HEADER_BYTES;
+
+/// The entry headers of a transaction's alloc keys: one entry per alloc btree.
+const ALLOC_ENTRIES_BYTES: usize = 3 * journal::format::ENTRY_HEADER_BYTES;
+
+/// Journal bytes the alloc keys of `buckets` buckets may take in one transaction.
+pub fn alloc_update_bytes(buckets: usize) -> usize {
+    if buckets == 0 { 0 } else { ALLOC_ENTRIES_BYTES + buckets * ALLOC_UPDATE_BYTES }
+}
+
+/// A transaction's data sector changes, `(dev, bucket, delta)`, and other buckets whose pending
+/// alloc keys it commits (`delta` 0: discarded buckets).
+type Sectors = Vec<(u8, u64, i64)>;
+
 impl FsShared {
     /// Reports `e` to the health state if it is fatal, and hands it back.
     pub(crate) fn check_fatal(&self, e: Error) -> Error {
@@ -102,41 +120,58 @@ impl FsShared {
         e
     }
 
-    /// Commits updates to any btrees as one transaction, then the data sectors it added or
-    /// dropped to their buckets (`sectors`: extent pointers with the sectors each gains,
-    /// negative: loses), then the allocator's updates. Returns the journal seq.
+    /// Commits updates to any btrees as one transaction with the data sectors it adds or drops
+    /// (`sectors`: extent pointers with the sectors each gains, negative: loses), and the alloc
+    /// keys of those buckets, all in one journal entry. Returns the journal seq.
     ///
-    /// Accounting follows the commit so that a failed transaction leaves no count behind, and
-    /// a bucket the transaction empties is stamped with the transaction's own seq: it is
+    /// A bucket the transaction empties is stamped with the transaction's own seq: it is
     /// discarded only once that seq is durable, when no key pointing into it can come back.
-    /// The alloc keys it changes go to the journal right after, normally in the same entry;
-    /// after a crash between the two, recovery's allocation check recounts the bucket.
     pub(crate) fn commit_with_sectors(
         &self,
         mut updates: Vec<(BtreeId, Bkey)>,
         sectors: &[(&[ExtentPtr], i64)],
     ) -> Result<u64> {
-        let seq = self.commit_waiting(&mut updates, CommitFlags::NORMAL)?;
-        if let Some(alloc) = &self.alloc {
-            for &(ptrs, delta) in sectors {
-                for p in ptrs {
-                    let bucket = p.byte_offset() / self.bucket_size(p.dev);
-                    alloc
-                        .add_sectors(p.dev, bucket, DataType::User, delta, seq)
-                        .map_err(|e| self.check_fatal(e))?;
-                }
+        let mut by_bucket: BTreeMap<(u8, u64), i64> = BTreeMap::new();
+        for &(ptrs, delta) in sectors {
+            for p in ptrs {
+                *by_bucket.entry((p.dev, p.byte_offset() / self.bucket_size(p.dev))).or_default() += delta;
             }
         }
-        self.apply_alloc_updates(CommitFlags::NO_WAIT)?;
+        let sectors: Sectors =
+            by_bucket.into_iter().filter(|(_, d)| *d != 0).map(|((dev, b), d)| (dev, b, d)).collect();
+        let seq = self.commit_waiting(&mut updates, &sectors, CommitFlags::NORMAL)?;
+        self.maybe_publish()?;
         Ok(seq)
     }
 
-    /// One transaction of `updates`; blocked on the allocator, it waits (when `flags` allow)
-    /// and retries a bounded number of times.
-    fn commit_waiting(&self, updates: &mut Vec<(BtreeId, Bkey)>, flags: CommitFlags) -> Result<u64> {
+    /// Has write-back publish the node alloc keys waiting for it once there are many: they must
+    /// fit the one journal entry that publishes them.
+    fn maybe_publish(&self) -> Result<()> {
+        if self.publish_due() {
+            self.write_back()?;
+        }
+        Ok(())
+    }
+
+    /// True once the alloc keys waiting for publication fill a quarter of a journal entry (the
+    /// write-back that publishes them may add its own rewrites): whoever allocates btree nodes
+    /// outside transactions (replay, bulk loads) then writes back.
+    pub fn publish_due(&self) -> bool {
+        let limit = self.transaction_capacity() / 4;
+        self.alloc.as_ref().is_some_and(|a| a.pending_key_bytes() > limit)
+    }
+
+    /// One transaction; blocked on the allocator, it waits (when `flags` allow) and retries a
+    /// bounded number of times.
+    fn commit_waiting(
+        &self,
+        updates: &mut Vec<(BtreeId, Bkey)>,
+        sectors: &Sectors,
+        flags: CommitFlags,
+    ) -> Result<u64> {
         let mut waits = 0;
         loop {
-            match self.transaction(updates, flags) {
+            match self.transaction(updates, sectors, flags) {
                 Ok(seq) => return Ok(seq),
                 Err(e)
                     if flags.may_wait
@@ -157,10 +192,11 @@ impl FsShared {
     }
 
     /// What a transaction blocked on the allocator waits for, done by the waiting thread
-    /// itself: everything written back and the journal flushed, so that nothing on disk or in
-    /// the journal still points into the buckets emptied so far (nor into the btree nodes
-    /// freed by splits and rewrites), then every such bucket discarded — on the device too
-    /// when the `discard` option is on. Returns how many buckets became free.
+    /// itself: everything written back (and the node alloc keys published) and the journal
+    /// flushed, so that nothing on disk or in the journal still points into the buckets emptied
+    /// so far (nor into the btree nodes freed by splits and rewrites), then every such bucket
+    /// discarded — on the device too when the `discard` option is on. Returns how many buckets
+    /// became free.
     pub(crate) fn wait_on_allocator(&self) -> Result<usize> {
         let Some(alloc) = &self.alloc else { return Ok(0) };
         self.write_back()?;
@@ -169,10 +205,19 @@ impl FsShared {
         if self.opts.u64(fs_core::opts::OptId::Discard) == 1 {
             self.discard_on_devices(&freed)?;
         }
-        if !freed.is_empty() {
-            self.apply_alloc_updates(CommitFlags::NO_WAIT)?;
-        }
+        self.commit_buckets(&freed)?;
         Ok(freed.len())
+    }
+
+    /// Commits the pending alloc keys of `buckets` (discarded ones), in as many transactions
+    /// as they need: unlike a node's, a discarded bucket's keys stand on their own.
+    fn commit_buckets(&self, buckets: &[(u8, u64)]) -> Result<()> {
+        let per_transaction = (self.transaction_capacity() / ALLOC_UPDATE_BYTES / 2).max(1);
+        for chunk in buckets.chunks(per_transaction) {
+            let work: Sectors = chunk.iter().map(|&(dev, b)| (dev, b, 0)).collect();
+            self.transaction(&mut Vec::new(), &work, CommitFlags::RECLAIM)?;
+        }
+        Ok(())
     }
 
     /// Device-level discards of `buckets`, `(dev, bucket)`: they read back as zeros from now
@@ -193,33 +238,10 @@ impl FsShared {
     pub(crate) fn commit_batched(&self, updates: Vec<(BtreeId, Bkey)>) -> Result<u64> {
         let mut seq = 0;
         for mut batch in self.batches(updates) {
-            seq = self.commit_waiting(&mut batch, CommitFlags::NORMAL)?;
+            seq = self.commit_waiting(&mut batch, &Vec::new(), CommitFlags::NORMAL)?;
+            self.maybe_publish()?;
         }
         Ok(seq)
-    }
-
-    /// Commits `fixes` to alloc keys (and anything else) made by a checker that knows better
-    /// than the allocator, then rebuilds the allocator from the repaired alloc btree. The
-    /// allocator's uncommitted updates are its stale picture of the very buckets being
-    /// repaired, so they are dropped, not committed over the repairs.
-    pub(crate) fn commit_repairs(&self, fixes: Vec<(BtreeId, Bkey)>) -> Result<()> {
-        if let Some(a) = &self.alloc {
-            drop(a.take_updates());
-        }
-        self.pending_alloc.lock().clear();
-        self.commit_batched(fixes)?;
-        self.rebuild_allocator()
-    }
-
-    /// Rebuilds the allocator from the alloc btree (everyone holding it sees the new state).
-    fn rebuild_allocator(&self) -> Result<()> {
-        let (Some(alloc), Some(nodes)) = (&self.alloc, &self.nodes) else { return Ok(()) };
-        self.apply_alloc_updates(CommitFlags::NO_WAIT)?;
-        let keys = super::read_alloc_keys(&mut self.btrees(), None)?;
-        let inits = super::layout::device_inits(&self.set());
-        alloc.replace(allocator::Allocator::from_alloc_keys(inits, alloc.btree_node_size(), keys)?);
-        nodes.reset_open_buckets();
-        self.apply_alloc_updates(CommitFlags::NO_WAIT)
     }
 
     /// `updates` cut into transactions that each fit one journal reservation, in order.
@@ -245,24 +267,24 @@ impl FsShared {
         self.journal.as_ref().map_or(usize::MAX, |j| j.reservation_capacity())
     }
 
-    /// One transaction: the updates, and the allocator updates pending so far (riding along
-    /// while they fit), go into one journal reservation and into the btrees. A full journal
-    /// (at the normal watermark) runs journal reclaim and tries again.
+    /// One transaction (see the module docs). A full journal (at the normal watermark) runs
+    /// journal reclaim and tries again.
     ///
     /// The updates are taken from `updates`; a transaction that fails puts them back, so that
     /// the caller can retry without having kept a copy.
-    fn transaction(&self, updates: &mut Vec<(BtreeId, Bkey)>, flags: CommitFlags) -> Result<u64> {
+    fn transaction(
+        &self,
+        updates: &mut Vec<(BtreeId, Bkey)>,
+        sectors: &Sectors,
+        flags: CommitFlags,
+    ) -> Result<u64> {
         let journal = self.journal_rw()?.clone();
         self.health.check_rw()?;
         for _ in 0..MAX_JOURNAL_RETRIES {
-            let mut all = std::mem::take(updates);
-            let nr_user = all.len();
             let mut t = self.btrees.lock();
-            match self.transaction_locked(&mut t, &journal, &mut all, flags) {
+            match self.transaction_locked(&mut t, &journal, updates, sectors, flags) {
                 Ok(seq) => return Ok(seq),
                 Err(e) => {
-                    self.keep_alloc_updates(all.drain(nr_user..));
-                    *updates = all;
                     drop(t);
                     if e.code() != ErrCode::JournalFull || flags.wm != JournalWatermark::Normal {
                         return Err(self.check_fatal(e));
@@ -275,76 +297,79 @@ impl FsShared {
         Err(Error::new(ErrCode::JournalStuck, "journal still full after reclaim"))
     }
 
-    /// [`FsShared::transaction`] under the btree lock: `all` holds the caller's updates, to
-    /// which the allocator's are added (and left there on failure, for the caller to keep).
+    /// [`FsShared::transaction`] under the btree lock.
     fn transaction_locked(
         &self,
         t: &mut Btrees,
         journal: &journal::Journal,
-        all: &mut Vec<(BtreeId, Bkey)>,
+        updates: &mut Vec<(BtreeId, Bkey)>,
+        sectors: &Sectors,
         flags: CommitFlags,
     ) -> Result<u64> {
         let capacity = journal.reservation_capacity();
-        let user_bytes: usize = entries(all).iter().map(JsetEntry::encoded_bytes).sum();
-        if user_bytes > capacity {
+        let user_bytes: usize = entries(updates).iter().map(JsetEntry::encoded_bytes).sum();
+        let bytes = user_bytes + alloc_update_bytes(sectors.len());
+        if bytes > capacity {
             return Err(Error::new(
                 ErrCode::TransactionTooBig,
-                format!(
-                    "transaction of {user_bytes} bytes does not fit one journal entry ({capacity} bytes)"
-                ),
+                format!("transaction of {bytes} bytes does not fit one journal entry ({capacity} bytes)"),
             ));
         }
-        // Alloc updates ride along while they fit; the rest follow in their own transactions.
-        let mut alloc_updates = std::mem::take(&mut *self.pending_alloc.lock());
-        if let Some(a) = &self.alloc {
-            alloc_updates.extend(a.take_updates());
-        }
-        let mut bytes = user_bytes;
-        let mut rest = Vec::new();
-        for u in alloc_updates {
-            let b = u.1.encoded_bytes() + journal::format::ENTRY_HEADER_BYTES;
-            if rest.is_empty() && bytes + b <= capacity {
-                bytes += b;
-                all.push(u);
-            } else {
-                rest.push(u);
-            }
-        }
-        self.keep_alloc_updates(rest.into_iter());
-        let entries = entries(all);
-        let bytes: usize = entries.iter().map(JsetEntry::encoded_bytes).sum();
         let res = journal.reserve(bytes, flags.wm)?;
         let seq = res.seq();
-        if let Err(e) = self.apply(t, all, seq) {
-            journal.cancel(res);
-            return Err(e);
-        }
+        let undo = match self.apply(t, updates, seq) {
+            Ok(undo) => undo,
+            Err(e) => {
+                journal.cancel(res);
+                return Err(e);
+            }
+        };
+        let alloc_updates = match self.account(t, sectors, seq) {
+            Ok(a) => a,
+            Err(e) => {
+                let e = self.undo(t, undo, seq, e);
+                journal.cancel(res);
+                return Err(e);
+            }
+        };
         if let Err(e) = self.ensure_wb_pin(seq) {
             journal.cancel(res);
             return Err(e);
         }
-        let seq = journal.commit(res, entries, Instant::now())?;
-        if let Some(n) = &self.nodes {
-            n.set_journal_seq(seq);
-        }
-        Ok(seq)
+        let mut all = std::mem::take(updates);
+        all.extend(alloc_updates);
+        // Fails only on more bytes than reserved: a wrong estimate, an internal error (fatal).
+        journal.commit(res, entries(&all), Instant::now())
     }
 
-    /// Alloc updates a transaction could not commit go back to the pending list: the
-    /// allocator's state already includes them, so they must still reach the btree.
-    fn keep_alloc_updates(&self, updates: impl Iterator<Item = (BtreeId, Bkey)>) {
-        let mut kept: Vec<_> = updates.filter(|(b, _)| ALLOC_BTREES.contains(b)).collect();
-        if kept.is_empty() {
-            return;
+    /// Accounts `sectors` in the allocator and puts the alloc keys of those buckets into the
+    /// btrees at `seq`; returns the keys for the journal. On failure nothing of it remains: the
+    /// keys are given back to the allocator and the buckets' states restored.
+    fn account(&self, t: &mut Btrees, sectors: &Sectors, seq: u64) -> Result<Vec<(BtreeId, Bkey)>> {
+        let Some(alloc) = self.alloc.as_ref().filter(|_| !sectors.is_empty()) else { return Ok(Vec::new()) };
+        let buckets: Vec<(u8, u64)> = sectors.iter().map(|&(dev, b, _)| (dev, b)).collect();
+        let before = alloc.states_of(&buckets)?;
+        let changes: Vec<(u8, u64, DataType, i64)> =
+            sectors.iter().filter(|s| s.2 != 0).map(|&(dev, b, d)| (dev, b, DataType::User, d)).collect();
+        alloc.add_sectors_all(&changes, seq)?;
+        let taken = alloc.take_updates_of(&buckets, seq);
+        match self.apply(t, &taken.updates, seq) {
+            Ok(_) => Ok(taken.updates),
+            Err(e) => {
+                alloc.untake(taken);
+                if let Err(r) = alloc.restore(&before) {
+                    self.health.fatal(
+                        &r.prefix(format_args!("restoring bucket states after a failed transaction ({e})")),
+                    );
+                }
+                Err(e)
+            }
         }
-        let mut pending = self.pending_alloc.lock();
-        kept.append(&mut pending);
-        *pending = kept;
     }
 
     /// Applies updates to the btrees; on failure undoes the ones applied and returns the
-    /// error. A failed undo is fatal: the btrees then hold half a transaction.
-    fn apply(&self, t: &mut Btrees, updates: &[(BtreeId, Bkey)], seq: u64) -> Result<()> {
+    /// error. On success returns what undoing them takes.
+    fn apply(&self, t: &mut Btrees, updates: &[(BtreeId, Bkey)], seq: u64) -> Result<Undo> {
         let mut undo: Undo = Vec::with_capacity(updates.len());
         for (btree, k) in updates {
             let old = match t.get(*btree, k.pos) {
@@ -356,7 +381,7 @@ impl FsShared {
             }
             undo.push((*btree, k.pos, old));
         }
-        Ok(())
+        Ok(undo)
     }
 
     /// Puts back what `apply` replaced, newest first, and returns `cause`, the error that made
@@ -387,32 +412,45 @@ impl FsShared {
         Ok(())
     }
 
-    /// Commits what the allocator decided (alloc, freespace and need_discard keys) through
-    /// the journal, until nothing is pending.
-    pub(crate) fn apply_alloc_updates(&self, flags: CommitFlags) -> Result<()> {
+    /// Publishes the alloc keys waiting in the allocator — the buckets btree nodes were
+    /// allocated in and freed from, discards — in one transaction, under the btree lock held by
+    /// write-back right after it set the new roots: the entry that carries these keys is the
+    /// first whose roots reach the new nodes and no longer reach the freed ones, and a freed
+    /// node's bucket is stamped with this entry's seq, so it is discarded only once the entry
+    /// is durable. The keys themselves dirty alloc btree nodes, which the next round of
+    /// write-back writes and (if that allocates nodes) publishes in turn.
+    pub(crate) fn publish_locked(&self, t: &mut Btrees, journal: &journal::Journal) -> Result<()> {
         let Some(alloc) = &self.alloc else { return Ok(()) };
-        for _ in 0..MAX_SETTLE_ROUNDS {
-            let mut updates = std::mem::take(&mut *self.pending_alloc.lock());
-            updates.extend(alloc.take_updates());
-            if updates.is_empty() {
-                return Ok(());
-            }
-            let mut batches = self.batches(updates).into_iter();
-            while let Some(mut batch) = batches.next() {
-                if let Err(e) = self.transaction(&mut batch, flags) {
-                    // Not committed, but the allocator's state includes them: keep them all.
-                    self.keep_alloc_updates(batch.into_iter().chain(batches.flatten()));
-                    return Err(e);
-                }
-            }
+        let pending = alloc.pending_updates();
+        if pending == 0 {
+            return Ok(());
         }
-        Err(self.check_fatal(not_settling()))
-    }
-
-    /// Alloc updates not yet committed, the allocator's and those kept from failed
-    /// transactions.
-    pub(crate) fn pending_alloc_updates(&self) -> u64 {
-        self.alloc.as_ref().map_or(0, |a| a.pending_updates()) + self.pending_alloc.lock().len() as u64
+        let bytes = alloc.pending_key_bytes().saturating_add(ALLOC_ENTRIES_BYTES);
+        let capacity = journal.reservation_capacity();
+        if bytes > capacity {
+            return Err(Error::new(
+                ErrCode::TransactionTooBig,
+                format!(
+                    "the alloc keys of {pending} buckets of btree nodes allocated and freed since the last write-back \
+                     ({bytes} bytes) do not fit one journal entry ({capacity} bytes): write back more often, or use \
+                     larger buckets"
+                ),
+            ));
+        }
+        let res = journal.reserve(bytes, CommitFlags::RECLAIM.wm)?;
+        let seq = res.seq();
+        let taken = alloc.take_updates_at(seq);
+        if let Err(e) = self.apply(t, &taken.updates, seq) {
+            alloc.untake(taken);
+            journal.cancel(res);
+            return Err(e);
+        }
+        if let Err(e) = self.ensure_wb_pin(seq) {
+            journal.cancel(res);
+            return Err(e);
+        }
+        journal.commit(res, entries(&taken.updates), Instant::now())?;
+        Ok(())
     }
 
     /// Journal replay's transaction: see [`ReplayTrans`]. The replayed keys' seqs start at
@@ -459,10 +497,24 @@ impl ReplayTrans<'_> {
         }
     }
 
-    /// Writes the dirty nodes, so that memory stays bounded however many keys are replayed.
-    /// Safe before replay ends: the replayed keys stay in the journal until replay is done.
+    /// True once node alloc keys waiting for publication fill half a journal entry: time to
+    /// [`ReplayTrans::write_dirty`].
+    pub fn publish_due(&self) -> bool {
+        self.fs.publish_due()
+    }
+
+    /// Writes the dirty nodes, so that memory stays bounded however many keys are replayed,
+    /// and publishes their roots and node alloc keys, so that those stay within one journal
+    /// entry. Safe before replay ends: the replay range stays pinned, so a crash now replays
+    /// all of it again onto these roots.
     pub fn write_dirty(&mut self) -> Result<usize> {
-        self.btrees.write_dirty().map_err(|e| self.fs.check_fatal(e))
+        let journal = self.fs.journal_rw()?.clone();
+        // No node may carry an update of an entry that is not durable: the publications so far.
+        journal.flush_with(CommitFlags::RECLAIM.wm)?;
+        let n = self.btrees.write_dirty().map_err(|e| self.fs.check_fatal(e))?;
+        journal.set_roots(super::root_entries(&mut self.btrees));
+        self.fs.publish_locked(&mut self.btrees, &journal).map_err(|e| self.fs.check_fatal(e))?;
+        Ok(n)
     }
 }
 
@@ -510,11 +562,6 @@ impl Fs {
         self.shared.commit_batched(updates)
     }
 
-    /// Commits repairs and rebuilds the allocator from them (see [`FsShared::commit_repairs`]).
-    pub fn commit_repairs(&self, fixes: Vec<(BtreeId, Bkey)>) -> Result<()> {
-        self.shared.commit_repairs(fixes)
-    }
-
     /// `updates` cut into transactions that each fit one journal reservation, in order.
     pub fn batches(&self, updates: Vec<(BtreeId, Bkey)>) -> Vec<Vec<(BtreeId, Bkey)>> {
         self.shared.batches(updates)
@@ -530,9 +577,10 @@ impl Fs {
         self.shared.transaction_capacity()
     }
 
-    /// Commits what the allocator decided so far.
-    pub fn apply_alloc_updates(&self) -> Result<()> {
-        self.shared.apply_alloc_updates(CommitFlags::NO_WAIT)
+    /// True once node alloc keys waiting for publication fill half a journal entry: a bulk
+    /// loader inserting into the btrees directly should write back then.
+    pub fn publish_due(&self) -> bool {
+        self.shared.publish_due()
     }
 
     /// Waits on the allocator as a blocked transaction does; returns how many buckets it freed.

@@ -35,19 +35,21 @@ impl PinFlush for WriteBackPin {
 }
 
 impl FsShared {
-    /// Writes every dirty node and the alloc keys its writes produced, until nothing is dirty
-    /// or pending; journals the new roots and drops the write-back pin. Its own commits are
-    /// reclaim's: they may use the journal reserve and never wait on the allocator.
+    /// Writes every dirty node, journals the new roots and publishes the alloc keys of the
+    /// nodes allocated and freed since the last publication in the same entry, until nothing is
+    /// dirty or pending; then drops the write-back pin. Its commits are reclaim's: they may use
+    /// the journal reserve and never wait on the allocator.
     pub fn write_back(&self) -> Result<()> {
         let journal = self.journal_rw()?.clone();
         self.health.check_rw()?;
         for _ in 0..MAX_SETTLE_ROUNDS {
-            self.apply_alloc_updates(CommitFlags::RECLAIM)?;
             let mut t = self.btrees.lock();
+            // No node may carry an update of a journal entry that is not durable.
             journal.flush_with(CommitFlags::RECLAIM.wm)?;
             t.write_dirty().map_err(|e| self.check_fatal(e))?;
             journal.set_roots(root_entries(&mut t));
-            if self.pending_alloc_updates() == 0 && t.dirty_nodes() == 0 {
+            self.publish_locked(&mut t, &journal).map_err(|e| self.check_fatal(e))?;
+            if t.dirty_nodes() == 0 && self.alloc.as_ref().is_none_or(|a| a.pending_updates() == 0) {
                 // Nothing applied is unwritten: the pin has nothing left to hold. The roots
                 // set above go out with the next entry, the first one whose last_seq moves.
                 if let Some(p) = self.wb_pin.lock().take() {
@@ -61,10 +63,11 @@ impl FsShared {
 }
 
 impl FsShared {
-    /// A new filesystem's first alloc, freespace and need_discard keys (one per bucket each) go
-    /// straight into the btrees, not through the journal, which would have to be as big as
-    /// they are; the nodes are written and their roots journalled and flushed. A crash before
-    /// that leaves a filesystem with no alloc keys, whose next mount does this again.
+    /// A new filesystem's first alloc keys (its superblock and journal buckets) and freespace
+    /// keys (one per run of free buckets) go straight into the btrees, not through the
+    /// journal, which would have to hold an alloc key per journal bucket; the nodes are written
+    /// and their roots journalled and flushed. A crash before that leaves a filesystem with no
+    /// alloc keys, whose next mount does this again. `format` runs it as its first mount.
     pub(crate) fn init_alloc_info(&self) -> Result<()> {
         let journal = self.journal_rw()?.clone();
         let Some(alloc) = &self.alloc else { return Ok(()) };

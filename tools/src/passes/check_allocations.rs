@@ -1,13 +1,11 @@
 //! `check_allocations` (5): every bucket's alloc key against what the metadata says it holds —
 //! superblock and journal buckets from the layout, btree nodes from check_topology, data from
-//! the extents (through the journal keys until replay). Runs before the filesystem may write:
-//! the allocator is rebuilt from the repaired keys at once, and the repairs are committed after
-//! journal replay.
+//! the extents (through the journal keys until replay). A bucket without a key is unused. Runs
+//! before the filesystem may write: the allocator is rebuilt from the repaired keys at once, and
+//! the repairs are committed after journal replay.
 //!
-//! bcsim journals btree-node allocations apart from the pointers to those nodes (bcachefs
-//! commits both in one btree update), so after a crash a node that was allocated or freed but
-//! never reached durable roots leaves a stale alloc key: recovery schedules this pass after
-//! every unclean shutdown to put that right.
+//! A crash never calls for this: every alloc-key change reaches the journal in the entry that
+//! carries the change causing it (see `tools/src/fs/trans.rs`). It runs for fsck.
 
 use std::collections::{BTreeMap, HashMap};
 
@@ -20,7 +18,6 @@ use fs_core::btree::NodeInfo;
 use fs_core::error::Result;
 use fs_core::fsck_err::FsckErr;
 use fs_core::opts::Options;
-use fs_core::recovery_pass::RecoveryPass;
 
 use super::{Finding, RecoveryCtx, View};
 use crate::fs::layout::device_inits;
@@ -31,11 +28,7 @@ pub(super) fn run(ctx: &mut RecoveryCtx) -> Result<()> {
     let mut findings = Vec::new();
     let node_size = ctx.opts.with(Options::btree_node_size);
     let fixed = ctx.with_view(|v| check(v, node_size, &nodes, &mut findings))?;
-    let nr = findings.len();
-    let fixes = ctx.record(RecoveryPass::CheckAllocations, findings);
-    if ctx.unclean && !ctx.fsck && nr > 0 {
-        ctx.log.push(format!("check_allocations: {nr} alloc keys repaired after unclean shutdown"));
-    }
+    let fixes = ctx.record(findings);
     // Its repairs are all FSCK_AUTOFIX: a run applies all of them or none, so the allocator
     // can take the repaired keys whole.
     if !fixes.is_empty() {

@@ -7,7 +7,6 @@ use fs_core::bkey::{Bkey, Dirent, Inode, KeyType};
 use fs_core::bpos::BtreeId;
 use fs_core::error::Result;
 use fs_core::fsck_err::FsckErr;
-use fs_core::recovery_pass::RecoveryPass;
 
 use super::{Finding, RecoveryCtx, View};
 
@@ -31,7 +30,7 @@ pub(super) fn run(ctx: &mut RecoveryCtx) -> Result<()> {
         })?;
         Ok(findings)
     })?;
-    let fixes = ctx.record(RecoveryPass::CheckDirents, findings);
+    let fixes = ctx.record(findings);
     ctx.commit_fixes(fixes)
 }
 

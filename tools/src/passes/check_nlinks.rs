@@ -8,7 +8,6 @@ use fs_core::bkey::{Bkey, Dirent, Inode, KeyType};
 use fs_core::bpos::{Bpos, BtreeId};
 use fs_core::error::Result;
 use fs_core::fsck_err::FsckErr;
-use fs_core::recovery_pass::RecoveryPass;
 
 use super::check_dirents::inodes;
 use super::{Finding, RecoveryCtx};
@@ -62,6 +61,6 @@ pub(super) fn run(ctx: &mut RecoveryCtx) -> Result<()> {
         }
         Ok(findings)
     })?;
-    let fixes = ctx.record(RecoveryPass::CheckNlinks, findings);
+    let fixes = ctx.record(findings);
     ctx.commit_fixes(fixes)
 }

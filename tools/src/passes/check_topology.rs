@@ -1,27 +1,19 @@
 //! `check_topology` (4): every node of every btree read and validated; each level must tile the
-//! key space from POS_MIN to POS_MAX. The nodes it read are kept for check_allocations.
-//!
-//! A mount runs it only when recovery scheduled it; what it finds then stops the mount (fsck
-//! repairs topology, or reports it: bcsim has no node scan to rebuild from).
+//! key space from POS_MIN to POS_MAX. The nodes it read are kept for check_allocations, which
+//! requires it. What it finds is reported, not repaired: bcsim has no node scan to rebuild from.
 
 use fs_core::bpos::{Bpos, BtreeId};
 use fs_core::btree::{Btrees, NodeInfo};
-use fs_core::error::{ErrCode, Error, Result};
+use fs_core::error::{ErrCode, Result};
 use fs_core::fsck_err::FsckErr;
-use fs_core::recovery_pass::RecoveryPass;
 
-use super::{Finding, Mode, RecoveryCtx};
+use super::{Finding, RecoveryCtx};
 
 pub(super) fn run(ctx: &mut RecoveryCtx) -> Result<()> {
     let mut findings = Vec::new();
     let nodes = ctx.with_view(|v| check(v.t, &mut findings))?;
     ctx.topology = nodes;
-    if matches!(ctx.mode, Mode::Mount { .. }) && !ctx.fsck {
-        if let Some(f) = findings.first() {
-            return Err(Error::new(ErrCode::BtreeNeedTopologyRepair, format!("{} (run fsck)", f.msg)));
-        }
-    }
-    let fixes = ctx.record(RecoveryPass::CheckTopology, findings);
+    let fixes = ctx.record(findings);
     debug_assert!(fixes.is_empty(), "topology findings carry no repairs");
     Ok(())
 }

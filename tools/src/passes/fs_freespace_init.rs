@@ -1,7 +1,8 @@
-//! `fs_freespace_init` (16): a new filesystem's first alloc, freespace and need_discard keys,
-//! one per bucket, written straight into the btrees and not through the journal (which would
-//! need to be as big as they are), as bcachefs's pass does. On a filesystem that has them
-//! already there is nothing to do.
+//! `fs_freespace_init` (16): a new filesystem's first alloc keys (superblock and journal
+//! buckets only: a never-used bucket has none) and freespace keys (one per run of free
+//! buckets), written straight into the btrees and not through the journal, as bcachefs's pass
+//! does. `format` runs it with its first mount; on a filesystem that has alloc keys already
+//! there is nothing to do.
 
 use fs_core::error::Result;
 
@@ -12,6 +13,6 @@ pub(super) fn run(ctx: &mut RecoveryCtx) -> Result<()> {
         return Ok(());
     }
     ctx.fs()?.shared().init_alloc_info()?;
-    ctx.log.push("fs_freespace_init: alloc info written for every bucket".to_owned());
+    ctx.log.push("fs_freespace_init: initial alloc and freespace keys written".to_owned());
     Ok(())
 }

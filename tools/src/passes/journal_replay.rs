@@ -22,6 +22,10 @@ use crate::recovery::PhaseTime;
 /// seq is durable.
 const REPLAY_WRITE_BACK_KEYS: usize = 1 << 20;
 
+/// Keys replayed between looks at the node alloc keys waiting for publication, which must fit
+/// one journal entry: a look is cheap, but not free.
+const PUBLISH_CHECK_KEYS: usize = 4096;
+
 pub(super) fn run(ctx: &mut RecoveryCtx) -> Result<()> {
     let t_replay = Instant::now();
     let Some(mut rj) = ctx.journal.take() else {
@@ -74,7 +78,9 @@ fn replay(fs: &FsShared, keys: &mut JournalKeys, first_seq: u64, log: &mut Vec<S
                 Ok(()) => {
                     keys.mark_overwritten_at(i);
                     done += 1;
-                    if done % REPLAY_WRITE_BACK_KEYS == 0 {
+                    if done % REPLAY_WRITE_BACK_KEYS == 0
+                        || (done % PUBLISH_CHECK_KEYS == 0 && trans.publish_due())
+                    {
                         trans.write_dirty()?;
                     }
                 }

@@ -2,8 +2,8 @@
 //!
 //! The runner walks bcachefs's pass table (`fs_core::recovery_pass`) in its order. A pass runs
 //! when its flags ask for it (`ALWAYS`; `FSCK` when fsck was asked for; `UNCLEAN` after an
-//! unclean shutdown), when recovery scheduled it, or when a pass that runs requires it
-//! (check_allocations requires check_topology, as bcachefs's table says). Every pass of the
+//! unclean shutdown), or when a pass that runs requires it (check_allocations requires
+//! check_topology, as bcachefs's table says). Every pass of the
 //! table is handled here: run, skipped with the reason, or listed as not modelled by bcsim;
 //! the outcome of each is recorded and logged, never dropped.
 //!
@@ -47,8 +47,7 @@ use crate::recovery::{ReclaimMode, RecoveryTimes};
 /// What the run may change.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Mode {
-    /// A mount: recovery repairs what the passes it scheduled find; fsck passes (`-o fsck`)
-    /// fix as `fix_errors` says.
+    /// A mount; fsck passes (`-o fsck`) fix as `fix_errors` says.
     Mount { fix_errors: FixErrors },
     /// `fsck -n`: read everything, write nothing; journal keys stay an overlay.
     Check,
@@ -178,8 +177,6 @@ pub struct RecoveryCtx {
     pub problems: Vec<Problem>,
     /// What became of every pass of the table, in table order.
     pub outcomes: Vec<(RecoveryPass, PassOutcome)>,
-    /// Passes recovery asked for beyond their flags, with the reason.
-    scheduled: Vec<(RecoveryPass, &'static str)>,
     pub times: RecoveryTimes,
     /// `Some((first, last))` when journal entries were replayed.
     pub replayed: Option<(u64, u64)>,
@@ -239,7 +236,6 @@ impl RecoveryCtx {
             log,
             problems: Vec::new(),
             outcomes: Vec::new(),
-            scheduled: Vec::new(),
             times: RecoveryTimes::default(),
             replayed: None,
             keys_replayed: 0,
@@ -265,24 +261,12 @@ impl RecoveryCtx {
         }
     }
 
-    /// Asks for `pass` beyond its flags.
-    pub(crate) fn schedule(&mut self, pass: RecoveryPass, why: &'static str) {
-        if !self.scheduled.iter().any(|(p, _)| *p == pass) {
-            self.scheduled.push((pass, why));
-        }
-    }
-
-    fn scheduled_why(&self, pass: RecoveryPass) -> Option<&'static str> {
-        self.scheduled.iter().find(|(p, _)| *p == pass).map(|(_, why)| *why)
-    }
-
-    /// Whether `pass` runs, given its flags, the schedule and the passes that require it.
+    /// Whether `pass` runs, given its flags and the passes that require it.
     fn requested(&self, pass: RecoveryPass) -> bool {
         let flags = pass.flags();
         flags.contains(PassFlags::ALWAYS)
             || (self.fsck && flags.contains(PassFlags::FSCK))
             || (self.unclean && flags.contains(PassFlags::UNCLEAN))
-            || self.scheduled_why(pass).is_some()
             || RecoveryPass::ALL.iter().any(|&p| requires(p).contains(&pass) && self.requested(p))
     }
 
@@ -312,23 +296,21 @@ impl RecoveryCtx {
     }
 
     /// Whether an error found by `pass` is fixed in this run.
-    fn may_fix(&self, pass: RecoveryPass, err: FsckErr) -> bool {
+    fn may_fix(&self, err: FsckErr) -> bool {
         match self.mode {
             Mode::Check => false,
-            // What recovery itself scheduled is recovery's repair, whatever fsck mode asked.
-            _ if self.scheduled_why(pass).is_some() => true,
             Mode::Fix => true,
             Mode::Preen => err.flags().contains(FsckFlags::AUTOFIX),
             Mode::Mount { fix_errors } => fix_errors == FixErrors::Yes,
         }
     }
 
-    /// Records what `pass` found; returns the repairs this run makes.
-    pub(crate) fn record(&mut self, pass: RecoveryPass, findings: Vec<Finding>) -> Vec<(BtreeId, Bkey)> {
+    /// Records what a pass found; returns the repairs this run makes.
+    pub(crate) fn record(&mut self, findings: Vec<Finding>) -> Vec<(BtreeId, Bkey)> {
         let mut fixes = Vec::new();
         for f in findings {
             let fixed = match f.fix {
-                Some(updates) if self.may_fix(pass, f.err) => {
+                Some(updates) if self.may_fix(f.err) => {
                     fixes.extend(updates);
                     true
                 }
@@ -357,9 +339,7 @@ impl RecoveryCtx {
                     PassOutcome::Skipped("fsck -n writes nothing".to_owned())
                 }
                 PassImpl::Runs(run) => {
-                    if let Some(why) = self.scheduled_why(pass) {
-                        self.log.push(format!("running {} ({why})", pass.name()));
-                    } else if !pass.flags().contains(PassFlags::SILENT) {
+                    if !pass.flags().contains(PassFlags::SILENT) {
                         self.log.push(format!("starting {}", pass.name()));
                     }
                     run(self).map_err(|e| e.prefix(pass.name()))?;
@@ -421,7 +401,7 @@ fn not_requested(pass: RecoveryPass) -> String {
     } else if flags.contains(PassFlags::UNCLEAN) {
         "clean shutdown".to_owned()
     } else {
-        "not scheduled".to_owned()
+        "not asked for".to_owned()
     }
 }
 

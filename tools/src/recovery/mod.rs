@@ -307,8 +307,9 @@ fn open_clean(ctx: &mut RecoveryCtx) -> Result<()> {
 }
 
 /// An unclean filesystem: the journal is read, its keys sorted and compacted, the btrees start
-/// at the roots the newest entry carries and ignore bsets of seqs past the replay range.
-/// Recovery schedules the allocation checks (see check_allocations).
+/// at the roots the newest entry carries and ignore bsets of seqs past the replay range. The
+/// alloc keys need no repair: every alloc-key change reached the journal in the same entry as
+/// the change that caused it.
 fn open_unclean(ctx: &mut RecoveryCtx, mopts: &MountOpts) -> Result<()> {
     ctx.log.push("recovering from unclean shutdown".to_owned());
     let set = ctx.set.as_ref().ok_or_else(|| Error::internal("recovery without its device set"))?;
@@ -342,8 +343,5 @@ fn open_unclean(ctx: &mut RecoveryCtx, mopts: &MountOpts) -> Result<()> {
     btrees.set_health(ctx.health.clone());
     ctx.btrees = Some(btrees);
     ctx.journal = Some(rj);
-    let why = "unclean shutdown: btree node allocations since the last write-back left stale alloc keys";
-    ctx.schedule(RecoveryPass::CheckAllocations, why);
-    ctx.schedule(RecoveryPass::CheckAllocInfo, why);
     Ok(())
 }
