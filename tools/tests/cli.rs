@@ -359,6 +359,32 @@ fn fsck_modes_exit_codes_and_error_counts() {
     fails(&bcsim(&["fsck", "-n", "nope.img"], d.path()), 8, "nope.img: no such file");
 }
 
+/// A freshly formatted set checks clean in every fsck mode, and so does the set right after a
+/// crash, before anything mounts it: no crash state needs an allocation repair.
+#[test]
+fn fresh_format_and_crashed_run_check_clean() {
+    let d = tmp();
+    let imgs = ["a.img", "b.img", "c.img", "d.img"];
+    format_ok(d.path(), &[&["--size", "1G", "--metadata-replicas", "2"][..], &imgs].concat());
+    for mode in ["-fn", "-fy", "-fp"] {
+        let out = bcsim(&[&["fsck", mode][..], &imgs].concat(), d.path());
+        assert_eq!(out.code, 0, "fsck {mode} of a fresh format: {}{}", out.stdout, out.stderr);
+        assert!(out.stdout.contains("0 errors found"), "{}", out.stdout);
+    }
+    let run = bcsim(
+        &[&["run", "--ops", "2000", "--seed", "7", "--crash-after", "150"][..], &imgs].concat(),
+        d.path(),
+    );
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    let out = bcsim(&[&["fsck", "-n"][..], &imgs].concat(), d.path());
+    assert_eq!(out.code, 0, "fsck -n after a crash: {}{}", out.stdout, out.stderr);
+    let m = bcsim(&[&["mount", "--json"][..], &imgs].concat(), d.path());
+    assert_eq!(m.code, 0, "{}", m.stderr);
+    let v: serde_json::Value = serde_json::from_str(&m.stdout).unwrap();
+    assert!(v["replayed"].is_array(), "the crash was not recovered from: {}", m.stdout);
+    assert_eq!(v["problems"], serde_json::json!([]), "recovery repaired something");
+}
+
 /// run crashes a workload, mount recovers it (and says so), a second mount finds it clean.
 #[test]
 fn run_crash_then_mount_recovers() {

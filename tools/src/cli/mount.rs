@@ -22,7 +22,7 @@ pub struct MountArgs {
     /// Mount options, e.g. degraded,fsck,errors=ro,behavior=v1.37.5
     #[arg(short = 'o', long = "options", value_name = "OPTS", default_value = "")]
     options: String,
-    /// Print the log and a summary as JSON
+    /// Print the log, what recovery found and repaired, and a summary as JSON
     #[arg(long)]
     json: bool,
     /// Image files of one filesystem
@@ -36,10 +36,16 @@ pub fn run(args: MountArgs) -> CmdResult {
     let mounted = mount(set, &mopts)?;
     let (log, replayed, read, kept) =
         (mounted.log.clone(), mounted.replayed, mounted.journal_keys_read, mounted.journal_keys_kept);
+    let problems: Vec<_> = mounted
+        .problems
+        .iter()
+        .map(|p| json!({ "id": p.err.id(), "name": p.err.name(), "message": p.msg, "fixed": p.fixed }))
+        .collect();
     mounted.fs.unmount()?;
     if args.json {
         print_json(&json!({
             "log": log,
+            "problems": problems,
             "replayed": replayed.map(|(a, b)| json!([a, b])),
             "journal_keys_read": read,
             "journal_keys_kept": kept,
