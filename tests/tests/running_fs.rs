@@ -224,6 +224,19 @@ fn the_reclaim_thread_writes_the_open_entry_after_the_flush_delay() {
     assert!(j.flushed_seq() < seq, "written before its delay");
     fs.tick(t0 + Duration::from_secs(2)).unwrap();
     assert!(j.flushed_seq() >= seq, "not written after its delay");
+
+    // Once ticked, the filesystem runs on the caller's clock alone: an entry opened by a
+    // commit after a tick at T ages from T, whatever the real time is (an hour ahead here),
+    // so a workload stepped one millisecond per operation flushes at the same operations on
+    // any machine.
+    let t1 = t0 + Duration::from_secs(3600);
+    fs.tick(t1).unwrap();
+    let seq =
+        fs.commit(BtreeId::Inodes, [Bkey::new(Bpos::new(0, 4098, 0), KeyType::Set, Vec::new())]).unwrap();
+    fs.tick(t1 + Duration::from_millis(999)).unwrap();
+    assert!(j.flushed_seq() < seq, "aged on the real clock, not the ticked one");
+    fs.tick(t1 + Duration::from_millis(1000)).unwrap();
+    assert!(j.flushed_seq() >= seq, "not written after its delay on the ticked clock");
     fs.unmount().unwrap();
 }
 

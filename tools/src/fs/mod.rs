@@ -22,6 +22,8 @@ pub mod reclaim;
 pub mod trans;
 pub mod write_back;
 
+use std::time::Instant;
+
 use allocator::{Allocator, BtreeNodeAlloc};
 use fs_core::bkey::{AllocV4, Bkey, KeyType};
 use fs_core::bpos::{Bpos, BtreeId};
@@ -68,6 +70,10 @@ pub struct FsShared {
     /// oldest such seq. Its flush callback is btree write-back.
     wb_pin: Mutex<Option<JournalPin>>,
     wb_flush: Arc<WriteBackPin>,
+    /// The time [`Fs::tick`] last gave, which commits then use as theirs: a filesystem
+    /// stepped by hand runs on the caller's clock, so `journal_flush_delay` acts at the same
+    /// operations every run. `None`: the real clock.
+    manual_now: Mutex<Option<Instant>>,
 }
 
 /// What assembling a filesystem takes.
@@ -94,7 +100,13 @@ impl FsShared {
             btrees: Mutex::new(p.btrees),
             wb_pin: Mutex::new(None),
             wb_flush: Arc::new(WriteBackPin { fs: me.clone() }),
+            manual_now: Mutex::new(None),
         })
+    }
+
+    /// Now, on the clock commits use: the last [`Fs::tick`]'s time, else the real clock.
+    pub(crate) fn now(&self) -> Instant {
+        (*self.manual_now.lock()).unwrap_or_else(Instant::now)
     }
 
     pub fn opts(&self) -> &Arc<LiveOpts> {
@@ -194,8 +206,11 @@ impl Fs {
     }
 
     /// One round of journal reclaim at time `now` (the flush delay, then pins if the journal is
-    /// filling): what the reclaim thread does, for a mount that drives reclaim itself.
-    pub fn tick(&self, now: std::time::Instant) -> Result<()> {
+    /// filling): what the reclaim thread does, for a mount that drives reclaim itself. From
+    /// then on commits take `now` as their time too, so the flush delay runs on the caller's
+    /// clock alone (give times that do not go backwards).
+    pub fn tick(&self, now: Instant) -> Result<()> {
+        *self.shared.manual_now.lock() = Some(now);
         reclaim::step(&self.shared, now).map_err(|e| self.shared.check_fatal(e))
     }
 

@@ -21,7 +21,6 @@
 //! where bcachefs sends level-0 alloc keys through the key cache.
 
 use std::collections::BTreeMap;
-use std::time::Instant;
 
 use allocator::Watermark;
 use fs_core::bkey::alloc::ALLOC_V4_BYTES;
@@ -339,7 +338,7 @@ impl FsShared {
         let mut all = std::mem::take(updates);
         all.extend(alloc_updates);
         // Fails only on more bytes than reserved: a wrong estimate, an internal error (fatal).
-        journal.commit(res, entries(&all), Instant::now())
+        journal.commit(res, entries(&all), self.now())
     }
 
     /// Accounts `sectors` in the allocator and puts the alloc keys of those buckets into the
@@ -449,7 +448,7 @@ impl FsShared {
             journal.cancel(res);
             return Err(e);
         }
-        journal.commit(res, entries(&taken.updates), Instant::now())?;
+        journal.commit(res, entries(&taken.updates), self.now())?;
         Ok(())
     }
 
