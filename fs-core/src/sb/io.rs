@@ -122,10 +122,17 @@ fn check_size(sb: &Superblock, size: u64, name: &str) -> Result<()> {
 }
 
 fn no_valid_copy(name: &str, results: Vec<(u64, Result<Superblock>)>) -> Error {
-    let errors: Vec<Error> = results
-        .into_iter()
-        .filter_map(|(offset, r)| r.err().map(|e| e.prefix(format_args!("copy at byte {offset}"))))
-        .collect();
+    let errors: Vec<(u64, Error)> =
+        results.into_iter().filter_map(|(offset, r)| r.err().map(|e| (offset, e))).collect();
+    // Every copy of another format version: that is the one thing to say, once.
+    if let Some((_, first)) = errors.first() {
+        if errors.iter().all(|(_, e)| e.code() == ErrCode::InvalidSbVersion && e.message() == first.message())
+        {
+            return Error::new(ErrCode::InvalidSbVersion, first.message().to_owned()).path(name);
+        }
+    }
+    let errors: Vec<Error> =
+        errors.into_iter().map(|(offset, e)| e.prefix(format_args!("copy at byte {offset}"))).collect();
     let no_signature =
         errors.iter().all(|e| e.code() == ErrCode::InvalidSbMagic || e.code() == ErrCode::InvalidSbLayout)
             && errors.iter().any(|e| e.code() == ErrCode::InvalidSbMagic);

@@ -200,6 +200,34 @@ fn both_copies_damaged_is_an_error() {
     assert!(msg.contains("mem0"), "{msg}");
 }
 
+/// An image of another format version is refused with one plain sentence saying which
+/// version it is and what to do, once, not once per copy; a single copy of another version
+/// beside a good one is a damaged copy like any other.
+#[test]
+fn another_format_version_is_one_clear_error() {
+    for (version, says) in
+        [(FORMAT_VERSION - 1, "older than this bcsim's"), (FORMAT_VERSION + 1, "newer than")]
+    {
+        let (devs, _) = formatted(1, GIB);
+        let dev = devs[0].as_ref();
+        let mut sb = read_super(dev).unwrap().sb;
+        sb.version = version;
+        let bytes = sb.encode().unwrap();
+        dev.write_at(&bytes, sb.offsets[1]).unwrap();
+        let r = read_super(dev).unwrap();
+        assert_eq!(r.damaged.len(), 1, "version {version}");
+        assert_eq!(r.damaged[0].error.code(), ErrCode::InvalidSbVersion);
+
+        dev.write_at(&bytes, sb.offsets[0]).unwrap();
+        let e = read_super(dev).unwrap_err();
+        assert_eq!(e.code(), ErrCode::InvalidSbVersion, "{e}");
+        let msg = e.to_string();
+        assert!(msg.contains(&format!("format version {version}, {says}")), "{msg}");
+        assert_eq!(msg.matches("format version").count(), 1, "said more than once: {msg}");
+        assert!(msg.contains("mem0") && !msg.contains('\n'), "{msg}");
+    }
+}
+
 /// A copy with an older seq loses to a newer one and is reported as stale.
 #[test]
 fn stale_copy_loses() {
