@@ -7,7 +7,7 @@
 //! A crash never calls for this: every alloc-key change reaches the journal in the entry that
 //! carries the change causing it (see `tools/src/fs/trans.rs`). It runs for fsck.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet};
 
 use allocator::Allocator;
 use fs_core::bkey::alloc::{ALLOC_NEED_DISCARD, ALLOC_NEED_INC_GEN, bucket_pos};
@@ -55,7 +55,7 @@ struct Usage {
 }
 
 fn add_use(
-    uses: &mut HashMap<(u8, u64), Usage>,
+    uses: &mut BTreeMap<(u8, u64), Usage>,
     key: (u8, u64),
     dt: DataType,
     sectors: u32,
@@ -92,13 +92,13 @@ fn bucket_uses(
     node_size: u64,
     nodes: &[NodeInfo],
     findings: &mut Vec<Finding>,
-) -> Result<HashMap<(u8, u64), Usage>> {
+) -> Result<BTreeMap<(u8, u64), Usage>> {
     let set = v.set;
     let bucket_of = |dev: u8, byte: u64| {
         let bs = set.sb.members.get(usize::from(dev)).map_or(1, |m| u64::from(m.bucket_size).max(1));
         (dev, byte / bs)
     };
-    let mut uses: HashMap<(u8, u64), Usage> = HashMap::new();
+    let mut uses: BTreeMap<(u8, u64), Usage> = BTreeMap::new();
     for (i, m) in set.sb.members.iter().enumerate() {
         if m.is_unused() {
             continue;
@@ -151,10 +151,9 @@ fn check(
     let uses = bucket_uses(&mut v, node_size, nodes, findings)?;
     let alloc: BTreeMap<Bpos, AllocV4> = read_alloc_keys(v.t, v.overlay)?.into_iter().collect();
     let mut fixed = alloc.clone();
-    let mut keys: Vec<(u8, u64)> = uses.keys().copied().collect();
+    // Both in bucket order already: the union needs no sort.
+    let mut keys: BTreeSet<(u8, u64)> = uses.keys().copied().collect();
     keys.extend(alloc.keys().filter_map(|p| u8::try_from(p.inode).ok().map(|d| (d, p.offset))));
-    keys.sort_unstable();
-    keys.dedup();
     for (dev, bucket) in keys {
         let pos = bucket_pos(dev, bucket);
         let want = uses.get(&(dev, bucket)).copied().unwrap_or_default();
