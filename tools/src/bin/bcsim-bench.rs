@@ -20,6 +20,12 @@
 //! VmRSS every 10 ms (the phases run inside one library call); the floor's phases reset VmHWM
 //! between them. `recovery-setup DIR KEYS UNIQUE` leaves the crashed images in DIR, and
 //! `recovery-phase mount DIR KEYS UNIQUE` mounts them, for profiling one phase by hand.
+//!
+//! `alloc-info`: what alloc info costs as devices grow. On 8 sparse images of 4 GiB and of
+//! 1 TiB (`metadata_replicas=2`, default bucket sizes), each step in its own process: format,
+//! the first mount (open and unmount), the same small workload (300 operations, seed 1,
+//! crashed after 250), the recovery mount, and `fsck -fn`. Reports wall time and peak RSS of
+//! each, and the 1 TiB / 4 GiB ratios (the target: within 3x).
 
 use std::os::unix::fs::MetadataExt;
 use std::path::Path;
@@ -696,6 +702,100 @@ fn bench_recovery(keys: u64, unique: u64) -> Result<serde_json::Value, String> {
     }))
 }
 
+const ALLOC_INFO_SIZES: [(&str, u64); 2] = [("4g", 4 << 30), ("1t", TIB)];
+const ALLOC_INFO_STEPS: [&str; 5] = ["format", "first-mount", "workload", "recovery-mount", "fsck-fn"];
+
+/// Runs every alloc-info step for each size in its own process and reports them together.
+fn bench_alloc_info() -> Result<serde_json::Value, String> {
+    let exe = std::env::current_exe().map_err(|err| err.to_string())?;
+    let mut sizes = serde_json::Map::new();
+    for (name, size) in ALLOC_INFO_SIZES {
+        let dir = std::env::temp_dir().join(format!("bcsim-bench-alloc-{}-{name}", std::process::id()));
+        std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+        let mut steps = serde_json::Map::new();
+        for step in ALLOC_INFO_STEPS {
+            let out = std::process::Command::new(&exe)
+                .args(["alloc-info-step", step, &dir.display().to_string(), &size.to_string()])
+                .output()
+                .map_err(|err| err.to_string())?;
+            if !out.status.success() {
+                let _ = std::fs::remove_dir_all(&dir);
+                return Err(format!("{name} {step} failed: {}", String::from_utf8_lossy(&out.stderr).trim()));
+            }
+            let v: serde_json::Value = serde_json::from_slice(&out.stdout).map_err(|err| err.to_string())?;
+            eprintln!("bcsim-bench: {name} {step}: {v}");
+            steps.insert(step.to_owned(), v);
+        }
+        let _ = std::fs::remove_dir_all(&dir);
+        sizes.insert(name.to_owned(), serde_json::Value::Object(steps));
+    }
+    let get = |size: &str, step: &str, field: &str| {
+        sizes
+            .get(size)
+            .and_then(|s| s.get(step))
+            .and_then(|v| v.get(field))
+            .and_then(serde_json::Value::as_f64)
+    };
+    let mut ratios = serde_json::Map::new();
+    let mut within = true;
+    for step in ALLOC_INFO_STEPS {
+        for field in ["seconds", "peak_rss_kib"] {
+            let r = get("1t", step, field).zip(get("4g", step, field)).map(|(a, b)| a / b);
+            // Times below a millisecond are noise, not cost.
+            let small = field == "seconds" && get("1t", step, field).is_some_and(|t| t < 0.001);
+            within &= small || r.is_some_and(|r| r <= 3.0);
+            ratios.insert(format!("{step}_{field}"), json!(r));
+        }
+    }
+    Ok(json!({
+        "bench": "alloc-info",
+        "devices": 8,
+        "sizes": sizes,
+        "ratios_1t_vs_4g": ratios,
+        "targets": {"1t_within_3x_of_4g": within},
+    }))
+}
+
+/// One alloc-info step on the images in `dir` (8 of `size` bytes).
+fn alloc_info_step(step: &str, dir: &Path, size: u64) -> Result<serde_json::Value, String> {
+    let e = |err: fs_core::error::Error| err.to_string();
+    let paths: Vec<PathBuf> = (0..8).map(|i| dir.join(format!("dev{i}.img"))).collect();
+    let t = Instant::now();
+    let detail = match step {
+        "format" => {
+            let specs: Vec<ImageSpec> =
+                paths.iter().map(|p| ImageSpec { size: Some(size), ..ImageSpec::new(p) }).collect();
+            let mut opts = Options::default();
+            opts.set(OptId::MetadataReplicas, OptValue::U64(2)).map_err(e)?;
+            let report = format_images(&specs, &opts, None, true).map_err(e)?;
+            let m = report.devices.first().map(|d| (d.member.nbuckets, d.member.bucket_size));
+            json!({"nbuckets_per_device": m.map(|m| m.0), "bucket_size": m.map(|m| m.1)})
+        }
+        "first-mount" | "recovery-mount" => {
+            let m = mount(open_device_set(&paths, true).map_err(e)?, &MountOpts::default()).map_err(e)?;
+            let replayed = m.replayed;
+            m.fs.unmount().map_err(e)?;
+            json!({"replayed": replayed.map(|(a, b)| json!([a, b]))})
+        }
+        "workload" => {
+            let r = bcsim::workload::run_on_images(&paths, 300, 1, Some(250), &MountOpts::default())
+                .map_err(e)?;
+            json!({"crashed": r.crashed})
+        }
+        "fsck-fn" => {
+            let o = bcsim::fsck::FsckOpts {
+                mode: bcsim::fsck::FixMode::No,
+                force: true,
+                mount: MountOpts::default(),
+            };
+            let r = bcsim::fsck::fsck(open_device_set(&paths, false).map_err(e)?, &o).map_err(e)?;
+            json!({"problems": r.problems.len()})
+        }
+        other => return Err(format!("unknown alloc-info step '{other}'")),
+    };
+    Ok(json!({"seconds": t.elapsed().as_secs_f64(), "peak_rss_kib": peak_rss_kib(), "detail": detail}))
+}
+
 fn main() -> std::process::ExitCode {
     let args: Vec<String> = std::env::args().collect();
     let which = args.get(1).map_or("format", String::as_str);
@@ -717,7 +817,13 @@ fn main() -> std::process::ExitCode {
             n_arg(4, REC_KEYS),
             n_arg(5, REC_UNIQUE),
         ),
-        other => Err(format!("unknown benchmark '{other}': expected format, btree or recovery")),
+        "alloc-info" => bench_alloc_info(),
+        "alloc-info-step" => alloc_info_step(
+            args.get(2).map_or("", String::as_str),
+            Path::new(args.get(3).map_or("", String::as_str)),
+            n_arg(4, 4 << 30),
+        ),
+        other => Err(format!("unknown benchmark '{other}': expected format, btree, recovery or alloc-info")),
     };
     match result {
         Ok(v) => {
