@@ -141,6 +141,9 @@ pub(crate) struct Device {
     changed: BucketSet,
     /// Buckets the freespace keys handed out so far say are free.
     pub_free: BucketSet,
+    /// Buckets whose need_discard key was handed out (and not whited out since): only a change
+    /// of this needs a need_discard key or whiteout.
+    pub_nd: BucketSet,
     /// The freespace keys handed out so far, `end -> start`: each covers buckets `start..end`.
     runs: BTreeMap<u64, u64>,
     /// No freespace key was handed out yet (a new filesystem): the next take writes them all.
@@ -195,6 +198,7 @@ impl Device {
         }
         let data_buckets = member.nbuckets.saturating_sub(first).saturating_sub(journal.nr());
         let nr_btree_reserve = nr_btree_reserve(u64::from(member.bucket_size), btree_node_size);
+        let pub_nd = BucketSet::new(member.nbuckets);
         Ok(Device {
             dev,
             member,
@@ -202,6 +206,7 @@ impl Device {
             buckets,
             counts,
             pub_free: free.clone(),
+            pub_nd,
             free,
             changed,
             runs: BTreeMap::new(),
@@ -234,6 +239,11 @@ impl Device {
             self.pub_free.insert(b);
         } else {
             self.pub_free.remove(b);
+        }
+        if persisted.data_type == DataType::NeedDiscard {
+            self.pub_nd.insert(b);
+        } else {
+            self.pub_nd.remove(b);
         }
     }
 
@@ -397,7 +407,13 @@ impl Device {
         undo.runs_unwritten = self.runs_unwritten;
         for &b in buckets {
             let Some(mut st) = self.buckets.get(b).copied() else { continue };
-            undo.buckets.push((b, self.changed.contains(b), self.pub_free.contains(b), st.journal_seq_empty));
+            undo.buckets.push(TakenBucket {
+                bucket: b,
+                changed: self.changed.contains(b),
+                pub_free: self.pub_free.contains(b),
+                pub_nd: self.pub_nd.contains(b),
+                journal_seq_empty: st.journal_seq_empty,
+            });
             if st.journal_seq_empty == PENDING_SEQ {
                 st.journal_seq_empty = stamp;
                 self.buckets.replace(b, st);
@@ -410,11 +426,14 @@ impl Device {
             } else {
                 Bkey::new(pos, KeyType::AllocV4, p.encode())
             });
-            out.need_discard.push(if p.data_type == DataType::NeedDiscard {
-                Bkey::new(pos, KeyType::Set, Vec::new())
-            } else {
-                Bkey::whiteout(pos)
-            });
+            let need_discard = p.data_type == DataType::NeedDiscard;
+            if need_discard != self.pub_nd.contains(b) {
+                out.need_discard.push(if need_discard {
+                    Bkey::new(pos, KeyType::Set, Vec::new())
+                } else {
+                    Bkey::whiteout(pos)
+                });
+            }
             self.note_published(b, &p);
         }
         if self.runs_unwritten {
@@ -444,16 +463,19 @@ impl Device {
         for (end, start) in undo.runs_removed {
             self.runs.insert(end, start);
         }
-        for (b, changed, pub_free, seq) in undo.buckets.into_iter().rev() {
+        for t in undo.buckets.into_iter().rev() {
+            let b = t.bucket;
             if let Some(mut st) = self.buckets.get(b).copied() {
-                st.journal_seq_empty = seq;
+                st.journal_seq_empty = t.journal_seq_empty;
                 self.buckets.replace(b, st);
             }
-            self.set_changed(b, changed);
-            if pub_free {
-                self.pub_free.insert(b);
-            } else {
-                self.pub_free.remove(b);
+            self.set_changed(b, t.changed);
+            for (set, was) in [(&mut self.pub_free, t.pub_free), (&mut self.pub_nd, t.pub_nd)] {
+                if was {
+                    set.insert(b);
+                } else {
+                    set.remove(b);
+                }
             }
         }
         self.runs_unwritten = undo.runs_unwritten;
@@ -636,11 +658,22 @@ pub(crate) struct Updates {
     pub(crate) need_discard: Vec<Bkey>,
 }
 
+/// A bucket's bookkeeping before a take handed out its keys.
+#[derive(Debug)]
+struct TakenBucket {
+    bucket: u64,
+    changed: bool,
+    /// Handed out as free (in a freespace run) before.
+    pub_free: bool,
+    /// Its need_discard key handed out before.
+    pub_nd: bool,
+    journal_seq_empty: u64,
+}
+
 /// What undoing one device's part of a take needs.
 #[derive(Debug, Default)]
 pub(crate) struct TakeUndo {
-    /// `(bucket, was changed, was handed out as free, journal_seq_empty)` per bucket taken.
-    buckets: Vec<(u64, bool, bool, u64)>,
+    buckets: Vec<TakenBucket>,
     runs_removed: Vec<(u64, u64)>,
     runs_added: Vec<u64>,
     runs_unwritten: bool,

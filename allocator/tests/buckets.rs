@@ -32,7 +32,8 @@ fn user(watermark: Watermark) -> AllocRequest {
 /// At format every bucket has its layout state and the first batch of updates records what a
 /// new filesystem's alloc info holds, sorted by btree then position: alloc keys for the
 /// superblock and journal buckets only (unused buckets have none), one freespace key covering
-/// the free run, need_discard whiteouts for the keyed buckets. The next batch is empty.
+/// the free run, and no need_discard key or whiteout (no bucket ever was need_discard). The next
+/// batch is empty.
 #[test]
 fn format_records_the_layout_sparsely() {
     let a = one_device(32);
@@ -63,8 +64,31 @@ fn format_records_the_layout_sparsely() {
         (KeyType::Set, 32, 27),
         "one key for buckets 5..32"
     );
-    assert!(of(BtreeId::NeedDiscard).iter().all(|k| k.ty == KeyType::Whiteout));
+    assert!(of(BtreeId::NeedDiscard).is_empty());
     assert!(a.take_updates().is_empty());
+}
+
+/// A need_discard key or whiteout is handed out only when a bucket's need_discard state changes:
+/// filling a bucket changes its alloc key alone; emptying it sets the key; the discard whites
+/// it out.
+#[test]
+fn need_discard_keys_only_when_need_discard_changes() {
+    let a = one_device(32);
+    let _ = a.take_updates();
+    let need_discard = |a: &Allocator| {
+        let u = a.take_updates();
+        assert!(u.iter().any(|(b, _)| *b == BtreeId::Alloc), "no alloc key for a changed bucket: {u:?}");
+        u.into_iter().filter(|(b, _)| *b == BtreeId::NeedDiscard).map(|(_, k)| k.ty).collect::<Vec<_>>()
+    };
+    let b = a.alloc_buckets(&user(Watermark::InteriorUpdates)).unwrap()[0];
+    for (i, delta) in [100i64, -40].into_iter().enumerate() {
+        a.add_sectors(0, b.bucket, DataType::User, delta, 10 + i as u64).unwrap();
+        assert_eq!(need_discard(&a), vec![], "sector change {delta}");
+    }
+    a.add_sectors(0, b.bucket, DataType::User, -60, 12).unwrap();
+    assert_eq!(need_discard(&a), vec![KeyType::Set]);
+    a.discard(0, b.bucket).unwrap();
+    assert_eq!(need_discard(&a), vec![KeyType::Whiteout]);
 }
 
 /// Written, emptied, discarded, reused: need_discard records the emptying seq; only discard frees
