@@ -294,15 +294,13 @@ impl Node {
         h.set_field::<BSET_OFF_NODE_SEQ, 8>(self.hdr.seq.to_le_bytes());
         h.set_field::<BSET_OFF_JOURNAL_SEQ, 8>(self.journal_seq.to_le_bytes());
         h.set_field::<BSET_OFF_NR_KEYS, 4>(nr.to_le_bytes());
-        #[expect(
-            clippy::expect_used,
-            reason = "the writer was started with the header's BSET_HEADER_BYTES bytes"
-        )]
-        let (head, keys) =
-            out.split_first_chunk_mut::<BSET_HEADER_BYTES>().expect("bset starts with its header");
+        // The writer started with BSET_HEADER_BYTES of room: the keys are what follows.
+        let keys = out.get(BSET_HEADER_BYTES..).unwrap_or_default();
         let csum = crc32c::crc32c_append(crc32c::crc32c(&h[BSET_CSUM_FROM..]), keys);
         h.set_field::<BSET_OFF_CSUM, 4>(csum.to_le_bytes());
-        *head = h;
+        if let Some(head) = out.get_mut(..BSET_HEADER_BYTES) {
+            head.copy_from_slice(&h);
+        }
         out.resize((out.len() as u64).next_multiple_of(SECTOR_BYTES) as usize, 0);
         out
     }
