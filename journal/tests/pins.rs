@@ -24,6 +24,11 @@ use journal::{Journal, JournalConfig, JournalPin, JournalWatermark, JsetEntry, P
 const BUCKET: u64 = 64 << 10;
 
 fn journal(health: Arc<FsHealth>) -> Journal {
+    journal_at(health, 1)
+}
+
+/// A one-ring journal whose first entry gets `first_seq`.
+fn journal_at(health: Arc<FsHealth>, first_seq: u64) -> Journal {
     let dev: SharedDevice = Arc::new(MemDevice::new("mem0", 4 << 20));
     let ring = Ring::empty(0, dev, BUCKET, (1..=8).collect()).unwrap();
     let cfg = JournalConfig {
@@ -33,7 +38,7 @@ fn journal(health: Arc<FsHealth>) -> Journal {
         labels: BTreeMap::new(),
         durability: BTreeMap::new(),
     };
-    Journal::new(vec![ring], cfg, 1, Arc::new(LiveOpts::new(Options::default())), health).unwrap()
+    Journal::new(vec![ring], cfg, first_seq, Arc::new(LiveOpts::new(Options::default())), health).unwrap()
 }
 
 fn keys(n: u64) -> Vec<JsetEntry> {
@@ -177,27 +182,8 @@ fn nothing_at_or_past_the_replay_barrier_is_flushed() {
 
 #[test]
 fn the_replay_range_pin_holds_last_seq_below_the_journal() {
-    let j = journal(Arc::new(FsHealth::new()));
     // Recovery pins the range it replays, older than anything this journal wrote.
-    let j2 = {
-        let dev: SharedDevice = Arc::new(MemDevice::new("mem1", 4 << 20));
-        let ring = Ring::empty(0, dev, BUCKET, (1..=8).collect()).unwrap();
-        let cfg = JournalConfig {
-            magic: 0xabc,
-            block_size: 4096,
-            max_entry_bytes: 16 << 10,
-            labels: BTreeMap::new(),
-            durability: BTreeMap::new(),
-        };
-        Journal::new(
-            vec![ring],
-            cfg,
-            100,
-            Arc::new(LiveOpts::new(Options::default())),
-            Arc::new(FsHealth::new()),
-        )
-        .unwrap()
-    };
+    let j2 = journal_at(Arc::new(FsHealth::new()), 100);
     let replay = j2.pin_replay_range(40);
     assert_eq!(j2.last_seq(), 40);
     assert_eq!(j2.flush_all_pins().unwrap(), 0, "the replay range is never flushed");
@@ -205,7 +191,6 @@ fn the_replay_range_pin_holds_last_seq_below_the_journal() {
     j2.pin_drop(replay).unwrap();
     j2.set_replay_barrier(None);
     assert_eq!(j2.last_seq(), 100);
-    drop(j);
 }
 
 #[test]
