@@ -508,12 +508,7 @@ impl ReplayTrans<'_> {
     /// all of it again onto these roots.
     pub fn write_dirty(&mut self) -> Result<usize> {
         let journal = self.fs.journal_rw()?.clone();
-        // No node may carry an update of an entry that is not durable: the publications so far.
-        journal.flush_with(CommitFlags::RECLAIM.wm)?;
-        let n = self.btrees.write_dirty().map_err(|e| self.fs.check_fatal(e))?;
-        journal.set_roots(super::root_entries(&mut self.btrees));
-        self.fs.publish_locked(&mut self.btrees, &journal).map_err(|e| self.fs.check_fatal(e))?;
-        Ok(n)
+        self.fs.write_round(&mut self.btrees, &journal)
     }
 }
 

@@ -44,11 +44,7 @@ impl FsShared {
         self.health.check_rw()?;
         for _ in 0..MAX_SETTLE_ROUNDS {
             let mut t = self.btrees.lock();
-            // No node may carry an update of a journal entry that is not durable.
-            journal.flush_with(CommitFlags::RECLAIM.wm)?;
-            t.write_dirty().map_err(|e| self.check_fatal(e))?;
-            journal.set_roots(root_entries(&mut t));
-            self.publish_locked(&mut t, &journal).map_err(|e| self.check_fatal(e))?;
+            self.write_round(&mut t, &journal)?;
             if t.dirty_nodes() == 0 && self.alloc.as_ref().is_none_or(|a| a.pending_updates() == 0) {
                 // Nothing applied is unwritten: the pin has nothing left to hold. The roots
                 // set above go out with the next entry, the first one whose last_seq moves.
@@ -63,6 +59,22 @@ impl FsShared {
 }
 
 impl FsShared {
+    /// One round of write-back under the btree lock: flushes the journal (no node may carry an
+    /// update of an entry that is not durable), writes every dirty node, sets the new roots and
+    /// publishes the alloc keys of the nodes allocated and freed into the entry that carries
+    /// them. Returns how many nodes it wrote.
+    pub(crate) fn write_round(
+        &self,
+        t: &mut fs_core::btree::Btrees,
+        journal: &journal::Journal,
+    ) -> Result<usize> {
+        journal.flush_with(CommitFlags::RECLAIM.wm)?;
+        let n = t.write_dirty().map_err(|e| self.check_fatal(e))?;
+        journal.set_roots(root_entries(t));
+        self.publish_locked(t, journal).map_err(|e| self.check_fatal(e))?;
+        Ok(n)
+    }
+
     /// A new filesystem's first alloc keys (its superblock and journal buckets) and freespace
     /// keys (one per run of free buckets) go straight into the btrees, not through the
     /// journal, which would have to hold an alloc key per journal bucket; the nodes are written
