@@ -70,11 +70,17 @@ pub fn auto_bucket_size(size_bytes: u64, btree_node_size: u64) -> u64 {
 /// The journal should hold at least this much per device, however small the buckets.
 pub const MIN_JOURNAL_BYTES: u64 = 1 << 20;
 
-/// Journal buckets for a device: nbuckets/128, at least 8 and at least 1 MiB worth, at most
-/// 8192, never more than half of the buckets left after the superblock.
+/// A device's journal never holds more than this (2^24 sectors), as in bcachefs.
+pub const MAX_JOURNAL_BYTES: u64 = 8 << 30;
+
+/// Journal buckets for a device, by bcachefs's rule: nbuckets/256, at least 8, at most 8192 and
+/// at most 8 GiB worth. bcsim adds two bounds for tiny devices: at least 1 MiB worth, and never
+/// more than half of the buckets left after the superblock.
 pub fn journal_buckets_for(nbuckets: u64, usable: u64, bucket_size: u64) -> u64 {
-    let min_for_bytes = MIN_JOURNAL_BYTES.div_ceil(bucket_size.max(1));
-    (nbuckets / 128).max(min_for_bytes).clamp(MIN_JOURNAL_BUCKETS, MAX_JOURNAL_BUCKETS).min(usable / 2)
+    let bucket_size = bucket_size.max(1);
+    let min_for_bytes = MIN_JOURNAL_BYTES.div_ceil(bucket_size);
+    let max = MAX_JOURNAL_BUCKETS.min(MAX_JOURNAL_BYTES / bucket_size).max(MIN_JOURNAL_BUCKETS);
+    (nbuckets >> 8).max(min_for_bytes).clamp(MIN_JOURNAL_BUCKETS, max).min(usable / 2)
 }
 
 /// Formats `devices` as one filesystem with `opts`. `uuid` fixes the filesystem uuid (random
@@ -251,7 +257,7 @@ mod tests {
             .collect()
     }
 
-    /// A 1 TiB device gets 4 MiB buckets, the journal gets nbuckets/128 of them right after the
+    /// A 1 TiB device gets 4 MiB buckets, the journal gets nbuckets/256 of them right after the
     /// superblock, and every device's superblock reads back with the same member table.
     #[test]
     fn layout_of_a_terabyte_device() {
@@ -262,7 +268,7 @@ mod tests {
         // The last 60 KiB hold superblock copy 1, so the final bucket is not whole.
         assert_eq!(m.nbuckets, (1 << 18) - 1);
         assert_eq!(m.first_bucket, 1);
-        assert_eq!(report.devices[0].journal.ranges, std::iter::once(1..1 + 2047).collect::<Vec<_>>());
+        assert_eq!(report.devices[0].journal.ranges, std::iter::once(1..1 + 1023).collect::<Vec<_>>());
         for (i, d) in devs.iter().enumerate() {
             let sb = read_super(d.dev.as_ref()).unwrap().sb;
             assert_eq!(sb.dev_idx as usize, i);
@@ -270,6 +276,19 @@ mod tests {
             assert!(sb.is_clean());
             assert_eq!(sb.members.len(), 2);
         }
+    }
+
+    /// The journal's size follows bcachefs's rule: nbuckets/256 between 8 buckets and the smaller
+    /// of 8192 buckets and 8 GiB; bcsim's own floor of 1 MiB and half the device apply below it.
+    #[test]
+    fn journal_size_rule() {
+        const M: u64 = 1 << 20;
+        assert_eq!(journal_buckets_for(16384, 16383, 256 << 10), 64);
+        assert_eq!(journal_buckets_for(1 << 22, (1 << 22) - 1, 4 * M), 2048, "8 GiB cap");
+        assert_eq!(journal_buckets_for(1 << 24, (1 << 24) - 1, 512 << 10), 8192, "8192 cap");
+        assert_eq!(journal_buckets_for(100, 99, 64 << 10), 16, "1 MiB floor");
+        assert_eq!(journal_buckets_for(20, 19, 2 * M), 8, "8 bucket floor");
+        assert_eq!(journal_buckets_for(12, 11, 2 * M), 5, "half the device");
     }
 
     /// The same uuid gives byte-identical images: fixtures and scenarios are reproducible.
