@@ -221,12 +221,12 @@ fn btree_phase(phase: &str, n: u64) -> Result<serde_json::Value, String> {
             let cfg = BtreeConfig { cache_nodes: 4096, ..BtreeConfig::default() };
             let mut fs = open_manual(open_device_set(&paths, true).map_err(e)?, cfg).map_err(e)?;
             let t = Instant::now();
-            insert_all(&mut fs, &keys, Some(WRITE_BACK_EVERY))?;
+            let wb = insert_all(&mut fs, &keys, Some(WRITE_BACK_EVERY))?;
             fs.unmount().map_err(e)?;
             let secs = t.elapsed().as_secs_f64();
             let (du, _) = usage(&dir);
             let _ = std::fs::remove_dir_all(&dir);
-            (secs, json!({"du_bytes": du}))
+            (secs, json!({"du_bytes": du, "write_backs": wb}))
         }
         other => return Err(format!("unknown phase '{other}'")),
     };
@@ -241,8 +241,15 @@ fn btree_phase(phase: &str, n: u64) -> Result<serde_json::Value, String> {
     }))
 }
 
-fn insert_all(fs: &mut Fs, keys: &[Bpos], write_back_every: Option<u64>) -> Result<(), String> {
+/// Inserts `keys` in batches, writing back every `write_back_every` keys and whenever the node
+/// alloc keys waiting for publication pile up. Returns the write-backs of each kind.
+fn insert_all(
+    fs: &mut Fs,
+    keys: &[Bpos],
+    write_back_every: Option<u64>,
+) -> Result<serde_json::Value, String> {
     let e = |err: fs_core::error::Error| err.to_string();
+    let (mut periodic, mut for_publication) = (0u64, 0u64);
     // The btree lock is taken per batch, as a transaction would hold it, not per key.
     const BATCH: usize = 65536;
     for (b, batch) in keys.chunks(BATCH).enumerate() {
@@ -260,11 +267,17 @@ fn insert_all(fs: &mut Fs, keys: &[Bpos], write_back_every: Option<u64>) -> Resu
         // With write-back, it also publishes the node alloc keys when they pile up (they must
         // fit one journal entry); in memory nothing is published.
         let due = write_back_every.is_some() && fs.publish_due();
-        if due || write_back_every.is_some_and(|every| done % every < BATCH as u64) {
+        let periodic_due = write_back_every.is_some_and(|every| done % every < BATCH as u64);
+        if due || periodic_due {
+            if periodic_due {
+                periodic += 1
+            } else {
+                for_publication += 1
+            }
             fs.write_back().map_err(e)?;
         }
     }
-    Ok(())
+    Ok(json!({"periodic": periodic, "for_publication": for_publication}))
 }
 
 /// A read-write mount whose journal reclaim runs only when asked: what a benchmark measures

@@ -103,7 +103,11 @@ const ALLOC_ENTRIES_BYTES: usize = 3 * journal::format::ENTRY_HEADER_BYTES;
 
 /// Journal bytes the alloc keys of `buckets` buckets may take in one transaction.
 pub fn alloc_update_bytes(buckets: usize) -> usize {
-    if buckets == 0 { 0 } else { ALLOC_ENTRIES_BYTES + buckets * ALLOC_UPDATE_BYTES }
+    if buckets == 0 {
+        0
+    } else {
+        ALLOC_ENTRIES_BYTES.saturating_add(buckets.saturating_mul(ALLOC_UPDATE_BYTES))
+    }
 }
 
 /// A transaction's data sector changes, `(dev, bucket, delta)`, and other buckets whose pending
@@ -152,12 +156,15 @@ impl FsShared {
         Ok(())
     }
 
-    /// True once the alloc keys waiting for publication fill a quarter of a journal entry (the
-    /// write-back that publishes them may add its own rewrites): whoever allocates btree nodes
-    /// outside transactions (replay, bulk loads) then writes back.
+    /// True once the alloc keys waiting for publication could, at worst, fill a journal entry:
+    /// whoever allocates btree nodes outside transactions (replay, bulk loads) then writes back.
+    /// The worst case ([`ALLOC_UPDATE_BYTES`] a bucket) is about three times what publication
+    /// really writes, which leaves room for the rewrites of the write-back that publishes them.
+    /// Constant time: it runs after every transaction.
     pub fn publish_due(&self) -> bool {
-        let limit = self.transaction_capacity() / 4;
-        self.alloc.as_ref().is_some_and(|a| a.pending_key_bytes() > limit)
+        let Some(alloc) = &self.alloc else { return false };
+        let worst = alloc_update_bytes(usize::try_from(alloc.pending_updates()).unwrap_or(usize::MAX));
+        worst > self.transaction_capacity()
     }
 
     /// One transaction; blocked on the allocator, it waits (when `flags` allow) and retries a
@@ -424,21 +431,27 @@ impl FsShared {
         if pending == 0 {
             return Ok(());
         }
-        let bytes = alloc.pending_key_bytes().saturating_add(ALLOC_ENTRIES_BYTES);
-        let capacity = journal.reservation_capacity();
-        if bytes > capacity {
+        // The bound is tight enough to reserve; what is taken is measured exactly, since the
+        // bound can exceed an entry when the keys themselves would not.
+        let bound = alloc.pending_key_bytes().saturating_add(ALLOC_ENTRIES_BYTES);
+        let reserved = bound.min(journal.reservation_capacity());
+        let res = journal.reserve(reserved, CommitFlags::RECLAIM.wm)?;
+        let seq = res.seq();
+        let taken = alloc.take_updates_at(seq);
+        let jentries = entries(&taken.updates);
+        let bytes: usize = jentries.iter().map(JsetEntry::encoded_bytes).sum();
+        if bytes > reserved {
+            alloc.untake(taken);
+            journal.cancel(res);
             return Err(Error::new(
                 ErrCode::TransactionTooBig,
                 format!(
                     "the alloc keys of {pending} buckets of btree nodes allocated and freed since the last write-back \
-                     ({bytes} bytes) do not fit one journal entry ({capacity} bytes): write back more often, or use \
+                     ({bytes} bytes) do not fit one journal entry ({reserved} bytes): write back more often, or use \
                      larger buckets"
                 ),
             ));
         }
-        let res = journal.reserve(bytes, CommitFlags::RECLAIM.wm)?;
-        let seq = res.seq();
-        let taken = alloc.take_updates_at(seq);
         if let Err(e) = self.apply(t, &taken.updates, seq) {
             alloc.untake(taken);
             journal.cancel(res);
@@ -448,7 +461,7 @@ impl FsShared {
             journal.cancel(res);
             return Err(e);
         }
-        journal.commit(res, entries(&taken.updates), self.now())?;
+        journal.commit(res, jentries, self.now())?;
         Ok(())
     }
 
@@ -496,8 +509,8 @@ impl ReplayTrans<'_> {
         }
     }
 
-    /// True once node alloc keys waiting for publication fill half a journal entry: time to
-    /// [`ReplayTrans::write_dirty`].
+    /// True once node alloc keys waiting for publication could fill a journal entry (see
+    /// [`FsShared::publish_due`]): time to [`ReplayTrans::write_dirty`].
     pub fn publish_due(&self) -> bool {
         self.fs.publish_due()
     }
@@ -571,8 +584,9 @@ impl Fs {
         self.shared.transaction_capacity()
     }
 
-    /// True once node alloc keys waiting for publication fill half a journal entry: a bulk
-    /// loader inserting into the btrees directly should write back then.
+    /// True once node alloc keys waiting for publication could fill a journal entry (see
+    /// [`FsShared::publish_due`]): a bulk loader inserting into the btrees directly should
+    /// write back then.
     pub fn publish_due(&self) -> bool {
         self.shared.publish_due()
     }
