@@ -272,7 +272,7 @@ fn loop_device_works_when_available() {
 
 /// `bcsim list` prints what was committed: keys in order within --start/--end, alloc keys for
 /// the buckets nodes took, the node layout with --nodes, JSON with --json; bad names and
-/// positions are usage errors.
+/// positions, and a range that ends before it starts, are usage errors.
 #[test]
 fn list_shows_committed_keys_and_nodes() {
     use fs_core::bkey::{Bkey, KeyType};
@@ -320,6 +320,12 @@ fn list_shows_committed_keys_and_nodes() {
 
     fails(&bcsim(&["list", "-b", "nosuch", "a.img", "b.img"], d.path()), 16, "unknown btree 'nosuch'");
     fails(&bcsim(&["list", "--start", "x:y", "a.img", "b.img"], d.path()), 16, "invalid --start position");
+    // A reversed range is refused, as list-journal refuses one, not listed as empty.
+    fails(
+        &bcsim(&["list", "-s", "9:9", "-e", "0:0", "a.img", "b.img"], d.path()),
+        16,
+        "ends before it starts",
+    );
     // A fresh filesystem lists nothing.
     format_ok(d.path(), &["--size", "256M", "c.img"]);
     let out = bcsim(&["list", "c.img"], d.path());

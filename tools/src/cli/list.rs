@@ -54,6 +54,15 @@ pub fn run(args: ListArgs) -> CmdResult {
     let btree = parse_btree(&args.btree)?;
     let start = parse_pos("--start", &args.start)?;
     let end = parse_pos("--end", &args.end)?;
+    if end < start {
+        return Err(Error::new(
+            ErrCode::InvalidArgument,
+            format!(
+                "invalid range --start {} --end {}: the range ends before it starts",
+                args.start, args.end
+            ),
+        ));
+    }
     let set = open_device_set(&args.images, false)?;
     let mut fs = open_view(set, &MountOpts::default())?;
     if fs.unclean() {
