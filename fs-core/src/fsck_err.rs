@@ -1,4 +1,5 @@
-//! Fsck error ids: a table with stable numbers, bcachefs's `sb/errors_format.h` numbering.
+//! Fsck error ids: a table with stable numbers, bcachefs's `sb/errors_format.h` numbering, and
+//! bcsim's own few from [`BCSIM_FIRST_ID`] up.
 //!
 //! Rules of the table: an id is never reused or renumbered, even when an error is retired (its
 //! number goes to [`RETIRED_IDS`]); the superblock persists counts by id, so an id this build
@@ -96,13 +97,25 @@ fsck_errs! {
     DirentToMissingInode = 229, "dirent_to_missing_inode", NONE;
     JournalEntryDupSameDevice = 246, "journal_entry_dup_same_device", NONE;
     JournalBucketSeqNotMonotonic = 358, "journal_bucket_seq_not_monotonic", NONE;
+    // bcsim's own errors, for damage bcachefs repairs without reporting it. sb_copy_damaged: a
+    // superblock copy that does not read back (bcachefs rewrites every copy on its next
+    // superblock write, silently).
+    SbCopyDamaged = 4096, "sb_copy_damaged", AUTOFIX;
 }
 
 /// Ids that once named an error and must not be given to a new one.
 pub const RETIRED_IDS: &[u16] = &[];
 
-/// One past the highest id in use: a new error takes this number.
+/// One past the highest id in use: a new error bcachefs also has takes its bcachefs number,
+/// which is at least this one.
 pub const NEXT_ID: u16 = 359;
+
+/// bcsim's own errors (with no bcachefs counterpart) are numbered from here, far above
+/// bcachefs's numbering, so that a future bcachefs id never collides with one.
+pub const BCSIM_FIRST_ID: u16 = 4096;
+
+/// One past the highest of bcsim's own ids: the next one takes this number.
+pub const BCSIM_NEXT_ID: u16 = 4097;
 
 #[cfg(test)]
 mod tests {
@@ -118,7 +131,8 @@ mod tests {
         for &e in FsckErr::ALL {
             assert!(ids.insert(e.id()), "id {} used twice", e.id());
             assert!(names.insert(e.name()), "name {} used twice", e.name());
-            assert!(e.id() < NEXT_ID, "{} id {} not below NEXT_ID", e.name(), e.id());
+            let in_range = e.id() < NEXT_ID || (BCSIM_FIRST_ID..BCSIM_NEXT_ID).contains(&e.id());
+            assert!(in_range, "{} id {} outside the bcachefs and bcsim ranges", e.name(), e.id());
             assert!(!RETIRED_IDS.contains(&e.id()), "{} reuses a retired id", e.name());
             assert_eq!(FsckErr::from_id(e.id()), Some(e));
             assert_eq!(FsckErr::from_name(e.name()), Some(e));

@@ -14,7 +14,7 @@ use fs_core::sb::DeviceSet;
 
 use crate::passes::Mode;
 pub use crate::passes::{PassOutcome, Problem};
-use crate::recovery::{MountOpts, recover};
+use crate::recovery::{MountOpts, damaged_sb_copies, recover};
 
 /// What fsck may change.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -90,8 +90,10 @@ pub fn fsck(set: DeviceSet, o: &FsckOpts) -> Result<FsckReport> {
     };
     let quick = set.sb.is_clean() && !o.force;
     if quick && mode == Mode::Check {
+        // The superblock copies were read to open the set: their damage costs nothing to say.
+        let problems = damaged_sb_copies(&set, false);
         let log = vec!["filesystem is clean; use -f to check it anyway".to_owned()];
-        return Ok(FsckReport { problems: Vec::new(), log, checked: false, passes: Vec::new() });
+        return Ok(FsckReport { problems, log, checked: false, passes: Vec::new() });
     }
     let ctx = recover(set, &o.mount, mode, !quick, BtreeConfig::default())?;
     let mut report =

@@ -113,6 +113,36 @@ fn missing_directory_empty_and_garbage_images() {
     fails(&bcsim(&["show-super", "junk.img"], d.path()), 8, "junk.img: not a bcsim filesystem");
 }
 
+/// A damaged superblock copy is an fsck error under its stable id: `fsck -n` (quick or forced)
+/// exits 4 and writes nothing, `fsck -y` rewrites the copy and exits 1, and the next check is
+/// clean. A mount heals it too, and says so.
+#[test]
+fn damaged_superblock_copy_is_an_fsck_error() {
+    let d = tmp();
+    format_ok(d.path(), &["--size", "256M", "a.img", "b.img"]);
+    let (copy0, _) = sb_offsets(d.path(), "b.img");
+    flip_byte(&d.path().join("b.img"), copy0 + 200);
+    let before = std::fs::read(d.path().join("b.img")).unwrap();
+    for args in [&["fsck", "-n"][..], &["fsck", "-nf"][..]] {
+        let out = bcsim(&[args, &["a.img", "b.img"][..]].concat(), d.path());
+        assert_eq!(out.code, 4, "{args:?}: {}{}", out.stdout, out.stderr);
+        assert!(out.stdout.contains("sb_copy_damaged: b.img: superblock copy at byte"), "{}", out.stdout);
+    }
+    assert!(std::fs::read(d.path().join("b.img")).unwrap() == before, "fsck -n wrote");
+    let out = bcsim(&["fsck", "-y", "a.img", "b.img"], d.path());
+    assert_eq!(out.code, 1, "{}{}", out.stdout, out.stderr);
+    assert!(out.stdout.contains("sb_copy_damaged") && out.stdout.contains("(fixed)"), "{}", out.stdout);
+    let out = bcsim(&["fsck", "-nf", "a.img", "b.img"], d.path());
+    assert_eq!(out.code, 0, "{}{}", out.stdout, out.stderr);
+
+    flip_byte(&d.path().join("a.img"), copy0 + 200);
+    let out = bcsim(&["mount", "--json", "a.img", "b.img"], d.path());
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let v: serde_json::Value = serde_json::from_str(&out.stdout).unwrap();
+    assert!(v["problems"].to_string().contains("sb_copy_damaged"), "{}", out.stdout);
+    assert_eq!(bcsim(&["fsck", "-nf", "a.img", "b.img"], d.path()).code, 0);
+}
+
 #[test]
 fn truncated_and_damaged_images() {
     let d = tmp();

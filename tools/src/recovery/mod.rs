@@ -210,8 +210,11 @@ pub(crate) fn recover(
     let cfg = BtreeConfig { behavior: opts.behavior(), ..cfg };
     let errors = opts.errors();
     let live = Arc::new(LiveOpts::new(opts));
+    let damaged = damaged_sb_copies(&set, mode != Mode::Check);
     let mut ctx = RecoveryCtx::new(mode, set, live.clone(), cfg, mopts.reclaim, log);
     ctx.fsck = fsck;
+    // The superblock write that ends a writing run rewrites every copy.
+    ctx.problems.extend(damaged);
     // errors= follows the live option: set now, and again whenever it changes.
     ctx.health.set_error_action(errors);
     let health = ctx.health.clone();
@@ -237,6 +240,21 @@ pub(crate) fn recover(
         None => "done".to_owned(),
     });
     Ok(ctx)
+}
+
+/// A problem for every superblock copy that did not read back (damaged, or stale beside a newer
+/// one); `fixed` when the run writes the superblock, which rewrites every copy.
+pub(crate) fn damaged_sb_copies(set: &DeviceSet, fixed: bool) -> Vec<Problem> {
+    set.present()
+        .flat_map(|m| {
+            m.damaged.iter().map(move |d| Problem {
+                err: fs_core::fsck_err::FsckErr::SbCopyDamaged,
+                msg: format!("{}: superblock copy at byte {}: {}", m.dev.name(), d.offset, d.error),
+                fixed,
+                count: 1,
+            })
+        })
+        .collect()
 }
 
 /// A filesystem recovered in memory only, for reading: after an unclean shutdown its journal
