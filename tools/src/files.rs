@@ -40,7 +40,7 @@ fn deleted_pos(inum: u64) -> Bpos {
     inode_pos(inum)
 }
 
-fn dirent_pos(dir: u64, name: &str) -> Bpos {
+pub(crate) fn dirent_pos(dir: u64, name: &str) -> Bpos {
     Bpos::new(dir, Dirent::name_hash(name), 0)
 }
 

@@ -66,6 +66,18 @@ pub struct NodeInfo {
     pub dirty: bool,
 }
 
+/// A node fsck dropped because no replica of it could be read ([`Btrees::drop_unreadable`]).
+#[derive(Debug)]
+pub struct LostNode {
+    pub btree: BtreeId,
+    pub level: u8,
+    pub min_key: Bpos,
+    pub max_key: Bpos,
+    pub ptrs: Vec<ExtentPtr>,
+    /// Why the read failed (the first replica's error).
+    pub error: Error,
+}
+
 /// Settings of the btree layer.
 #[derive(Clone, Copy, Debug)]
 pub struct BtreeConfig {
@@ -939,8 +951,8 @@ impl Btrees {
         }
         let written = self.write_whole(new_seq);
         // The old place is freed once the node lives elsewhere, even if writing it failed: the
-        // node stays dirty in memory, at its new place.
-        let freed = self.alloc.free_node(&old_ptrs);
+        // node stays dirty in memory, at its new place. A node salvage made had none.
+        let freed = if old_ptrs.is_empty() { Ok(()) } else { self.alloc.free_node(&old_ptrs) };
         written.and(freed)?;
         Ok(new_seq)
     }
@@ -970,6 +982,107 @@ impl Btrees {
         // Still over: the rest is dirty. Scanning again before `slack` more nodes arrive (or a
         // write-back cleans some) would find the same, and cost O(nodes) per update.
         self.evict_scan_above = if self.nodes.len() > bound + slack { self.nodes.len() + slack } else { 0 };
+    }
+
+    /// fsck's salvage of `btree`: every node no replica of which can be read is replaced, in
+    /// the cache, by an empty node covering the same range at the same level (an interior one
+    /// over a chain of empty nodes down to a leaf). Its keys are lost; the rest of the tree is
+    /// untouched. The replacement keeps the lost node's seq and pointers, so its parent still
+    /// leads to it and check_allocations still sees its buckets in use; it is dirty and marked
+    /// for a rewrite, so the first write-back writes it at a new place and frees the old one.
+    /// Without a write-back (`fsck -n`) nothing is written. Returns the nodes lost.
+    pub fn drop_unreadable(&mut self, btree: BtreeId) -> Result<Vec<LostNode>> {
+        let mut lost = Vec::new();
+        let root = match self.root(btree) {
+            Ok(Some(seq)) => seq,
+            Ok(None) => return Ok(lost),
+            Err(error) if error.matches(ErrCode::Eio) => {
+                let Some(r) = self.root_ptr.get(slot(btree)).cloned().flatten() else { return Err(error) };
+                let seq = self.install_placeholder(
+                    btree,
+                    r.level,
+                    r.ptr.seq,
+                    r.ptr.min_key,
+                    Bpos::MAX,
+                    r.ptr.ptrs.clone(),
+                );
+                if let Some(s) = self.root_seq.get_mut(slot(btree)) {
+                    *s = Some(seq);
+                }
+                lost.push(LostNode {
+                    btree,
+                    level: r.level,
+                    min_key: r.ptr.min_key,
+                    max_key: Bpos::MAX,
+                    ptrs: r.ptr.ptrs,
+                    error,
+                });
+                return Ok(lost);
+            }
+            Err(e) => return Err(e),
+        };
+        let mut stack = vec![root];
+        while let Some(seq) = stack.pop() {
+            let n = self.node(seq)?;
+            let level = n.hdr.level;
+            let NodeKeys::Interior(children) = &n.keys else { continue };
+            let children: Vec<(Bpos, BtreePtrV2)> =
+                children.iter().map(|(&k, c)| (k, c.ptr.clone())).collect();
+            for (max_key, ptr) in children {
+                match self.child(btree, seq, max_key) {
+                    Ok(child) => stack.push(child),
+                    Err(error) if error.matches(ErrCode::Eio) => {
+                        let child_level = level.saturating_sub(1);
+                        self.install_placeholder(
+                            btree,
+                            child_level,
+                            ptr.seq,
+                            ptr.min_key,
+                            max_key,
+                            ptr.ptrs.clone(),
+                        );
+                        lost.push(LostNode {
+                            btree,
+                            level: child_level,
+                            min_key: ptr.min_key,
+                            max_key,
+                            ptrs: ptr.ptrs,
+                            error,
+                        });
+                    }
+                    Err(e) => return Err(e),
+                }
+            }
+        }
+        self.last_leaf = None;
+        Ok(lost)
+    }
+
+    /// Puts an empty node for `min_key..=max_key` at `level` into the cache under `seq`, at
+    /// `ptrs`, to be rewritten elsewhere; below an interior one, a chain of empty nodes down to
+    /// a leaf, with no place yet. Returns `seq`.
+    fn install_placeholder(
+        &mut self,
+        btree: BtreeId,
+        level: u8,
+        seq: u64,
+        min_key: Bpos,
+        max_key: Bpos,
+        ptrs: Vec<ExtentPtr>,
+    ) -> u64 {
+        let mut node = Node::new(NodeHeader { btree, level, min_key, max_key, seq }, ptrs);
+        node.needs_rewrite = true;
+        if level > 0 {
+            let child = self.new_seq();
+            let child = self.install_placeholder(btree, level - 1, child, min_key, max_key, Vec::new());
+            let ptr = BtreePtrV2 { seq: child, sectors_written: 0, min_key, ptrs: Vec::new() };
+            if let NodeKeys::Interior(m) = &mut node.keys {
+                m.insert(max_key, Child { ptr, pending: true });
+            }
+            node.key_bytes = key_bytes(&node.keys);
+        }
+        self.nodes.insert(seq, node);
+        seq
     }
 
     /// Fault injection for scenarios: makes the cached node at `level` covering `pos` claim a

@@ -1,27 +1,51 @@
 //! `check_topology` (4): every node of every btree read and validated; each level must tile the
 //! key space from POS_MIN to POS_MAX. The nodes it read are kept for check_allocations, which
-//! requires it. What it finds is reported, not repaired: bcsim has no node scan to rebuild from.
+//! requires it.
+//!
+//! A node none of whose replicas reads is dropped (`btree_node_unreadable`): an empty node takes
+//! its place and range, its keys are lost, and the passes after it repair what follows from
+//! that (link counts, alloc info). `fsck -n` drops it in memory only, so that the later checks
+//! run and report; a run that may fix it (`fsck -y`) writes the empty node at a new place; any
+//! other run stops here, before anything is written, with the error not fixed. Other topology
+//! errors are reported, not repaired: bcsim has no node scan to rebuild from.
 
 use fs_core::bpos::{Bpos, BtreeId};
 use fs_core::btree::{Btrees, NodeInfo};
 use fs_core::error::{ErrCode, Result};
 use fs_core::fsck_err::FsckErr;
 
-use super::{Finding, RecoveryCtx};
+use super::{Finding, Mode, RecoveryCtx};
 
 pub(super) fn run(ctx: &mut RecoveryCtx) -> Result<()> {
     let mut findings = Vec::new();
     let nodes = ctx.with_view(|v| check(v.t, &mut findings))?;
+    let lost = findings.iter().any(|f| f.err == FsckErr::BtreeNodeUnreadable);
+    if lost && ctx.mode != Mode::Check && !ctx.may_fix(FsckErr::BtreeNodeUnreadable) {
+        // The empty nodes are in memory only: stopping before the filesystem may write keeps
+        // them there.
+        ctx.stop = Some("btree nodes no replica of which reads are dropped only by fsck -y".to_owned());
+    }
     ctx.topology = nodes;
     let fixes = ctx.record(findings);
-    debug_assert!(fixes.is_empty(), "topology findings carry no repairs");
+    debug_assert!(fixes.is_empty(), "topology repairs are made in the btrees, not as updates");
     Ok(())
 }
 
-/// Reads every node of every btree and checks that each level tiles the key space.
+/// Drops the unreadable nodes of every btree, then reads every node and checks that each level
+/// tiles the key space.
 fn check(t: &mut Btrees, findings: &mut Vec<Finding>) -> Result<Vec<NodeInfo>> {
     let mut all = Vec::new();
     for &btree in BtreeId::ALL {
+        for lost in t.drop_unreadable(btree)? {
+            findings.push(Finding::new(
+                FsckErr::BtreeNodeUnreadable,
+                format!(
+                    "btree {btree} level {} {}..{}: no replica reads ({}): dropped, its keys are lost",
+                    lost.level, lost.min_key, lost.max_key, lost.error
+                ),
+                Some(Vec::new()),
+            ));
+        }
         let infos = match t.node_infos(btree) {
             Ok(i) => i,
             Err(e) if e.matches(ErrCode::Eio) => {

@@ -208,6 +208,9 @@ pub struct RecoveryCtx {
     pub(crate) topology: Vec<NodeInfo>,
     /// The alloc keys as check_allocations says they should be, for check_alloc_info.
     pub(crate) alloc_view: Option<BTreeMap<Bpos, AllocV4>>,
+    /// Set by a pass that found what this run may not repair and must not go past: the passes
+    /// after it are skipped with this reason, and nothing is written.
+    pub(crate) stop: Option<String>,
     /// Repairs found before the filesystem may write, committed after journal replay (where
     /// bcachefs puts them into the journal keys to be replayed).
     pub(crate) fixes_after_replay: Vec<(BtreeId, Bkey)>,
@@ -257,6 +260,7 @@ impl RecoveryCtx {
             replay_pin: None,
             topology: Vec::new(),
             alloc_view: None,
+            stop: None,
             fixes_after_replay: Vec::new(),
         }
     }
@@ -296,7 +300,7 @@ impl RecoveryCtx {
     }
 
     /// Whether an error found by `pass` is fixed in this run.
-    fn may_fix(&self, err: FsckErr) -> bool {
+    pub(crate) fn may_fix(&self, err: FsckErr) -> bool {
         match self.mode {
             Mode::Check => false,
             Mode::Fix => true,
@@ -334,6 +338,9 @@ impl RecoveryCtx {
         for &pass in RecoveryPass::ALL {
             let outcome = match implementation(pass) {
                 PassImpl::NotModelled(why) => PassOutcome::NotModelled(why),
+                PassImpl::Runs(_) if self.stop.is_some() => {
+                    PassOutcome::Skipped(format!("stopped: {}", self.stop.as_deref().unwrap_or_default()))
+                }
                 PassImpl::Runs(_) if !self.requested(pass) => PassOutcome::Skipped(not_requested(pass)),
                 PassImpl::Runs(_) if !self.mode.writes() && writes(pass) => {
                     PassOutcome::Skipped("fsck -n writes nothing".to_owned())
@@ -359,6 +366,20 @@ impl RecoveryCtx {
             self.outcomes.push((pass, outcome));
         }
         self.finish_fix_errors()
+    }
+
+    /// After a run failed: leaves the filesystem as it was found where it can. A filesystem
+    /// that was clean, or whose journal replay finished, is unmounted cleanly (written back and
+    /// sealed), so that a failed fsck or mount does not leave a mountable filesystem marked
+    /// unclean. One whose replay did not finish keeps its journal for the next mount to replay.
+    pub(crate) fn seal_after_error(&mut self) {
+        let Some(fs) = self.fs.take() else { return };
+        if self.unclean && !self.replay_done {
+            return;
+        }
+        if let Err(e) = fs.unmount() {
+            self.log.push(format!("could not seal the filesystem after the error: {e}"));
+        }
     }
 
     /// `mount -o fsck` with `fix_errors=exit` refuses to finish with errors left.

@@ -228,8 +228,14 @@ pub(crate) fn recover(
     } else {
         open_clean(&mut ctx)?;
     }
-    ctx.run_passes()?;
-    if mode == Mode::Check {
+    if let Err(e) = ctx.run_passes() {
+        ctx.seal_after_error();
+        return Err(e);
+    }
+    if let (Some(why), Mode::Mount { .. }) = (&ctx.stop, mode) {
+        return Err(Error::new(ErrCode::FsckErrorsNotFixed, format!("{why}: run fsck -y")));
+    }
+    if mode == Mode::Check || ctx.stop.is_some() {
         return Ok(ctx);
     }
     ctx.count_errors()?;
