@@ -641,3 +641,42 @@ fn failed_fsck_leaves_a_clean_filesystem_clean() {
     assert_eq!(out.code, 0, "{}", out.stderr);
     assert!(out.stdout.contains("recovering from clean shutdown"), "{}", out.stdout);
 }
+
+/// After a crash, one bad replica of the alloc root costs nothing: `fsck -n` reports it (exit
+/// 4, nothing written); `fsck -y` and a mount read the good replica and rewrite the node, fsck
+/// saying so (exit 1, "fixed"); the next check is clean.
+#[test]
+fn a_bad_replica_is_read_around_and_rewritten() {
+    let d = tmp();
+    let imgs = ["a.img", "b.img", "c.img", "d.img"];
+    format_ok(d.path(), &[&["--size", "128M", "--metadata-replicas", "2"][..], &imgs].concat());
+    let run = [&["run", "--ops", "400", "--seed", "3", "--crash-after", "300"][..], &imgs].concat();
+    assert_eq!(bcsim(&run, d.path()).code, 0);
+    let (dev, at) = root_node_at(d.path(), "alloc", &imgs);
+    let victim = d.path().join(imgs[dev]);
+    flip_byte(&victim, at + 1000);
+    let saved: Vec<Vec<u8>> = imgs.iter().map(|i| std::fs::read(d.path().join(i)).unwrap()).collect();
+
+    let out = bcsim(&[&["fsck", "-n"][..], &imgs].concat(), d.path());
+    assert_eq!(out.code, 4, "{}{}", out.stdout, out.stderr);
+    assert!(
+        out.stdout.contains("read from another replica") && out.stdout.contains("(not fixed)"),
+        "{}",
+        out.stdout
+    );
+    assert!(std::fs::read(&victim).unwrap() == saved[dev], "fsck -n wrote");
+
+    for cmd in [&["fsck", "-y"][..], &["mount"][..]] {
+        for (i, bytes) in imgs.iter().zip(&saved) {
+            std::fs::write(d.path().join(i), bytes).unwrap();
+        }
+        let out = bcsim(&[cmd, &imgs].concat(), d.path());
+        let want = if cmd[0] == "fsck" { 1 } else { 0 };
+        assert_eq!(out.code, want, "{cmd:?}: {}{}", out.stdout, out.stderr);
+        if cmd[0] == "fsck" {
+            assert!(out.stdout.contains("rewritten from the good replica (fixed)"), "{}", out.stdout);
+        }
+        let out = bcsim(&[&["fsck", "-nf"][..], &imgs].concat(), d.path());
+        assert_eq!(out.code, 0, "after {cmd:?}: {}{}", out.stdout, out.stderr);
+    }
+}

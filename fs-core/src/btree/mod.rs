@@ -13,7 +13,7 @@ pub mod tree;
 pub use io::NodeIo;
 pub use iter::{BtreeIter, KeyOverlay};
 pub use node_alloc::{NodeAllocator, NodeLocation};
-pub use tree::{BtreeConfig, Btrees, LostNode, NodeInfo, Root};
+pub use tree::{BtreeConfig, Btrees, LostNode, NodeInfo, READ_AROUND, Root};
 
 #[cfg(test)]
 mod tests;

@@ -44,6 +44,10 @@ impl std::hash::Hasher for SeqHasher {
 
 type NodeMap = HashMap<u64, Node, std::hash::BuildHasherDefault<SeqHasher>>;
 
+/// The words the log line of a node read past a bad replica carries, which marks the node
+/// for a rewrite from the good one.
+pub const READ_AROUND: &str = "read from another replica";
+
 /// A btree root as persisted (journal `btree_root` entries, the superblock clean section).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Root {
@@ -269,10 +273,7 @@ impl Btrees {
             node.dirty = true;
         }
         for b in bad {
-            self.log.push(format!(
-                "btree node read error on dev {}, read from another replica: {}",
-                b.dev, b.error
-            ));
+            self.log.push(format!("btree node read error on dev {}, {READ_AROUND}: {}", b.dev, b.error));
         }
         Ok(node)
     }

@@ -10,11 +10,11 @@
 //! errors are reported, not repaired: bcsim has no node scan to rebuild from.
 
 use fs_core::bpos::{Bpos, BtreeId};
-use fs_core::btree::{Btrees, NodeInfo};
+use fs_core::btree::{Btrees, NodeInfo, READ_AROUND};
 use fs_core::error::{ErrCode, Result};
 use fs_core::fsck_err::FsckErr;
 
-use super::{Finding, Mode, RecoveryCtx};
+use super::{Finding, Mode, Problem, RecoveryCtx};
 
 pub(super) fn run(ctx: &mut RecoveryCtx) -> Result<()> {
     let mut findings = Vec::new();
@@ -26,6 +26,13 @@ pub(super) fn run(ctx: &mut RecoveryCtx) -> Result<()> {
         ctx.stop = Some("btree nodes no replica of which reads are dropped only by fsck -y".to_owned());
     }
     ctx.topology = nodes;
+    let writes = ctx.mode.writes();
+    let (read_around, findings): (Vec<_>, Vec<_>) =
+        findings.into_iter().partition(|f| f.err == FsckErr::BtreeNodeReadError && f.fix.is_some());
+    for f in read_around {
+        let msg = if writes { format!("{}: rewritten from the good replica", f.msg) } else { f.msg };
+        ctx.problems.push(Problem { err: f.err, msg, fixed: writes, count: 1 });
+    }
     let fixes = ctx.record(findings);
     debug_assert!(fixes.is_empty(), "topology repairs are made in the btrees, not as updates");
     Ok(())
@@ -84,7 +91,10 @@ fn check(t: &mut Btrees, findings: &mut Vec<Finding>) -> Result<Vec<NodeInfo>> {
             }
         }
         for line in t.take_log() {
-            findings.push(Finding::new(FsckErr::BtreeNodeReadError, line, None));
+            // A node read from another replica is rewritten from it at the next write-back
+            // (the read marked it): any run that writes repairs it.
+            let fix = line.contains(READ_AROUND).then(Vec::new);
+            findings.push(Finding::new(FsckErr::BtreeNodeReadError, line, fix));
         }
         all.extend(infos);
     }

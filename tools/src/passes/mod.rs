@@ -69,7 +69,7 @@ pub enum FixErrors {
 }
 
 impl Mode {
-    fn writes(self) -> bool {
+    pub(crate) fn writes(self) -> bool {
         self != Mode::Check
     }
 }
