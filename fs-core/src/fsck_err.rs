@@ -101,6 +101,12 @@ fsck_errs! {
     // superblock copy that does not read back (bcachefs rewrites every copy on its next
     // superblock write, silently).
     SbCopyDamaged = 4096, "sb_copy_damaged", AUTOFIX;
+    // journal_bucket_hole: empty blocks inside a journal bucket with good entries after them
+    // (bcachefs ends the bucket there and loses those entries).
+    JournalBucketHole = 4097, "journal_bucket_hole", AUTOFIX;
+    // bset_newer_than_journal: a btree node bset whose journal seq is past the newest journal
+    // entry found (bcsim writes nodes only after their entries are durable: entries were lost).
+    BsetNewerThanJournal = 4098, "bset_newer_than_journal", NONE;
 }
 
 /// Ids that once named an error and must not be given to a new one.
@@ -115,7 +121,7 @@ pub const NEXT_ID: u16 = 359;
 pub const BCSIM_FIRST_ID: u16 = 4096;
 
 /// One past the highest of bcsim's own ids: the next one takes this number.
-pub const BCSIM_NEXT_ID: u16 = 4097;
+pub const BCSIM_NEXT_ID: u16 = 4099;
 
 #[cfg(test)]
 mod tests {

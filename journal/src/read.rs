@@ -6,10 +6,13 @@
 //!    there are CPUs, each wave merged (pass 3) before the next starts. A bucket whose first block
 //!    holds nothing of ours is skipped after that one block (journals are large and image files
 //!    sparse); a used bucket is read whole. Within a bucket, [`scan_bucket`] applies the
-//!    per-bucket rules: an empty block ends the bucket, so does a seq below the bucket's first
-//!    seq (a stale tail left by an earlier lap of the ring), and a bad checksum marks that copy
-//!    bad and resumes at the next block; from then on empty blocks are stepped over rather than
-//!    ending the bucket, since they may be the inside of the bad entry.
+//!    per-bucket rules: an empty block ends the bucket unless an entry with a good checksum,
+//!    newer than the bucket's, follows further on (a hole: logged and counted as
+//!    `journal_bucket_hole`, and read past; bcachefs would end the bucket and lose what
+//!    follows), a seq below the bucket's first seq ends it too (a stale tail left by an earlier
+//!    lap of the ring), and a bad checksum marks that copy bad and resumes at the next block;
+//!    from then on empty blocks are stepped over rather than ending the bucket, since they may
+//!    be the inside of the bad entry.
 //! 2. Each device's bucket seqs are checked for ring order ([`check_bucket_order`]): a violation
 //!    is logged and counted, never fatal.
 //! 3. Copies are merged by seq ([`Merger`]): same device and offset is the same copy; same device
@@ -130,6 +133,8 @@ pub struct JournalRead {
     pub log: Vec<String>,
     /// Counts per fsck error, sorted by id.
     pub fsck_errors: Vec<(FsckErr, u64)>,
+    /// The log line of each counted error's first occurrence.
+    pub fsck_first: BTreeMap<FsckErr, String>,
     /// Copies that were unusable: bad checksums, invalid entries, buckets that failed to read.
     pub bad_copies: u64,
     /// One per device read, in the order given.
@@ -373,6 +378,22 @@ struct DevScan {
     copies: Vec<Copy>,
     /// Buckets that could not be read: (bucket, error).
     io_errors: Vec<(u64, Error)>,
+    /// Runs of blocks with nothing of ours, inside a bucket, with good entries after them.
+    holes: Vec<Hole>,
+}
+
+/// Empty blocks inside a journal bucket with a good entry after them: copies lost (zeroed,
+/// never landed) in the middle of the ring. bcachefs ends the bucket at the first block without
+/// its magic and would lose every entry after it; bcsim reads past, and reports the hole.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Hole {
+    pub dev: u8,
+    pub bucket: u64,
+    /// Device byte offsets: where the hole starts, and the entry after it.
+    pub start: u64,
+    pub end: u64,
+    /// The seq of the entry after the hole.
+    pub next_seq: u64,
 }
 
 /// Scans every device and hands each scan to `merge`, in device order, so the merge is
@@ -448,6 +469,7 @@ fn scan_device(d: &JournalDevice, opts: &ReadOpts, pass: Pass<'_>, short: Shortc
         buckets: Vec::with_capacity(d.buckets.len()),
         copies: Vec::new(),
         io_errors: Vec::new(),
+        holes: Vec::new(),
     };
     // One buffer per device, reused for every bucket.
     let mut buf = vec![0u8; geo.bucket_len];
@@ -456,7 +478,7 @@ fn scan_device(d: &JournalDevice, opts: &ReadOpts, pass: Pass<'_>, short: Shortc
             Ok(None) => BucketState::Empty,
             Ok(Some(base)) => {
                 let ctx = BucketCtx { dev: d.dev_idx, bucket, geo, opts, pass, short };
-                scan_bucket(&buf, base, &ctx, &mut scan.copies)
+                scan_bucket(&buf, base, &ctx, &mut scan.copies, &mut scan.holes)
             }
             Err(e) => {
                 scan.io_errors.push((bucket, e));
@@ -512,7 +534,13 @@ struct BucketCtx<'a> {
 
 /// Applies the per-bucket rules to a bucket read into `buf` at device offset `base`, pushing the
 /// copies the pass wants.
-fn scan_bucket(buf: &[u8], base: u64, ctx: &BucketCtx<'_>, copies: &mut Vec<Copy>) -> BucketState {
+fn scan_bucket(
+    buf: &[u8],
+    base: u64,
+    ctx: &BucketCtx<'_>,
+    copies: &mut Vec<Copy>,
+    holes: &mut Vec<Hole>,
+) -> BucketState {
     let BucketCtx { dev, bucket, geo, opts, pass, short } = *ctx;
     let known = short.known;
     let is_known = |seq: u64, bytes: u32, csum: u32| known.get(&seq) == Some(&(bytes, csum));
@@ -531,7 +559,18 @@ fn scan_bucket(buf: &[u8], base: u64, ctx: &BucketCtx<'_>, copies: &mut Vec<Copy
         let offset = base.saturating_add(pos as u64);
         let ptr = EntryPtr { dev, bucket, offset };
         let (seq, state, step) = match decode_jset_with(block, opts.magic, &how) {
-            Ok(JsetRead::Empty) if pass.is_first() && !saw_bad => break,
+            Ok(JsetRead::Empty) if pass.is_first() && !saw_bad => {
+                // The end of what was written, or a hole with good entries after it.
+                match next_entry_after_hole(buf, pos, newest_seq, geo, opts) {
+                    Some((next, next_seq)) => {
+                        let end = base.saturating_add(next as u64);
+                        holes.push(Hole { dev, bucket, start: offset, end, next_seq });
+                        pos = next;
+                        continue;
+                    }
+                    None => break,
+                }
+            }
             Ok(JsetRead::Empty) => {
                 pos = pos.saturating_add(geo.block_len);
                 continue;
@@ -576,6 +615,28 @@ fn scan_bucket(buf: &[u8], base: u64, ctx: &BucketCtx<'_>, copies: &mut Vec<Copy
         Some(first_seq) => BucketState::Data { first_seq, newest_seq, end: end as u64 },
         None => BucketState::Empty,
     }
+}
+
+/// Past an empty block at `pos`, the first block of the bucket holding an entry with a good
+/// checksum newer than `newest` (the bucket's newest so far): the entries after a hole. An
+/// older one is a stale tail, and ends the search. Costs one magic check per block left in the
+/// bucket, which is already in memory. Returns the block's position and the entry's seq.
+fn next_entry_after_hole(
+    buf: &[u8],
+    pos: usize,
+    newest: u64,
+    geo: Geometry,
+    opts: &ReadOpts,
+) -> Option<(usize, u64)> {
+    let mut at = pos.saturating_add(geo.block_len);
+    while let Some(block) = buf.get(at..).filter(|b| b.len() >= geo.block_len) {
+        match decode_jset(block, opts.magic) {
+            Ok(JsetRead::Good { jset, .. }) if jset.seq > newest => return Some((at, jset.seq)),
+            Ok(JsetRead::Good { .. }) => return None,
+            _ => at = at.saturating_add(geo.block_len),
+        }
+    }
+    None
 }
 
 /// Why a copy that decoded with an error is bad, for the log.
@@ -673,6 +734,7 @@ struct Merger {
     slots: BTreeMap<u64, Slot>,
     log: Vec<String>,
     fsck: BTreeMap<FsckErr, u64>,
+    fsck_first: BTreeMap<FsckErr, String>,
     bad_copies: u64,
     /// Buckets already counted as unreadable, so a re-read does not count them twice.
     io_failed: BTreeSet<(u8, u64)>,
@@ -692,8 +754,13 @@ struct Merger {
 }
 
 impl Merger {
+    /// Counts `err`; called right after the log line that says what was found, which is kept
+    /// as the error's first occurrence.
     fn count(&mut self, err: FsckErr) {
         *self.fsck.entry(err).or_insert(0) += 1;
+        if let Some(line) = self.log.last() {
+            self.fsck_first.entry(err).or_insert_with(|| line.clone());
+        }
     }
 
     /// Merges one device's scan. The first pass (`only == None`) also checks the ring order and
@@ -720,6 +787,13 @@ impl Merger {
             ));
             self.check_order(scan.dev, &scan.name, &scan.buckets, &scan.bucket_ids);
             rings.push(device_ring(&scan));
+        }
+        for h in &scan.holes {
+            self.log.push(format!(
+                "journal hole on dev {} ({}) bucket {}: bytes {}..{} hold no entry, entry {} follows: read past it",
+                h.dev, scan.name, h.bucket, h.start, h.end, h.next_seq
+            ));
+            self.count(FsckErr::JournalBucketHole);
         }
         for copy in scan.copies {
             if only.is_none_or(|gaps| in_ranges(gaps, copy.seq)) {
@@ -929,6 +1003,7 @@ impl Merger {
             replay_end: 0,
             newest_seq: self.newest_seq(),
             fsck_errors: self.fsck_errors(),
+            fsck_first: self.fsck_first.clone(),
             blacklist: self.blacklist,
             log: self.log,
             bad_copies: self.bad_copies,
@@ -944,6 +1019,7 @@ impl Merger {
             replay_end,
             newest_seq: self.newest_seq(),
             fsck_errors: self.fsck_errors(),
+            fsck_first: self.fsck_first.clone(),
             blacklist: self.blacklist,
             log: self.log,
             bad_copies: self.bad_copies,

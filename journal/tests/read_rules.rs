@@ -132,10 +132,13 @@ fn ptrs_of(r: &JournalRead, seq: u64) -> Vec<EntryPtr> {
     r.entries.iter().find(|e| e.jset.seq == seq).map(|e| e.ptrs.clone()).unwrap_or_default()
 }
 
-/// Rule 1: a block that is not ours (another filesystem's entry here) ends the bucket: the entry
-/// after it is not read, so it cannot become the replay end.
+/// Rule 1: a block that is not ours (another filesystem's entry here, or zeroes) ends the
+/// bucket, unless an entry with a good checksum, newer than the bucket's, follows in the same
+/// bucket: then that is a hole, read past and counted as `journal_bucket_hole` (bcachefs would
+/// end the bucket and lose the entries after it). A stale (older) entry after it does not make
+/// a hole.
 #[test]
-fn rule1_empty_block_ends_bucket() {
+fn rule1_empty_block_ends_bucket_unless_a_newer_entry_follows() {
     let mut r = Ring::new(0, vec![0, 1, 2, 3]);
     for seq in 1..=3 {
         r.append(&entry(seq, 1));
@@ -146,9 +149,23 @@ fn rule1_empty_block_ends_bucket() {
     r.append(&entry(4, 1));
 
     let got = read(&[&r]);
-    assert_eq!(seqs(&got), vec![1, 2, 3], "{:#?}", got.log);
-    assert_eq!((got.last_seq, got.replay_end, got.newest_seq), (1, 3, 3));
-    assert!(!logged(&got, "re-reading"), "{:#?}", got.log);
+    assert_eq!(seqs(&got), vec![1, 2, 3, 4], "{:#?}", got.log);
+    assert_eq!((got.last_seq, got.replay_end, got.newest_seq), (1, 4, 4));
+    assert_eq!(got.fsck_count(FsckErr::JournalBucketHole), 1);
+    assert!(logged(&got, "journal hole on dev 0"), "{:#?}", got.log);
+    assert_eq!(got.rings[0].head_end, 5 * BLOCK, "the next entry goes after the one past the hole");
+
+    // A stale entry (an earlier lap's) behind the foreign block: the bucket ends there.
+    let mut r = Ring::new(0, vec![0, 1, 2, 3]);
+    for seq in 5..=7 {
+        r.append(&entry(seq, 5));
+    }
+    let at = r.reserve(BLOCK);
+    r.dev.write_at(&foreign, at).unwrap();
+    r.append(&entry(2, 1));
+    let got = read(&[&r]);
+    assert_eq!(seqs(&got), vec![5, 6, 7], "{:#?}", got.log);
+    assert_eq!(got.fsck_count(FsckErr::JournalBucketHole), 0);
     assert_eq!(got.rings[0].head_end, 3 * BLOCK, "the next entry goes where the foreign block is");
 }
 

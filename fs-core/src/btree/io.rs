@@ -80,8 +80,9 @@ impl NodeIo {
         }
         if let Some((mut node, _)) = best {
             node.ptrs = ptrs.to_vec();
-            // As bcachefs does: replicas that differ, or a bad one, get the node rewritten.
-            node.needs_rewrite = lengths_differ || !bad.is_empty();
+            // As bcachefs does: replicas that differ, or a bad one, get the node rewritten (as
+            // does a blacklisted bset, which the decode marked).
+            node.needs_rewrite |= lengths_differ || !bad.is_empty();
             return Ok((node, bad));
         }
         let nr = bad.len();

@@ -359,7 +359,11 @@ pub fn decode_node(
         let Some((bset_bytes, journal_seq, keys)) = decode_bset(rest, exp, offset < written_bytes)? else {
             break;
         };
-        if !blacklisted(journal_seq) {
+        if blacklisted(journal_seq) {
+            // Rewritten without it at the next write-back, so that no later read (a clean
+            // mount has no blacklist to consult) takes it back.
+            node.needs_rewrite = true;
+        } else {
             apply_bset(&mut node, keys, exp)?;
         }
         offset += (bset_bytes as u64).next_multiple_of(SECTOR_BYTES);

@@ -208,6 +208,8 @@ pub struct RecoveryCtx {
     pub(crate) topology: Vec<NodeInfo>,
     /// The alloc keys as check_allocations says they should be, for check_alloc_info.
     pub(crate) alloc_view: Option<BTreeMap<Bpos, AllocV4>>,
+    /// Bsets read past the newest journal entry (after an unclean shutdown).
+    pub(crate) future_bsets: Option<Arc<crate::recovery::journal::FutureBsets>>,
     /// Set by a pass that found what this run may not repair and must not go past: the passes
     /// after it are skipped with this reason, and nothing is written.
     pub(crate) stop: Option<String>,
@@ -261,6 +263,7 @@ impl RecoveryCtx {
             topology: Vec::new(),
             alloc_view: None,
             stop: None,
+            future_bsets: None,
             fixes_after_replay: Vec::new(),
         }
     }

@@ -1,6 +1,8 @@
 //! Recovery's journal read: what the journal of a set of images says to replay, where the
 //! btrees start, which seqs to ignore, and how the rings continue.
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use fs_core::btree::Root;
@@ -42,6 +44,24 @@ pub fn journal_read_opts(set: &DeviceSet, block_size: u64, degraded: bool) -> Re
     }
 }
 
+/// Bsets the btrees read with a journal seq past the newest entry found. bcsim writes a node
+/// only once the journal entries of its keys are durable, so one means journal entries were
+/// lost (and, past the blacklist, its keys are dropped).
+pub struct FutureBsets {
+    /// The newest journal seq found.
+    pub newest: u64,
+    count: AtomicU64,
+    first: AtomicU64,
+}
+
+impl FutureBsets {
+    /// How many such bsets were read, and the lowest seq among them.
+    pub fn seen(&self) -> Option<(u64, u64)> {
+        let n = self.count.load(Ordering::Relaxed);
+        (n > 0).then(|| (n, self.first.load(Ordering::Relaxed)))
+    }
+}
+
 /// What recovery takes from the journal: the read, the keys to replay, and the decision of
 /// what replays and what the btrees must ignore, all as the journal crate decided them.
 pub struct RecoveryJournal {
@@ -54,6 +74,7 @@ pub struct RecoveryJournal {
     pub new_blacklist: (u64, u64),
     /// Every blacklisted range: those the journal lists and the one this recovery adds.
     blacklist: Vec<(u64, u64)>,
+    future: Arc<FutureBsets>,
     pub read_time: Duration,
     pub sort_time: Duration,
 }
@@ -65,7 +86,21 @@ impl RecoveryJournal {
             read_journal_for_replay(&journal_devices(set), ropts)?;
         let new_blacklist = read.replay().blacklist_after();
         let blacklist = read.replay().btree_blacklist();
-        Ok(RecoveryJournal { read, keys, nr_read: keys_read, new_blacklist, blacklist, read_time, sort_time })
+        let future = Arc::new(FutureBsets {
+            newest: read.newest_seq,
+            count: AtomicU64::new(0),
+            first: AtomicU64::new(u64::MAX),
+        });
+        Ok(RecoveryJournal {
+            read,
+            keys,
+            nr_read: keys_read,
+            new_blacklist,
+            blacklist,
+            future,
+            read_time,
+            sort_time,
+        })
     }
 
     /// The roots the newest replayed entry carries (every entry carries them).
@@ -82,10 +117,24 @@ impl RecoveryJournal {
         roots.into_values().collect()
     }
 
-    /// A test for the seqs whose bsets the btrees must ignore.
+    /// A test for the seqs whose bsets the btrees must ignore. It also notes every bset it is
+    /// asked about whose seq is past the newest entry found ([`RecoveryJournal::future_bsets`]).
     pub fn blacklisted(&self) -> Box<dyn Fn(u64) -> bool + Send + Sync> {
         let ranges = self.blacklist.clone();
-        Box::new(move |seq| in_ranges(&ranges, seq))
+        let future = self.future.clone();
+        Box::new(move |seq| {
+            if seq > future.newest {
+                future.count.fetch_add(1, Ordering::Relaxed);
+                future.first.fetch_min(seq, Ordering::Relaxed);
+            }
+            in_ranges(&ranges, seq)
+        })
+    }
+
+    /// Where [`RecoveryJournal::blacklisted`] notes the bsets past the newest entry found; it
+    /// outlives the journal keys.
+    pub fn future_bsets(&self) -> Arc<FutureBsets> {
+        self.future.clone()
     }
 
     /// Rings positioned right after the newest entry the read found on each device.

@@ -232,6 +232,17 @@ pub(crate) fn recover(
         ctx.seal_after_error();
         return Err(e);
     }
+    if let Some((newest, (n, first))) = ctx.future_bsets.as_ref().and_then(|f| Some((f.newest, f.seen()?))) {
+        ctx.problems.push(Problem {
+            err: fs_core::fsck_err::FsckErr::BsetNewerThanJournal,
+            msg: format!(
+                "{n} btree node bsets carry journal seqs past the newest journal entry found ({newest}), from {first}: \
+                 journal entries were lost; bsets past the blacklist were dropped"
+            ),
+            fixed: mode.writes(),
+            count: n,
+        });
+    }
     if let (Some(why), Mode::Mount { .. }) = (&ctx.stop, mode) {
         return Err(Error::new(ErrCode::FsckErrorsNotFixed, format!("{why}: run fsck -y")));
     }
@@ -344,7 +355,13 @@ fn open_unclean(ctx: &mut RecoveryCtx, mopts: &MountOpts) -> Result<()> {
     ctx.log.extend(rj.read.log.iter().cloned());
     let fixed = ctx.mode != Mode::Check;
     for &(err, n) in rj.read.fsck_errors.iter().filter(|(_, n)| *n > 0) {
-        ctx.problems.push(Problem { err, msg: format!("journal: {} ({n}x)", err.name()), fixed, count: n });
+        let first = rj.read.fsck_first.get(&err).map_or_else(|| err.name().to_owned(), Clone::clone);
+        let msg = if n > 1 {
+            format!("journal: {first} (and {} more)", n - 1)
+        } else {
+            format!("journal: {first}")
+        };
+        ctx.problems.push(Problem { err, msg, fixed, count: n });
     }
     if rj.read.entries.is_empty() {
         return Err(Error::new(
@@ -366,6 +383,7 @@ fn open_unclean(ctx: &mut RecoveryCtx, mopts: &MountOpts) -> Result<()> {
     btrees.set_check_headers(false);
     btrees.set_health(ctx.health.clone());
     ctx.btrees = Some(btrees);
+    ctx.future_bsets = Some(rj.future_bsets());
     ctx.journal = Some(rj);
     Ok(())
 }
