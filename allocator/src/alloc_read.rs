@@ -81,7 +81,10 @@ fn bucket_from_key(d: &Device, bucket: u64, key: &AllocV4) -> Result<BucketState
     let layout_ok = match d.layout(bucket) {
         Layout::Sb => key.data_type == DataType::Sb,
         Layout::Journal => key.data_type == DataType::Journal,
-        Layout::Data => !matches!(key.data_type, DataType::Sb | DataType::Journal),
+        // An absent member's journal buckets are known only from their keys.
+        Layout::Data => {
+            key.data_type != DataType::Sb && (key.data_type != DataType::Journal || !d.is_present())
+        }
     };
     if !layout_ok {
         return Err(format!("data type {} where the layout has {:?}", key.data_type, d.layout(bucket)));

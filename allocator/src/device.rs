@@ -30,6 +30,9 @@ pub struct DeviceInit {
     pub member: Member,
     /// The device's journal buckets from the superblock: they are never allocated.
     pub journal: JournalBuckets,
+    /// False for a member that was not given (a degraded mount): it never allocates, and its
+    /// journal buckets, which only its own superblock lists, come from its alloc keys.
+    pub present: bool,
 }
 
 /// The in-memory state of one bucket; its persistent record is the `alloc_v4` key.
@@ -148,6 +151,8 @@ pub(crate) struct Device {
     runs: BTreeMap<u64, u64>,
     /// No freespace key was handed out yet (a new filesystem): the next take writes them all.
     runs_unwritten: bool,
+    /// See [`DeviceInit::present`].
+    present: bool,
     /// Where the next search for a free bucket starts: allocation rotates through the device
     /// rather than reusing the lowest bucket at once.
     pub(crate) alloc_cursor: u64,
@@ -166,7 +171,7 @@ impl Device {
     /// disk yet: the superblock and journal buckets' keys and every freespace key are to be
     /// handed out. Otherwise the caller reads the alloc keys in, then [`Device::finish_read`].
     pub(crate) fn new(init: DeviceInit, btree_node_size: u64, fresh: bool) -> Result<Device> {
-        let DeviceInit { dev_idx: dev, member, journal } = init;
+        let DeviceInit { dev_idx: dev, member, journal, present } = init;
         let bucket_sectors = bucket_sectors(&member)
             .ok_or_else(|| member_error(dev, format!("bucket size {} bytes invalid", member.bucket_size)))?;
         let first = u64::from(member.first_bucket);
@@ -211,6 +216,7 @@ impl Device {
             changed,
             runs: BTreeMap::new(),
             runs_unwritten: true,
+            present,
             alloc_cursor: first,
             data_buckets,
             nr_btree_reserve,
@@ -261,7 +267,12 @@ impl Device {
     }
 
     pub(crate) fn is_rw(&self) -> bool {
-        self.member.state == MemberState::Rw
+        self.present && self.member.state == MemberState::Rw
+    }
+
+    /// False for a member that was not given (see [`DeviceInit::present`]).
+    pub(crate) fn is_present(&self) -> bool {
+        self.present
     }
 
     pub(crate) fn durability(&self) -> u8 {

@@ -224,7 +224,12 @@ fn bad_requests_and_layouts() {
     assert_eq!(err(vec![dev(0, m(), 2..4), dev(0, m(), 2..4)], NODE_SIZE), Some(ErrCode::DeviceDuplicate));
     assert_eq!(err(vec![dev(0, m(), 1..4)], NODE_SIZE), Some(ErrCode::InvalidSbJournal));
     assert_eq!(err(vec![dev(0, m(), 30..33)], NODE_SIZE), Some(ErrCode::InvalidSbJournal));
-    let two = DeviceInit { dev_idx: 0, member: m(), journal: JournalBuckets { ranges: vec![2..5, 4..6] } };
+    let two = DeviceInit {
+        dev_idx: 0,
+        member: m(),
+        journal: JournalBuckets { ranges: vec![2..5, 4..6] },
+        present: true,
+    };
     assert_eq!(err(vec![two], NODE_SIZE), Some(ErrCode::InvalidSbJournal));
     assert_eq!(
         err(vec![dev(0, member(32, 1000, 2, 1, ""), 2..4)], NODE_SIZE),

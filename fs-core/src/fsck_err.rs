@@ -107,6 +107,9 @@ fsck_errs! {
     // bset_newer_than_journal: a btree node bset whose journal seq is past the newest journal
     // entry found (bcsim writes nodes only after their entries are durable: entries were lost).
     BsetNewerThanJournal = 4098, "bset_newer_than_journal", NONE;
+    // replicas_written_short: metadata with fewer replicas than metadata_replicas asks for (a
+    // degraded mount wrote it, and counts this error in the superblock when it does).
+    ReplicasWrittenShort = 4099, "replicas_written_short", AUTOFIX;
 }
 
 /// Ids that once named an error and must not be given to a new one.
@@ -121,7 +124,7 @@ pub const NEXT_ID: u16 = 359;
 pub const BCSIM_FIRST_ID: u16 = 4096;
 
 /// One past the highest of bcsim's own ids: the next one takes this number.
-pub const BCSIM_NEXT_ID: u16 = 4099;
+pub const BCSIM_NEXT_ID: u16 = 4100;
 
 #[cfg(test)]
 mod tests {

@@ -119,6 +119,8 @@ macro_rules! options {
 
 const ERRORS_ACTIONS: &[&str] = &["continue", "ro", "panic"];
 const FIX_ERRORS: &[&str] = &["exit", "yes", "no", "ask"];
+/// `degraded=` as of bcachefs v1.39 (a bare `degraded` is `yes`, `nodegraded` is `no`).
+const DEGRADED: &[&str] = &["no", "yes", "very", "ask"];
 const BEHAVIORS: &[&str] = &["fixed", "v1.37.5"];
 
 const FS_FORMAT_MOUNT_RUNTIME: OptFlags =
@@ -140,8 +142,8 @@ options! {
         FS_FORMAT_MOUNT_RUNTIME, "Device or label group for foreground writes (empty: any device)";
     Errors = 4, "errors", OptType::Enum(ERRORS_ACTIONS), Default::U64(1),
         FS_FORMAT_MOUNT_RUNTIME, "Action on a filesystem error: continue, ro (emergency read-only) or panic";
-    Degraded = 5, "degraded", OptType::Bool, Default::U64(0),
-        OptFlags::MOUNT, "Allow mounting with member devices missing";
+    Degraded = 5, "degraded", OptType::Enum(DEGRADED), Default::U64(0),
+        OptFlags::MOUNT, "Mount with member devices missing: no; yes (every journal entry and btree node still has a replica); very (also without the journal entries that have none); ask (as yes: nobody to ask)";
     Fsck = 6, "fsck", OptType::Bool, Default::U64(0),
         OptFlags::MOUNT, "Run the fsck recovery passes while mounting";
     FixErrors = 7, "fix_errors", OptType::Enum(FIX_ERRORS), Default::U64(0),
@@ -488,6 +490,7 @@ fn parse_one(item: &str, context: OptContext) -> Result<ParsedOpt> {
     let (desc, value_text) = match (lookup(name), value) {
         (Some(d), Some(v)) => (d, v.to_owned()),
         (Some(d), None) if d.ty == OptType::Bool => (d, "1".to_owned()),
+        (Some(d), None) if d.id == OptId::Degraded => (d, "yes".to_owned()),
         (Some(d), None) => {
             return Err(Error::new(
                 ErrCode::OptionValueInvalid,
@@ -496,6 +499,7 @@ fn parse_one(item: &str, context: OptContext) -> Result<ParsedOpt> {
         }
         (None, None) => match name.strip_prefix("no").and_then(lookup) {
             Some(d) if d.ty == OptType::Bool => (d, "0".to_owned()),
+            Some(d) if d.id == OptId::Degraded => (d, "no".to_owned()),
             _ => return Err(unknown_option(name)),
         },
         (None, Some(_)) => return Err(unknown_option(name)),

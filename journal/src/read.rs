@@ -23,7 +23,7 @@
 //!    ([`JournalRead::replay`]), for the read itself and for every caller.
 //! 5. Seqs missing from the range force one full re-read (every block of every bucket, no
 //!    shortcuts); what is still missing is logged and counted, or, when member devices are
-//!    absent and `-o degraded` was not given, fails the mount.
+//!    absent and `-o degraded=very` was not given, fails the mount.
 //!
 //! Conventions (the rules leave these open):
 //! - An empty journal (no good flush entry anywhere) reads as no entries with
@@ -72,7 +72,7 @@ pub struct ReadOpts {
     pub magic: u64,
     /// Entries are padded to this; a bad entry is skipped one block at a time.
     pub block_size: u64,
-    /// `-o degraded`: replay even if some entries survive only on absent devices.
+    /// `-o degraded=very`: replay even if some entries survive only on absent devices.
     pub degraded: bool,
     /// Member devices not present.
     pub missing: Vec<u8>,
@@ -249,7 +249,7 @@ fn read(
         let state = if gaps.is_empty() {
             "every entry to replay has a copy on a present device"
         } else {
-            "replaying without the missing entries (-o degraded)"
+            "replaying without the missing entries (-o degraded=very)"
         };
         m.log.push(format!("journal read degraded: devices {} missing; {state}", dev_list(&opts.missing)));
     }
@@ -266,7 +266,7 @@ fn insufficient_devices(gaps: &[RangeInclusive<u64>], opts: &ReadOpts) -> Error 
         ErrCode::InsufficientDevices,
         format!(
             "journal entries {} have no copy on a present device (devices {} missing); \
-             mount with -o degraded to replay without them",
+             mount with -o degraded=very to replay without them",
             seqs.join(", "),
             dev_list(&opts.missing)
         ),

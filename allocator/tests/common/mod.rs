@@ -29,7 +29,7 @@ pub fn member(nbuckets: u64, bucket_size: u32, first_bucket: u32, durability: u8
 
 pub fn dev(dev_idx: u8, member: Member, journal: std::ops::Range<u64>) -> DeviceInit {
     let ranges = if journal.is_empty() { Vec::new() } else { vec![journal] };
-    DeviceInit { dev_idx, member, journal: JournalBuckets { ranges } }
+    DeviceInit { dev_idx, member, journal: JournalBuckets { ranges }, present: true }
 }
 
 /// The committed alloc, freespace and need_discard btrees.

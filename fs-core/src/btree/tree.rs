@@ -118,6 +118,8 @@ pub struct Btrees {
     /// Where filesystem errors found here (topology errors) are reported.
     health: Option<Arc<FsHealth>>,
     topology_errors: u64,
+    /// Nodes read without a replica that lies on an absent member (they are rewritten).
+    absent_replica_reads: u64,
     blacklisted: Box<dyn Fn(u64) -> bool + Send + Sync>,
     log: Vec<String>,
     /// No eviction scan until the cache holds more nodes than this: set when a scan found too
@@ -171,6 +173,7 @@ impl Btrees {
             check_headers: true,
             health: None,
             topology_errors: 0,
+            absent_replica_reads: 0,
             blacklisted: Box::new(|_| false),
             log: Vec::new(),
             evict_scan_above: 0,
@@ -204,6 +207,11 @@ impl Btrees {
     }
 
     /// Log lines (bad replicas, topology errors) since the last call.
+    /// How many node reads skipped a replica on an absent member, since the last call.
+    pub fn take_absent_replica_reads(&mut self) -> u64 {
+        std::mem::take(&mut self.absent_replica_reads)
+    }
+
     pub fn take_log(&mut self) -> Vec<String> {
         std::mem::take(&mut self.log)
     }
@@ -273,6 +281,11 @@ impl Btrees {
             node.dirty = true;
         }
         for b in bad {
+            // A replica on a member that was not given (a degraded mount) is not damage.
+            if b.error.matches(ErrCode::InsufficientDevices) {
+                self.absent_replica_reads += 1;
+                continue;
+            }
             self.log.push(format!("btree node read error on dev {}, {READ_AROUND}: {}", b.dev, b.error));
         }
         Ok(node)
@@ -1057,6 +1070,21 @@ impl Btrees {
         }
         self.last_leaf = None;
         Ok(lost)
+    }
+
+    /// Marks the node of `btree` at `level` ending at `max_key` to be written anew at the next
+    /// write-back, at a new place with the replicas the allocator gives now (fsck's repair of a
+    /// node written short of `metadata_replicas`). Returns false if there is no such node.
+    pub fn rewrite_later(&mut self, btree: BtreeId, level: u8, max_key: Bpos) -> Result<bool> {
+        let path = self.path(btree, max_key, level)?;
+        let Some(&seq) = path.last() else { return Ok(false) };
+        let n = self.node_mut(seq)?;
+        if n.hdr.level != level || n.hdr.max_key != max_key {
+            return Ok(false);
+        }
+        n.needs_rewrite = true;
+        n.dirty = true;
+        Ok(true)
     }
 
     /// Puts an empty node for `min_key..=max_key` at `level` into the cache under `seq`, at

@@ -28,6 +28,7 @@ pub fn device_inits(set: &DeviceSet) -> Vec<DeviceInit> {
                 dev_idx: u8::try_from(i).ok()?,
                 member: m.clone(),
                 journal: set.device(i).map(|d| d.sb.journal.clone()).unwrap_or_default(),
+                present: set.device(i).is_some(),
             })
         })
         .collect()

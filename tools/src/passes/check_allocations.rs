@@ -91,6 +91,7 @@ fn bucket_uses(
     v: &mut View<'_>,
     node_size: u64,
     nodes: &[NodeInfo],
+    alloc: &BTreeMap<Bpos, AllocV4>,
     findings: &mut Vec<Finding>,
 ) -> Result<BTreeMap<(u8, u64), Usage>> {
     let set = v.set;
@@ -107,7 +108,17 @@ fn bucket_uses(
         for b in 0..u64::from(m.first_bucket) {
             add_use(&mut uses, (i as u8, b), DataType::Sb, bucket_sectors, None);
         }
-        for b in set.device(i).map(|d| d.sb.journal.buckets().collect::<Vec<_>>()).unwrap_or_default() {
+        // Only a member's own superblock lists its journal buckets: for an absent member (a
+        // degraded mount) its alloc keys are all there is to go by.
+        let journal: Vec<u64> = match set.device(i) {
+            Some(d) => d.sb.journal.buckets().collect(),
+            None => alloc
+                .range(bucket_pos(i as u8, 0)..=bucket_pos(i as u8, u64::MAX))
+                .filter(|(_, a)| a.data_type == DataType::Journal)
+                .map(|(p, _)| p.offset)
+                .collect(),
+        };
+        for b in journal {
             add_use(&mut uses, (i as u8, b), DataType::Journal, bucket_sectors, None);
         }
     }
@@ -148,8 +159,8 @@ fn check(
     nodes: &[NodeInfo],
     findings: &mut Vec<Finding>,
 ) -> Result<BTreeMap<Bpos, AllocV4>> {
-    let uses = bucket_uses(&mut v, node_size, nodes, findings)?;
     let alloc: BTreeMap<Bpos, AllocV4> = read_alloc_keys(v.t, v.overlay)?.into_iter().collect();
+    let uses = bucket_uses(&mut v, node_size, nodes, &alloc, findings)?;
     let mut fixed = alloc.clone();
     // Both in bucket order already: the union needs no sort.
     let mut keys: BTreeSet<(u8, u64)> = uses.keys().copied().collect();

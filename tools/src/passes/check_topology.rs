@@ -18,7 +18,48 @@ use super::{Finding, Mode, Problem, RecoveryCtx};
 
 pub(super) fn run(ctx: &mut RecoveryCtx) -> Result<()> {
     let mut findings = Vec::new();
-    let nodes = ctx.with_view(|v| check(v.t, &mut findings))?;
+    let (nodes, absent) =
+        ctx.with_view(|v| Ok((check(v.t, &mut findings)?, v.t.take_absent_replica_reads())))?;
+    let set = ctx.set_ref()?;
+    if set.missing().is_empty() {
+        // Nodes a degraded mount wrote short of metadata_replicas: rewritten with all members.
+        let want = ctx.opts.with(fs_core::opts::Options::metadata_replicas);
+        let member_durability: Vec<u64> = set.sb.members.iter().map(|m| u64::from(m.durability)).collect();
+        let durability = |n: &NodeInfo| -> u64 {
+            n.ptrs.iter().filter_map(|p| member_durability.get(usize::from(p.dev))).sum()
+        };
+        let short: Vec<(&NodeInfo, u64)> = nodes
+            .iter()
+            .map(|n| (n, durability(n)))
+            .filter(|&(n, d)| !n.ptrs.is_empty() && d < want)
+            .collect();
+        let writes = ctx.mode.writes();
+        for (n, have) in short {
+            let fix = if writes && ctx.may_fix(FsckErr::ReplicasWrittenShort) {
+                ctx.with_view(|v| v.t.rewrite_later(n.btree, n.level, n.max_key))?.then(Vec::new)
+            } else {
+                None
+            };
+            findings.push(Finding::new(
+                FsckErr::ReplicasWrittenShort,
+                format!(
+                    "btree {} level {} {}..{}: {} replicas of metadata_replicas={want}{}",
+                    n.btree,
+                    n.level,
+                    n.min_key,
+                    n.max_key,
+                    have,
+                    if fix.is_some() { ": rewritten with every member" } else { "" }
+                ),
+                fix,
+            ));
+        }
+    }
+    if absent > 0 {
+        ctx.log.push(format!(
+            "check_topology: {absent} nodes read without their replica on an absent member (degraded); rewritten on write-back"
+        ));
+    }
     let lost = findings.iter().any(|f| f.err == FsckErr::BtreeNodeUnreadable);
     if lost && ctx.mode != Mode::Check && !ctx.may_fix(FsckErr::BtreeNodeUnreadable) {
         // The empty nodes are in memory only: stopping before the filesystem may write keeps

@@ -50,8 +50,14 @@ pub struct MountOpts {
 }
 
 impl MountOpts {
+    /// `degraded` (yes, very or ask): members may be missing.
     pub fn degraded(&self) -> bool {
-        self.flag(OptId::Degraded)
+        self.last(OptId::Degraded).is_some_and(|p| p.value.as_u64() >= 1)
+    }
+
+    /// `degraded=very`: journal entries with no copy on a present member may be left out.
+    pub fn degraded_very(&self) -> bool {
+        self.last(OptId::Degraded).is_some_and(|p| p.value.as_u64() == 2)
     }
 
     pub fn fsck(&self) -> bool {
@@ -147,6 +153,38 @@ fn mount_options(set: &DeviceSet, mopts: &MountOpts, log: &mut Vec<String>) -> R
     Ok(opts)
 }
 
+/// A degraded mount writes with what the present members can give: `metadata_replicas` and
+/// `data_replicas` above their durability are lowered for this mount only (the superblock's
+/// options stay), and said so. Returns whether any was: the writes are short, which the caller
+/// records in the superblock.
+fn cap_replicas_to_present(set: &DeviceSet, opts: &mut Options, log: &mut Vec<String>) -> Result<bool> {
+    let durability = |journal_only: bool| -> u64 {
+        set.sb
+            .members
+            .iter()
+            .enumerate()
+            .filter(|(_, m)| !m.is_unused() && m.state == fs_core::sb::MemberState::Rw)
+            .filter_map(|(i, m)| Some((set.device(i)?, m)))
+            .filter(|(d, _)| !journal_only || d.sb.journal.nr() > 0)
+            .map(|(_, m)| u64::from(m.durability))
+            .sum()
+    };
+    let mut short = false;
+    for (id, have) in [(OptId::MetadataReplicas, durability(true)), (OptId::DataReplicas, durability(false))]
+    {
+        let want = opts.u64(id);
+        if have >= 1 && have < want {
+            opts.set(id, fs_core::opts::OptValue::U64(have))?;
+            log.push(format!(
+                "degraded: {id}={want} but the present members give {have}: writing {have} until every member is back ({} short)",
+                want - have
+            ));
+            short = true;
+        }
+    }
+    Ok(short)
+}
+
 /// Parses `-o` text for mount.
 pub fn parse_mount_opts(text: &str) -> Result<MountOpts> {
     Ok(MountOpts {
@@ -189,7 +227,7 @@ pub(crate) fn recover(
     cfg: BtreeConfig,
 ) -> Result<RecoveryCtx> {
     let mut log = Vec::new();
-    let opts = mount_options(&set, mopts, &mut log)?;
+    let mut opts = mount_options(&set, mopts, &mut log)?;
     let nr = set.sb.members.iter().filter(|m| !m.is_unused()).count();
     log.push(format!(
         "bcsim ({}): starting version {} opts={}",
@@ -204,8 +242,13 @@ pub(crate) fn recover(
     ));
     set.require_all(mopts.degraded())?;
     let missing = set.missing();
+    let mut written_short = false;
     if !missing.is_empty() {
         log.push(format!("mounting degraded: {} of {nr} devices missing", missing.len()));
+        if mopts.last(OptId::Degraded).is_some_and(|p| p.value.as_u64() == 3) {
+            log.push("degraded=ask: nobody to ask; mounting degraded as with degraded=yes".to_owned());
+        }
+        written_short = cap_replicas_to_present(&set, &mut opts, &mut log)?;
     }
     let cfg = BtreeConfig { behavior: opts.behavior(), ..cfg };
     let errors = opts.errors();
@@ -250,6 +293,10 @@ pub(crate) fn recover(
         return Ok(ctx);
     }
     ctx.count_errors()?;
+    if written_short {
+        // Recorded for the next fsck with every member back, which rewrites what is short.
+        ctx.fs()?.set().sb.count_error(fs_core::fsck_err::FsckErr::ReplicasWrittenShort, 1);
+    }
     ctx.fs()?.set().write_super()?;
     ctx.health.set_running();
     ctx.log.push(match ctx.replayed {
@@ -348,7 +395,7 @@ fn open_clean(ctx: &mut RecoveryCtx) -> Result<()> {
 fn open_unclean(ctx: &mut RecoveryCtx, mopts: &MountOpts) -> Result<()> {
     ctx.log.push("recovering from unclean shutdown".to_owned());
     let set = ctx.set.as_ref().ok_or_else(|| Error::internal("recovery without its device set"))?;
-    let ropts = journal_read_opts(set, ctx.opts.with(Options::block_size), mopts.degraded());
+    let ropts = journal_read_opts(set, ctx.opts.with(Options::block_size), mopts.degraded_very());
     let rj = RecoveryJournal::read(set, &ropts)?;
     ctx.times.journal_read = PhaseTime { start: Duration::ZERO, took: rj.read_time };
     ctx.times.sort = PhaseTime { start: rj.read_time, took: rj.sort_time };
