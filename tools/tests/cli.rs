@@ -775,14 +775,22 @@ fn degraded_mounts_work_and_say_what_is_short() {
     let d = tmp();
     let imgs = ["a.img", "b.img", "c.img", "d.img"];
     let three = &imgs[..3];
-    format_ok(d.path(), &[&["--size", "128M", "--data-replicas", "2", "--metadata-replicas", "2"][..], &imgs].concat());
+    format_ok(
+        d.path(),
+        &[&["--size", "128M", "--data-replicas", "2", "--metadata-replicas", "2"][..], &imgs].concat(),
+    );
     assert_eq!(bcsim(&[&["run", "--ops", "300", "--seed", "5"][..], &imgs].concat(), d.path()).code, 0);
     fails(&bcsim(&[&["mount"][..], three].concat(), d.path()), 8, "mount with -o degraded");
-    for cmd in [&["fsck", "-nf", "-o", "degraded"][..], &["mount", "-o", "degraded"], &["fsck", "-yf", "-o", "degraded=ask"]] {
+    for cmd in [
+        &["fsck", "-nf", "-o", "degraded"][..],
+        &["mount", "-o", "degraded"],
+        &["fsck", "-yf", "-o", "degraded=ask"],
+    ] {
         let out = bcsim(&[cmd, three].concat(), d.path());
         assert_eq!(out.code, 0, "{cmd:?}: {}{}", out.stdout, out.stderr);
     }
-    let out = bcsim(&[&["run", "--ops", "50", "--seed", "9", "-o", "degraded=very"][..], three].concat(), d.path());
+    let out =
+        bcsim(&[&["run", "--ops", "50", "--seed", "9", "-o", "degraded=very"][..], three].concat(), d.path());
     assert_eq!(out.code, 0, "{}{}", out.stdout, out.stderr);
     fails(&bcsim(&[&["mount", "-o", "degraded=bogus"][..], three].concat(), d.path()), 16, "degraded");
     let out = bcsim(&[&["fsck", "-nf"][..], &imgs].concat(), d.path());
@@ -796,7 +804,11 @@ fn degraded_mounts_work_and_say_what_is_short() {
     let out = bcsim(&["run", "--ops", "30", "--seed", "2", "-o", "degraded", "a.img"], d.path());
     assert_eq!(out.code, 0, "{}{}", out.stdout, out.stderr);
     let out = bcsim(&["mount", "-o", "degraded", "a.img"], d.path());
-    assert!(out.stdout.contains("degraded: metadata_replicas=2 but the present members give 1"), "{}", out.stdout);
+    assert!(
+        out.stdout.contains("degraded: metadata_replicas=2 but the present members give 1"),
+        "{}",
+        out.stdout
+    );
     let out = bcsim(&["show-super", "a.img"], d.path());
     assert!(out.stdout.contains("replicas_written_short"), "{}", out.stdout);
     let out = bcsim(&["fsck", "-nf", "a.img", "b.img"], d.path());
@@ -805,4 +817,39 @@ fn degraded_mounts_work_and_say_what_is_short() {
     assert_eq!(bcsim(&["fsck", "-yf", "a.img", "b.img"], d.path()).code, 1);
     let out = bcsim(&["fsck", "-nf", "a.img", "b.img"], d.path());
     assert_eq!(out.code, 0, "{}{}", out.stdout, out.stderr);
+}
+
+/// A lost journal (every journal bucket zeroed after a crash) does not end in exit 8: fsck
+/// finds the btree roots by scanning the devices for btree nodes, reports the loss
+/// (dirty_but_no_journal_entries), -y repairs and seals (exit 1), and the filesystem then
+/// checks clean and mounts. A plain mount refuses and says what to run.
+#[test]
+fn lost_journal_is_recovered_by_a_node_scan() {
+    let d = tmp();
+    let imgs = ["a.img", "b.img"];
+    format_ok(d.path(), &[&["--size", "128M", "--metadata-replicas", "2"][..], &imgs].concat());
+    let run = [&["run", "--ops", "3000", "--seed", "4", "--crash-after", "2500"][..], &imgs].concat();
+    assert_eq!(bcsim(&run, d.path()).code, 0);
+    let out = bcsim(&["show-super", "--json", "a.img"], d.path());
+    let sb: serde_json::Value = serde_json::from_str(&out.stdout).unwrap();
+    let bucket = sb["members"][0]["bucket_size"].as_u64().unwrap();
+    for img in imgs {
+        let f = std::fs::OpenOptions::new().write(true).open(d.path().join(img)).unwrap();
+        for r in sb["journal"]["ranges"].as_array().unwrap() {
+            for b in r[0].as_u64().unwrap()..r[1].as_u64().unwrap() {
+                std::os::unix::fs::FileExt::write_all_at(&f, &vec![0u8; bucket as usize], b * bucket)
+                    .unwrap();
+            }
+        }
+    }
+    fails(&bcsim(&[&["mount"][..], &imgs].concat(), d.path()), 8, "fsck -y finds them by scanning");
+    let out = bcsim(&[&["fsck", "-n"][..], &imgs].concat(), d.path());
+    assert_eq!(out.code, 4, "{}{}", out.stdout, out.stderr);
+    assert!(out.stdout.contains("dirty_but_no_journal_entries"), "{}", out.stdout);
+    let out = bcsim(&[&["fsck", "-y"][..], &imgs].concat(), d.path());
+    assert_eq!(out.code, 1, "{}{}", out.stdout, out.stderr);
+    let out = bcsim(&[&["fsck", "-nf"][..], &imgs].concat(), d.path());
+    assert_eq!(out.code, 0, "{}{}", out.stdout, out.stderr);
+    let out = bcsim(&[&["list", "-b", "inodes"][..], &imgs].concat(), d.path());
+    assert!(out.stdout.lines().count() > 10, "the scan found the inodes btree: {}", out.stdout);
 }

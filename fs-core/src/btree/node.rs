@@ -380,6 +380,22 @@ pub fn decode_node(
     Ok(node)
 }
 
+/// The header of the node image at the start of `buf` if it is one of this filesystem's
+/// (magic, checksum and version good), whatever a pointer would expect there: for a scan of
+/// the devices for btree nodes.
+pub fn peek_header(buf: &[u8], magic: u64) -> Option<NodeHeader> {
+    let h = buf.first_chunk::<NODE_HEADER_BYTES>()?;
+    let exp = Expected {
+        btree: BtreeId::from_u8(u8::from_le_bytes(h.field::<NODE_OFF_BTREE_ID, 1>()))?,
+        level: u8::from_le_bytes(h.field::<NODE_OFF_LEVEL, 1>()),
+        min_key: pos_from_bytes(&h.field::<NODE_OFF_MIN_KEY, POS_BYTES>()),
+        max_key: pos_from_bytes(&h.field::<NODE_OFF_MAX_KEY, POS_BYTES>()),
+        seq: u64::from_le_bytes(h.field::<NODE_OFF_SEQ, 8>()),
+        sectors_written: 0,
+    };
+    decode_header(buf, magic, &exp).ok()
+}
+
 fn decode_header(buf: &[u8], magic: u64, exp: &Expected) -> Result<NodeHeader> {
     let Some(h) = buf.first_chunk::<NODE_HEADER_BYTES>() else {
         return Err(node_err(ErrCode::BtreeNodeDataMissing, exp, "btree node shorter than its header"));

@@ -208,6 +208,8 @@ pub struct RecoveryCtx {
     pub(crate) topology: Vec<NodeInfo>,
     /// The alloc keys as check_allocations says they should be, for check_alloc_info.
     pub(crate) alloc_view: Option<BTreeMap<Bpos, AllocV4>>,
+    /// The first seq the journal may use when no journal read says (roots from a node scan).
+    pub(crate) next_seq: Option<u64>,
     /// Bsets read past the newest journal entry (after an unclean shutdown).
     pub(crate) future_bsets: Option<Arc<crate::recovery::journal::FutureBsets>>,
     /// Set by a pass that found what this run may not repair and must not go past: the passes
@@ -264,6 +266,7 @@ impl RecoveryCtx {
             alloc_view: None,
             stop: None,
             future_bsets: None,
+            next_seq: None,
             fixes_after_replay: Vec::new(),
         }
     }

@@ -19,7 +19,10 @@ pub(super) fn run(ctx: &mut RecoveryCtx) -> Result<()> {
     let block_size = ctx.opts.with(Options::block_size);
     let (rings, next_seq) = match &ctx.journal {
         Some(rj) => (rj.continue_rings(&set)?, rj.new_blacklist.1),
-        None => (journal_rings(&set)?, set.sb.clean.as_ref().map_or(0, |c| c.journal_seq) + 1),
+        None => {
+            let after_clean = set.sb.clean.as_ref().map_or(0, |c| c.journal_seq) + 1;
+            (journal_rings(&set)?, ctx.next_seq.unwrap_or(after_clean).max(after_clean))
+        }
     };
     let journal = Journal::new(
         rings,

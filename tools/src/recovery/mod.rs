@@ -6,6 +6,7 @@
 //! compared with a kernel's line by line.
 
 pub mod journal;
+pub mod scan;
 
 use std::time::{Duration, Instant};
 
@@ -13,6 +14,7 @@ use fs_core::bkey::Bkey;
 use fs_core::bpos::{Bpos, BtreeId};
 use fs_core::btree::{BtreeConfig, NodeInfo};
 use fs_core::error::{ErrCode, Error, Result};
+use fs_core::fsck_err::FsckErr;
 use fs_core::opts::{Behavior, ErrorAction, LiveOpts, OptContext, OptFlags, OptId, Options, ParsedOpt};
 use fs_core::recovery_pass::RecoveryPass;
 use fs_core::sb::DeviceSet;
@@ -277,7 +279,7 @@ pub(crate) fn recover(
     }
     if let Some((newest, (n, first))) = ctx.future_bsets.as_ref().and_then(|f| Some((f.newest, f.seen()?))) {
         ctx.problems.push(Problem {
-            err: fs_core::fsck_err::FsckErr::BsetNewerThanJournal,
+            err: FsckErr::BsetNewerThanJournal,
             msg: format!(
                 "{n} btree node bsets carry journal seqs past the newest journal entry found ({newest}), from {first}: \
                  journal entries were lost; bsets past the blacklist were dropped"
@@ -295,7 +297,7 @@ pub(crate) fn recover(
     ctx.count_errors()?;
     if written_short {
         // Recorded for the next fsck with every member back, which rewrites what is short.
-        ctx.fs()?.set().sb.count_error(fs_core::fsck_err::FsckErr::ReplicasWrittenShort, 1);
+        ctx.fs()?.set().sb.count_error(FsckErr::ReplicasWrittenShort, 1);
     }
     ctx.fs()?.set().write_super()?;
     ctx.health.set_running();
@@ -312,13 +314,44 @@ pub(crate) fn damaged_sb_copies(set: &DeviceSet, fixed: bool) -> Vec<Problem> {
     set.present()
         .flat_map(|m| {
             m.damaged.iter().map(move |d| Problem {
-                err: fs_core::fsck_err::FsckErr::SbCopyDamaged,
+                err: FsckErr::SbCopyDamaged,
                 msg: format!("{}: superblock copy at byte {}: {}", m.dev.name(), d.offset, d.error),
                 fixed,
                 count: 1,
             })
         })
         .collect()
+}
+
+/// An unclean filesystem whose journal is lost: fsck takes the btree roots from a scan of the
+/// devices for btree nodes ([`scan::scan_for_roots`]), reports the loss, and lets the passes
+/// repair what follows. New journal entries go above every seq seen on disk.
+fn open_from_scan(ctx: &mut RecoveryCtx, newest_journal_seq: u64) -> Result<()> {
+    let node_size = ctx.opts.with(Options::btree_node_size);
+    let scan = scan::scan_for_roots(ctx.set_ref()?, node_size)?;
+    let btrees_found: Vec<String> = scan.roots.iter().map(|r| r.btree.to_string()).collect();
+    ctx.log.push(format!(
+        "no journal entries: scanned the devices for btree nodes, found {}; roots of {}",
+        scan.nodes_found,
+        if btrees_found.is_empty() { "no btree".to_owned() } else { btrees_found.join(", ") }
+    ));
+    let set = ctx.set_ref()?;
+    let mut btrees = open_btrees(set, node_size, Arc::new(ReadOnlyNodes), scan.roots, ctx.cfg, None);
+    btrees.set_check_headers(false);
+    btrees.set_health(ctx.health.clone());
+    ctx.btrees = Some(btrees);
+    ctx.next_seq = Some(scan.newest_seq.max(newest_journal_seq).saturating_add(1));
+    ctx.problems.push(Problem {
+        err: FsckErr::DirtyButNoJournalEntries,
+        msg: format!(
+            "unclean shutdown but no journal entries found: btree roots taken from a scan for btree nodes \
+             ({} btrees found); what only the journal held is lost",
+            btrees_found.len()
+        ),
+        fixed: ctx.mode.writes(),
+        count: 1,
+    });
+    Ok(())
 }
 
 /// A filesystem recovered in memory only, for reading: after an unclean shutdown its journal
@@ -411,10 +444,16 @@ fn open_unclean(ctx: &mut RecoveryCtx, mopts: &MountOpts) -> Result<()> {
         ctx.problems.push(Problem { err, msg, fixed, count: n });
     }
     if rj.read.entries.is_empty() {
-        return Err(Error::new(
-            ErrCode::JournalEntriesMissing,
-            "unclean shutdown but no journal entries found: nothing says where the btrees are (run fsck)",
-        ));
+        let scan_allowed =
+            ctx.fsck && (ctx.mode == Mode::Check || ctx.may_fix(FsckErr::DirtyButNoJournalEntries));
+        if !scan_allowed {
+            return Err(Error::new(
+                ErrCode::JournalEntriesMissing,
+                "unclean shutdown but no journal entries found: nothing says where the btrees are \
+                 (fsck -y finds them by scanning the devices)",
+            ));
+        }
+        return open_from_scan(ctx, rj.read.newest_seq);
     }
     ctx.log.push(format!("journal read in {:.2?}", rj.read_time));
     ctx.keys_read = rj.nr_read;
