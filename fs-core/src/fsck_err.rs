@@ -110,6 +110,9 @@ fsck_errs! {
     // replicas_written_short: metadata with fewer replicas than metadata_replicas asks for (a
     // degraded mount wrote it, and counts this error in the superblock when it does).
     ReplicasWrittenShort = 4099, "replicas_written_short", AUTOFIX;
+    // journal_entry_copy_bad: a copy of a journal entry to replay that is bad or lost (bcachefs
+    // logs a bad journal checksum without an fsck error, and does not count lost copies).
+    JournalEntryCopyBad = 4100, "journal_entry_copy_bad", AUTOFIX;
 }
 
 /// Ids that once named an error and must not be given to a new one.
@@ -124,7 +127,7 @@ pub const NEXT_ID: u16 = 359;
 pub const BCSIM_FIRST_ID: u16 = 4096;
 
 /// One past the highest of bcsim's own ids: the next one takes this number.
-pub const BCSIM_NEXT_ID: u16 = 4100;
+pub const BCSIM_NEXT_ID: u16 = 4101;
 
 #[cfg(test)]
 mod tests {

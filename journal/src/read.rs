@@ -245,6 +245,7 @@ fn read(
         m.log.push(format!("journal entries {}-{} missing! {range_line}", gap.start(), gap.end()));
         m.count(FsckErr::JournalEntriesMissing);
     }
+    m.check_copies(last_seq, replay_end, &opts.missing);
     if !opts.missing.is_empty() {
         let state = if gaps.is_empty() {
             "every entry to replay has a copy on a present device"
@@ -845,6 +846,41 @@ impl Merger {
         if let Some(why) = check_bucket_order(buckets, bucket_ids) {
             self.log.push(format!("journal bucket seqs not monotonic on dev {dev} ({name}): {why}"));
             self.count(FsckErr::JournalBucketSeqNotMonotonic);
+        }
+    }
+
+    /// Copies lost from entries to replay: a bad copy of one, or fewer good copies than a
+    /// later flush entry has. A flush entry is written once every earlier write is durable, so
+    /// an earlier entry short of copies lost one after it was written: damage, counted as
+    /// `journal_entry_copy_bad`. The newest entries, short because a crash cut their writes,
+    /// have no complete flush entry after them and are not counted. Copies on absent members
+    /// are not counted either way, and with members absent only bad copies are.
+    fn check_copies(&mut self, last_seq: u64, replay_end: u64, absent: &[u8]) {
+        let present = |p: &&EntryPtr| !absent.contains(&p.dev);
+        let mut lines = Vec::new();
+        let mut later_copies = 0usize;
+        for (&seq, slot) in self.slots.range(last_seq..=replay_end).rev() {
+            let Some(j) = &slot.good else { continue };
+            let good = slot.ptrs.iter().filter(present).count();
+            for p in slot.bad.iter().filter(present) {
+                lines.push(format!(
+                    "journal entry {seq}: copy on dev {} bucket {} offset {} bad; read from another copy",
+                    p.dev, p.bucket, p.offset
+                ));
+            }
+            // With members absent, how many copies an entry had is not known.
+            if slot.bad.is_empty() && absent.is_empty() && good < later_copies {
+                lines.push(format!(
+                    "journal entry {seq}: {good} good copies, a later flush entry has {later_copies}: a copy was lost"
+                ));
+            }
+            if !j.no_flush() {
+                later_copies = later_copies.max(good);
+            }
+        }
+        for line in lines.into_iter().rev() {
+            self.log.push(line);
+            self.count(FsckErr::JournalEntryCopyBad);
         }
     }
 

@@ -294,7 +294,8 @@ fn rule1_bad_checksum_marks_copy_and_resumes_at_next_block() {
         );
     }
     assert!(!logged(&got, "missing"), "{:#?}", got.log);
-    assert!(got.fsck_errors.is_empty(), "{:?}", got.fsck_errors);
+    // The bad copy is damage, counted once.
+    assert_eq!(got.fsck_errors, vec![(FsckErr::JournalEntryCopyBad, 1)]);
 }
 
 /// Rule 2 (control): a ring that wrapped, read back from its head, is in order: nothing logged.
@@ -898,7 +899,8 @@ fn seeded_one_damaged_copy_per_entry_is_survived() {
         let ctx = format!("seed {seed} ({damaged} damaged): {:#?}", got.log);
         assert_eq!(have(&got), want, "{ctx}");
         assert_eq!(got.bad_copies, damaged, "{ctx}");
-        assert!(got.fsck_errors.is_empty(), "{ctx}");
+        assert_eq!(got.fsck_count(FsckErr::JournalEntryCopyBad), damaged, "{ctx}");
+        assert!(got.fsck_errors.iter().all(|(e, _)| *e == FsckErr::JournalEntryCopyBad), "{ctx}");
         assert!(!logged(&got, "re-reading"), "{ctx}");
         checked += 1;
     }
@@ -1040,4 +1042,30 @@ fn key_sink_survives_a_failed_reread_of_the_kept_copy() {
     let got = read_journal_for_replay(&devs, &opts()).unwrap();
     assert_eq!((got.read.last_seq, got.read.replay_end), (1, 3));
     assert_eq!((got.keys_read, got.keys.len()), (3, 3));
+}
+
+/// Copies lost from entries to replay are counted as `journal_entry_copy_bad`: a bad copy, or
+/// an entry with fewer good copies than a later flush entry has (written after every earlier
+/// write was durable). The newest entry short of a copy (a crash cut its write) is not.
+#[test]
+fn lost_copies_of_entries_to_replay_are_counted() {
+    let mut rings = [Ring::new(0, vec![0, 1]), Ring::new(1, vec![0, 1])];
+    let mut at = Vec::new();
+    for seq in 1..=5u64 {
+        at.push(rings[0].append(&entry(seq, 1)));
+        if seq < 5 {
+            rings[1].append(&entry(seq, 1));
+        }
+    }
+    let got = read(&[&rings[0], &rings[1]]);
+    assert_eq!(got.fsck_count(FsckErr::JournalEntryCopyBad), 0, "the newest entry's missing copy is a crash");
+
+    // Entry 2 loses its copy on dev 0: one byte flipped.
+    let mut b = [0u8];
+    rings[0].dev.read_at(&mut b, at[1] + 40).unwrap();
+    rings[0].dev.write_at(&[b[0] ^ 0x40], at[1] + 40).unwrap();
+    let got = read(&[&rings[0], &rings[1]]);
+    assert_eq!(seqs(&got), vec![1, 2, 3, 4, 5]);
+    assert_eq!(got.fsck_count(FsckErr::JournalEntryCopyBad), 1, "{:#?}", got.log);
+    assert!(logged(&got, "journal entry 2: copy on dev 0"), "{:#?}", got.log);
 }
