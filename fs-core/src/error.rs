@@ -109,6 +109,9 @@ errcodes! {
 
     JournalReclaimWouldDeadlock = "journal_reclaim_would_deadlock", Root, "journal reclaim would wait on itself";
 
+    // A BUG_ON of the modelled kernel version (profiles v1.37.5 and v1.39): the filesystem stops dead.
+    KernelBug = "kernel_bug", Root, "simulated kernel BUG: the filesystem stopped dead";
+
     // EROFS
     InsufficientDevices = "insufficient_devices", Erofs, "not enough devices to satisfy the request or to mount";
     EmergencyRo = "emergency_ro", Erofs, "the filesystem went emergency read-only after a fatal error";

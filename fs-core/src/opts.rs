@@ -121,7 +121,7 @@ const ERRORS_ACTIONS: &[&str] = &["continue", "ro", "panic"];
 const FIX_ERRORS: &[&str] = &["exit", "yes", "no", "ask"];
 /// `degraded=` as of bcachefs v1.39 (a bare `degraded` is `yes`, `nodegraded` is `no`).
 const DEGRADED: &[&str] = &["no", "yes", "very", "ask"];
-const BEHAVIORS: &[&str] = &["fixed", "v1.37.5"];
+const BEHAVIORS: &[&str] = &["fixed", "v1.37.5", "v1.39"];
 
 const FS_FORMAT_MOUNT_RUNTIME: OptFlags =
     OptFlags::FS.union(OptFlags::FORMAT).union(OptFlags::MOUNT).union(OptFlags::RUNTIME);
@@ -159,7 +159,7 @@ options! {
     BlockSize = 12, "block_size", OptType::Size { min: 512, max: 64 << 10, auto: false }, Default::U64(4096),
         FS_FORMAT, "Block size: journal entries are padded to it";
     Behavior = 13, "behavior", OptType::Enum(BEHAVIORS), Default::U64(0),
-        FS_FORMAT_MOUNT, "Behaviour profile: fixed (bcsim's fixes) or v1.37.5 (the kernel as issues #1107 and #1108 saw it)";
+        FS_FORMAT_MOUNT, "Behaviour profile: fixed (bcsim's fixes), v1.37.5 (the kernel as issues #1107 and #1108 saw it) or v1.39 (upstream as of v1.39.2: key cache fill and BUG_ON as there; its allocator waits are not modelled yet and behave as fixed)";
     BucketSize = 14, "bucket_size", OptType::Size { min: 4096, max: 1 << 30, auto: true }, Default::U64(0),
         DEVICE_FORMAT, "Bucket size of a device (0: chosen from the device size)";
     Durability = 15, "durability", OptType::U64 { min: 0, max: 4 }, Default::U64(1),
@@ -338,6 +338,8 @@ pub enum Behavior {
     Fixed,
     /// The kernel as issues #1107 and #1108 saw it.
     V1_37_5,
+    /// Upstream as of v1.39.2.
+    V1_39,
 }
 
 /// What a filesystem error does (`errors=`).
@@ -398,7 +400,11 @@ impl Options {
     }
 
     pub fn behavior(&self) -> Behavior {
-        if self.u64(OptId::Behavior) == 1 { Behavior::V1_37_5 } else { Behavior::Fixed }
+        match self.u64(OptId::Behavior) {
+            1 => Behavior::V1_37_5,
+            2 => Behavior::V1_39,
+            _ => Behavior::Fixed,
+        }
     }
 
     pub fn errors(&self) -> ErrorAction {

@@ -1,10 +1,391 @@
-//! key-cache: the btree key cache for the cached btrees (`alloc`, `inodes`).
+//! key-cache: the btree key cache for the cached btrees (`alloc`, `inodes`), at leaf level.
 //!
-//! It holds no code yet. It is where cached entries (key, ACCESSED / DIRTY flags, journal pin,
-//! seq) belong, with their fill from the btree with or without the journal-key overlay (the
-//! v1.37.5 fill rule and the later one), dirty tracking under journal pins whose flush callback
-//! writes an entry back to the btree, and the coherency check that was a `BUG_ON` at
-//! key_cache.c:475 in v1.37.5. The filesystem has room for it: journal replay routes keys per
-//! btree (`tools/src/fs/trans.rs`), and journal pins take an owner's flush callback.
+//! An entry holds one key of a cached btree, its flags (ACCESSED, DIRTY, IMMEDIATE_FLUSH), the
+//! journal seq of its newest update and, while dirty, a journal pin at the seq of its oldest
+//! update not yet in the btree. The protocols, each enforced here:
 //!
-//! It must never hold a deleted key, and never flush past a journal entry not yet replayed.
+//! 1. **Fill.** An update of a position with no entry fills one from the btree, by the
+//!    profile's rule ([`fill_rule`]). v1.37.5 reads the btree key without the journal-key
+//!    overlay and looks at the journal key only when the btree key is deleted; since v1.39 the
+//!    journal key is laid over the btree key whenever replay is unfinished, and an entry whose
+//!    key is deleted in either is flushed immediately: its updates write through.
+//! 2. **The cache never holds a deleted key.** A fill that finds none, and an update that
+//!    deletes, write through to the btree (the entry, if any, is dropped with its pin: the
+//!    deletion supersedes it and is pinned by the btree's write-back).
+//! 3. **Commit.** A cached update replaces the entry's key under its lock, marks it DIRTY and,
+//!    if it held no pin, pins the update's seq; an older pin stays, covering both updates.
+//! 4. **Flush** is the pin's callback ([`PinFlush`]), run by journal reclaim. It copies the key
+//!    and the entry's update count under the lock, releases it, and hands the key to the
+//!    [`FlushTarget`], which under its btree lock looks the position up bypassing the cache (but
+//!    through the journal-key overlay while replay is unfinished), checks coherency — the btree
+//!    must hold a live key there — and inserts. Then, under the lock again: if no update came
+//!    meanwhile, DIRTY is cleared and the pin dropped; otherwise the pin moves to the newer
+//!    update's seq and the entry stays dirty. No dirty bit is lost and no half-written key is
+//!    flushed. An update in the same journal entry as the pin (which cannot move to its own
+//!    seq) is written by the same flush, which tries again.
+//! 5. **Coherency.** A flush that finds no live btree key is the BUG_ON of key_cache.c (line 475
+//!    at v1.37.5, 469 at v1.39): a simulated kernel BUG (`kernel_bug`) in those profiles, the
+//!    typed error `btree_key_cache_coherency` naming the btree's earlier topology errors in the
+//!    fixed profile. Either way the entry stays dirty and pinned.
+//!
+//! Lock order: the caller's btree lock, the entry map, an entry, the journal. The flush takes
+//! no map lock and takes the btree lock with no entry lock held.
+
+use std::collections::HashMap;
+
+use bitflags::bitflags;
+use fs_core::bkey::Bkey;
+use fs_core::bpos::{Bpos, BtreeId};
+use fs_core::error::{ErrCode, Error, Result};
+use fs_core::opts::Behavior;
+use fs_core::sync::{Arc, AtomicUsize, Mutex, Ordering, Weak};
+use journal::{Journal, JournalPin, PinFlush};
+
+/// The btrees whose leaf keys go through the cache.
+pub const CACHED_BTREES: &[BtreeId] = &[BtreeId::Alloc, BtreeId::Inodes];
+
+/// Reclaim is kicked above this many dirty entries plus half the entries.
+pub const RECLAIM_DIRTY_BASE: usize = 1024;
+/// Commits are throttled above this many dirty entries plus three quarters of the entries.
+pub const THROTTLE_DIRTY_BASE: usize = 4096;
+
+/// Writes of an entry updated again within its pinned journal entry, before a flush gives up.
+const FLUSH_SAME_SEQ_TRIES: usize = 8;
+
+bitflags! {
+    /// An entry's state (`BKEY_CACHED_*`).
+    #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+    pub struct EntryFlags: u8 {
+        /// Read or updated since the last look (kept for eviction).
+        const ACCESSED = 1 << 0;
+        /// Holds an update the btree does not have yet; the entry holds a journal pin.
+        const DIRTY = 1 << 1;
+        /// Updates write through to the btree (the fill found a deleted key somewhere).
+        const IMMEDIATE_FLUSH = 1 << 2;
+    }
+}
+
+/// What the owner of the btrees does for the cache: the flush's lookup, check and insert, done
+/// together under its btree lock.
+pub trait FlushTarget: Send + Sync {
+    /// Looks `btree` up at `key.pos`, at leaf level, bypassing the key cache but seeing the
+    /// journal keys while replay is unfinished; passes what it finds (`None`: no live key) to
+    /// `check`, and if that passes, inserts `key` as an update of journal seq `seq`.
+    fn flush_key(
+        &self,
+        btree: BtreeId,
+        key: &Bkey,
+        seq: u64,
+        check: &dyn Fn(Option<&Bkey>) -> Result<()>,
+    ) -> Result<()>;
+
+    /// The topology errors `btree` has had, and the first one's message: the typed coherency
+    /// error names them.
+    fn topology_errors(&self, btree: BtreeId) -> (u64, Option<String>);
+}
+
+/// What a fill sees at a position.
+#[derive(Clone, Debug, Default)]
+pub struct FillInput {
+    /// The btree's key, read without the journal-key overlay (`None`: none there).
+    pub btree_key: Option<Bkey>,
+    /// The newest pending journal key at the position, if replay is unfinished.
+    pub journal_key: Option<Bkey>,
+}
+
+/// What a fill decides: the key to cache (never a deleted one), and whether the entry must be
+/// flushed immediately (its updates write through).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Fill {
+    pub key: Option<Bkey>,
+    pub immediate_flush: bool,
+}
+
+/// The fill rule of `behavior` (see the module doc, rule 1).
+pub fn fill_rule(behavior: Behavior, input: FillInput) -> Fill {
+    let live = |k: &Option<Bkey>| k.as_ref().is_some_and(|k| !k.is_deleted());
+    match behavior {
+        // The btree key as read, without the overlay; the journal key only if the btree's is
+        // deleted. A live btree key with a pending journal deletion is cached as live.
+        Behavior::V1_37_5 => {
+            let key = if live(&input.btree_key) { input.btree_key } else { input.journal_key };
+            Fill { key: key.filter(|k| !k.is_deleted()), immediate_flush: false }
+        }
+        Behavior::V1_39 | Behavior::Fixed => {
+            let deleted_somewhere = input.btree_key.as_ref().is_some_and(Bkey::is_deleted)
+                || input.journal_key.as_ref().is_some_and(Bkey::is_deleted);
+            let key = input.journal_key.or(input.btree_key).filter(|k| !k.is_deleted());
+            Fill { immediate_flush: deleted_somewhere || key.is_none(), key }
+        }
+    }
+}
+
+/// Where an update went.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Update {
+    /// Into the cache: the entry is dirty and pinned.
+    Cached,
+    /// The caller writes it into the btree itself (a deletion, or an entry that may not hold
+    /// it: rule 2).
+    WriteThrough,
+}
+
+struct EntryState {
+    key: Bkey,
+    flags: EntryFlags,
+    /// Journal seq of the newest update.
+    seq: u64,
+    /// Updates so far: a flush compares it to see whether one came meanwhile.
+    updates: u64,
+    /// Held exactly while DIRTY.
+    pin: Option<JournalPin>,
+}
+
+/// One cached key.
+pub struct Entry {
+    btree: BtreeId,
+    pos: Bpos,
+    state: Mutex<EntryState>,
+}
+
+impl Entry {
+    /// The cached key, its flags and its newest update's seq.
+    pub fn snapshot(&self) -> (Bkey, EntryFlags, u64) {
+        let st = self.state.lock();
+        (st.key.clone(), st.flags, st.seq)
+    }
+
+    /// Whether the entry is dirty, and the seq of its pin, read together.
+    pub fn dirty_and_pin(&self) -> (bool, Option<u64>) {
+        let st = self.state.lock();
+        (st.flags.contains(EntryFlags::DIRTY), st.pin.as_ref().map(JournalPin::seq))
+    }
+}
+
+/// The key cache of one filesystem.
+pub struct KeyCache {
+    behavior: Behavior,
+    entries: Mutex<HashMap<(BtreeId, Bpos), Arc<Entry>>>,
+    nr_keys: AtomicUsize,
+    nr_dirty: AtomicUsize,
+    target: Weak<dyn FlushTarget>,
+    me: Weak<KeyCache>,
+}
+
+/// The journal pin callback of one entry.
+struct EntryPin {
+    cache: Weak<KeyCache>,
+    entry: Arc<Entry>,
+}
+
+impl PinFlush for EntryPin {
+    fn flush_pin(&self, journal: &Journal, _seq: u64) -> Result<()> {
+        match self.cache.upgrade() {
+            Some(cache) => cache.flush_entry(journal, &self.entry),
+            // The filesystem is gone (a crash): nothing in memory is left to write.
+            None => Ok(()),
+        }
+    }
+
+    fn name(&self) -> &'static str {
+        "btree key cache"
+    }
+}
+
+impl KeyCache {
+    /// A cache of `behavior` whose flushes go to `target`.
+    pub fn new(behavior: Behavior, target: Weak<dyn FlushTarget>) -> Arc<KeyCache> {
+        Arc::new_cyclic(|me| KeyCache {
+            behavior,
+            entries: Mutex::new(HashMap::new()),
+            nr_keys: AtomicUsize::new(0),
+            nr_dirty: AtomicUsize::new(0),
+            target,
+            me: me.clone(),
+        })
+    }
+
+    pub fn is_cached(btree: BtreeId) -> bool {
+        CACHED_BTREES.contains(&btree)
+    }
+
+    /// Entries held.
+    pub fn nr_keys(&self) -> usize {
+        self.nr_keys.load(Ordering::Acquire)
+    }
+
+    /// Entries holding an update the btree does not have yet.
+    pub fn nr_dirty(&self) -> usize {
+        self.nr_dirty.load(Ordering::Acquire)
+    }
+
+    /// Journal reclaim should run: more than 1024 + nr_keys/2 dirty entries.
+    pub fn reclaim_wanted(&self) -> bool {
+        self.nr_dirty() > RECLAIM_DIRTY_BASE + self.nr_keys() / 2
+    }
+
+    /// Commits must wait for reclaim: more than 4096 + 3/4 nr_keys dirty entries.
+    pub fn must_throttle(&self) -> bool {
+        self.nr_dirty() > THROTTLE_DIRTY_BASE + self.nr_keys() * 3 / 4
+    }
+
+    /// The cached key at `pos`, if there is an entry (marking it accessed).
+    pub fn get(&self, btree: BtreeId, pos: Bpos) -> Option<Bkey> {
+        let entry = self.entries.lock().get(&(btree, pos)).cloned()?;
+        let mut st = entry.state.lock();
+        st.flags.insert(EntryFlags::ACCESSED);
+        Some(st.key.clone())
+    }
+
+    /// The entry at `pos`, for inspection.
+    pub fn entry(&self, btree: BtreeId, pos: Bpos) -> Option<Arc<Entry>> {
+        self.entries.lock().get(&(btree, pos)).cloned()
+    }
+
+    /// Applies `key`, journalled at `seq`, to the cache (rules 1-3). `fill` is called when the
+    /// position has no entry: it reads what the fill rule looks at, with the caller's btree
+    /// lock held.
+    pub fn update(
+        &self,
+        journal: &Journal,
+        btree: BtreeId,
+        key: Bkey,
+        seq: u64,
+        fill: impl FnOnce() -> Result<FillInput>,
+    ) -> Result<Update> {
+        let pos = key.pos;
+        let mut entries = self.entries.lock();
+        if key.is_deleted() {
+            if let Some(entry) = entries.remove(&(btree, pos)) {
+                self.nr_keys.fetch_sub(1, Ordering::AcqRel);
+                let mut st = entry.state.lock();
+                if let Some(pin) = st.pin.take() {
+                    self.nr_dirty.fetch_sub(1, Ordering::AcqRel);
+                    st.flags.remove(EntryFlags::DIRTY);
+                    journal.pin_drop(pin)?;
+                }
+            }
+            return Ok(Update::WriteThrough);
+        }
+        let entry = match entries.get(&(btree, pos)) {
+            Some(e) => e.clone(),
+            None => {
+                let fill = fill_rule(self.behavior, fill()?);
+                let Some(filled) = fill.key else { return Ok(Update::WriteThrough) };
+                let flags =
+                    if fill.immediate_flush { EntryFlags::IMMEDIATE_FLUSH } else { EntryFlags::ACCESSED };
+                let state = EntryState { key: filled, flags, seq: 0, updates: 0, pin: None };
+                let e = Arc::new(Entry { btree, pos, state: Mutex::new(state) });
+                entries.insert((btree, pos), e.clone());
+                self.nr_keys.fetch_add(1, Ordering::AcqRel);
+                e
+            }
+        };
+        drop(entries);
+        let mut st = entry.state.lock();
+        if st.flags.contains(EntryFlags::IMMEDIATE_FLUSH) {
+            // Kept in step with the btree, which takes the update itself.
+            st.key = key;
+            return Ok(Update::WriteThrough);
+        }
+        if st.pin.is_none() {
+            // Rule 5 of the journal pins: added under the lock the callback takes.
+            let flush = Arc::new(EntryPin { cache: self.me.clone(), entry: entry.clone() });
+            st.pin = Some(journal.pin_add(seq, flush)?);
+            self.nr_dirty.fetch_add(1, Ordering::AcqRel);
+        }
+        st.key = key;
+        st.seq = seq;
+        st.updates += 1;
+        st.flags.insert(EntryFlags::DIRTY | EntryFlags::ACCESSED);
+        Ok(Update::Cached)
+    }
+
+    /// Writes `entry` back into the btree (rule 4); its pin's callback. An update made during
+    /// the write moves the pin to its seq; one in the very journal entry the pin is at (the pin
+    /// cannot move) is written too, a bounded number of times before reclaim is told "not now".
+    fn flush_entry(&self, journal: &Journal, entry: &Arc<Entry>) -> Result<()> {
+        let target = self
+            .target
+            .upgrade()
+            .ok_or_else(|| Error::internal("key cache flush after its filesystem was torn down"))?;
+        for _ in 0..FLUSH_SAME_SEQ_TRIES {
+            let (key, seq, updates) = {
+                let st = entry.state.lock();
+                if !st.flags.contains(EntryFlags::DIRTY) {
+                    return Ok(());
+                }
+                (st.key.clone(), st.seq, st.updates)
+            };
+            let check = |btree_k: Option<&Bkey>| self.check_coherency(&*target, entry, seq, btree_k);
+            target.flush_key(entry.btree, &key, seq, &check)?;
+            let mut st = entry.state.lock();
+            let newest = st.seq;
+            let pinned = st.pin.as_ref().map(JournalPin::seq);
+            if st.updates == updates {
+                st.flags.remove(EntryFlags::DIRTY);
+                if let Some(pin) = st.pin.take() {
+                    self.nr_dirty.fetch_sub(1, Ordering::AcqRel);
+                    journal.pin_drop(pin)?;
+                }
+                return Ok(());
+            }
+            if pinned.is_some_and(|p| newest > p) {
+                if let Some(pin) = st.pin.as_mut() {
+                    journal.pin_update(pin, newest)?;
+                }
+                return Ok(());
+            }
+        }
+        Err(Error::new(
+            ErrCode::JournalReclaimWouldDeadlock,
+            format!("key cache entry at {} updated during every flush", entry.pos),
+        )
+        .btree(entry.btree)
+        .pos(entry.pos))
+    }
+
+    /// Rule 5: the btree must hold a live key where a dirty entry is flushed.
+    fn check_coherency(
+        &self,
+        target: &dyn FlushTarget,
+        entry: &Entry,
+        seq: u64,
+        btree_k: Option<&Bkey>,
+    ) -> Result<()> {
+        if btree_k.is_some_and(|k| !k.is_deleted()) {
+            return Ok(());
+        }
+        let (btree, pos) = (entry.btree, entry.pos);
+        match self.behavior {
+            Behavior::V1_37_5 | Behavior::V1_39 => {
+                let line = if self.behavior == Behavior::V1_37_5 { 475 } else { 469 };
+                Err(Error::new(
+                    ErrCode::KernelBug,
+                    format!(
+                        "kernel BUG at fs/bcachefs/btree/key_cache.c:{line}! (btree_key_cache_flush_pos)"
+                    ),
+                )
+                .btree(btree)
+                .pos(pos)
+                .journal_seq(seq))
+            }
+            Behavior::Fixed => {
+                let (n, first) = target.topology_errors(btree);
+                let after = match first {
+                    Some(first) if n > 0 => {
+                        format!(" after {n} topology errors in btree {btree} (first: {first})")
+                    }
+                    _ => String::new(),
+                };
+                Err(Error::new(
+                    ErrCode::BtreeKeyCacheCoherency,
+                    format!("flushing the key cache entry at {pos} (seq {seq}): the btree holds no live key there{after}"),
+                )
+                .btree(btree)
+                .pos(pos)
+                .journal_seq(seq))
+            }
+        }
+    }
+}

@@ -130,8 +130,8 @@ impl PhaseTime {
     }
 }
 
-/// The filesystem options with the mount options applied. In the v1.37.5 profile a
-/// `MOUNT_OLD` option (metadata_replicas, metadata_target) is refused the way the kernel did:
+/// The filesystem options with the mount options applied. In the v1.37.5 and v1.39 profiles a
+/// `MOUNT_OLD` option (metadata_replicas, metadata_target) is refused the way the kernel does:
 /// logged and ignored. The fixed profile accepts it as a recovery option.
 fn mount_options(set: &DeviceSet, mopts: &MountOpts, log: &mut Vec<String>) -> Result<Options> {
     let mut opts = set.sb.opts.clone();
@@ -142,7 +142,7 @@ fn mount_options(set: &DeviceSet, mopts: &MountOpts, log: &mut Vec<String>) -> R
         let flags = p.id.desc().flags;
         if flags.contains(OptFlags::MOUNT_OLD)
             && !flags.contains(OptFlags::MOUNT)
-            && opts.behavior() == Behavior::V1_37_5
+            && matches!(opts.behavior(), Behavior::V1_37_5 | Behavior::V1_39)
         {
             log.push(format!(
                 "{}: option may no longer be specified at mount time; set via sysfs opts dir",
