@@ -23,7 +23,8 @@
 //!    update's seq and the entry stays dirty. No dirty bit is lost and no half-written key is
 //!    flushed. An update in the same journal entry as the pin (which cannot move to its own
 //!    seq) is written by the same flush, which tries again.
-//! 5. **Coherency.** A flush that finds no live btree key is the BUG_ON of key_cache.c (line 475
+//! 5. **Coherency.** A flush that finds no live key — in the btree, or for a key journal replay
+//!    put into the entry, through the journal-key overlay, which shows that key — is the BUG_ON of key_cache.c (line 475
 //!    at v1.37.5, 469 at v1.39): a simulated kernel BUG (`kernel_bug`) in those profiles, the
 //!    typed error `btree_key_cache_coherency` naming the btree's earlier topology errors in the
 //!    fixed profile. Either way the entry stays dirty and pinned.
@@ -68,20 +69,26 @@ bitflags! {
 /// What the owner of the btrees does for the cache: the flush's lookup, check and insert, done
 /// together under its btree lock.
 pub trait FlushTarget: Send + Sync {
-    /// Looks `btree` up at `key.pos`, at leaf level, bypassing the key cache but seeing the
-    /// journal keys while replay is unfinished; passes what it finds (`None`: no live key) to
-    /// `check`, and if that passes, inserts `key` as an update of journal seq `seq`.
+    /// Looks `btree` up at `key.pos`, at leaf level, bypassing the key cache; passes what it
+    /// finds, with the topology errors `btree` has had, to `check`, and if that passes, inserts
+    /// `key` as an update of journal seq `seq`.
     fn flush_key(
         &self,
         btree: BtreeId,
         key: &Bkey,
         seq: u64,
-        check: &dyn Fn(Option<&Bkey>) -> Result<()>,
+        check: &dyn Fn(Found<'_>) -> Result<()>,
     ) -> Result<()>;
+}
 
-    /// The topology errors `btree` has had, and the first one's message: the typed coherency
+/// What a flush's lookup found.
+pub struct Found<'a> {
+    /// The btree's key (`None`: an empty slot).
+    pub key: Option<&'a Bkey>,
+    /// Topology errors of the btree so far, and the first one's message: the typed coherency
     /// error names them.
-    fn topology_errors(&self, btree: BtreeId) -> (u64, Option<String>);
+    pub topology_errors: u64,
+    pub first_topology_error: Option<&'a str>,
 }
 
 /// What a fill sees at a position.
@@ -112,7 +119,8 @@ pub fn fill_rule(behavior: Behavior, input: FillInput) -> Fill {
             Fill { key: key.filter(|k| !k.is_deleted()), immediate_flush: false }
         }
         Behavior::V1_39 | Behavior::Fixed => {
-            let deleted_somewhere = input.btree_key.as_ref().is_some_and(Bkey::is_deleted)
+            // An empty slot reads as a deleted key (peek_slot).
+            let deleted_somewhere = input.btree_key.as_ref().is_none_or(Bkey::is_deleted)
                 || input.journal_key.as_ref().is_some_and(Bkey::is_deleted);
             let key = input.journal_key.or(input.btree_key).filter(|k| !k.is_deleted());
             Fill { immediate_flush: deleted_somewhere || key.is_none(), key }
@@ -139,6 +147,10 @@ struct EntryState {
     updates: u64,
     /// Held exactly while DIRTY.
     pin: Option<JournalPin>,
+    /// The journal key pending at the position when the newest update came from journal
+    /// replay: what the kernel's flush sees through the journal-key overlay, which lasts until
+    /// replay is done (bcsim flushes key cache pins only then).
+    overlay: Option<Bkey>,
 }
 
 /// One cached key.
@@ -229,12 +241,34 @@ impl KeyCache {
         self.nr_dirty() > THROTTLE_DIRTY_BASE + self.nr_keys() * 3 / 4
     }
 
+    /// Drops every entry, once all are clean (after the pins are flushed): what holds a key
+    /// the btree does not have yet cannot be dropped.
+    pub fn clear(&self) -> Result<()> {
+        let mut entries = self.entries.lock();
+        let dirty = entries.values().filter(|e| e.state.lock().flags.contains(EntryFlags::DIRTY)).count();
+        if dirty > 0 {
+            return Err(Error::internal(format!("key cache cleared with {dirty} dirty entries")));
+        }
+        entries.clear();
+        self.nr_keys.store(0, Ordering::Release);
+        Ok(())
+    }
+
     /// The cached key at `pos`, if there is an entry (marking it accessed).
     pub fn get(&self, btree: BtreeId, pos: Bpos) -> Option<Bkey> {
         let entry = self.entries.lock().get(&(btree, pos)).cloned()?;
         let mut st = entry.state.lock();
         st.flags.insert(EntryFlags::ACCESSED);
         Some(st.key.clone())
+    }
+
+    /// Whether an update of `pos` goes to an entry: `None` without one, `Some(true)` for an
+    /// entry whose updates write through (IMMEDIATE_FLUSH), `Some(false)` for one that takes
+    /// them. Whoever writes a cached btree directly must send the positions with an entry here.
+    pub fn has_entry(&self, btree: BtreeId, pos: Bpos) -> Option<bool> {
+        let entry = self.entries.lock().get(&(btree, pos)).cloned()?;
+        let writes_through = entry.state.lock().flags.contains(EntryFlags::IMMEDIATE_FLUSH);
+        Some(writes_through)
     }
 
     /// The entry at `pos`, for inspection.
@@ -251,6 +285,31 @@ impl KeyCache {
         btree: BtreeId,
         key: Bkey,
         seq: u64,
+        fill: impl FnOnce() -> Result<FillInput>,
+    ) -> Result<Update> {
+        self.update_from(journal, btree, key, seq, false, fill)
+    }
+
+    /// [`KeyCache::update`] of a key journal replay replays: until replay is done a flush sees
+    /// it through the journal-key overlay.
+    pub fn update_replayed(
+        &self,
+        journal: &Journal,
+        btree: BtreeId,
+        key: Bkey,
+        seq: u64,
+        fill: impl FnOnce() -> Result<FillInput>,
+    ) -> Result<Update> {
+        self.update_from(journal, btree, key, seq, true, fill)
+    }
+
+    fn update_from(
+        &self,
+        journal: &Journal,
+        btree: BtreeId,
+        key: Bkey,
+        seq: u64,
+        replayed: bool,
         fill: impl FnOnce() -> Result<FillInput>,
     ) -> Result<Update> {
         let pos = key.pos;
@@ -274,7 +333,7 @@ impl KeyCache {
                 let Some(filled) = fill.key else { return Ok(Update::WriteThrough) };
                 let flags =
                     if fill.immediate_flush { EntryFlags::IMMEDIATE_FLUSH } else { EntryFlags::ACCESSED };
-                let state = EntryState { key: filled, flags, seq: 0, updates: 0, pin: None };
+                let state = EntryState { key: filled, flags, seq: 0, updates: 0, pin: None, overlay: None };
                 let e = Arc::new(Entry { btree, pos, state: Mutex::new(state) });
                 entries.insert((btree, pos), e.clone());
                 self.nr_keys.fetch_add(1, Ordering::AcqRel);
@@ -294,6 +353,7 @@ impl KeyCache {
             st.pin = Some(journal.pin_add(seq, flush)?);
             self.nr_dirty.fetch_add(1, Ordering::AcqRel);
         }
+        st.overlay = replayed.then(|| key.clone());
         st.key = key;
         st.seq = seq;
         st.updates += 1;
@@ -310,14 +370,14 @@ impl KeyCache {
             .upgrade()
             .ok_or_else(|| Error::internal("key cache flush after its filesystem was torn down"))?;
         for _ in 0..FLUSH_SAME_SEQ_TRIES {
-            let (key, seq, updates) = {
+            let (key, seq, updates, overlay) = {
                 let st = entry.state.lock();
                 if !st.flags.contains(EntryFlags::DIRTY) {
                     return Ok(());
                 }
-                (st.key.clone(), st.seq, st.updates)
+                (st.key.clone(), st.seq, st.updates, st.overlay.clone())
             };
-            let check = |btree_k: Option<&Bkey>| self.check_coherency(&*target, entry, seq, btree_k);
+            let check = |found: Found<'_>| self.check_coherency(entry, seq, overlay.as_ref(), found);
             target.flush_key(entry.btree, &key, seq, &check)?;
             let mut st = entry.state.lock();
             let newest = st.seq;
@@ -348,12 +408,13 @@ impl KeyCache {
     /// Rule 5: the btree must hold a live key where a dirty entry is flushed.
     fn check_coherency(
         &self,
-        target: &dyn FlushTarget,
         entry: &Entry,
         seq: u64,
-        btree_k: Option<&Bkey>,
+        overlay: Option<&Bkey>,
+        found: Found<'_>,
     ) -> Result<()> {
-        if btree_k.is_some_and(|k| !k.is_deleted()) {
+        // The journal-key overlay wins over the btree, as in the kernel's iterator.
+        if overlay.or(found.key).is_some_and(|k| !k.is_deleted()) {
             return Ok(());
         }
         let (btree, pos) = (entry.btree, entry.pos);
@@ -371,8 +432,8 @@ impl KeyCache {
                 .journal_seq(seq))
             }
             Behavior::Fixed => {
-                let (n, first) = target.topology_errors(btree);
-                let after = match first {
+                let n = found.topology_errors;
+                let after = match found.first_topology_error {
                     Some(first) if n > 0 => {
                         format!(" after {n} topology errors in btree {btree} (first: {first})")
                     }

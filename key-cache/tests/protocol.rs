@@ -17,7 +17,7 @@ use fs_core::error::{ErrCode, Result};
 use fs_core::opts::Behavior;
 use fs_core::sync::{Arc, Mutex};
 use journal::{Journal, JournalWatermark, JsetEntry};
-use key_cache::{EntryFlags, FillInput, FlushTarget, KeyCache, Update, fill_rule};
+use key_cache::{EntryFlags, FillInput, FlushTarget, Found, KeyCache, Update, fill_rule};
 
 use common::{Tree, journal, target};
 use proptest::prelude::*;
@@ -76,6 +76,11 @@ fn fill_rules_per_profile() {
         let f = fill_rule(b, FillInput::default());
         assert_eq!(f.key, None, "{b:?}: nothing to cache where there is no key");
     }
+    // A new key (none in the btree, the one being replayed pending): an empty slot reads as
+    // deleted, so v1.39 writes it through; v1.37.5 caches the journal key.
+    let new_key = FillInput { btree_key: None, journal_key: Some(key(1, 7)) };
+    assert!(fill_rule(Behavior::V1_39, new_key.clone()).immediate_flush);
+    assert_eq!(fill_rule(Behavior::V1_37_5, new_key).key, Some(key(1, 7)));
 }
 
 /// An update of a cached key makes the entry dirty and pinned at its seq; the pin's flush
@@ -173,16 +178,13 @@ fn an_update_during_a_flush_is_repinned() {
             b: BtreeId,
             key: &Bkey,
             seq: u64,
-            check: &dyn Fn(Option<&Bkey>) -> Result<()>,
+            check: &dyn Fn(Found<'_>) -> Result<()>,
         ) -> Result<()> {
             let during = self.during.lock().take();
             if let Some(f) = during {
                 f();
             }
             self.tree.flush_key(b, key, seq, check)
-        }
-        fn topology_errors(&self, b: BtreeId) -> (u64, Option<String>) {
-            self.tree.topology_errors(b)
         }
     }
     let pos = Bpos::new(0, 1, 0);

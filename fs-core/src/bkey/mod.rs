@@ -125,6 +125,13 @@ pub struct KeyRef<'a> {
 }
 
 impl<'a> KeyRef<'a> {
+    /// The key with its value copied out.
+    pub fn to_bkey(&self) -> Bkey {
+        let mut k = Bkey::new(self.pos, self.ty, self.val.to_vec());
+        k.size = self.size;
+        k
+    }
+
     /// Decodes one key in place; the reader's code is the caller's "invalid key" error.
     pub fn decode(r: &mut Reader<'a>) -> Result<KeyRef<'a>> {
         let raw_ty = r.u8()?;

@@ -120,6 +120,8 @@ pub struct Btrees {
     topology_errors: u64,
     /// Nodes read without a replica that lies on an absent member (they are rewritten).
     absent_replica_reads: u64,
+    /// Topology errors per btree, and the first one's log line.
+    topology_by_btree: std::collections::BTreeMap<BtreeId, (u64, String)>,
     blacklisted: Box<dyn Fn(u64) -> bool + Send + Sync>,
     log: Vec<String>,
     /// No eviction scan until the cache holds more nodes than this: set when a scan found too
@@ -174,6 +176,7 @@ impl Btrees {
             health: None,
             topology_errors: 0,
             absent_replica_reads: 0,
+            topology_by_btree: std::collections::BTreeMap::new(),
             blacklisted: Box::new(|_| false),
             log: Vec::new(),
             evict_scan_above: 0,
@@ -207,6 +210,11 @@ impl Btrees {
     }
 
     /// Log lines (bad replicas, topology errors) since the last call.
+    /// The topology errors `btree` has had, and the first one's log line.
+    pub fn topology_errors_of(&self, btree: BtreeId) -> (u64, Option<String>) {
+        self.topology_by_btree.get(&btree).map_or((0, None), |(n, first)| (*n, Some(first.clone())))
+    }
+
     /// How many node reads skipped a replica on an absent member, since the last call.
     pub fn take_absent_replica_reads(&mut self) -> u64 {
         std::mem::take(&mut self.absent_replica_reads)
@@ -361,6 +369,8 @@ impl Btrees {
             "btree node header doesn't match ptr: btree={} level={} ptr: {}..{} node: btree={} level={} {}..{}",
             exp.btree, exp.level, exp.min_key, exp.max_key, hdr.btree, hdr.level, hdr.min_key, hdr.max_key
         );
+        let per_btree = self.topology_by_btree.entry(exp.btree).or_insert_with(|| (0, line.clone()));
+        per_btree.0 += 1;
         self.log.push(line.clone());
         let err = Error::new(ErrCode::BtreeNeedTopologyRepair, line)
             .btree(exp.btree)

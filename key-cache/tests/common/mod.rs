@@ -11,7 +11,7 @@ use fs_core::health::FsHealth;
 use fs_core::opts::{LiveOpts, Options};
 use fs_core::sync::{Arc, Mutex};
 use journal::{Journal, JournalConfig, Ring};
-use key_cache::FlushTarget;
+use key_cache::{FlushTarget, Found};
 
 const BUCKET: u64 = 64 << 10;
 
@@ -43,21 +43,21 @@ impl FlushTarget for Tree {
         _btree: BtreeId,
         key: &Bkey,
         _seq: u64,
-        check: &dyn Fn(Option<&Bkey>) -> Result<()>,
+        check: &dyn Fn(Found<'_>) -> Result<()>,
     ) -> Result<()> {
         // Every value the tests commit is eight equal bytes: anything else was torn.
         if key.val.len() != 8 || key.val.windows(2).any(|w| w.first() != w.last()) {
             return Err(Error::internal(format!("half-written key flushed: {:?}", key.val)));
         }
         let mut keys = self.keys.lock();
-        check(keys.get(&key.pos))?;
+        let first = "btree node header doesn't match ptr: btree=alloc level=0";
+        check(Found {
+            key: keys.get(&key.pos),
+            topology_errors: self.topology_errors,
+            first_topology_error: (self.topology_errors > 0).then_some(first),
+        })?;
         keys.insert(key.pos, key.clone());
         Ok(())
-    }
-
-    fn topology_errors(&self, _btree: BtreeId) -> (u64, Option<String>) {
-        let first = "btree node header doesn't match ptr: btree=alloc level=0".to_owned();
-        (self.topology_errors, (self.topology_errors > 0).then_some(first))
     }
 }
 

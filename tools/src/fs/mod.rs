@@ -35,6 +35,7 @@ use fs_core::opts::{LiveOpts, Options};
 use fs_core::sb::{CleanRoot, CleanSection, DeviceSet};
 use fs_core::sync::{Arc, Mutex, MutexGuard, Weak};
 use journal::{Journal, JournalPin, JsetEntry};
+use key_cache::{FlushTarget, Found, KeyCache};
 
 use self::layout::{clean_roots, open_btrees};
 use self::reclaim::Reclaim;
@@ -66,6 +67,9 @@ pub struct FsShared {
     nodes: Option<Arc<BtreeNodeAlloc>>,
     journal: Option<Arc<Journal>>,
     btrees: Mutex<Btrees>,
+    /// The btree key cache (read-write mounts). Journal replay routes level-0 alloc keys
+    /// through it, as bcachefs does; transactions do not use it yet.
+    key_cache: Option<Arc<KeyCache>>,
     /// The pin held for updates applied to btree nodes and not yet written back: at the
     /// oldest such seq. Its flush callback is btree write-back.
     wb_pin: Mutex<Option<JournalPin>>,
@@ -90,7 +94,13 @@ pub struct Parts {
 impl FsShared {
     /// Assembles the shared parts.
     pub fn new(p: Parts) -> Arc<FsShared> {
+        let behavior = p.opts.with(Options::behavior);
+        let rw = p.journal.is_some();
         Arc::new_cyclic(|me: &Weak<FsShared>| FsShared {
+            key_cache: rw.then(|| {
+                let target: Weak<dyn FlushTarget> = me.clone();
+                KeyCache::new(behavior, target)
+            }),
             set: Mutex::new(p.set),
             opts: p.opts,
             health: p.health,
@@ -127,6 +137,10 @@ impl FsShared {
 
     pub fn journal(&self) -> Option<&Arc<Journal>> {
         self.journal.as_ref()
+    }
+
+    pub fn key_cache(&self) -> Option<&Arc<KeyCache>> {
+        self.key_cache.as_ref()
     }
 
     /// The journal of a read-write filesystem; `EROFS` when opened read-only.
@@ -394,4 +408,24 @@ pub(crate) fn read_alloc_keys(
         Ok(())
     })?;
     Ok(out)
+}
+
+/// The key cache's flushes go into the btrees, under the btree lock. Key cache pins are flushed
+/// only below the replay barrier, so by the time one is, the keys it covers are replayed and the
+/// btree alone is what the kernel's iterator would see through the journal-key overlay.
+impl FlushTarget for FsShared {
+    fn flush_key(
+        &self,
+        btree: BtreeId,
+        key: &Bkey,
+        seq: u64,
+        check: &dyn Fn(Found<'_>) -> Result<()>,
+    ) -> Result<()> {
+        let mut t = self.btrees.lock();
+        let found = t.get(btree, key.pos)?;
+        let (topology_errors, first) = t.topology_errors_of(btree);
+        check(Found { key: found.as_ref(), topology_errors, first_topology_error: first.as_deref() })?;
+        t.insert(btree, key.clone(), seq).map_err(|e| self.check_fatal(e))?;
+        self.ensure_wb_pin(seq)
+    }
 }

@@ -30,6 +30,7 @@ use fs_core::btree::Btrees;
 use fs_core::error::{ErrCode, Error, Result};
 use fs_core::sync::MutexGuard;
 use journal::{JournalWatermark, JsetEntry};
+use key_cache::{FillInput, Update};
 
 use super::{Fs, FsShared};
 
@@ -375,9 +376,23 @@ impl FsShared {
 
     /// Applies updates to the btrees; on failure undoes the ones applied and returns the
     /// error. On success returns what undoing them takes.
+    ///
+    /// A position the key cache holds an entry for (keys journal replay put there) is updated
+    /// through the entry, so that its later flush never overwrites a newer key with an older
+    /// one: live keys go to the entry once every btree insert has succeeded (a cache update does
+    /// not fail, so nothing there needs undoing); deletions and keys of write-through entries go
+    /// to the btree like any other, and then the entry follows.
     fn apply(&self, t: &mut Btrees, updates: &[(BtreeId, Bkey)], seq: u64) -> Result<Undo> {
         let mut undo: Undo = Vec::with_capacity(updates.len());
+        let mut to_cache = Vec::new();
         for (btree, k) in updates {
+            let entry = self.key_cache.as_ref().and_then(|c| c.has_entry(*btree, k.pos));
+            if entry.is_some() {
+                to_cache.push((*btree, k));
+                if entry == Some(false) && !k.is_deleted() {
+                    continue;
+                }
+            }
             let old = match t.get(*btree, k.pos) {
                 Ok(old) => old,
                 Err(e) => return Err(self.undo(t, undo, seq, e)),
@@ -386,6 +401,12 @@ impl FsShared {
                 return Err(self.undo(t, undo, seq, e));
             }
             undo.push((*btree, k.pos, old));
+        }
+        if let (Some(cache), Some(journal)) = (&self.key_cache, &self.journal) {
+            for (btree, k) in to_cache {
+                let none = || Err(Error::internal("key cache entry vanished under the btree lock"));
+                cache.update(journal, btree, k.clone(), seq, none).map_err(|e| self.check_fatal(e))?;
+            }
         }
         Ok(undo)
     }
@@ -476,19 +497,19 @@ impl FsShared {
             n.set_watermark(wm);
             old
         });
-        Ok(ReplayTrans { fs: self, btrees, saved_wm })
+        Ok(ReplayTrans { fs: self, btrees, saved_wm, cached: 0, written_through: 0 })
     }
 }
 
-/// Where a replayed key goes. bcachefs sends level-0 keys of the cached btrees (`alloc` at
-/// v1.37.5 and since) through the btree key cache; bcsim has no key cache yet, so every key
-/// goes to its btree.
-fn replay_route(_btree: BtreeId, _level: u8) -> ReplayRoute {
-    ReplayRoute::Btree
+/// Where a replayed key goes: level-0 `alloc` keys through the btree key cache, as bcachefs
+/// does at v1.37.5 and since; everything else into its btree.
+fn replay_route(btree: BtreeId, level: u8) -> ReplayRoute {
+    if btree == BtreeId::Alloc && level == 0 { ReplayRoute::KeyCache } else { ReplayRoute::Btree }
 }
 
 enum ReplayRoute {
     Btree,
+    KeyCache,
 }
 
 /// Journal replay's transaction: keys that are already in the journal go into the btrees at
@@ -499,13 +520,35 @@ pub struct ReplayTrans<'a> {
     fs: &'a FsShared,
     btrees: MutexGuard<'a, Btrees>,
     saved_wm: Option<Watermark>,
+    /// Keys routed through the key cache: kept there, and written through to the btree.
+    pub cached: usize,
+    pub written_through: usize,
 }
 
 impl ReplayTrans<'_> {
     /// Replays one key. `operation_blocked` leaves the btree as it was, for a later pass.
     pub fn insert(&mut self, btree: BtreeId, level: u8, key: KeyRef<'_>, seq: u64) -> Result<()> {
-        match replay_route(btree, level) {
-            ReplayRoute::Btree => self.btrees.insert_ref(btree, key, seq).map_err(|e| self.fs.check_fatal(e)),
+        match (replay_route(btree, level), &self.fs.key_cache, &self.fs.journal) {
+            (ReplayRoute::KeyCache, Some(cache), Some(journal)) => {
+                let key = key.to_bkey();
+                let pos = key.pos;
+                // The fill sees the btree's key and, replay being unfinished, the pending journal
+                // key at the position: the one being replayed (keys are compacted per position).
+                let pending = key.clone();
+                let t = &mut self.btrees;
+                let fill = || Ok(FillInput { btree_key: t.get(btree, pos)?, journal_key: Some(pending) });
+                match cache.update_replayed(journal, btree, key.clone(), seq, fill)? {
+                    Update::Cached => {
+                        self.cached += 1;
+                        Ok(())
+                    }
+                    Update::WriteThrough => {
+                        self.written_through += 1;
+                        self.btrees.insert(btree, key, seq).map_err(|e| self.fs.check_fatal(e))
+                    }
+                }
+            }
+            _ => self.btrees.insert_ref(btree, key, seq).map_err(|e| self.fs.check_fatal(e)),
         }
     }
 

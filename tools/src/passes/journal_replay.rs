@@ -42,6 +42,7 @@ pub(super) fn run(ctx: &mut RecoveryCtx) -> Result<()> {
     // Replay has written every journal key into the btrees: free them before write-back.
     ctx.keys_kept = rj.keys.len();
     drop(rj);
+    // The repairs are transactions: at positions the key cache holds, they go through it.
     commit_fixes_before_rw(ctx)?;
     let t_write_back = Instant::now();
     let journal = shared.journal_rw()?.clone();
@@ -50,6 +51,11 @@ pub(super) fn run(ctx: &mut RecoveryCtx) -> Result<()> {
     }
     journal.set_replay_barrier(None);
     journal.flush_all_pins()?;
+    // Transactions do not go through the key cache: once its replayed entries are written back
+    // it holds nothing anyone reads.
+    if let Some(cache) = shared.key_cache() {
+        cache.clear()?;
+    }
     ctx.times.write_back = PhaseTime::until_now(ctx.t0, t_write_back);
     Ok(())
 }
@@ -69,7 +75,7 @@ fn commit_fixes_before_rw(ctx: &mut RecoveryCtx) -> Result<()> {
 fn replay(fs: &FsShared, keys: &mut JournalKeys, first_seq: u64, log: &mut Vec<String>) -> Result<usize> {
     let mut queued: Vec<usize> = Vec::new();
     let mut done = 0usize;
-    {
+    let (mut cached, mut written_through) = {
         let mut trans = fs.replay_trans(Watermark::Btree, first_seq)?;
         for i in 0..keys.len() {
             let Some(k) = keys.at(i).filter(|k| !k.overwritten && k.level == 0) else { continue };
@@ -88,7 +94,8 @@ fn replay(fs: &FsShared, keys: &mut JournalKeys, first_seq: u64, log: &mut Vec<S
                 Err(e) => return Err(e.prefix(format_args!("btree={btree} pos={pos}"))),
             }
         }
-    }
+        (trans.cached, trans.written_through)
+    };
     if !queued.is_empty() {
         log.push(format!(
             "journal_replay: {} keys wait for the allocator; replaying them in journal order",
@@ -106,7 +113,15 @@ fn replay(fs: &FsShared, keys: &mut JournalKeys, first_seq: u64, log: &mut Vec<S
             keys.mark_overwritten_at(i);
             done += 1;
         }
+        cached += trans.cached;
+        written_through += trans.written_through;
     }
     log.push(format!("journal_replay: {done} keys replayed"));
+    if cached + written_through > 0 {
+        log.push(format!(
+            "journal_replay: {} alloc keys through the key cache: {cached} cached, {written_through} written through",
+            cached + written_through
+        ));
+    }
     Ok(done)
 }
