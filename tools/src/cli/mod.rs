@@ -76,9 +76,65 @@ pub fn main() -> u8 {
     match result.and_then(|code| flushed.map(|()| code)) {
         Ok(code) => code,
         Err(e) => {
+            for line in kernel_bug_report(&e) {
+                eprintln!("{line}");
+            }
             eprintln!("bcsim: {e}");
             bcsim::exit_code(&e)
         }
+    }
+}
+
+/// A simulated kernel BUG (profiles v1.37.5 and v1.39) is printed as the kernel prints one, with
+/// the call chain #1107 reported, before the one-line error; nothing for any other error.
+fn kernel_bug_report(e: &Error) -> Vec<String> {
+    if !e.matches(ErrCode::KernelBug) {
+        return Vec::new();
+    }
+    let msg = e.message();
+    let bug = msg.split_once('!').map_or(msg, |(b, _)| b);
+    let mut lines = vec![
+        "------------[ cut here ]------------".to_owned(),
+        format!("{bug}!"),
+        "Oops: invalid opcode: 0000 [#1] SMP (simulated: the filesystem stopped dead, nothing more is written)".to_owned(),
+        "Call Trace:".to_owned(),
+    ];
+    let chain = [
+        "btree_key_cache_flush_pos",
+        "bch2_btree_key_cache_journal_flush",
+        "journal_flush_pins",
+        "journal_flush_done",
+        "bch2_journal_flush_pins",
+        "__bch2_fs_recovery",
+        "bch2_fs_recovery",
+        "__bch2_fs_start",
+    ];
+    lines.extend(chain.iter().map(|f| format!(" <TASK> {f}")));
+    lines.push("---[ end trace ]---".to_owned());
+    lines
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A simulated kernel BUG prints the kernel's BUG line and #1107's call chain, from the key
+    /// cache flush up to recovery; other errors print nothing extra.
+    #[test]
+    fn kernel_bug_prints_the_call_chain() {
+        let e = Error::new(
+            ErrCode::KernelBug,
+            "kernel BUG at fs/bcachefs/btree/key_cache.c:475! (btree_key_cache_flush_pos)",
+        );
+        let lines = kernel_bug_report(&e);
+        assert_eq!(
+            lines.get(1).map(String::as_str),
+            Some("kernel BUG at fs/bcachefs/btree/key_cache.c:475!")
+        );
+        let chain: Vec<&str> = lines.iter().filter_map(|l| l.strip_prefix(" <TASK> ")).collect();
+        assert_eq!(chain.first(), Some(&"btree_key_cache_flush_pos"));
+        assert!(chain.contains(&"__bch2_fs_recovery"));
+        assert!(kernel_bug_report(&Error::new(ErrCode::Eio, "x")).is_empty());
     }
 }
 
