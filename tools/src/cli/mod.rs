@@ -114,30 +114,6 @@ fn kernel_bug_report(e: &Error) -> Vec<String> {
     lines
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// A simulated kernel BUG prints the kernel's BUG line and #1107's call chain, from the key
-    /// cache flush up to recovery; other errors print nothing extra.
-    #[test]
-    fn kernel_bug_prints_the_call_chain() {
-        let e = Error::new(
-            ErrCode::KernelBug,
-            "kernel BUG at fs/bcachefs/btree/key_cache.c:475! (btree_key_cache_flush_pos)",
-        );
-        let lines = kernel_bug_report(&e);
-        assert_eq!(
-            lines.get(1).map(String::as_str),
-            Some("kernel BUG at fs/bcachefs/btree/key_cache.c:475!")
-        );
-        let chain: Vec<&str> = lines.iter().filter_map(|l| l.strip_prefix(" <TASK> ")).collect();
-        assert_eq!(chain.first(), Some(&"btree_key_cache_flush_pos"));
-        assert!(chain.contains(&"__bch2_fs_recovery"));
-        assert!(kernel_bug_report(&Error::new(ErrCode::Eio, "x")).is_empty());
-    }
-}
-
 /// Help and version print and succeed; every other parse failure is a usage error (16), not
 /// clap's own 2, so scripts see fsck(8) codes throughout.
 fn clap_exit(e: &clap::Error) -> u8 {
@@ -163,4 +139,28 @@ pub fn parse_btree(name: &str) -> Result<BtreeId, Error> {
 /// Prints a JSON value on one line of stdout.
 pub fn print_json(v: &serde_json::Value) {
     out::outln!("{v}");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A simulated kernel BUG prints the kernel's BUG line and #1107's call chain, from the key
+    /// cache flush up to recovery; other errors print nothing extra.
+    #[test]
+    fn kernel_bug_prints_the_call_chain() {
+        let e = Error::new(
+            ErrCode::KernelBug,
+            "kernel BUG at fs/bcachefs/btree/key_cache.c:475! (btree_key_cache_flush_pos)",
+        );
+        let lines = kernel_bug_report(&e);
+        assert_eq!(
+            lines.get(1).map(String::as_str),
+            Some("kernel BUG at fs/bcachefs/btree/key_cache.c:475!")
+        );
+        let chain: Vec<&str> = lines.iter().filter_map(|l| l.strip_prefix(" <TASK> ")).collect();
+        assert_eq!(chain.first(), Some(&"btree_key_cache_flush_pos"));
+        assert!(chain.contains(&"__bch2_fs_recovery"));
+        assert!(kernel_bug_report(&Error::new(ErrCode::Eio, "x")).is_empty());
+    }
 }
