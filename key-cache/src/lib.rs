@@ -241,6 +241,19 @@ impl KeyCache {
         self.nr_dirty() > THROTTLE_DIRTY_BASE + self.nr_keys() * 3 / 4
     }
 
+    /// Gives up every entry's pin without writing anything back: the filesystem is going down
+    /// (a crash, or emergency read-only) and what only the cache held is lost on purpose, as
+    /// the journal still holds it.
+    pub fn abandon_pins(&self) {
+        for entry in self.entries.lock().values() {
+            let mut st = entry.state.lock();
+            if let Some(pin) = st.pin.take() {
+                pin.abandon();
+                self.nr_dirty.fetch_sub(1, Ordering::AcqRel);
+            }
+        }
+    }
+
     /// Drops every entry, once all are clean (after the pins are flushed): what holds a key
     /// the btree does not have yet cannot be dropped.
     pub fn clear(&self) -> Result<()> {

@@ -21,6 +21,9 @@
 //! between them. `recovery-setup DIR KEYS UNIQUE` leaves the crashed images in DIR, and
 //! `recovery-phase mount DIR KEYS UNIQUE` mounts them, for profiling one phase by hand.
 //!
+//! `key-cache [N]` (default 1M): N cached alloc keys updated through the key cache by 1 and by
+//! 2 threads, then flushed by journal reclaim; updates/s and flushes/s.
+//!
 //! `alloc-info`: what alloc info costs as devices grow. On 8 sparse images of 4 GiB and of
 //! 1 TiB (`metadata_replicas=2`, default bucket sizes), each step in its own process: format,
 //! the first mount (open and unmount), the same small workload (300 operations, seed 1,
@@ -809,6 +812,113 @@ fn alloc_info_step(step: &str, dir: &Path, size: u64) -> Result<serde_json::Valu
     Ok(json!({"seconds": t.elapsed().as_secs_f64(), "peak_rss_kib": peak_rss_kib(), "detail": detail}))
 }
 
+/// The key cache's flush target in the key-cache benchmark: a map under a lock, so that what is
+/// measured is the cache and its pins, not the btree.
+struct MapTarget {
+    keys: fs_core::sync::Mutex<std::collections::HashMap<Bpos, Bkey>>,
+}
+
+impl key_cache::FlushTarget for MapTarget {
+    fn flush_key(
+        &self,
+        _btree: BtreeId,
+        key: &Bkey,
+        _seq: u64,
+        check: &dyn Fn(key_cache::Found<'_>) -> fs_core::error::Result<()>,
+    ) -> fs_core::error::Result<()> {
+        let mut keys = self.keys.lock();
+        check(key_cache::Found { key: keys.get(&key.pos), topology_errors: 0, first_topology_error: None })?;
+        keys.insert(key.pos, key.clone());
+        Ok(())
+    }
+}
+
+/// `key-cache [N]`: N cached alloc keys updated (each a filled entry made dirty and pinned),
+/// by 1 and by 2 threads on disjoint positions, one journal commit per 1024 updates; then every
+/// dirty entry flushed by journal reclaim. Reports updates/s and flushes/s.
+fn bench_key_cache(n: u64) -> Result<serde_json::Value, String> {
+    use fs_core::health::FsHealth;
+    use fs_core::opts::{Behavior, LiveOpts};
+    use journal::{Journal, JournalConfig, Ring};
+    use key_cache::{FillInput, KeyCache};
+    const BUCKET: u64 = 1 << 20;
+    const BATCH: u64 = 1024;
+    let e = |err: fs_core::error::Error| err.to_string();
+    let mut runs = Vec::new();
+    for threads in [1u64, 2] {
+        let buckets = (n / BATCH / 64).max(64);
+        let dev: SharedDevice = Arc::new(MemDevice::new("kc", (buckets + 1) * BUCKET));
+        let ring = Ring::empty(0, dev, BUCKET, (1..=buckets).collect()).map_err(e)?;
+        let cfg = JournalConfig {
+            magic: 0xabc,
+            block_size: 4096,
+            max_entry_bytes: 64 << 10,
+            labels: Default::default(),
+            durability: Default::default(),
+        };
+        let opts = Arc::new(LiveOpts::new(Options::default()));
+        let j = Arc::new(Journal::new(vec![ring], cfg, 1, opts, Arc::new(FsHealth::new())).map_err(e)?);
+        let key = |i: u64, v: u8| Bkey::new(Bpos::new(0, i, 0), KeyType::Set, vec![v; 24]);
+        let target = Arc::new(MapTarget {
+            keys: fs_core::sync::Mutex::new((0..n).map(|i| (Bpos::new(0, i, 0), key(i, 0))).collect()),
+        });
+        let weak: std::sync::Weak<dyn key_cache::FlushTarget> =
+            Arc::downgrade(&(target.clone() as Arc<dyn key_cache::FlushTarget>));
+        let cache = KeyCache::new(Behavior::Fixed, weak);
+        let t = Instant::now();
+        std::thread::scope(|s| -> Result<(), String> {
+            let handles: Vec<_> = (0..threads)
+                .map(|th| {
+                    let (j, cache, target) = (&j, &cache, &target);
+                    s.spawn(move || -> Result<(), String> {
+                        let mut i = th;
+                        while i < n {
+                            let res = j.reserve(64, JournalWatermark::Normal).map_err(e)?;
+                            let seq = res.seq();
+                            for _ in 0..BATCH {
+                                if i >= n {
+                                    break;
+                                }
+                                let fill = || {
+                                    Ok(FillInput {
+                                        btree_key: target.keys.lock().get(&Bpos::new(0, i, 0)).cloned(),
+                                        journal_key: None,
+                                    })
+                                };
+                                cache.update(j, BtreeId::Alloc, key(i, 1), seq, fill).map_err(e)?;
+                                i += threads;
+                            }
+                            j.commit(res, Vec::new(), Instant::now()).map_err(e)?;
+                            j.flush().map_err(e)?;
+                        }
+                        Ok(())
+                    })
+                })
+                .collect();
+            for h in handles {
+                h.join().map_err(|_| "update thread panicked".to_owned())??;
+            }
+            Ok(())
+        })?;
+        let update_secs = t.elapsed().as_secs_f64();
+        let dirty = cache.nr_dirty();
+        let t = Instant::now();
+        j.flush_all_pins().map_err(e)?;
+        let flush_secs = t.elapsed().as_secs_f64();
+        if cache.nr_dirty() != 0 {
+            return Err(format!("{} entries still dirty after the flush", cache.nr_dirty()));
+        }
+        runs.push(json!({
+            "threads": threads,
+            "updates": n,
+            "updates_per_sec": n as f64 / update_secs,
+            "dirty_entries": dirty,
+            "flushes_per_sec": dirty as f64 / flush_secs,
+        }));
+    }
+    Ok(json!({"bench": "key-cache", "runs": runs}))
+}
+
 fn main() -> std::process::ExitCode {
     let args: Vec<String> = std::env::args().collect();
     let which = args.get(1).map_or("format", String::as_str);
@@ -831,12 +941,15 @@ fn main() -> std::process::ExitCode {
             n_arg(5, REC_UNIQUE),
         ),
         "alloc-info" => bench_alloc_info(),
+        "key-cache" => bench_key_cache(n_arg(2, 1_000_000)),
         "alloc-info-step" => alloc_info_step(
             args.get(2).map_or("", String::as_str),
             Path::new(args.get(3).map_or("", String::as_str)),
             n_arg(4, 4 << 30),
         ),
-        other => Err(format!("unknown benchmark '{other}': expected format, btree, recovery or alloc-info")),
+        other => Err(format!(
+            "unknown benchmark '{other}': expected format, btree, recovery, alloc-info or key-cache"
+        )),
     };
     match result {
         Ok(v) => {

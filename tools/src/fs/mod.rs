@@ -199,6 +199,9 @@ impl FsShared {
         if let Some(p) = self.wb_pin.lock().take() {
             p.abandon();
         }
+        if let Some(cache) = &self.key_cache {
+            cache.abandon_pins();
+        }
     }
 }
 
