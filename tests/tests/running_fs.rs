@@ -289,7 +289,7 @@ fn topology_errors_follow_the_errors_option() {
         let mopts = MountOpts {
             opts: fs_core::opts::parse_opts(&format!("errors={errors}"), fs_core::opts::OptContext::Mount)
                 .unwrap(),
-            reclaim: ReclaimMode::Manual,
+            ..manual()
         };
         let fs = mount(set(&devs), &mopts).unwrap().fs;
         let pos = Bpos::new(0, 5100, 0);
@@ -307,4 +307,23 @@ fn topology_errors_follow_the_errors_option() {
         }
         drop(fs);
     }
+}
+
+/// Journal replay reports its progress in v1.39's words ("journal replay: N%, done X/Y keys");
+/// with a zero interval every look reports, so the test needs no clock. Off by default.
+#[test]
+fn journal_replay_reports_progress() {
+    use bcsim::recovery::progress::{Progress, ProgressSink};
+    let devs = crashed(21, 300);
+    let quiet = mount(set(&devs), &manual()).unwrap();
+    assert!(!quiet.log.iter().any(|l| l.starts_with("journal replay: ")), "{:#?}", quiet.log);
+    drop(quiet.fs);
+    let devs = crashed(21, 300);
+    let mopts =
+        MountOpts { progress: Progress { sink: ProgressSink::Log, every: Duration::ZERO }, ..manual() };
+    let m = mount(set(&devs), &mopts).unwrap();
+    let line = m.log.iter().find(|l| l.starts_with("journal replay: ")).cloned().unwrap_or_default();
+    let (pct, rest) = line.trim_start_matches("journal replay: ").split_once("%, done ").unwrap_or(("", ""));
+    assert!(pct.parse::<u32>().is_ok_and(|p| p <= 100) && rest.ends_with(" keys"), "{:#?}", m.log);
+    m.fs.unmount().unwrap();
 }

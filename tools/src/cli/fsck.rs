@@ -7,7 +7,8 @@ use serde_json::json;
 
 use bcsim::fsck::{FixMode, FsckOpts, fsck};
 use bcsim::images::open_device_set;
-use bcsim::recovery::parse_mount_opts;
+use bcsim::recovery::progress::Progress;
+use bcsim::recovery::{MountOpts, parse_mount_opts};
 
 use super::out::out;
 use super::{CmdResult, print_json};
@@ -60,7 +61,11 @@ pub fn run(args: FsckArgs) -> CmdResult {
     } else {
         FixMode::No
     };
-    let o = FsckOpts { mode, force: args.force, mount: parse_mount_opts(&args.options)? };
+    let o = FsckOpts {
+        mode,
+        force: args.force,
+        mount: MountOpts { progress: Progress::stderr(), ..parse_mount_opts(&args.options)? },
+    };
     let set = open_device_set(&args.images, mode != FixMode::No)?;
     let report = fsck(set, &o)?;
     let code = report.exit_code();

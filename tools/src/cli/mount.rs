@@ -7,7 +7,8 @@ use serde_json::json;
 
 use bcsim::exit;
 use bcsim::images::open_device_set;
-use bcsim::recovery::{mount, parse_mount_opts};
+use bcsim::recovery::progress::Progress;
+use bcsim::recovery::{MountOpts, mount, parse_mount_opts};
 
 use super::out::{self, outln};
 use super::{CmdResult, print_json};
@@ -31,7 +32,7 @@ pub struct MountArgs {
 }
 
 pub fn run(args: MountArgs) -> CmdResult {
-    let mopts = parse_mount_opts(&args.options)?;
+    let mopts = MountOpts { progress: Progress::stderr(), ..parse_mount_opts(&args.options)? };
     let set = open_device_set(&args.images, true)?;
     let mounted = mount(set, &mopts)?;
     let (log, replayed, read, kept) =

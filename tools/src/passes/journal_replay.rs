@@ -14,6 +14,7 @@ use journal::JournalKeys;
 use super::RecoveryCtx;
 use crate::fs::FsShared;
 use crate::recovery::PhaseTime;
+use crate::recovery::progress::Meter;
 
 /// Keys replayed between node write-backs during replay. Written nodes are clean and may be
 /// evicted, so the btree's memory stays within its cache bound however many keys the journal
@@ -34,7 +35,10 @@ pub(super) fn run(ctx: &mut RecoveryCtx) -> Result<()> {
         return Ok(());
     };
     let shared = ctx.fs()?.shared().clone();
-    let replayed = replay(&shared, &mut rj.keys, rj.read.last_seq.max(1), &mut ctx.log)?;
+    let mut meter = Meter::new(ctx.progress, "journal replay", "keys");
+    let replayed = replay(&shared, &mut rj.keys, rj.read.last_seq.max(1), &mut ctx.log, &mut meter);
+    meter.finish();
+    let replayed = replayed?;
     ctx.replayed = Some((rj.read.last_seq, rj.read.replay_end));
     ctx.keys_replayed = replayed;
     ctx.replay_done = true;
@@ -72,7 +76,14 @@ fn commit_fixes_before_rw(ctx: &mut RecoveryCtx) -> Result<()> {
 /// straight into the leaves; a key the btree refuses stays live in the journal keys, so the
 /// overlay shows it until it is replayed. Every `REPLAY_WRITE_BACK_KEYS` keys the dirty nodes
 /// are written.
-fn replay(fs: &FsShared, keys: &mut JournalKeys, first_seq: u64, log: &mut Vec<String>) -> Result<usize> {
+fn replay(
+    fs: &FsShared,
+    keys: &mut JournalKeys,
+    first_seq: u64,
+    log: &mut Vec<String>,
+    meter: &mut Meter,
+) -> Result<usize> {
+    let total = keys.len();
     let mut queued: Vec<usize> = Vec::new();
     let mut done = 0usize;
     let (mut cached, mut written_through) = {
@@ -84,6 +95,9 @@ fn replay(fs: &FsShared, keys: &mut JournalKeys, first_seq: u64, log: &mut Vec<S
                 Ok(()) => {
                     keys.mark_overwritten_at(i);
                     done += 1;
+                    if done % PUBLISH_CHECK_KEYS == 0 {
+                        meter.tick(done, total, log);
+                    }
                     if done % REPLAY_WRITE_BACK_KEYS == 0
                         || (done % PUBLISH_CHECK_KEYS == 0 && trans.publish_due())
                     {
@@ -116,6 +130,7 @@ fn replay(fs: &FsShared, keys: &mut JournalKeys, first_seq: u64, log: &mut Vec<S
         cached += trans.cached;
         written_through += trans.written_through;
     }
+    meter.tick(done, total, log);
     log.push(format!("journal_replay: {done} keys replayed"));
     if cached + written_through > 0 {
         log.push(format!(

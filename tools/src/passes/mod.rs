@@ -191,6 +191,7 @@ pub struct RecoveryCtx {
     pub(crate) health: Arc<FsHealth>,
     pub(crate) cfg: BtreeConfig,
     pub(crate) reclaim: ReclaimMode,
+    pub(crate) progress: crate::recovery::progress::Progress,
     /// The journal of an unclean filesystem.
     pub(crate) journal: Option<RecoveryJournal>,
     /// Journal replay has run: the journal keys are in the btrees, no overlay any more.
@@ -254,6 +255,7 @@ impl RecoveryCtx {
             health: Arc::new(FsHealth::new()),
             cfg,
             reclaim,
+            progress: crate::recovery::progress::Progress::default(),
             journal: None,
             replay_done: false,
             btrees: None,

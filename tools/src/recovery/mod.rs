@@ -6,6 +6,7 @@
 //! compared with a kernel's line by line.
 
 pub mod journal;
+pub mod progress;
 pub mod scan;
 
 use std::time::{Duration, Instant};
@@ -49,6 +50,8 @@ pub struct MountOpts {
     /// Options given with `-o`, already parsed for the mount context.
     pub opts: Vec<ParsedOpt>,
     pub reclaim: ReclaimMode,
+    /// Where long work reports its progress.
+    pub progress: progress::Progress,
 }
 
 impl MountOpts {
@@ -192,6 +195,7 @@ pub fn parse_mount_opts(text: &str) -> Result<MountOpts> {
     Ok(MountOpts {
         opts: fs_core::opts::parse_opts(text, OptContext::Mount)?,
         reclaim: ReclaimMode::default(),
+        progress: progress::Progress::default(),
     })
 }
 
@@ -257,6 +261,7 @@ pub(crate) fn recover(
     let live = Arc::new(LiveOpts::new(opts));
     let damaged = damaged_sb_copies(&set, mode != Mode::Check);
     let mut ctx = RecoveryCtx::new(mode, set, live.clone(), cfg, mopts.reclaim, log);
+    ctx.progress = mopts.progress;
     ctx.fsck = fsck;
     // The superblock write that ends a writing run rewrites every copy.
     ctx.problems.extend(damaged);
