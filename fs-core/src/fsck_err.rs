@@ -113,6 +113,9 @@ fsck_errs! {
     // journal_entry_copy_bad: a copy of a journal entry to replay that is bad or lost (bcachefs
     // logs a bad journal checksum without an fsck error, and does not count lost copies).
     JournalEntryCopyBad = 4100, "journal_entry_copy_bad", AUTOFIX;
+    // emergency_read_only: the filesystem went emergency read-only; the unmount that found it
+    // so counts it in the superblock (nothing else is written), and the log says what stopped it.
+    EmergencyReadOnly = 4101, "emergency_read_only", NONE;
 }
 
 /// Ids that once named an error and must not be given to a new one.
@@ -127,7 +130,7 @@ pub const NEXT_ID: u16 = 359;
 pub const BCSIM_FIRST_ID: u16 = 4096;
 
 /// One past the highest of bcsim's own ids: the next one takes this number.
-pub const BCSIM_NEXT_ID: u16 = 4101;
+pub const BCSIM_NEXT_ID: u16 = 4102;
 
 #[cfg(test)]
 mod tests {

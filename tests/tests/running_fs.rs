@@ -327,3 +327,29 @@ fn journal_replay_reports_progress() {
     assert!(pct.parse::<u32>().is_ok_and(|p| p <= 100) && rest.ends_with(" keys"), "{:#?}", m.log);
     m.fs.unmount().unwrap();
 }
+
+/// Emergency read-only writes one thing: the unmount that finds it counts
+/// `emergency_read_only` in the superblock, which stays unclean (the journal is replayed next
+/// time). A simulated kernel BUG writes not even that: the superblock is untouched.
+#[test]
+fn emergency_read_only_is_recorded_and_a_kernel_bug_writes_nothing() {
+    use fs_core::error::Error;
+    use fs_core::fsck_err::FsckErr;
+    for (code, recorded) in [(ErrCode::IoWrite, true), (ErrCode::KernelBug, false)] {
+        let devs = devices(41);
+        let fs = Fs::open(set(&devs), true, BtreeConfig::default()).unwrap();
+        fs.commit(BtreeId::Inodes, [Bkey::new(Bpos::new(0, 5000, 0), KeyType::Set, vec![1; 32])]).unwrap();
+        fs.fsync().unwrap();
+        let before = set(&devs).sb;
+        fs.health().fatal(&Error::new(code, "stopped"));
+        let e = fs.unmount().unwrap_err();
+        assert!(e.matches(ErrCode::Erofs), "{code:?}: {e}");
+        let after = set(&devs).sb;
+        assert!(!after.is_clean(), "{code:?}");
+        let counted = after.errors.iter().any(|c| c.id == FsckErr::EmergencyReadOnly.id());
+        assert_eq!(counted, recorded, "{code:?}: {:?}", after.errors);
+        if !recorded {
+            assert_eq!(after.seq, before.seq, "a kernel BUG wrote the superblock");
+        }
+    }
+}

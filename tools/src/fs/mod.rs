@@ -195,6 +195,19 @@ impl FsShared {
 
     /// Gives up the pins this filesystem holds without writing anything back: a crash, or an
     /// emergency shutdown, where what was only in memory is lost on purpose.
+    /// After emergency read-only, the one write left: the superblock counts it
+    /// (`emergency_read_only`), still not clean, so the next mount replays the journal. A
+    /// simulated kernel BUG writes not even that: the filesystem stopped dead. A failure to
+    /// write it changes nothing about the error being reported.
+    pub(crate) fn record_emergency_ro(&self) {
+        if self.health.emergency_ro_cause().is_none_or(|c| c.code == ErrCode::KernelBug) {
+            return;
+        }
+        let mut set = self.set();
+        set.sb.count_error(fs_core::fsck_err::FsckErr::EmergencyReadOnly, 1);
+        let _ = set.write_super();
+    }
+
     pub(crate) fn abandon_pins(&self) {
         if let Some(p) = self.wb_pin.lock().take() {
             p.abandon();
@@ -354,6 +367,7 @@ impl Fs {
         }
         if let Err(e) = self.shared.health.check_rw() {
             self.shared.abandon_pins();
+            self.shared.record_emergency_ro();
             return Err(e);
         }
         let r = self.shared.write_back().and_then(|()| self.shared.journal_rw()?.flush());
