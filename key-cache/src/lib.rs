@@ -23,11 +23,15 @@
 //!    update's seq and the entry stays dirty. No dirty bit is lost and no half-written key is
 //!    flushed. An update in the same journal entry as the pin (which cannot move to its own
 //!    seq) is written by the same flush, which tries again.
-//! 5. **Coherency.** A flush that finds no live key — in the btree, or for a key journal replay
-//!    put into the entry, through the journal-key overlay, which shows that key — is the BUG_ON of key_cache.c (line 475
-//!    at v1.37.5, 469 at v1.39): a simulated kernel BUG (`kernel_bug`) in those profiles, the
-//!    typed error `btree_key_cache_coherency` naming the btree's earlier topology errors in the
-//!    fixed profile. Either way the entry stays dirty and pinned.
+//! 5. **Coherency.** A flush that finds no live key — in the btree, or, for a key journal
+//!    replay put into the entry, through the journal-key overlay, which shows that key — is the
+//!    BUG_ON of key_cache.c (line 475 at v1.37.5, 469 at v1.39): a simulated kernel BUG
+//!    (`kernel_bug`) in those profiles, the typed error `btree_key_cache_coherency` naming the
+//!    btree's earlier topology errors in the fixed profile. Either way the entry stays dirty
+//!    and pinned.
+//!
+//! Not modelled yet: the dirty thresholds that kick reclaim (1024 + nr/2) and throttle commits
+//! (4096 + 3/4 nr), and eviction of clean entries; transactions do not use the cache.
 //!
 //! Lock order: the caller's btree lock, the entry map, an entry, the journal. The flush takes
 //! no map lock and takes the btree lock with no entry lock held.
@@ -41,14 +45,6 @@ use fs_core::error::{ErrCode, Error, Result};
 use fs_core::opts::Behavior;
 use fs_core::sync::{Arc, AtomicUsize, Mutex, Ordering, Weak};
 use journal::{Journal, JournalPin, PinFlush};
-
-/// The btrees whose leaf keys go through the cache.
-pub const CACHED_BTREES: &[BtreeId] = &[BtreeId::Alloc, BtreeId::Inodes];
-
-/// Reclaim is kicked above this many dirty entries plus half the entries.
-pub const RECLAIM_DIRTY_BASE: usize = 1024;
-/// Commits are throttled above this many dirty entries plus three quarters of the entries.
-pub const THROTTLE_DIRTY_BASE: usize = 4096;
 
 /// Writes of an entry updated again within its pinned journal entry, before a flush gives up.
 const FLUSH_SAME_SEQ_TRIES: usize = 8;
@@ -217,10 +213,6 @@ impl KeyCache {
         })
     }
 
-    pub fn is_cached(btree: BtreeId) -> bool {
-        CACHED_BTREES.contains(&btree)
-    }
-
     /// Entries held.
     pub fn nr_keys(&self) -> usize {
         self.nr_keys.load(Ordering::Acquire)
@@ -229,16 +221,6 @@ impl KeyCache {
     /// Entries holding an update the btree does not have yet.
     pub fn nr_dirty(&self) -> usize {
         self.nr_dirty.load(Ordering::Acquire)
-    }
-
-    /// Journal reclaim should run: more than 1024 + nr_keys/2 dirty entries.
-    pub fn reclaim_wanted(&self) -> bool {
-        self.nr_dirty() > RECLAIM_DIRTY_BASE + self.nr_keys() / 2
-    }
-
-    /// Commits must wait for reclaim: more than 4096 + 3/4 nr_keys dirty entries.
-    pub fn must_throttle(&self) -> bool {
-        self.nr_dirty() > THROTTLE_DIRTY_BASE + self.nr_keys() * 3 / 4
     }
 
     /// Gives up every entry's pin without writing anything back: the filesystem is going down
@@ -278,7 +260,11 @@ impl KeyCache {
     /// Whether an update of `pos` goes to an entry: `None` without one, `Some(true)` for an
     /// entry whose updates write through (IMMEDIATE_FLUSH), `Some(false)` for one that takes
     /// them. Whoever writes a cached btree directly must send the positions with an entry here.
+    /// Costs one atomic load while the cache is empty, which is all the time outside replay.
     pub fn has_entry(&self, btree: BtreeId, pos: Bpos) -> Option<bool> {
+        if self.nr_keys() == 0 {
+            return None;
+        }
         let entry = self.entries.lock().get(&(btree, pos)).cloned()?;
         let writes_through = entry.state.lock().flags.contains(EntryFlags::IMMEDIATE_FLUSH);
         Some(writes_through)

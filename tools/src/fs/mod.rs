@@ -193,8 +193,6 @@ impl FsShared {
         set.write_super()
     }
 
-    /// Gives up the pins this filesystem holds without writing anything back: a crash, or an
-    /// emergency shutdown, where what was only in memory is lost on purpose.
     /// After emergency read-only, the one write left: the superblock counts it
     /// (`emergency_read_only`), still not clean, so the next mount replays the journal. A
     /// simulated kernel BUG writes not even that: the filesystem stopped dead. A failure to
@@ -208,6 +206,8 @@ impl FsShared {
         let _ = set.write_super();
     }
 
+    /// Gives up the pins this filesystem holds without writing anything back: a crash, or an
+    /// emergency shutdown, where what was only in memory is lost on purpose.
     pub(crate) fn abandon_pins(&self) {
         if let Some(p) = self.wb_pin.lock().take() {
             p.abandon();
@@ -428,8 +428,8 @@ pub(crate) fn read_alloc_keys(
 }
 
 /// The key cache's flushes go into the btrees, under the btree lock. Key cache pins are flushed
-/// only below the replay barrier, so by the time one is, the keys it covers are replayed and the
-/// btree alone is what the kernel's iterator would see through the journal-key overlay.
+/// only below the replay barrier, once replay is done; what the kernel's iterator would still
+/// see through the journal-key overlay then is the replayed key, which the entry carries.
 impl FlushTarget for FsShared {
     fn flush_key(
         &self,

@@ -530,21 +530,19 @@ impl ReplayTrans<'_> {
     pub fn insert(&mut self, btree: BtreeId, level: u8, key: KeyRef<'_>, seq: u64) -> Result<()> {
         match (replay_route(btree, level), &self.fs.key_cache, &self.fs.journal) {
             (ReplayRoute::KeyCache, Some(cache), Some(journal)) => {
-                let key = key.to_bkey();
-                let pos = key.pos;
                 // The fill sees the btree's key and, replay being unfinished, the pending journal
                 // key at the position: the one being replayed (keys are compacted per position).
-                let pending = key.clone();
                 let t = &mut self.btrees;
-                let fill = || Ok(FillInput { btree_key: t.get(btree, pos)?, journal_key: Some(pending) });
-                match cache.update_replayed(journal, btree, key.clone(), seq, fill)? {
+                let fill =
+                    || Ok(FillInput { btree_key: t.get(btree, key.pos)?, journal_key: Some(key.to_bkey()) });
+                match cache.update_replayed(journal, btree, key.to_bkey(), seq, fill)? {
                     Update::Cached => {
                         self.cached += 1;
                         Ok(())
                     }
                     Update::WriteThrough => {
                         self.written_through += 1;
-                        self.btrees.insert(btree, key, seq).map_err(|e| self.fs.check_fatal(e))
+                        self.btrees.insert_ref(btree, key, seq).map_err(|e| self.fs.check_fatal(e))
                     }
                 }
             }

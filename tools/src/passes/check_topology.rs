@@ -18,42 +18,11 @@ use super::{Finding, Mode, Problem, RecoveryCtx};
 
 pub(super) fn run(ctx: &mut RecoveryCtx) -> Result<()> {
     let mut findings = Vec::new();
-    let (nodes, absent) =
-        ctx.with_view(|v| Ok((check(v.t, &mut findings)?, v.t.take_absent_replica_reads())))?;
-    let set = ctx.set_ref()?;
-    if set.missing().is_empty() {
-        // Nodes a degraded mount wrote short of metadata_replicas: rewritten with all members.
-        let want = ctx.opts.with(fs_core::opts::Options::metadata_replicas);
-        let member_durability: Vec<u64> = set.sb.members.iter().map(|m| u64::from(m.durability)).collect();
-        let durability = |n: &NodeInfo| -> u64 {
-            n.ptrs.iter().filter_map(|p| member_durability.get(usize::from(p.dev))).sum()
-        };
-        let short: Vec<(&NodeInfo, u64)> = nodes
-            .iter()
-            .map(|n| (n, durability(n)))
-            .filter(|&(n, d)| !n.ptrs.is_empty() && d < want)
-            .collect();
-        let writes = ctx.mode.writes();
-        for (n, have) in short {
-            let fix = if writes && ctx.may_fix(FsckErr::ReplicasWrittenShort) {
-                ctx.with_view(|v| v.t.rewrite_later(n.btree, n.level, n.max_key))?.then(Vec::new)
-            } else {
-                None
-            };
-            findings.push(Finding::new(
-                FsckErr::ReplicasWrittenShort,
-                format!(
-                    "btree {} level {} {}..{}: {} replicas of metadata_replicas={want}{}",
-                    n.btree,
-                    n.level,
-                    n.min_key,
-                    n.max_key,
-                    have,
-                    if fix.is_some() { ": rewritten with every member" } else { "" }
-                ),
-                fix,
-            ));
-        }
+    let mut read_around = Vec::new();
+    let (nodes, absent) = ctx
+        .with_view(|v| Ok((check(v.t, &mut findings, &mut read_around)?, v.t.take_absent_replica_reads())))?;
+    if ctx.set_ref()?.missing().is_empty() {
+        findings.extend(short_replicas(ctx, &nodes)?);
     }
     if absent > 0 {
         ctx.log.push(format!(
@@ -67,21 +36,55 @@ pub(super) fn run(ctx: &mut RecoveryCtx) -> Result<()> {
         ctx.stop = Some("btree nodes no replica of which reads are dropped only by fsck -y".to_owned());
     }
     ctx.topology = nodes;
+    // A node read from another replica was marked for a rewrite from it at the next
+    // write-back: any run that writes repairs it, whatever it may fix otherwise.
     let writes = ctx.mode.writes();
-    let (read_around, findings): (Vec<_>, Vec<_>) =
-        findings.into_iter().partition(|f| f.err == FsckErr::BtreeNodeReadError && f.fix.is_some());
-    for f in read_around {
-        let msg = if writes { format!("{}: rewritten from the good replica", f.msg) } else { f.msg };
-        ctx.problems.push(Problem { err: f.err, msg, fixed: writes, count: 1 });
+    for line in read_around {
+        let msg = if writes { format!("{line}: rewritten from the good replica") } else { line };
+        ctx.problems.push(Problem { err: FsckErr::BtreeNodeReadError, msg, fixed: writes, count: 1 });
     }
     let fixes = ctx.record(findings);
     debug_assert!(fixes.is_empty(), "topology repairs are made in the btrees, not as updates");
     Ok(())
 }
 
+/// Nodes a degraded mount wrote short of `metadata_replicas` (run with every member present):
+/// each is marked for a rewrite, which places it with the replicas the allocator gives now.
+fn short_replicas(ctx: &mut RecoveryCtx, nodes: &[NodeInfo]) -> Result<Vec<Finding>> {
+    let want = ctx.opts.with(fs_core::opts::Options::metadata_replicas);
+    let durability: Vec<u64> = ctx.set_ref()?.sb.members.iter().map(|m| u64::from(m.durability)).collect();
+    let fixing = ctx.mode.writes() && ctx.may_fix(FsckErr::ReplicasWrittenShort);
+    let mut findings = Vec::new();
+    for n in nodes.iter().filter(|n| !n.ptrs.is_empty()) {
+        let have: u64 = n.ptrs.iter().filter_map(|p| durability.get(usize::from(p.dev))).sum();
+        if have >= want {
+            continue;
+        }
+        let fix = if fixing {
+            ctx.with_view(|v| v.t.rewrite_later(n.btree, n.level, n.max_key))?.then(Vec::new)
+        } else {
+            None
+        };
+        let done = if fix.is_some() { ": rewritten with every member" } else { "" };
+        findings.push(Finding::new(
+            FsckErr::ReplicasWrittenShort,
+            format!(
+                "btree {} level {} {}..{}: {have} replicas of metadata_replicas={want}{done}",
+                n.btree, n.level, n.min_key, n.max_key
+            ),
+            fix,
+        ));
+    }
+    Ok(findings)
+}
+
 /// Drops the unreadable nodes of every btree, then reads every node and checks that each level
-/// tiles the key space.
-fn check(t: &mut Btrees, findings: &mut Vec<Finding>) -> Result<Vec<NodeInfo>> {
+/// tiles the key space. Nodes read around a bad replica go to `read_around`, by their log line.
+fn check(
+    t: &mut Btrees,
+    findings: &mut Vec<Finding>,
+    read_around: &mut Vec<String>,
+) -> Result<Vec<NodeInfo>> {
     let mut all = Vec::new();
     for &btree in BtreeId::ALL {
         for lost in t.drop_unreadable(btree)? {
@@ -132,10 +135,11 @@ fn check(t: &mut Btrees, findings: &mut Vec<Finding>) -> Result<Vec<NodeInfo>> {
             }
         }
         for line in t.take_log() {
-            // A node read from another replica is rewritten from it at the next write-back
-            // (the read marked it): any run that writes repairs it.
-            let fix = line.contains(READ_AROUND).then(Vec::new);
-            findings.push(Finding::new(FsckErr::BtreeNodeReadError, line, fix));
+            if line.contains(READ_AROUND) {
+                read_around.push(line);
+            } else {
+                findings.push(Finding::new(FsckErr::BtreeNodeReadError, line, None));
+            }
         }
         all.extend(infos);
     }

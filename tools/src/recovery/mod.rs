@@ -60,6 +60,11 @@ impl MountOpts {
         self.last(OptId::Degraded).is_some_and(|p| p.value.as_u64() >= 1)
     }
 
+    /// `degraded=ask`: nobody to ask, so as `yes`, said in the log.
+    pub fn degraded_ask(&self) -> bool {
+        self.last(OptId::Degraded).is_some_and(|p| p.value.as_u64() == 3)
+    }
+
     /// `degraded=very`: journal entries with no copy on a present member may be left out.
     pub fn degraded_very(&self) -> bool {
         self.last(OptId::Degraded).is_some_and(|p| p.value.as_u64() == 2)
@@ -251,7 +256,7 @@ pub(crate) fn recover(
     let mut written_short = false;
     if !missing.is_empty() {
         log.push(format!("mounting degraded: {} of {nr} devices missing", missing.len()));
-        if mopts.last(OptId::Degraded).is_some_and(|p| p.value.as_u64() == 3) {
+        if mopts.degraded_ask() {
             log.push("degraded=ask: nobody to ask; mounting degraded as with degraded=yes".to_owned());
         }
         written_short = cap_replicas_to_present(&set, &mut opts, &mut log)?;
@@ -340,11 +345,7 @@ fn open_from_scan(ctx: &mut RecoveryCtx, newest_journal_seq: u64) -> Result<()> 
         scan.nodes_found,
         if btrees_found.is_empty() { "no btree".to_owned() } else { btrees_found.join(", ") }
     ));
-    let set = ctx.set_ref()?;
-    let mut btrees = open_btrees(set, node_size, Arc::new(ReadOnlyNodes), scan.roots, ctx.cfg, None);
-    btrees.set_check_headers(false);
-    btrees.set_health(ctx.health.clone());
-    ctx.btrees = Some(btrees);
+    open_recovering_btrees(ctx, scan.roots, None)?;
     ctx.next_seq = Some(scan.newest_seq.max(newest_journal_seq).saturating_add(1));
     ctx.problems.push(Problem {
         err: FsckErr::DirtyButNoJournalEntries,
@@ -356,6 +357,23 @@ fn open_from_scan(ctx: &mut RecoveryCtx, newest_journal_seq: u64) -> Result<()> 
         fixed: ctx.mode.writes(),
         count: 1,
     });
+    Ok(())
+}
+
+/// The btrees of a filesystem recovering from an unclean shutdown, at `roots`, ignoring bsets
+/// of `blacklisted` seqs, with a node cache bounded for recovery.
+fn open_recovering_btrees(
+    ctx: &mut RecoveryCtx,
+    roots: Vec<fs_core::btree::Root>,
+    blacklisted: Option<Box<dyn Fn(u64) -> bool + Send + Sync>>,
+) -> Result<()> {
+    let cfg = BtreeConfig { cache_nodes: RECOVERY_CACHE_NODES.min(ctx.cfg.cache_nodes), ..ctx.cfg };
+    let node_size = ctx.opts.with(Options::btree_node_size);
+    let mut btrees = open_btrees(ctx.set_ref()?, node_size, Arc::new(ReadOnlyNodes), roots, cfg, blacklisted);
+    // bcachefs checks cached node headers only once check_allocations has run.
+    btrees.set_check_headers(false);
+    btrees.set_health(ctx.health.clone());
+    ctx.btrees = Some(btrees);
     Ok(())
 }
 
@@ -466,14 +484,7 @@ fn open_unclean(ctx: &mut RecoveryCtx, mopts: &MountOpts) -> Result<()> {
     ctx.log.push(::journal::JournalKeys::summary(rj.nr_read, rj.keys.len()));
     let (start, end) = rj.new_blacklist;
     ctx.log.push(format!("blacklisting journal seqs {start}-{}", end - 1));
-    let cfg = BtreeConfig { cache_nodes: RECOVERY_CACHE_NODES.min(ctx.cfg.cache_nodes), ..ctx.cfg };
-    let node_size = ctx.opts.with(Options::btree_node_size);
-    let mut btrees =
-        open_btrees(set, node_size, Arc::new(ReadOnlyNodes), rj.roots(), cfg, Some(rj.blacklisted()));
-    // bcachefs checks cached node headers only once check_allocations has run.
-    btrees.set_check_headers(false);
-    btrees.set_health(ctx.health.clone());
-    ctx.btrees = Some(btrees);
+    open_recovering_btrees(ctx, rj.roots(), Some(rj.blacklisted()))?;
     ctx.future_bsets = Some(rj.future_bsets());
     ctx.journal = Some(rj);
     Ok(())
