@@ -1,37 +1,43 @@
 //! key-cache: the btree key cache for the cached btrees (`alloc`, `inodes`), at leaf level.
 //!
-//! An entry holds one key of a cached btree, its flags (ACCESSED, DIRTY, IMMEDIATE_FLUSH), the
-//! journal seq of its newest update and, while dirty, a journal pin at the seq of its oldest
-//! update not yet in the btree. The protocols, each enforced here:
+//! An entry holds one key of a cached btree, its flags (ACCESSED, DIRTY), the journal seq of
+//! its newest update and, while dirty, a journal pin at the seq of its oldest update not yet in
+//! the btree. The protocols, each enforced here:
 //!
-//! 1. **Fill.** An update of a position with no entry fills one from the btree, by the
-//!    profile's rule ([`fill_rule`]). v1.37.5 reads the btree key without the journal-key
-//!    overlay and looks at the journal key only when the btree key is deleted; since v1.39 the
-//!    journal key is laid over the btree key whenever replay is unfinished, and an entry whose
-//!    key is deleted in either is flushed immediately: its updates write through.
-//! 2. **The cache never holds a deleted key.** A fill that finds none, and an update that
-//!    deletes, write through to the btree (the entry, if any, is dropped with its pin: the
-//!    deletion supersedes it and is pinned by the btree's write-back).
+//! 1. **Fill.** An update of a position with no entry fills one by the profile's rule
+//!    ([`fill_rule`], `btree_key_cache_fill`). v1.37.5 reads the btree key without the
+//!    journal-key overlay and looks at the journal keys only when the btree key is deleted; the
+//!    journal key it then takes must be flushed immediately. Since v1.39 the journal key is laid
+//!    over the btree key whenever replay is unfinished, and the entry must be flushed
+//!    immediately when the key is deleted in either. So v1.37.5 caches a stale key where the
+//!    btree is live and a newer journal key (or deletion) is pending.
+//! 2. **Write-through.** An update that deletes, and one whose fill must flush immediately (or
+//!    found nothing), goes into the btree instead (`flush_new_cached_update`), and the entry, if
+//!    any, is dropped with its pin (`bch2_btree_key_cache_drop`): the btree now has the newest
+//!    key. So the cache never holds a deleted key, and an entry is dirty only over a live btree
+//!    key.
 //! 3. **Commit.** A cached update replaces the entry's key under its lock, marks it DIRTY and,
 //!    if it held no pin, pins the update's seq; an older pin stays, covering both updates.
 //! 4. **Flush** is the pin's callback ([`PinFlush`]), run by journal reclaim. It copies the key
 //!    and the entry's update count under the lock, releases it, and hands the key to the
-//!    [`FlushTarget`], which under its btree lock looks the position up bypassing the cache (but
-//!    through the journal-key overlay while replay is unfinished), checks coherency — the btree
-//!    must hold a live key there — and inserts. Then, under the lock again: if no update came
-//!    meanwhile, DIRTY is cleared and the pin dropped; otherwise the pin moves to the newer
-//!    update's seq and the entry stays dirty. No dirty bit is lost and no half-written key is
-//!    flushed. An update in the same journal entry as the pin (which cannot move to its own
-//!    seq) is written by the same flush, which tries again.
-//! 5. **Coherency.** A flush that finds no live key — in the btree, or, for a key journal
-//!    replay put into the entry, through the journal-key overlay, which shows that key — is the
-//!    BUG_ON of key_cache.c (line 475 at v1.37.5, 469 at v1.39): a simulated kernel BUG
-//!    (`kernel_bug`) in those profiles, the typed error `btree_key_cache_coherency` naming the
-//!    btree's earlier topology errors in the fixed profile. Either way the entry stays dirty
-//!    and pinned.
+//!    [`FlushTarget`], which under its btree lock looks the position up bypassing the cache,
+//!    checks coherency — the btree must hold a live key there — and inserts. Then, under the
+//!    lock again: if no update came meanwhile, DIRTY is cleared and the pin dropped; otherwise
+//!    the pin moves to the newer update's seq and the entry stays dirty. No dirty bit is lost
+//!    and no half-written key is flushed. An update in the same journal entry as the pin (which
+//!    cannot move to its own seq) is written by the same flush, which tries again.
+//! 5. **Coherency.** A flush that finds no live key is the BUG_ON of key_cache.c (line 475 at
+//!    v1.37.5, 469 at v1.39): a simulated kernel BUG (`kernel_bug`) in those profiles, the typed
+//!    error `btree_key_cache_coherency` naming the btree's earlier topology errors in the fixed
+//!    profile. Either way the entry stays dirty and pinned. The kernel's flush also sees journal
+//!    keys not yet replayed; at a position the entry was updated at, a commit has marked that
+//!    journal key overwritten, so the btree is what the check sees, as here. By rules 1 and 2
+//!    it finds none only if the btree changed under a dirty entry: a lookup that reaches a
+//!    different node than the fill did.
 //!
 //! Not modelled yet: the dirty thresholds that kick reclaim (1024 + nr/2) and throttle commits
-//! (4096 + 3/4 nr), and eviction of clean entries; transactions do not use the cache.
+//! (4096 + 3/4 nr), and eviction of clean entries; transactions do not fill the cache (they
+//! update entries journal replay made).
 //!
 //! Lock order: the caller's btree lock, the entry map, an entry, the journal. The flush takes
 //! no map lock and takes the btree lock with no entry lock held.
@@ -57,8 +63,6 @@ bitflags! {
         const ACCESSED = 1 << 0;
         /// Holds an update the btree does not have yet; the entry holds a journal pin.
         const DIRTY = 1 << 1;
-        /// Updates write through to the btree (the fill found a deleted key somewhere).
-        const IMMEDIATE_FLUSH = 1 << 2;
     }
 }
 
@@ -109,15 +113,19 @@ pub fn fill_rule(behavior: Behavior, input: FillInput) -> Fill {
     let live = |k: &Option<Bkey>| k.as_ref().is_some_and(|k| !k.is_deleted());
     match behavior {
         // The btree key as read, without the overlay; the journal key only if the btree's is
-        // deleted. A live btree key with a pending journal deletion is cached as live.
+        // deleted, and then flushed immediately. A live btree key with a pending journal
+        // deletion or newer key is cached as it is: stale.
         Behavior::V1_37_5 => {
-            let key = if live(&input.btree_key) { input.btree_key } else { input.journal_key };
-            Fill { key: key.filter(|k| !k.is_deleted()), immediate_flush: false }
+            if live(&input.btree_key) {
+                Fill { key: input.btree_key, immediate_flush: false }
+            } else {
+                Fill { key: input.journal_key.filter(|k| !k.is_deleted()), immediate_flush: true }
+            }
         }
         Behavior::V1_39 | Behavior::Fixed => {
             // An empty slot reads as a deleted key (peek_slot).
-            let deleted_somewhere = input.btree_key.as_ref().is_none_or(Bkey::is_deleted)
-                || input.journal_key.as_ref().is_some_and(Bkey::is_deleted);
+            let deleted_somewhere =
+                !live(&input.btree_key) || input.journal_key.as_ref().is_some_and(Bkey::is_deleted);
             let key = input.journal_key.or(input.btree_key).filter(|k| !k.is_deleted());
             Fill { immediate_flush: deleted_somewhere || key.is_none(), key }
         }
@@ -143,10 +151,6 @@ struct EntryState {
     updates: u64,
     /// Held exactly while DIRTY.
     pin: Option<JournalPin>,
-    /// The journal key pending at the position when the newest update came from journal
-    /// replay: what the kernel's flush sees through the journal-key overlay, which lasts until
-    /// replay is done (bcsim flushes key cache pins only then).
-    overlay: Option<Bkey>,
 }
 
 /// One cached key.
@@ -257,17 +261,12 @@ impl KeyCache {
         Some(st.key.clone())
     }
 
-    /// Whether an update of `pos` goes to an entry: `None` without one, `Some(true)` for an
-    /// entry whose updates write through (IMMEDIATE_FLUSH), `Some(false)` for one that takes
-    /// them. Whoever writes a cached btree directly must send the positions with an entry here.
-    /// Costs one atomic load while the cache is empty, which is all the time outside replay.
-    pub fn has_entry(&self, btree: BtreeId, pos: Bpos) -> Option<bool> {
-        if self.nr_keys() == 0 {
-            return None;
-        }
-        let entry = self.entries.lock().get(&(btree, pos)).cloned()?;
-        let writes_through = entry.state.lock().flags.contains(EntryFlags::IMMEDIATE_FLUSH);
-        Some(writes_through)
+    /// Whether `pos` has an entry: an update there must go through the cache
+    /// ([`KeyCache::update`]). Whoever writes a cached btree directly must send those positions
+    /// here. Costs one atomic load while the cache is empty, which is all the time outside
+    /// replay.
+    pub fn has_entry(&self, btree: BtreeId, pos: Bpos) -> bool {
+        self.nr_keys() > 0 && self.entries.lock().contains_key(&(btree, pos))
     }
 
     /// The entry at `pos`, for inspection.
@@ -286,20 +285,7 @@ impl KeyCache {
         seq: u64,
         fill: impl FnOnce() -> Result<FillInput>,
     ) -> Result<Update> {
-        self.update_from(journal, btree, key, seq, false, fill)
-    }
-
-    /// [`KeyCache::update`] of a key journal replay replays: until replay is done a flush sees
-    /// it through the journal-key overlay.
-    pub fn update_replayed(
-        &self,
-        journal: &Journal,
-        btree: BtreeId,
-        key: Bkey,
-        seq: u64,
-        fill: impl FnOnce() -> Result<FillInput>,
-    ) -> Result<Update> {
-        self.update_from(journal, btree, key, seq, true, fill)
+        self.update_from(journal, btree, key, seq, fill)
     }
 
     fn update_from(
@@ -308,31 +294,25 @@ impl KeyCache {
         btree: BtreeId,
         key: Bkey,
         seq: u64,
-        replayed: bool,
         fill: impl FnOnce() -> Result<FillInput>,
     ) -> Result<Update> {
         let pos = key.pos;
         let mut entries = self.entries.lock();
         if key.is_deleted() {
-            if let Some(entry) = entries.remove(&(btree, pos)) {
-                self.nr_keys.fetch_sub(1, Ordering::AcqRel);
-                let mut st = entry.state.lock();
-                if let Some(pin) = st.pin.take() {
-                    self.nr_dirty.fetch_sub(1, Ordering::AcqRel);
-                    st.flags.remove(EntryFlags::DIRTY);
-                    journal.pin_drop(pin)?;
-                }
-            }
+            self.drop_entry(journal, entries.remove(&(btree, pos)))?;
             return Ok(Update::WriteThrough);
         }
         let entry = match entries.get(&(btree, pos)) {
             Some(e) => e.clone(),
             None => {
                 let fill = fill_rule(self.behavior, fill()?);
-                let Some(filled) = fill.key else { return Ok(Update::WriteThrough) };
-                let flags =
-                    if fill.immediate_flush { EntryFlags::IMMEDIATE_FLUSH } else { EntryFlags::ACCESSED };
-                let state = EntryState { key: filled, flags, seq: 0, updates: 0, pin: None, overlay: None };
+                // An entry that must be flushed immediately lives only for the write-through
+                // that drops it: none is made.
+                let Some(filled) = fill.key.filter(|_| !fill.immediate_flush) else {
+                    return Ok(Update::WriteThrough);
+                };
+                let state =
+                    EntryState { key: filled, flags: EntryFlags::ACCESSED, seq: 0, updates: 0, pin: None };
                 let e = Arc::new(Entry { btree, pos, state: Mutex::new(state) });
                 entries.insert((btree, pos), e.clone());
                 self.nr_keys.fetch_add(1, Ordering::AcqRel);
@@ -341,23 +321,30 @@ impl KeyCache {
         };
         drop(entries);
         let mut st = entry.state.lock();
-        if st.flags.contains(EntryFlags::IMMEDIATE_FLUSH) {
-            // Kept in step with the btree, which takes the update itself.
-            st.key = key;
-            return Ok(Update::WriteThrough);
-        }
         if st.pin.is_none() {
             // Rule 5 of the journal pins: added under the lock the callback takes.
             let flush = Arc::new(EntryPin { cache: self.me.clone(), entry: entry.clone() });
             st.pin = Some(journal.pin_add(seq, flush)?);
             self.nr_dirty.fetch_add(1, Ordering::AcqRel);
         }
-        st.overlay = replayed.then(|| key.clone());
         st.key = key;
         st.seq = seq;
         st.updates += 1;
         st.flags.insert(EntryFlags::DIRTY | EntryFlags::ACCESSED);
         Ok(Update::Cached)
+    }
+
+    /// Drops an entry a write-through superseded, with its pin (rule 2).
+    fn drop_entry(&self, journal: &Journal, entry: Option<Arc<Entry>>) -> Result<()> {
+        let Some(entry) = entry else { return Ok(()) };
+        self.nr_keys.fetch_sub(1, Ordering::AcqRel);
+        let mut st = entry.state.lock();
+        st.flags.remove(EntryFlags::DIRTY);
+        if let Some(pin) = st.pin.take() {
+            self.nr_dirty.fetch_sub(1, Ordering::AcqRel);
+            journal.pin_drop(pin)?;
+        }
+        Ok(())
     }
 
     /// Writes `entry` back into the btree (rule 4); its pin's callback. An update made during
@@ -369,14 +356,14 @@ impl KeyCache {
             .upgrade()
             .ok_or_else(|| Error::internal("key cache flush after its filesystem was torn down"))?;
         for _ in 0..FLUSH_SAME_SEQ_TRIES {
-            let (key, seq, updates, overlay) = {
+            let (key, seq, updates) = {
                 let st = entry.state.lock();
                 if !st.flags.contains(EntryFlags::DIRTY) {
                     return Ok(());
                 }
-                (st.key.clone(), st.seq, st.updates, st.overlay.clone())
+                (st.key.clone(), st.seq, st.updates)
             };
-            let check = |found: Found<'_>| self.check_coherency(entry, seq, overlay.as_ref(), found);
+            let check = |found: Found<'_>| self.check_coherency(entry, seq, found);
             target.flush_key(entry.btree, &key, seq, &check)?;
             let mut st = entry.state.lock();
             let newest = st.seq;
@@ -405,15 +392,8 @@ impl KeyCache {
     }
 
     /// Rule 5: the btree must hold a live key where a dirty entry is flushed.
-    fn check_coherency(
-        &self,
-        entry: &Entry,
-        seq: u64,
-        overlay: Option<&Bkey>,
-        found: Found<'_>,
-    ) -> Result<()> {
-        // The journal-key overlay wins over the btree, as in the kernel's iterator.
-        if overlay.or(found.key).is_some_and(|k| !k.is_deleted()) {
+    fn check_coherency(&self, entry: &Entry, seq: u64, found: Found<'_>) -> Result<()> {
+        if found.key.is_some_and(|k| !k.is_deleted()) {
             return Ok(());
         }
         let (btree, pos) = (entry.btree, entry.pos);

@@ -71,16 +71,23 @@ fn fill_rules_per_profile() {
         assert_eq!((f.key, f.immediate_flush), (Some(key(1, 3)), true), "{b:?}");
     }
     let f = fill_rule(Behavior::V1_37_5, FillInput { btree_key: gone, journal_key: Some(key(1, 4)) });
-    assert_eq!(f.key, Some(key(1, 4)), "v1.37.5 looks at the journal key when the btree's is deleted");
+    assert_eq!(
+        (f.key, f.immediate_flush),
+        (Some(key(1, 4)), true),
+        "v1.37.5 looks at the journal key when the btree's is deleted, and flushes it immediately"
+    );
+    let newer = FillInput { btree_key: live.clone(), journal_key: Some(key(1, 2)) };
+    assert_eq!(fill_rule(Behavior::V1_37_5, newer).key, live, "v1.37.5 ignores a newer journal key");
     for b in [Behavior::V1_37_5, Behavior::V1_39, Behavior::Fixed] {
         let f = fill_rule(b, FillInput::default());
         assert_eq!(f.key, None, "{b:?}: nothing to cache where there is no key");
     }
     // A new key (none in the btree, the one being replayed pending): an empty slot reads as
-    // deleted, so v1.39 writes it through; v1.37.5 caches the journal key.
+    // deleted, so every profile writes it through; a dirty entry is only ever over a live key.
     let new_key = FillInput { btree_key: None, journal_key: Some(key(1, 7)) };
-    assert!(fill_rule(Behavior::V1_39, new_key.clone()).immediate_flush);
-    assert_eq!(fill_rule(Behavior::V1_37_5, new_key).key, Some(key(1, 7)));
+    for b in [Behavior::V1_37_5, Behavior::V1_39, Behavior::Fixed] {
+        assert!(fill_rule(b, new_key.clone()).immediate_flush, "{b:?}");
+    }
 }
 
 /// An update of a cached key makes the entry dirty and pinned at its seq; the pin's flush

@@ -428,8 +428,8 @@ pub(crate) fn read_alloc_keys(
 }
 
 /// The key cache's flushes go into the btrees, under the btree lock. Key cache pins are flushed
-/// only below the replay barrier, once replay is done; what the kernel's iterator would still
-/// see through the journal-key overlay then is the replayed key, which the entry carries.
+/// only below the replay barrier, once replay is done: the btree alone is what the kernel's
+/// flush would see.
 impl FlushTarget for FsShared {
     fn flush_key(
         &self,

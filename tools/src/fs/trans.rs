@@ -380,16 +380,15 @@ impl FsShared {
     /// A position the key cache holds an entry for (keys journal replay put there) is updated
     /// through the entry, so that its later flush never overwrites a newer key with an older
     /// one: live keys go to the entry once every btree insert has succeeded (a cache update does
-    /// not fail, so nothing there needs undoing); deletions and keys of write-through entries go
-    /// to the btree like any other, and then the entry follows.
+    /// not fail, so nothing there needs undoing); deletions go to the btree like any other, and
+    /// then drop the entry.
     fn apply(&self, t: &mut Btrees, updates: &[(BtreeId, Bkey)], seq: u64) -> Result<Undo> {
         let mut undo: Undo = Vec::with_capacity(updates.len());
         let mut to_cache = Vec::new();
         for (btree, k) in updates {
-            let entry = self.key_cache.as_ref().and_then(|c| c.has_entry(*btree, k.pos));
-            if entry.is_some() {
+            if self.key_cache.as_ref().is_some_and(|c| c.has_entry(*btree, k.pos)) {
                 to_cache.push((*btree, k));
-                if entry == Some(false) && !k.is_deleted() {
+                if !k.is_deleted() {
                     continue;
                 }
             }
@@ -535,7 +534,7 @@ impl ReplayTrans<'_> {
                 let t = &mut self.btrees;
                 let fill =
                     || Ok(FillInput { btree_key: t.get(btree, key.pos)?, journal_key: Some(key.to_bkey()) });
-                match cache.update_replayed(journal, btree, key.to_bkey(), seq, fill)? {
+                match cache.update(journal, btree, key.to_bkey(), seq, fill)? {
                     Update::Cached => {
                         self.cached += 1;
                         Ok(())
