@@ -32,9 +32,23 @@ pub struct MountArgs {
 }
 
 pub fn run(args: MountArgs) -> CmdResult {
-    let mopts = MountOpts { progress: Progress::stderr(), ..parse_mount_opts(&args.options)? };
+    let failed_log = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let mopts = MountOpts {
+        progress: Progress::stderr(),
+        failed_log: Some(failed_log.clone()),
+        ..parse_mount_opts(&args.options)?
+    };
     let set = open_device_set(&args.images, true)?;
-    let mounted = mount(set, &mopts)?;
+    let mounted = match mount(set, &mopts) {
+        Ok(m) => m,
+        Err(e) => {
+            // The log up to the failure, as dmesg shows it before the error.
+            if let Ok(lines) = failed_log.lock() {
+                out::lines(lines.iter());
+            }
+            return Err(e);
+        }
+    };
     let (log, replayed, read, kept) =
         (mounted.log.clone(), mounted.replayed, mounted.journal_keys_read, mounted.journal_keys_kept);
     let problems: Vec<_> = mounted

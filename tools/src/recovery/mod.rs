@@ -52,6 +52,9 @@ pub struct MountOpts {
     pub reclaim: ReclaimMode,
     /// Where long work reports its progress.
     pub progress: progress::Progress,
+    /// Where a failed recovery leaves the log it wrote up to the failure, as dmesg keeps the
+    /// lines before an error: the mount command prints them before the error.
+    pub failed_log: Option<std::sync::Arc<std::sync::Mutex<Vec<String>>>>,
 }
 
 impl MountOpts {
@@ -201,6 +204,7 @@ pub fn parse_mount_opts(text: &str) -> Result<MountOpts> {
         opts: fs_core::opts::parse_opts(text, OptContext::Mount)?,
         reclaim: ReclaimMode::default(),
         progress: progress::Progress::default(),
+        failed_log: None,
     })
 }
 
@@ -278,13 +282,14 @@ pub(crate) fn recover(
             health.set_error_action(if v.as_u64() == 0 { ErrorAction::Continue } else { ErrorAction::Ro });
         }
     });
-    if ctx.unclean {
-        open_unclean(&mut ctx, mopts)?;
-    } else {
-        open_clean(&mut ctx)?;
-    }
-    if let Err(e) = ctx.run_passes() {
+    let opened = if ctx.unclean { open_unclean(&mut ctx, mopts) } else { open_clean(&mut ctx) };
+    if let Err(e) = opened.and_then(|()| ctx.run_passes()) {
         ctx.seal_after_error();
+        if let Some(keep) = &mopts.failed_log {
+            if let Ok(mut l) = keep.lock() {
+                *l = std::mem::take(&mut ctx.log);
+            }
+        }
         return Err(e);
     }
     if let Some((newest, (n, first))) = ctx.future_bsets.as_ref().and_then(|f| Some((f.newest, f.seen()?))) {
