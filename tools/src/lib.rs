@@ -20,6 +20,7 @@ pub mod list_journal;
 pub mod passes;
 pub mod recovery;
 pub mod report;
+pub mod repro;
 pub mod workload;
 
 use fs_core::error::{Error, ExitClass};

@@ -248,6 +248,19 @@ pub fn run_on_images(
     crash_after: Option<usize>,
     mopts: &crate::recovery::MountOpts,
 ) -> Result<RunReport> {
+    run_on_images_with(paths, ops, seed, crash_after, mopts, fs_core::btree::BtreeConfig::default())
+}
+
+/// [`run_on_images`] with btree settings: a `seq_seed` makes the nodes it writes the same every
+/// run (for image sets built to be shared).
+pub fn run_on_images_with(
+    paths: &[std::path::PathBuf],
+    ops: usize,
+    seed: u64,
+    crash_after: Option<usize>,
+    mopts: &crate::recovery::MountOpts,
+    cfg: fs_core::btree::BtreeConfig,
+) -> Result<RunReport> {
     use fs_core::dev::{CrashMode, FaultyDevice, SharedDevice};
     use std::sync::Arc;
     if crash_after.is_some_and(|k| k > ops) {
@@ -265,7 +278,7 @@ pub fn run_on_images(
     // reclaim steps after every operation on a clock that advances one millisecond per
     // operation (so journal_flush_delay still acts, at the same operations every time).
     let mopts = crate::recovery::MountOpts { reclaim: crate::recovery::ReclaimMode::Manual, ..mopts.clone() };
-    let mounted = crate::recovery::mount(set, &mopts)?;
+    let mounted = crate::recovery::mount_with(set, &mopts, cfg)?;
     let mount_log = mounted.log;
     let mut fs = mounted.fs;
     let mut files = Files::new(&mut fs)?;

@@ -7,9 +7,9 @@ use clap::Args;
 use bcsim::fsck::{FixMode, FsckOpts, fsck};
 use bcsim::images::{ImageSpec, format_images, open_device_set};
 use bcsim::recovery::{MountOpts, mount};
+use bcsim::repro::{eight_member_layout, eight_member_options};
 use bcsim::workload::run_on_images;
 use fs_core::error::{ErrCode, io_error};
-use fs_core::opts::{OptId, Options};
 
 use super::CmdResult;
 use super::out::{self, out, outln};
@@ -26,16 +26,6 @@ pub struct DemoArgs {
     /// Keep the images in this directory instead of a temporary one removed afterwards
     #[arg(long, value_name = "DIR")]
     dir: Option<PathBuf>,
-}
-
-const TIB: u64 = 1 << 40;
-const GIB: u64 = 1 << 30;
-
-/// The default set: (file name, size, label).
-fn default_set() -> Vec<(String, u64, String)> {
-    let hdds = (0..6).map(|i| (format!("hdd{i}.img"), TIB, format!("hdd.hdd{i}")));
-    let ssds = (0..2).map(|i| (format!("nvme{i}.img"), 256 * GIB, format!("ssd.nvme{i}")));
-    hdds.chain(ssds).collect()
 }
 
 pub fn run(args: DemoArgs) -> CmdResult {
@@ -59,7 +49,7 @@ const SEED: u64 = 1;
 const CRASH_AFTER: usize = 2450;
 
 fn run_in(dir: &std::path::Path) -> CmdResult {
-    let specs: Vec<ImageSpec> = default_set()
+    let specs: Vec<ImageSpec> = eight_member_layout()
         .into_iter()
         .map(|(name, size, label)| {
             let mut s = ImageSpec::new(dir.join(name));
@@ -68,9 +58,7 @@ fn run_in(dir: &std::path::Path) -> CmdResult {
             s
         })
         .collect();
-    let mut opts = Options::default();
-    opts.set_text(OptId::MetadataReplicas, "2")?;
-    opts.set_text(OptId::MetadataTarget, "ssd")?;
+    let opts = eight_member_options()?;
     let report = format_images(&specs, &opts, None, true)?;
     outln!("bcsim demo: images in {}", dir.display());
     out!("{}", super::format::report_text(&report));

@@ -8,6 +8,7 @@ mod list;
 mod list_journal;
 mod mount;
 mod out;
+mod repro;
 mod run;
 mod show_super;
 
@@ -44,6 +45,7 @@ enum Command {
     Mount(mount::MountArgs),
     Run(run::RunArgs),
     Demo(demo::DemoArgs),
+    Repro(repro::ReproArgs),
 }
 
 /// What a command returns: an exit code on success paths, an error otherwise.
@@ -68,6 +70,7 @@ pub fn main() -> u8 {
         (Command::Mount(args), _) => mount::run(args),
         (Command::Run(args), _) => run::run(args),
         (Command::Demo(args), _) => demo::run(args),
+        (Command::Repro(args), _) => repro::run(args),
         (Command::Format(_), None) => Ok(exit::USAGE),
     };
     // A failed write to stdout fails a command that otherwise succeeded; a command that failed
