@@ -1015,7 +1015,10 @@ impl Btrees {
     /// untouched. The replacement keeps the lost node's seq and pointers, so its parent still
     /// leads to it and check_allocations still sees its buckets in use; it is dirty and marked
     /// for a rewrite, so the first write-back writes it at a new place and frees the old one.
-    /// Without a write-back (`fsck -n`) nothing is written. Returns the nodes lost.
+    /// Without a write-back (`fsck -n`) nothing is written. A child that reads but is another
+    /// node than its pointer describes (a duplicated pointer reaching a cached neighbour) is
+    /// dropped the same way, except that its placeholder takes a new seq and the parent points
+    /// to it: the node reached keeps its own place. Returns the nodes lost.
     pub fn drop_unreadable(&mut self, btree: BtreeId) -> Result<Vec<LostNode>> {
         let mut lost = Vec::new();
         let root = match self.root(btree) {
@@ -1055,7 +1058,43 @@ impl Btrees {
                 children.iter().map(|(&k, c)| (k, c.ptr.clone())).collect();
             for (max_key, ptr) in children {
                 match self.child(btree, seq, max_key) {
-                    Ok(child) => stack.push(child),
+                    Ok(child) => match self.mismatch(btree, level, child, &ptr, max_key)? {
+                        None => stack.push(child),
+                        Some(error) => {
+                            // Another node than the pointer describes (a duplicated pointer):
+                            // that node stays where its own pointer leads; this range gets an
+                            // empty node of its own, under a new seq the parent now points to.
+                            let child_level = level.saturating_sub(1);
+                            let new = self.new_seq();
+                            self.install_placeholder(
+                                btree,
+                                child_level,
+                                new,
+                                ptr.min_key,
+                                max_key,
+                                Vec::new(),
+                            );
+                            let parent = self.node_mut(seq)?;
+                            if let NodeKeys::Interior(m) = &mut parent.keys {
+                                let ptr = BtreePtrV2 {
+                                    seq: new,
+                                    sectors_written: 0,
+                                    min_key: ptr.min_key,
+                                    ptrs: Vec::new(),
+                                };
+                                m.insert(max_key, Child { ptr, pending: true });
+                            }
+                            parent.dirty = true;
+                            lost.push(LostNode {
+                                btree,
+                                level: child_level,
+                                min_key: ptr.min_key,
+                                max_key,
+                                ptrs: ptr.ptrs,
+                                error,
+                            });
+                        }
+                    },
                     Err(error) if error.matches(ErrCode::Eio) => {
                         let child_level = level.saturating_sub(1);
                         self.install_placeholder(
@@ -1081,6 +1120,42 @@ impl Btrees {
         }
         self.last_leaf = None;
         Ok(lost)
+    }
+
+    /// Whether cached node `child`, reached from a node at `parent_level` through `ptr` ending
+    /// at `max_key`, is some other node than the pointer describes: the error saying how, as a
+    /// read of it would have.
+    fn mismatch(
+        &self,
+        btree: BtreeId,
+        parent_level: u8,
+        child: u64,
+        ptr: &BtreePtrV2,
+        max_key: Bpos,
+    ) -> Result<Option<Error>> {
+        let hdr = self.node(child)?.hdr;
+        let level = parent_level.saturating_sub(1);
+        let code = if hdr.btree != btree || hdr.level != level {
+            ErrCode::BtreeNodeBadLevel
+        } else if hdr.min_key != ptr.min_key {
+            ErrCode::BtreeNodeBadMinKey
+        } else if hdr.max_key != max_key {
+            ErrCode::BtreeNodeBadMaxKey
+        } else {
+            return Ok(None);
+        };
+        Ok(Some(
+            Error::new(
+                code,
+                format!(
+                    "btree node header doesn't match ptr: ptr: {}..{} node: btree={} level={} {}..{}",
+                    ptr.min_key, max_key, hdr.btree, hdr.level, hdr.min_key, hdr.max_key
+                ),
+            )
+            .btree(btree)
+            .level(level)
+            .pos(max_key),
+        ))
     }
 
     /// Marks the node of `btree` at `level` ending at `max_key` to be written anew at the next

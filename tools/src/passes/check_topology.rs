@@ -2,8 +2,9 @@
 //! key space from POS_MIN to POS_MAX. The nodes it read are kept for check_allocations, which
 //! requires it.
 //!
-//! A node none of whose replicas reads is dropped (`btree_node_unreadable`): an empty node takes
-//! its place and range, its keys are lost, and the passes after it repair what follows from
+//! A node none of whose replicas reads is dropped (`btree_node_unreadable`), and so is a pointer
+//! that leads to another node than it describes (`btree_node_topology_bad_min_key` or
+//! `_max_key`: a duplicated pointer reaching a neighbour): an empty node takes its place and range, its keys are lost, and the passes after it repair what follows from
 //! that (link counts, alloc info). `fsck -n` drops it in memory only, so that the later checks
 //! run and report; a run that may fix it (`fsck -y`) writes the empty node at a new place; any
 //! other run stops here, before anything is written, with the error not fixed. Other topology
@@ -15,6 +16,10 @@ use fs_core::error::{ErrCode, Result};
 use fs_core::fsck_err::FsckErr;
 
 use super::{Finding, Mode, Problem, RecoveryCtx};
+
+/// The findings of nodes dropped: the btree in memory has placeholders for them.
+const DROPPED: [FsckErr; 3] =
+    [FsckErr::BtreeNodeUnreadable, FsckErr::BtreeNodeTopologyBadMinKey, FsckErr::BtreeNodeTopologyBadMaxKey];
 
 pub(super) fn run(ctx: &mut RecoveryCtx) -> Result<()> {
     let mut findings = Vec::new();
@@ -29,11 +34,11 @@ pub(super) fn run(ctx: &mut RecoveryCtx) -> Result<()> {
             "check_topology: {absent} nodes read without their replica on an absent member (degraded); rewritten on write-back"
         ));
     }
-    let lost = findings.iter().any(|f| f.err == FsckErr::BtreeNodeUnreadable);
-    if lost && ctx.mode != Mode::Check && !ctx.may_fix(FsckErr::BtreeNodeUnreadable) {
+    let unfixed = findings.iter().any(|f| DROPPED.contains(&f.err) && !ctx.may_fix(f.err));
+    if unfixed && ctx.mode != Mode::Check {
         // The empty nodes are in memory only: stopping before the filesystem may write keeps
         // them there.
-        ctx.stop = Some("btree nodes no replica of which reads are dropped only by fsck -y".to_owned());
+        ctx.stop = Some("btree nodes that cannot be read or trusted are dropped only by fsck -y".to_owned());
     }
     ctx.topology = nodes;
     // A node read from another replica was marked for a rewrite from it at the next
@@ -88,10 +93,19 @@ fn check(
     let mut all = Vec::new();
     for &btree in BtreeId::ALL {
         for lost in t.drop_unreadable(btree)? {
+            let (err, what) = if lost.error.matches(ErrCode::BtreeNodeBadMinKey) {
+                (FsckErr::BtreeNodeTopologyBadMinKey, "its pointer leads to another node")
+            } else if lost.error.matches(ErrCode::BtreeNodeBadMaxKey)
+                || lost.error.matches(ErrCode::BtreeNodeBadLevel)
+            {
+                (FsckErr::BtreeNodeTopologyBadMaxKey, "its pointer leads to another node")
+            } else {
+                (FsckErr::BtreeNodeUnreadable, "no replica reads")
+            };
             findings.push(Finding::new(
-                FsckErr::BtreeNodeUnreadable,
+                err,
                 format!(
-                    "btree {btree} level {} {}..{}: no replica reads ({}): dropped, its keys are lost",
+                    "btree {btree} level {} {}..{}: {what} ({}): dropped, its keys are lost",
                     lost.level, lost.min_key, lost.max_key, lost.error
                 ),
                 Some(Vec::new()),
