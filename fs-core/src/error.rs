@@ -136,6 +136,7 @@ errcodes! {
     InvalidSbOptions = "invalid_sb_options", InvalidSb, "superblock option invalid";
     InvalidSbJournal = "invalid_sb_journal", InvalidSb, "superblock journal bucket list invalid";
     InvalidSbClean = "invalid_sb_clean", InvalidSb, "superblock clean section invalid";
+    InvalidDump = "invalid_dump", Eio, "not a bcsim dump, or a damaged one";
     NoValidSuperblock = "no_valid_superblock", Eio, "no superblock copy on the device is valid";
     // EIO: btree
     BtreeNeedTopologyRepair = "btree_need_topology_repair", Eio, "btree topology is damaged: run fsck (check_topology)";

@@ -954,3 +954,28 @@ fn repro_1107_builds_the_same_set_and_recovery_meets_its_damage() {
     let out = bcsim(&[&["mount", "-o", "degraded"][..], &imgs].concat(), d.path());
     assert_eq!(out.code, 0, "{}{}", out.stdout, out.stderr);
 }
+
+/// A dump that is not one, or is cut short, fails undump with one line and exit 8 and leaves
+/// no image behind; an existing image is never replaced.
+#[test]
+fn undump_refuses_bad_dumps_and_replaces_nothing() {
+    let d = tmp();
+    let good = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/images/issue-1107/issue-1107.dump");
+    let bytes = std::fs::read(&good).unwrap();
+    std::fs::write(d.path().join("garbage.dump"), b"not a dump at all").unwrap();
+    std::fs::write(d.path().join("cut.dump"), &bytes[..bytes.len() / 2]).unwrap();
+    for (dump, dir) in [("garbage.dump", "g"), ("cut.dump", "c")] {
+        let out = bcsim(&["undump", dump, "--dir", dir], d.path());
+        assert_eq!(out.code, 8, "{dump}: {}", out.stderr);
+        assert_eq!(out.stderr.lines().count(), 1, "{dump}: {}", out.stderr);
+        assert!(out.stderr.contains("not a bcsim dump"), "{dump}: {}", out.stderr);
+        let left = std::fs::read_dir(d.path().join(dir)).map_or(0, |r| r.count());
+        assert_eq!(left, 0, "{dump}: nothing left behind");
+    }
+    std::fs::create_dir(d.path().join("e")).unwrap();
+    std::fs::write(d.path().join("e/nvme1.img"), b"mine").unwrap();
+    let out = bcsim(&["undump", good.to_str().unwrap(), "--dir", "e"], d.path());
+    assert_eq!(out.code, 8, "{}", out.stderr);
+    assert!(out.stderr.contains("replaces nothing"), "{}", out.stderr);
+    assert_eq!(std::fs::read(d.path().join("e/nvme1.img")).unwrap(), b"mine");
+}

@@ -2,6 +2,7 @@
 //! and prints; none of them decides anything about an image.
 
 mod demo;
+mod dump;
 mod format;
 mod fsck;
 mod list;
@@ -46,6 +47,8 @@ enum Command {
     Run(run::RunArgs),
     Demo(demo::DemoArgs),
     Repro(repro::ReproArgs),
+    Dump(dump::DumpArgs),
+    Undump(dump::UndumpArgs),
 }
 
 /// What a command returns: an exit code on success paths, an error otherwise.
@@ -71,6 +74,8 @@ pub fn main() -> u8 {
         (Command::Run(args), _) => run::run(args),
         (Command::Demo(args), _) => demo::run(args),
         (Command::Repro(args), _) => repro::run(args),
+        (Command::Dump(args), _) => dump::run_dump(args),
+        (Command::Undump(args), _) => dump::run_undump(args),
         (Command::Format(_), None) => Ok(exit::USAGE),
     };
     // A failed write to stdout fails a command that otherwise succeeded; a command that failed

@@ -1,0 +1,265 @@
+//! `bcsim dump` and `bcsim undump`: the metadata of an image set in one compressed file, to
+//! share a set that reproduces a problem without its data (`bcachefs dump` does this with qcow2
+//! files).
+//!
+//! What is kept of each image: the blocks of its superblock copies, of its journal buckets, and
+//! of every node-sized slot that begins with a btree node header of this filesystem, reachable
+//! or not (a stale node is evidence too); only blocks that hold something. Everything else
+//! (file data) reads back as zeros. Holes of the sparse images are never read.
+//!
+//! The file is gzip. Inside: a line `bcsim-dump 1`, a line of JSON (the uuid, and per image its
+//! name and size), then per image its runs of kept blocks, each `offset: u64 LE, len: u32 LE`
+//! and the bytes, ended by an offset of `u64::MAX`.
+
+use std::fs::File;
+use std::io::{BufRead, BufReader, BufWriter, Read, Write};
+use std::path::{Path, PathBuf};
+
+use flate2::Compression;
+use flate2::read::GzDecoder;
+use flate2::write::GzEncoder;
+use fs_core::btree::node::{BTREE_NODE_SALT, peek_header};
+use fs_core::error::{ErrCode, Error, Result, io_error};
+use fs_core::sb::{DeviceSet, SB_MAX_BYTES, SB_OFFSET_0, backup_offset, fs_magic};
+use serde_json::json;
+
+use crate::images::open_device_set;
+
+const MAGIC_LINE: &str = "bcsim-dump 1";
+/// Blocks are kept or dropped whole.
+const BLOCK: u64 = 4096;
+/// Bounds on what an undump believes: a header line, image count and size.
+const MAX_HEADER_BYTES: u64 = 1 << 20;
+const MAX_IMAGES: usize = 64;
+const MAX_IMAGE_BYTES: u64 = 1 << 52;
+const END: u64 = u64::MAX;
+
+/// What a dump wrote.
+#[derive(Debug)]
+pub struct DumpReport {
+    pub images: usize,
+    /// Metadata bytes kept, before compression.
+    pub kept_bytes: u64,
+    /// Size of the dump file.
+    pub file_bytes: u64,
+}
+
+/// The data extents of `file` from `from` on, as `[start, end)`: holes are skipped without being
+/// read.
+fn data_extents(file: &File, size: u64) -> Result<Vec<(u64, u64)>> {
+    use rustix::fs::{SeekFrom, seek};
+    let mut out = Vec::new();
+    let mut at = 0u64;
+    while at < size {
+        let start = match seek(file, SeekFrom::Data(at)) {
+            Ok(s) => s,
+            // No data after `at`.
+            Err(rustix::io::Errno::NXIO) => break,
+            Err(e) => {
+                return Err(io_error(
+                    std::io::Error::from(e),
+                    ErrCode::IoRead,
+                    "cannot find the data of an image",
+                ));
+            }
+        };
+        let end = seek(file, SeekFrom::Hole(start))
+            .map_err(|e| {
+                io_error(std::io::Error::from(e), ErrCode::IoRead, "cannot find the holes of an image")
+            })?
+            .min(size);
+        if end <= start {
+            break;
+        }
+        out.push((start, end));
+        at = end;
+    }
+    Ok(out)
+}
+
+/// Whether the block at `off` of member `dev` is metadata by place: a superblock copy or a
+/// journal bucket.
+fn metadata_by_place(set: &DeviceSet, dev: usize, size: u64, off: u64) -> bool {
+    let sb_copy = |at: u64| off + BLOCK > at && off < at + SB_MAX_BYTES;
+    if sb_copy(SB_OFFSET_0) || sb_copy(backup_offset(size)) {
+        return true;
+    }
+    let (Some(m), Some(member)) = (set.device(dev), set.sb.members.get(dev)) else { return false };
+    let bucket_size = u64::from(member.bucket_size);
+    bucket_size > 0 && m.sb.journal.ranges.iter().any(|r| r.contains(&(off / bucket_size)))
+}
+
+/// Writes the metadata of the images of one filesystem into `out`.
+pub fn dump(paths: &[PathBuf], out: &Path) -> Result<DumpReport> {
+    let set = open_device_set(paths, false)?;
+    let magic = fs_magic(&set.sb.uuid, BTREE_NODE_SALT);
+    let node_size = set.sb.opts.btree_node_size().max(BLOCK);
+    let mut images = Vec::new();
+    for p in paths {
+        let dev = usize::from(crate::images::read_image_super(p)?.sb.dev_idx);
+        images.push((dev, p.clone()));
+    }
+    images.sort_by_key(|(dev, _)| *dev);
+    let create = |e| io_error(e, ErrCode::IoWrite, "cannot write the dump").path(out.display().to_string());
+    let file = File::create(out).map_err(create)?;
+    let mut w = GzEncoder::new(BufWriter::new(file), Compression::default());
+    let header = json!({
+        "uuid": set.sb.uuid.to_string(),
+        "images": images.iter().map(|(dev, p)| json!({
+            "name": p.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default(),
+            "dev": dev,
+            "size": std::fs::metadata(p).map(|md| md.len()).unwrap_or(0),
+        })).collect::<Vec<_>>(),
+    });
+    writeln!(w, "{MAGIC_LINE}\n{header}").map_err(create)?;
+    let mut kept_bytes = 0u64;
+    let mut buf = vec![0u8; BLOCK as usize];
+    for (dev, path) in &images {
+        let name = path.display().to_string();
+        let read_err = |e| io_error(e, ErrCode::IoRead, "cannot read image").path(name.clone());
+        let f = File::open(path).map_err(read_err)?;
+        let size = f.metadata().map_err(read_err)?.len();
+        let mut slot: Option<(u64, bool)> = None;
+        for (start, end) in data_extents(&f, size).map_err(|e| e.path(name.clone()))? {
+            let mut off = start - start % BLOCK;
+            let mut run: Option<(u64, Vec<u8>)> = None;
+            while off < end {
+                use std::os::unix::fs::FileExt;
+                let n = BLOCK.min(size - off) as usize;
+                let b = buf.get_mut(..n).unwrap_or_default();
+                f.read_exact_at(b, off).map_err(read_err)?;
+                let slot_start = off - off % node_size;
+                let is_node = match slot {
+                    Some((s, node)) if s == slot_start => node,
+                    _ => {
+                        let node = if slot_start == off {
+                            peek_header(b, magic).is_some()
+                        } else {
+                            let mut head = vec![0u8; 512];
+                            f.read_exact_at(&mut head, slot_start).is_ok()
+                                && peek_header(&head, magic).is_some()
+                        };
+                        slot = Some((slot_start, node));
+                        node
+                    }
+                };
+                let keep = (is_node || metadata_by_place(&set, *dev, size, off)) && b.iter().any(|&x| x != 0);
+                if keep {
+                    kept_bytes += n as u64;
+                    match &mut run {
+                        Some((_, bytes)) => bytes.extend_from_slice(b),
+                        None => run = Some((off, b.to_vec())),
+                    }
+                } else if let Some(r) = run.take() {
+                    write_run(&mut w, r).map_err(create)?;
+                }
+                off += n as u64;
+            }
+            if let Some(r) = run.take() {
+                write_run(&mut w, r).map_err(create)?;
+            }
+        }
+        w.write_all(&END.to_le_bytes()).map_err(create)?;
+    }
+    let inner = w.finish().map_err(create)?;
+    let file = inner.into_inner().map_err(|e| create(e.into_error()))?;
+    file.sync_all().map_err(create)?;
+    let file_bytes = file.metadata().map_err(create)?.len();
+    Ok(DumpReport { images: images.len(), kept_bytes, file_bytes })
+}
+
+fn write_run(w: &mut impl Write, (off, bytes): (u64, Vec<u8>)) -> std::io::Result<()> {
+    w.write_all(&off.to_le_bytes())?;
+    w.write_all(&(bytes.len() as u32).to_le_bytes())?;
+    w.write_all(&bytes)
+}
+
+/// Restores the images of dump `file` into `dir` (created if needed); refuses to replace an
+/// existing file. Returns the images written, in member order.
+pub fn undump(file: &Path, dir: &Path) -> Result<Vec<PathBuf>> {
+    let name = file.display().to_string();
+    let bad =
+        |why: String| Error::new(ErrCode::InvalidDump, format!("not a bcsim dump: {why}")).path(name.clone());
+    let f = File::open(file)
+        .map_err(|e| io_error(e, ErrCode::IoRead, "cannot open the dump").path(name.clone()))?;
+    let mut r = BufReader::new(GzDecoder::new(f));
+    let mut line = String::new();
+    let read_line = |r: &mut BufReader<GzDecoder<File>>, line: &mut String| -> Result<()> {
+        line.clear();
+        r.by_ref()
+            .take(MAX_HEADER_BYTES)
+            .read_line(line)
+            .map_err(|e| bad(format!("header unreadable ({e})")))?;
+        Ok(())
+    };
+    read_line(&mut r, &mut line)?;
+    if line.trim_end() != MAGIC_LINE {
+        return Err(bad("no 'bcsim-dump 1' line".to_owned()));
+    }
+    read_line(&mut r, &mut line)?;
+    let header: serde_json::Value = serde_json::from_str(&line).map_err(|e| bad(format!("header: {e}")))?;
+    let list =
+        header.get("images").and_then(|v| v.as_array()).ok_or_else(|| bad("no image list".to_owned()))?;
+    if list.len() > MAX_IMAGES {
+        return Err(bad(format!("{} images", list.len())));
+    }
+    let mut images = Vec::new();
+    for img in list {
+        let n = img.get("name").and_then(|v| v.as_str()).unwrap_or_default();
+        let size = img.get("size").and_then(serde_json::Value::as_u64).unwrap_or(0);
+        let plain = !n.is_empty() && n != "." && n != ".." && !n.contains('/') && !n.contains('\0');
+        if !plain || size == 0 || size > MAX_IMAGE_BYTES {
+            return Err(bad(format!("image entry {img}")));
+        }
+        images.push((dir.join(n), size));
+    }
+    std::fs::create_dir_all(dir).map_err(|e| {
+        io_error(e, ErrCode::IoWrite, "cannot create directory").path(dir.display().to_string())
+    })?;
+    for (path, _) in &images {
+        if path.exists() {
+            return Err(Error::new(ErrCode::FsExists, "already exists: undump replaces nothing")
+                .path(path.display().to_string()));
+        }
+    }
+    // A dump that turns out damaged half way leaves nothing behind: the images it made go.
+    let mut made: Vec<&Path> = Vec::new();
+    let result = images.iter().try_for_each(|(path, size)| {
+        made.push(path);
+        restore_image(&mut r, path, *size, &bad)
+    });
+    if let Err(e) = result {
+        for p in made {
+            let _ = std::fs::remove_file(p);
+        }
+        return Err(e);
+    }
+    Ok(images.into_iter().map(|(p, _)| p).collect())
+}
+
+/// Writes one image of a dump from `r`: a sparse file of `size` bytes, then its runs.
+fn restore_image(r: &mut impl Read, path: &Path, size: u64, bad: &dyn Fn(String) -> Error) -> Result<()> {
+    use std::os::unix::fs::FileExt;
+    let pname = path.display().to_string();
+    let werr = |e| io_error(e, ErrCode::IoWrite, "cannot write image").path(pname.clone());
+    let out = File::create(path).map_err(werr)?;
+    out.set_len(size).map_err(werr)?;
+    loop {
+        let mut off = [0u8; 8];
+        r.read_exact(&mut off).map_err(|e| bad(format!("truncated ({e})")))?;
+        let off = u64::from_le_bytes(off);
+        if off == END {
+            break;
+        }
+        let mut len = [0u8; 4];
+        r.read_exact(&mut len).map_err(|e| bad(format!("truncated ({e})")))?;
+        let len = u64::from(u32::from_le_bytes(len));
+        if off.checked_add(len).is_none_or(|e| e > size) {
+            return Err(bad(format!("a run at {off} of {len} bytes past the image's {size}")));
+        }
+        let mut bytes = vec![0u8; len as usize];
+        r.read_exact(&mut bytes).map_err(|e| bad(format!("truncated ({e})")))?;
+        out.write_all_at(&bytes, off).map_err(werr)?;
+    }
+    out.sync_all().map_err(werr)
+}
