@@ -358,7 +358,16 @@ fn header_mismatch_on_cached_node_per_profile() {
         assert!(log[0].starts_with("btree node header doesn't match ptr: btree=alloc level=0"), "{log:?}");
         match behavior {
             Behavior::V1_37_5 | Behavior::V1_39 => assert!(r.unwrap().is_some()),
-            Behavior::Fixed => assert_eq!(r.unwrap_err().code(), ErrCode::BtreeNeedTopologyRepair),
+            Behavior::Fixed => {
+                assert_eq!(r.unwrap_err().code(), ErrCode::BtreeNeedTopologyRepair);
+                assert!(
+                    log.iter().any(|l| l.starts_with("check_topology scheduled: btree alloc")),
+                    "{log:?}"
+                );
+            }
+        }
+        if behavior != Behavior::Fixed {
+            assert!(!log.iter().any(|l| l.contains("check_topology scheduled")), "{log:?}");
         }
         // With header checks off (before check_allocations) nothing is checked.
         t.set_check_headers(false);

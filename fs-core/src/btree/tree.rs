@@ -384,7 +384,17 @@ impl Btrees {
         match self.cfg.behavior {
             // btree_bad_header() is void in both: the node is used anyway.
             Behavior::V1_37_5 | Behavior::V1_39 => Ok(()),
-            Behavior::Fixed => Err(err),
+            Behavior::Fixed => {
+                // The node is not used: whatever needs it (a lookup or flush in its range, a
+                // split through it) fails with this error, until check_topology repairs it.
+                if self.topology_errors == 1 {
+                    self.log.push(format!(
+                        "check_topology scheduled: btree {} has a node its pointer does not describe (fsck repairs it)",
+                        exp.btree
+                    ));
+                }
+                Err(err)
+            }
         }
     }
 
