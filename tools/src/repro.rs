@@ -5,10 +5,9 @@
 
 use std::path::{Path, PathBuf};
 
-use fs_core::bkey::BtreePtrV2;
 use fs_core::bkey::ptr::SECTOR_BYTES;
 use fs_core::bpos::BtreeId;
-use fs_core::btree::node::{Child, Node, NodeHeader, NodeKeys};
+use fs_core::btree::node::duplicated_pointer_bset;
 use fs_core::btree::{BtreeConfig, NodeInfo};
 use fs_core::error::{ErrCode, Error, Result, io_error};
 use fs_core::opts::{OptId, Options};
@@ -252,25 +251,7 @@ fn duplicate_alloc_pointer(set: &DeviceSet, nodes: &[NodeInfo], seed: u64) -> Re
     let (Some(&left), Some(&victim)) = (leaves.get(i - 1), leaves.get(i)) else {
         return Err(Error::internal("leaf index out of range"));
     };
-    let hdr = NodeHeader {
-        btree: BtreeId::Alloc,
-        level: 1,
-        min_key: parent.min_key,
-        max_key: parent.max_key,
-        seq: parent.seq,
-    };
-    let mut node = Node::new(hdr, parent.ptrs.clone());
-    let ptr = BtreePtrV2 {
-        seq: left.seq,
-        sectors_written: left.sectors_written,
-        min_key: victim.min_key,
-        ptrs: left.ptrs.clone(),
-    };
-    if let NodeKeys::Interior(m) = &mut node.keys {
-        m.insert(victim.max_key, Child { ptr, pending: true });
-    }
-    node.journal_seq = 1;
-    let bset = node.encode_bset(false);
+    let bset = duplicated_pointer_bset(parent, left, victim);
     let at = u64::from(parent.sectors_written) * SECTOR_BYTES;
     for p in &parent.ptrs {
         let m = set

@@ -327,6 +327,37 @@ impl Node {
     }
 }
 
+/// Damage as a bug in an interior update writes it: the bytes of one bset of interior node
+/// `parent`, to be appended after its written sectors, whose pointer for child `victim` carries
+/// the seq and location of child `left` (its neighbour), `victim`'s range kept. For scenario
+/// builders and tests.
+pub fn duplicated_pointer_bset(
+    parent: &crate::btree::NodeInfo,
+    left: &crate::btree::NodeInfo,
+    victim: &crate::btree::NodeInfo,
+) -> Vec<u8> {
+    let hdr = NodeHeader {
+        btree: parent.btree,
+        level: parent.level,
+        min_key: parent.min_key,
+        max_key: parent.max_key,
+        seq: parent.seq,
+    };
+    let ptr = BtreePtrV2 {
+        seq: left.seq,
+        sectors_written: left.sectors_written,
+        min_key: victim.min_key,
+        ptrs: left.ptrs.clone(),
+    };
+    let mut node = Node::new(hdr, Vec::new());
+    if let NodeKeys::Interior(m) = &mut node.keys {
+        m.insert(victim.max_key, Child { ptr, pending: true });
+    }
+    // An old journal seq: never blacklisted, never past the replay range.
+    node.journal_seq = 1;
+    node.encode_bset(false)
+}
+
 /// What a reader expects of a node, from the pointer that led to it.
 #[derive(Clone, Copy, Debug)]
 pub struct Expected {

@@ -812,3 +812,44 @@ fn node_encoding_is_pinned() {
     let children: Vec<(Bpos, BtreePtrV2)> = m.iter().map(|(p, c)| (*p, c.ptr.clone())).collect();
     assert_eq!(children, vec![(ptr_pos, ptr)]);
 }
+
+/// A pointer that carries its left neighbour's seq and location, its own range kept (a bset
+/// appended to the interior node, as the #1107 image set has it): the neighbour is reached and
+/// cached through its own pointer first, so the walk reaches it again through the duplicate,
+/// with header checks on or off, whether the profile uses a mismatching node or not.
+/// `drop_unreadable` drops that range for an empty node under a new seq, which the parent now
+/// points to; the neighbour keeps its place and its keys, and every other key stays.
+#[test]
+fn duplicated_pointer_is_dropped_and_the_neighbour_kept() {
+    use crate::btree::node::duplicated_pointer_bset;
+    let s = Setup::new(1, 1);
+    let (roots, all) = written_tree(&s);
+    let mut t = s.open(roots.clone(), Behavior::Fixed);
+    let infos = t.node_infos(BtreeId::Alloc).unwrap();
+    let parent = infos.iter().find(|n| n.level == 1).unwrap().clone();
+    let leaves: Vec<_> = infos.iter().filter(|n| n.level == 0).cloned().collect();
+    assert!(leaves.len() >= 3, "{} leaves", leaves.len());
+    let (left, victim) = (&leaves[0], &leaves[1]);
+    let bset = duplicated_pointer_bset(&parent, left, victim);
+    let at = u64::from(parent.sectors_written) * crate::bkey::ptr::SECTOR_BYTES;
+    s.devs[0].write_at(&bset, parent.ptrs[0].byte_offset() + at).unwrap();
+
+    let in_victim = |k: &&Bkey| k.pos >= victim.min_key && k.pos <= victim.max_key;
+    let want: Vec<Bkey> = all.iter().filter(|k| !in_victim(k)).cloned().collect();
+    for behavior in [Behavior::V1_37_5, Behavior::Fixed] {
+        for check_headers in [false, true] {
+            let mut t = s.open(roots.clone(), behavior);
+            t.set_check_headers(check_headers);
+            let lost = t.drop_unreadable(BtreeId::Alloc).unwrap();
+            assert_eq!(lost.len(), 1, "{lost:?}");
+            assert_eq!((lost[0].min_key, lost[0].max_key), (victim.min_key, victim.max_key));
+            assert!(lost[0].error.to_string().contains("header doesn't match ptr"), "{}", lost[0].error);
+            assert_eq!(contents(&mut t, BtreeId::Alloc), want, "only the duplicated range's keys are gone");
+            let infos = t.node_infos(BtreeId::Alloc).unwrap();
+            let level0: Vec<_> = infos.iter().filter(|n| n.level == 0).collect();
+            assert!(level0.iter().any(|n| n.seq == left.seq && n.max_key == left.max_key), "neighbour kept");
+            let placeholder = level0.iter().find(|n| n.min_key == victim.min_key).unwrap();
+            assert!(placeholder.seq != left.seq && placeholder.dirty && placeholder.nr_keys == 0);
+        }
+    }
+}

@@ -1067,69 +1067,54 @@ impl Btrees {
             let children: Vec<(Bpos, BtreePtrV2)> =
                 children.iter().map(|(&k, c)| (k, c.ptr.clone())).collect();
             for (max_key, ptr) in children {
-                match self.child(btree, seq, max_key) {
+                let error = match self.child(btree, seq, max_key) {
                     Ok(child) => match self.mismatch(btree, level, child, &ptr, max_key)? {
-                        None => stack.push(child),
-                        Some(error) => {
-                            // Another node than the pointer describes (a duplicated pointer):
-                            // that node stays where its own pointer leads; this range gets an
-                            // empty node of its own, under a new seq the parent now points to.
-                            let child_level = level.saturating_sub(1);
-                            let new = self.new_seq();
-                            self.install_placeholder(
-                                btree,
-                                child_level,
-                                new,
-                                ptr.min_key,
-                                max_key,
-                                Vec::new(),
-                            );
-                            let parent = self.node_mut(seq)?;
-                            if let NodeKeys::Interior(m) = &mut parent.keys {
-                                let ptr = BtreePtrV2 {
-                                    seq: new,
-                                    sectors_written: 0,
-                                    min_key: ptr.min_key,
-                                    ptrs: Vec::new(),
-                                };
-                                m.insert(max_key, Child { ptr, pending: true });
-                            }
-                            parent.dirty = true;
-                            lost.push(LostNode {
-                                btree,
-                                level: child_level,
-                                min_key: ptr.min_key,
-                                max_key,
-                                ptrs: ptr.ptrs,
-                                error,
-                            });
+                        None => {
+                            stack.push(child);
+                            continue;
                         }
+                        Some(error) => error,
                     },
-                    Err(error) if error.matches(ErrCode::Eio) => {
-                        let child_level = level.saturating_sub(1);
-                        self.install_placeholder(
-                            btree,
-                            child_level,
-                            ptr.seq,
-                            ptr.min_key,
-                            max_key,
-                            ptr.ptrs.clone(),
-                        );
-                        lost.push(LostNode {
-                            btree,
-                            level: child_level,
-                            min_key: ptr.min_key,
-                            max_key,
-                            ptrs: ptr.ptrs,
-                            error,
-                        });
-                    }
+                    Err(error) if error.matches(ErrCode::Eio) => error,
                     Err(e) => return Err(e),
-                }
+                };
+                lost.push(self.replace_child(btree, seq, level, max_key, ptr, error)?);
             }
         }
         self.last_leaf = None;
         Ok(lost)
+    }
+
+    /// Puts an empty node in place of the child of `parent` (at `parent_level`) ending at
+    /// `max_key`, which could not be read or is not the node `ptr` describes. It keeps the lost
+    /// node's seq and pointers, so the parent still leads to it and check_allocations still
+    /// sees its buckets in use, unless another node is cached under that seq (a duplicated
+    /// pointer reaching its neighbour): then it takes a new seq with no place yet, the parent
+    /// points to it, and the neighbour keeps its place.
+    fn replace_child(
+        &mut self,
+        btree: BtreeId,
+        parent: u64,
+        parent_level: u8,
+        max_key: Bpos,
+        ptr: BtreePtrV2,
+        error: Error,
+    ) -> Result<LostNode> {
+        let level = parent_level.saturating_sub(1);
+        if self.nodes.contains_key(&ptr.seq) {
+            let new = self.new_seq();
+            self.install_placeholder(btree, level, new, ptr.min_key, max_key, Vec::new());
+            let p = self.node_mut(parent)?;
+            if let NodeKeys::Interior(m) = &mut p.keys {
+                let to_new =
+                    BtreePtrV2 { seq: new, sectors_written: 0, min_key: ptr.min_key, ptrs: Vec::new() };
+                m.insert(max_key, Child { ptr: to_new, pending: true });
+            }
+            p.dirty = true;
+        } else {
+            self.install_placeholder(btree, level, ptr.seq, ptr.min_key, max_key, ptr.ptrs.clone());
+        }
+        Ok(LostNode { btree, level, min_key: ptr.min_key, max_key, ptrs: ptr.ptrs, error })
     }
 
     /// Whether cached node `child`, reached from a node at `parent_level` through `ptr` ending
