@@ -328,6 +328,27 @@ fn journal_replay_reports_progress() {
     m.fs.unmount().unwrap();
 }
 
+/// The long fsck passes report progress like journal replay, per btree they walk, against the
+/// keys check_topology counted ("check_allocations: extents: N%, done X/Y keys"); off by
+/// default. With a zero interval every look reports, so the test needs no clock.
+#[test]
+fn fsck_passes_report_progress() {
+    use bcsim::recovery::progress::{Progress, ProgressSink};
+    let devs = crashed(22, 300);
+    let quiet = FsckOpts { mode: FixMode::No, force: true, mount: manual() };
+    let r = fsck(set(&devs), &quiet).unwrap();
+    assert!(!r.log.iter().any(|l| l.contains("%, done ")), "{:#?}", r.log);
+    let progress = Progress { sink: ProgressSink::Log, every: Duration::ZERO };
+    let loud = FsckOpts { mount: MountOpts { progress, ..manual() }, ..quiet };
+    let r = fsck(set(&devs), &loud).unwrap();
+    for walk in ["check_allocations: extents: ", "check_dirents: dirents: ", "check_nlinks: dirents: "] {
+        let line = r.log.iter().find(|l| l.starts_with(walk)).cloned().unwrap_or_default();
+        let (pct, rest) = line.trim_start_matches(walk).split_once("%, done ").unwrap_or(("", ""));
+        let (done, total) = rest.trim_end_matches(" keys").split_once('/').unwrap_or(("", ""));
+        assert!(pct == "100" && done == total && !done.is_empty(), "{walk}: {:#?}", r.log);
+    }
+}
+
 /// Emergency read-only writes one thing: the unmount that finds it counts
 /// `emergency_read_only` in the superblock, which stays unclean (the journal is replayed next
 /// time). A simulated kernel BUG writes not even that: the superblock is untouched.

@@ -22,14 +22,14 @@ use crate::fs::read_alloc_keys;
 
 pub(super) fn run(ctx: &mut RecoveryCtx) -> Result<()> {
     let view = if ctx.fs.is_some() { None } else { ctx.alloc_view.take() };
-    let findings = ctx.with_view(|v| {
+    let findings = ctx.with_view(|mut v| {
         let alloc: BTreeMap<Bpos, AllocV4> = match view {
             Some(a) => a,
             None => read_alloc_keys(v.t, v.overlay)?.into_iter().collect(),
         };
         let mut findings = Vec::new();
         let mut have: BTreeMap<u8, Vec<(u64, u64)>> = BTreeMap::new();
-        v.t.for_each_key(BtreeId::Freespace, v.overlay, |k| {
+        v.for_each_key(BtreeId::Freespace, |k| {
             let dev = u8::try_from(k.pos.inode).unwrap_or(u8::MAX);
             have.entry(dev).or_default().push((k.pos.offset.saturating_sub(u64::from(k.size)), k.pos.offset));
             Ok(())
@@ -41,7 +41,7 @@ pub(super) fn run(ctx: &mut RecoveryCtx) -> Result<()> {
             check_device_runs(dev, &[], &keys, &mut findings);
         }
         let mut nd = BTreeSet::new();
-        v.t.for_each_key(BtreeId::NeedDiscard, v.overlay, |k| {
+        v.for_each_key(BtreeId::NeedDiscard, |k| {
             nd.insert(k.pos);
             Ok(())
         })?;

@@ -131,7 +131,7 @@ fn bucket_uses(
             }
         }
     }
-    v.t.for_each_key(BtreeId::Extents, v.overlay, |k| {
+    v.for_each_key(BtreeId::Extents, |k| {
         if k.ty != KeyType::Extent {
             return Ok(());
         }

@@ -14,7 +14,7 @@ pub(super) fn run(ctx: &mut RecoveryCtx) -> Result<()> {
     let findings = ctx.with_view(|mut v| {
         let inodes = inodes(&mut v)?;
         let mut findings = Vec::new();
-        v.t.for_each_key(BtreeId::Dirents, v.overlay, |k| {
+        v.for_each_key(BtreeId::Dirents, |k| {
             let d = Dirent::decode(k.val).map_err(|e| e.btree(BtreeId::Dirents).pos(k.pos))?;
             if !inodes.contains_key(&d.target) {
                 findings.push(Finding::new(
@@ -37,7 +37,7 @@ pub(super) fn run(ctx: &mut RecoveryCtx) -> Result<()> {
 /// Every inode, by number.
 pub(super) fn inodes(v: &mut View<'_>) -> Result<BTreeMap<u64, Inode>> {
     let mut inodes = BTreeMap::new();
-    v.t.for_each_key(BtreeId::Inodes, v.overlay, |k| {
+    v.for_each_key(BtreeId::Inodes, |k| {
         if k.ty == KeyType::Inode {
             inodes
                 .insert(k.pos.offset, Inode::decode(k.val).map_err(|e| e.btree(BtreeId::Inodes).pos(k.pos))?);

@@ -20,14 +20,14 @@ pub(super) fn run(ctx: &mut RecoveryCtx) -> Result<()> {
     let findings = ctx.with_view(|mut v| {
         let inodes = inodes(&mut v)?;
         let mut dying = BTreeSet::new();
-        v.t.for_each_key(BtreeId::DeletedInodes, v.overlay, |k| {
+        v.for_each_key(BtreeId::DeletedInodes, |k| {
             dying.insert(k.pos.offset);
             Ok(())
         })?;
         let mut links: HashMap<u64, u32> = HashMap::new();
         let mut subdirs: HashMap<u64, u32> = HashMap::new();
         let mut taken: BTreeSet<Bpos> = BTreeSet::new();
-        v.t.for_each_key(BtreeId::Dirents, v.overlay, |k| {
+        v.for_each_key(BtreeId::Dirents, |k| {
             taken.insert(k.pos);
             let d = Dirent::decode(k.val).map_err(|e| e.btree(BtreeId::Dirents).pos(k.pos))?;
             if inodes.contains_key(&d.target) {

@@ -40,6 +40,10 @@ pub(super) fn run(ctx: &mut RecoveryCtx) -> Result<()> {
         // them there.
         ctx.stop = Some("btree nodes that cannot be read or trusted are dropped only by fsck -y".to_owned());
     }
+    ctx.keys_per_btree.clear();
+    for n in nodes.iter().filter(|n| n.level == 0) {
+        *ctx.keys_per_btree.entry(n.btree).or_default() += n.nr_keys;
+    }
     ctx.topology = nodes;
     // A node read from another replica was marked for a rewrite from it at the next
     // write-back: any run that writes repairs it, whatever it may fix otherwise.

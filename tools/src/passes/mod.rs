@@ -207,6 +207,11 @@ pub struct RecoveryCtx {
     pub(crate) replay_pin: Option<JournalPin>,
     /// Every node check_topology read, for check_allocations.
     pub(crate) topology: Vec<NodeInfo>,
+    /// Keys in each btree's leaves, as check_topology counted them: the totals the long passes
+    /// report their progress against.
+    pub(crate) keys_per_btree: std::collections::BTreeMap<BtreeId, usize>,
+    /// The pass running, for its progress lines.
+    pub(crate) pass_name: &'static str,
     /// The alloc keys as check_allocations says they should be, for check_alloc_info.
     pub(crate) alloc_view: Option<BTreeMap<Bpos, AllocV4>>,
     /// The first seq the journal may use when no journal read says (roots from a node scan).
@@ -226,6 +231,49 @@ pub(crate) struct View<'a> {
     pub t: &'a mut Btrees,
     pub overlay: Option<&'a dyn KeyOverlay>,
     pub set: &'a DeviceSet,
+    /// Where a walk reports its progress.
+    walk: Walk<'a>,
+}
+
+/// What a walk of a whole btree needs to report progress: the pass, the totals, the log.
+struct Walk<'a> {
+    progress: crate::recovery::progress::Progress,
+    pass: &'static str,
+    totals: &'a std::collections::BTreeMap<BtreeId, usize>,
+    log: &'a mut Vec<String>,
+}
+
+/// Keys between looks at the clock in a walk.
+const WALK_TICK_KEYS: usize = 4096;
+
+impl View<'_> {
+    /// Every key of `btree` through the overlay, in order (`Btrees::for_each_key`), reporting
+    /// the pass's progress as journal replay does: `check_allocations: extents: N%, done X/Y
+    /// keys`, at most every interval.
+    pub fn for_each_key(
+        &mut self,
+        btree: BtreeId,
+        mut f: impl FnMut(fs_core::bkey::KeyRef<'_>) -> Result<()>,
+    ) -> Result<()> {
+        let w = &mut self.walk;
+        let total = w.totals.get(&btree).copied().unwrap_or(0);
+        let mut meter =
+            crate::recovery::progress::Meter::new(w.progress, format!("{}: {btree}", w.pass), "keys");
+        let mut done = 0usize;
+        let log = &mut *w.log;
+        let r = self.t.for_each_key(btree, self.overlay, |k| {
+            done += 1;
+            if done % WALK_TICK_KEYS == 0 {
+                meter.tick(done, total.max(done), log);
+            }
+            f(k)
+        });
+        if r.is_ok() {
+            meter.tick(done, total.max(done), log);
+        }
+        meter.finish();
+        r
+    }
 }
 
 impl RecoveryCtx {
@@ -256,6 +304,8 @@ impl RecoveryCtx {
             cfg,
             reclaim,
             progress: crate::recovery::progress::Progress::default(),
+            keys_per_btree: std::collections::BTreeMap::new(),
+            pass_name: "",
             journal: None,
             replay_done: false,
             btrees: None,
@@ -296,13 +346,19 @@ impl RecoveryCtx {
     /// the filesystem is assembled; the filesystem's after, through the keys until replay.
     pub(crate) fn with_view<R>(&mut self, f: impl FnOnce(View<'_>) -> Result<R>) -> Result<R> {
         let overlay = self.journal.as_ref().filter(|_| !self.replay_done).map(|j| &j.keys as &dyn KeyOverlay);
+        let walk = Walk {
+            progress: self.progress,
+            pass: self.pass_name,
+            totals: &self.keys_per_btree,
+            log: &mut self.log,
+        };
         match (&self.fs, &mut self.btrees, &self.set) {
             (Some(fs), _, _) => {
                 let mut t = fs.btrees();
                 let set = fs.set();
-                f(View { t: &mut t, overlay, set: &set })
+                f(View { t: &mut t, overlay, set: &set, walk })
             }
-            (None, Some(t), Some(set)) => f(View { t, overlay, set }),
+            (None, Some(t), Some(set)) => f(View { t, overlay, set, walk }),
             _ => Err(Error::internal("a pass ran before the btrees were opened")),
         }
     }
@@ -354,6 +410,7 @@ impl RecoveryCtx {
                     PassOutcome::Skipped("fsck -n writes nothing".to_owned())
                 }
                 PassImpl::Runs(run) => {
+                    self.pass_name = pass.name();
                     if !pass.flags().contains(PassFlags::SILENT) {
                         self.log.push(format!("starting {}", pass.name()));
                     }

@@ -41,15 +41,15 @@ impl Progress {
 /// One long piece of work being reported.
 pub struct Meter {
     progress: Progress,
-    what: &'static str,
+    what: String,
     unit: &'static str,
     last: Instant,
     bar_drawn: bool,
 }
 
 impl Meter {
-    pub fn new(progress: Progress, what: &'static str, unit: &'static str) -> Meter {
-        Meter { progress, what, unit, last: Instant::now(), bar_drawn: false }
+    pub fn new(progress: Progress, what: impl Into<String>, unit: &'static str) -> Meter {
+        Meter { progress, what: what.into(), unit, last: Instant::now(), bar_drawn: false }
     }
 
     /// Reports `done` of `total` if an interval has passed since the last report; log lines go
