@@ -5,7 +5,9 @@
 //! `need_discard` indexes kept consistent with them; watermarks and reserves; replica placement
 //! across a target's devices by durability; btree node allocation for the btree, following the
 //! live `metadata_replicas` and `metadata_target`; and discards of buckets whose emptying is
-//! durable. There is no wait list yet: a blocked request returns its error to the caller.
+//! durable. The wait list ([`wait`]) is where a refused request is to park until buckets are
+//! freed, options change, the filesystem goes emergency read-only or a timeout passes; nothing
+//! parks on it yet: a blocked request returns its error to the caller.
 //!
 //! It decides and returns alloc-key updates; it never commits them itself, and it never writes
 //! to a device.
@@ -19,6 +21,7 @@
 //! - [`node_alloc`]: [`BtreeNodeAlloc`], the btree's `NodeAllocator`.
 //! - `check`: `check_invariants`, the full consistency scan tests run after every step.
 //! - `bucket_set`: the bitmap behind the free list and the set of changed buckets.
+//! - [`wait`]: the [`WaitList`] refused requests park on.
 
 pub mod alloc;
 pub mod alloc_read;
@@ -28,9 +31,11 @@ mod check;
 pub mod device;
 pub mod node_alloc;
 mod placement;
+pub mod wait;
 pub mod watermark;
 
 pub use alloc::{AllocRequest, AllocatedBucket, Allocator, Taken};
 pub use device::{BucketState, DevUsage, DeviceInit, PENDING_SEQ, is_unused};
 pub use node_alloc::BtreeNodeAlloc;
+pub use wait::{Clock, Ticket, WaitList, Wake};
 pub use watermark::{Watermark, nr_btree_reserve, reserved_buckets};

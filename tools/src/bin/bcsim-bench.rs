@@ -24,6 +24,9 @@
 //! `key-cache [N]` (default 1M): N cached alloc keys updated through the key cache by 1 and by
 //! 2 threads, then flushed by journal reclaim; updates/s and flushes/s.
 //!
+//! `alloc-wait [N]` (default 2000): the wake latency of a request parked on the allocator's
+//! wait list after an option change, in process: median, p99 and max over N wakes.
+//!
 //! `alloc-info`: what alloc info costs as devices grow. On 8 sparse images of 4 GiB and of
 //! 1 TiB (`metadata_replicas=2`, default bucket sizes), each step in its own process: format,
 //! the first mount (open and unmount), the same small workload (300 operations, seed 1,
@@ -919,6 +922,46 @@ fn bench_key_cache(n: u64) -> Result<serde_json::Value, String> {
     Ok(json!({"bench": "key-cache", "runs": runs}))
 }
 
+/// Wake latency of a parked request after an option change: a waiter thread parks, the main
+/// thread waits until it is parked, stamps the time and changes the options; the waiter stamps
+/// the time it returns.
+fn bench_alloc_wait(n: u64) -> Result<serde_json::Value, String> {
+    use allocator::{Clock, WaitList, Wake};
+    use fs_core::opts::Behavior;
+    let mut lat: Vec<Duration> = Vec::with_capacity(n as usize);
+    let list = Arc::new(WaitList::new(2, 0, Clock::Manual));
+    for generation in 1..=n {
+        let ticket = list.ticket();
+        let waiter = {
+            let list = list.clone();
+            std::thread::spawn(move || {
+                let wake = list.wait(&ticket, &[0, 1], Duration::MAX, Behavior::Fixed);
+                (wake, Instant::now())
+            })
+        };
+        while list.parked() == 0 {
+            std::thread::yield_now();
+        }
+        let t = Instant::now();
+        list.options_changed(generation);
+        let (wake, woke) = waiter.join().map_err(|_| "waiter panicked".to_owned())?;
+        if wake != (Wake::Options { generation }) {
+            return Err(format!("woke with {wake:?}, expected generation {generation}"));
+        }
+        lat.push(woke.saturating_duration_since(t));
+    }
+    lat.sort_unstable();
+    let at = |q: f64| lat.get(((lat.len() as f64 - 1.0) * q) as usize).map_or(0.0, |d| d.as_secs_f64() * 1e6);
+    Ok(json!({
+        "bench": "alloc-wait",
+        "wakes": n,
+        "median_us": at(0.5),
+        "p99_us": at(0.99),
+        "max_us": at(1.0),
+        "target_us": 1000,
+    }))
+}
+
 fn main() -> std::process::ExitCode {
     let args: Vec<String> = std::env::args().collect();
     let which = args.get(1).map_or("format", String::as_str);
@@ -942,13 +985,14 @@ fn main() -> std::process::ExitCode {
         ),
         "alloc-info" => bench_alloc_info(),
         "key-cache" => bench_key_cache(n_arg(2, 1_000_000)),
+        "alloc-wait" => bench_alloc_wait(n_arg(2, 2000)),
         "alloc-info-step" => alloc_info_step(
             args.get(2).map_or("", String::as_str),
             Path::new(args.get(3).map_or("", String::as_str)),
             n_arg(4, 4 << 30),
         ),
         other => Err(format!(
-            "unknown benchmark '{other}': expected format, btree, recovery, alloc-info or key-cache"
+            "unknown benchmark '{other}': expected format, btree, recovery, alloc-info, key-cache or alloc-wait"
         )),
     };
     match result {
