@@ -27,8 +27,8 @@ pub struct ReproArgs {
     /// Directory to build the image set in (created if needed; images in it are replaced)
     #[arg(long, value_name = "DIR")]
     dir: PathBuf,
-    /// Journal keys to aim for: the workload's length follows from it. The report's recovery
-    /// read 29M keys; the default keeps the build to seconds
+    /// Journal keys the mount should read, about: the workload's length follows from it. The
+    /// report's recovery read 29M keys; the default keeps the build to seconds
     #[arg(long, value_name = "N", default_value_t = 6000)]
     keys: u64,
     /// Seed of the workload and of every damage step
