@@ -230,12 +230,59 @@ pub fn matching_prefixes(fs: &mut Fs, ops: &[Op], from: usize, to: usize) -> Res
 /// What [`run_on_images`] did.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct RunReport {
+    /// The directory the workload ran in: `/` on a filesystem it has not run on, else the
+    /// first free `/run<N>`.
+    pub dir: String,
     pub ops_run: usize,
     /// Operations done when the last fsync returned.
     pub last_fsync_after: usize,
     pub crashed: bool,
     pub unflushed_writes_lost: u64,
     pub mount_log: Vec<String>,
+}
+
+/// The directory a workload runs in when the filesystem already holds a name it would create at
+/// the top (a workload ran there before): the first free `/run<N>`, made now. `None`: the top.
+fn own_dir(fs: &mut Fs, files: &mut Files, work: &[Op]) -> Result<Option<String>> {
+    let top = |op: &Op| -> Option<String> {
+        let path = match op {
+            Op::Mkdir { path } | Op::Create { path } => path,
+            _ => return None,
+        };
+        path.split('/').find(|p| !p.is_empty()).map(str::to_owned)
+    };
+    let mut collides = false;
+    for name in work.iter().filter_map(top) {
+        if Files::lookup(fs, crate::files::ROOT_INO, &name)?.is_some() {
+            collides = true;
+            break;
+        }
+    }
+    if !collides {
+        return Ok(None);
+    }
+    for n in 1u64.. {
+        let name = format!("run{n}");
+        if Files::lookup(fs, crate::files::ROOT_INO, &name)?.is_none() {
+            files.create(fs, crate::files::ROOT_INO, &name, true)?;
+            return Ok(Some(format!("/{name}")));
+        }
+    }
+    Ok(None)
+}
+
+/// `op` with its paths moved under directory `dir`.
+fn under(dir: &str, op: &Op) -> Op {
+    let p = |path: &str| format!("{dir}{path}");
+    match op {
+        Op::Mkdir { path } => Op::Mkdir { path: p(path) },
+        Op::Create { path } => Op::Create { path: p(path) },
+        Op::Write { path, chunk, seed } => Op::Write { path: p(path), chunk: *chunk, seed: *seed },
+        Op::Truncate { path, chunks } => Op::Truncate { path: p(path), chunks: *chunks },
+        Op::Unlink { path } => Op::Unlink { path: p(path) },
+        Op::Rename { from, to } => Op::Rename { from: p(from), to: p(to) },
+        Op::Fsync => Op::Fsync,
+    }
 }
 
 /// Mounts the images, runs `ops` operations generated from `seed`, then unmounts cleanly or,
@@ -284,8 +331,13 @@ pub fn run_on_images_with(
     let mut files = Files::new(&mut fs)?;
     let stop = crash_after.unwrap_or(ops);
     let mut last_fsync_after = 0;
+    let mut work = generate(seed, ops);
+    let dir = own_dir(&mut fs, &mut files, &work)?;
+    if let Some(d) = &dir {
+        work = work.iter().map(|op| under(d, op)).collect();
+    }
     let t0 = std::time::Instant::now();
-    for (i, op) in generate(seed, ops).iter().take(stop).enumerate() {
+    for (i, op) in work.iter().take(stop).enumerate() {
         run_op(&mut fs, &mut files, op)
             .map_err(|e| e.prefix(format_args!("operation {} ({op:?})", i + 1)))?;
         fs.tick(t0 + std::time::Duration::from_millis(i as u64 + 1))?;
@@ -304,6 +356,7 @@ pub fn run_on_images_with(
         fs.unmount()?;
     }
     Ok(RunReport {
+        dir: dir.unwrap_or_else(|| "/".to_owned()),
         ops_run: stop,
         last_fsync_after,
         crashed: crash_after.is_some(),

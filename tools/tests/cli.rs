@@ -979,3 +979,18 @@ fn undump_refuses_bad_dumps_and_replaces_nothing() {
     assert!(out.stderr.contains("replaces nothing"), "{}", out.stderr);
     assert_eq!(std::fs::read(d.path().join("e/nvme1.img")).unwrap(), b"mine");
 }
+
+/// `run` on a filesystem it already ran on works in a directory of its own (`/run1`, then
+/// `/run2`), instead of failing on the names the first run made; the filesystem checks clean.
+#[test]
+fn run_again_works_in_a_directory_of_its_own() {
+    let d = tmp();
+    format_ok(d.path(), &["--size", "128M", "a.img"]);
+    for want in ["in /;", "in /run1;", "in /run2;"] {
+        let out = bcsim(&["run", "--ops", "60", "--seed", "5", "a.img"], d.path());
+        assert_eq!(out.code, 0, "{}{}", out.stdout, out.stderr);
+        assert!(out.stdout.contains(want), "{want}: {}", out.stdout);
+    }
+    let out = bcsim(&["fsck", "-nf", "a.img"], d.path());
+    assert_eq!(out.code, 0, "{}{}", out.stdout, out.stderr);
+}

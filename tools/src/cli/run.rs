@@ -49,20 +49,21 @@ pub fn run(args: RunArgs) -> CmdResult {
     let r = run_on_images(&args.images, args.ops, args.seed, args.crash_after, &mopts)?;
     if args.json {
         print_json(&json!({
-            "seed": args.seed, "ops_run": r.ops_run, "last_fsync_after_op": r.last_fsync_after,
+            "seed": args.seed, "dir": r.dir, "ops_run": r.ops_run, "last_fsync_after_op": r.last_fsync_after,
             "crashed": r.crashed, "unflushed_writes_lost": r.unflushed_writes_lost,
         }));
     } else if r.crashed {
         outln!(
-            "ran {} of {} operations (seed {}), last fsync after operation {}; crashed: {} unflushed writes lost",
+            "ran {} of {} operations (seed {}) in {}, last fsync after operation {}; crashed: {} unflushed writes lost",
             r.ops_run,
             args.ops,
             args.seed,
+            r.dir,
             r.last_fsync_after,
             r.unflushed_writes_lost
         );
     } else {
-        outln!("ran {} operations (seed {}); unmounted cleanly", r.ops_run, args.seed);
+        outln!("ran {} operations (seed {}) in {}; unmounted cleanly", r.ops_run, args.seed, r.dir);
     }
     Ok(exit::OK)
 }
