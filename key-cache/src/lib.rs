@@ -35,9 +35,10 @@
 //!    it finds none only if the btree changed under a dirty entry: a lookup that reaches a
 //!    different node than the fill did.
 //!
-//! Not modelled yet: the dirty thresholds that kick reclaim (1024 + nr/2) and throttle commits
-//! (4096 + 3/4 nr), and eviction of clean entries; transactions do not fill the cache (they
-//! update entries journal replay made).
+//! 6. **Pressure.** Above 1024 + nr/2 dirty entries journal reclaim flushes pins; above
+//!    4096 + 3/4·nr a commit flushes them itself before it returns (it is throttled)
+//!    ([`KeyCache::pressure`]). Clean entries are evicted by a clock sweep ([`KeyCache::evict`]):
+//!    one not accessed since the last sweep goes, the others lose ACCESSED; a dirty one stays.
 //!
 //! Lock order: the caller's btree lock, the entry map, an entry, the journal. The flush takes
 //! no map lock and takes the btree lock with no entry lock held.
@@ -130,6 +131,26 @@ pub fn fill_rule(behavior: Behavior, input: FillInput) -> Fill {
             Fill { immediate_flush: deleted_somewhere || key.is_none(), key }
         }
     }
+}
+
+/// How far the dirty entries are past the thresholds (rule 6).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Pressure {
+    None,
+    /// Journal reclaim should flush pins.
+    Reclaim,
+    /// A commit should wait for (here: do) the flushing itself.
+    Throttle,
+}
+
+/// Dirty entries past which reclaim starts: 1024 + half the entries.
+pub fn reclaim_threshold(nr_keys: usize) -> usize {
+    1024 + nr_keys / 2
+}
+
+/// Dirty entries past which commits are throttled: 4096 + three quarters of the entries.
+pub fn throttle_threshold(nr_keys: usize) -> usize {
+    4096 + nr_keys / 4 * 3
 }
 
 /// Where an update went.
@@ -240,6 +261,48 @@ impl KeyCache {
         }
     }
 
+    /// Where the dirty entries stand against the thresholds (rule 6).
+    pub fn pressure(&self) -> Pressure {
+        let (dirty, nr) = (self.nr_dirty(), self.nr_keys());
+        if dirty > throttle_threshold(nr) {
+            Pressure::Throttle
+        } else if dirty > reclaim_threshold(nr) {
+            Pressure::Reclaim
+        } else {
+            Pressure::None
+        }
+    }
+
+    /// One sweep of the eviction clock while more than `keep` entries are held: a clean entry
+    /// not accessed since the last sweep is dropped, an accessed one loses ACCESSED (a second
+    /// chance), a dirty one stays. Returns how many were dropped.
+    pub fn evict(&self, keep: usize) -> usize {
+        let mut entries = self.entries.lock();
+        let mut excess = entries.len().saturating_sub(keep);
+        if excess == 0 {
+            return 0;
+        }
+        let before = entries.len();
+        entries.retain(|_, e| {
+            if excess == 0 {
+                return true;
+            }
+            let mut st = e.state.lock();
+            if st.flags.contains(EntryFlags::DIRTY) {
+                return true;
+            }
+            if st.flags.contains(EntryFlags::ACCESSED) {
+                st.flags.remove(EntryFlags::ACCESSED);
+                return true;
+            }
+            excess -= 1;
+            false
+        });
+        let dropped = before - entries.len();
+        self.nr_keys.fetch_sub(dropped, Ordering::AcqRel);
+        dropped
+    }
+
     /// Drops every entry, once all are clean (after the pins are flushed): what holds a key
     /// the btree does not have yet cannot be dropped.
     pub fn clear(&self) -> Result<()> {
@@ -319,8 +382,10 @@ impl KeyCache {
                 e
             }
         };
-        drop(entries);
+        // The entry's lock is taken before the map's is given up, so an eviction sweep (which
+        // takes the map, then entries) cannot drop the entry between the two.
         let mut st = entry.state.lock();
+        drop(entries);
         if st.pin.is_none() {
             // Rule 5 of the journal pins: added under the lock the callback takes.
             let flush = Arc::new(EntryPin { cache: self.me.clone(), entry: entry.clone() });
@@ -332,6 +397,13 @@ impl KeyCache {
         st.updates += 1;
         st.flags.insert(EntryFlags::DIRTY | EntryFlags::ACCESSED);
         Ok(Update::Cached)
+    }
+
+    /// Drops the entry at `pos`, if any, with its pin: the caller has written a newer key into
+    /// the btree itself (rule 2).
+    pub fn invalidate(&self, journal: &Journal, btree: BtreeId, pos: Bpos) -> Result<()> {
+        let entry = self.entries.lock().remove(&(btree, pos));
+        self.drop_entry(journal, entry)
     }
 
     /// Drops an entry a write-through superseded, with its pin (rule 2).

@@ -323,3 +323,39 @@ fn run_ops(ops: &[Op]) -> std::result::Result<(), TestCaseError> {
     prop_assert_eq!((cache.nr_dirty(), j.nr_pins()), (0, 0));
     Ok(())
 }
+
+/// Rule 6: the dirty entries against the thresholds (1024 + nr/2 starts reclaim, 4096 + 3/4 nr
+/// throttles), and the eviction clock: a clean entry not accessed since the last sweep goes,
+/// an accessed one gets a second chance, a dirty one is never dropped.
+#[test]
+fn pressure_thresholds_and_eviction() {
+    use key_cache::{Pressure, reclaim_threshold, throttle_threshold};
+    assert_eq!((reclaim_threshold(0), throttle_threshold(0)), (1024, 4096));
+    assert_eq!((reclaim_threshold(10_000), throttle_threshold(10_000)), (6024, 11_596));
+    let tree = Tree::default();
+    let n = 5000u64;
+    for i in 0..n {
+        tree.keys.lock().insert(Bpos::new(0, i, 0), key(i, 0));
+    }
+    let (tree, cache, j) = setup(Behavior::Fixed, tree);
+    let mut seen = Vec::new();
+    let seq = commit(&j);
+    for i in 0..n {
+        cache.update(&j, BtreeId::Alloc, key(i, 1), seq, from(&tree, Bpos::new(0, i, 0))).unwrap();
+        seen.push(cache.pressure());
+    }
+    written(&j);
+    // All entries dirty: nr == dirty, so reclaim starts past 2048 and throttling past 16384.
+    assert_eq!(seen[2047], Pressure::None);
+    assert_eq!(seen[2048], Pressure::Reclaim);
+    assert_eq!(seen[4999], Pressure::Reclaim);
+    assert_eq!(cache.evict(0), 0, "dirty entries are never evicted");
+    j.flush_all_pins().unwrap();
+    assert_eq!(cache.pressure(), Pressure::None);
+    // Every entry was accessed by its update: the first sweep only takes that away.
+    assert_eq!(cache.evict(1000), 0);
+    assert!(cache.get(BtreeId::Alloc, Bpos::new(0, 7, 0)).is_some(), "accessed again");
+    assert_eq!(cache.evict(1000), 4000);
+    assert_eq!(cache.nr_keys(), 1000);
+    assert!(cache.entry(BtreeId::Alloc, Bpos::new(0, 7, 0)).is_some(), "the accessed entry stays");
+}

@@ -349,6 +349,57 @@ fn fsck_passes_report_progress() {
     }
 }
 
+/// A transaction's alloc keys go through the key cache at run time: a bucket whose alloc key
+/// the btree already holds is updated in a dirty entry, pinned in the journal, which `Fs::get`
+/// and `Fs::list` see and the btree does not yet. The unmount flushes it: after a remount the
+/// btree holds the cached key. A crash instead loses the entry and the journal brings the key
+/// back.
+#[test]
+fn alloc_updates_go_through_the_key_cache_at_run_time() {
+    for crash_it in [false, true] {
+        let devs = devices(31);
+        for d in &devs {
+            d.set_volatile_cache(true);
+        }
+        let mut fs = mount(set(&devs), &manual()).unwrap().fs;
+        let mut files = Files::new(&mut fs).unwrap();
+        let cache = fs.shared().key_cache().cloned().unwrap();
+        let mut seen = None;
+        for (i, op) in generate(31, 400).iter().enumerate() {
+            run_op(&mut fs, &mut files, op).unwrap();
+            if i % 50 == 49 {
+                fs.write_back().unwrap();
+            }
+            if cache.nr_dirty() > 0 && seen.is_none() {
+                let listed = fs.list(BtreeId::Alloc, Bpos::MIN, Bpos::MAX).unwrap();
+                let t = &mut fs.btrees();
+                seen = listed.into_iter().find(|k| t.get(BtreeId::Alloc, k.pos).unwrap().as_ref() != Some(k));
+            }
+        }
+        let cached = seen.expect("no alloc key was ever cached ahead of the btree");
+        let now = fs.get(BtreeId::Alloc, cached.pos).unwrap().unwrap();
+        if crash_it {
+            drop(files);
+            drop(fs);
+            for d in &devs {
+                d.crash(CrashMode::DropUnflushed).unwrap();
+            }
+        } else {
+            drop(files);
+            fs.unmount().unwrap();
+        }
+        let m = mount(set(&devs), &manual()).unwrap();
+        let back = m.fs.btrees().get(BtreeId::Alloc, cached.pos).unwrap();
+        if !crash_it {
+            assert_eq!(back, Some(now), "the unmount wrote the cached key back");
+        }
+        assert!(back.is_some(), "crash {crash_it}: the alloc key survives");
+        m.fs.unmount().unwrap();
+        let report = bcsim_tests::fsck_n(&devs.iter().map(|d| d.clone() as SharedDevice).collect::<Vec<_>>());
+        assert!(report.problems.is_empty(), "crash {crash_it}: {:#?}", report.problems);
+    }
+}
+
 /// Emergency read-only writes one thing: the unmount that finds it counts
 /// `emergency_read_only` in the superblock, which stays unclean (the journal is replayed next
 /// time). A simulated kernel BUG writes not even that: the superblock is untouched.

@@ -314,9 +314,13 @@ impl Fs {
         self.shared.bucket_size(dev)
     }
 
-    /// The key at `pos` in `btree`.
+    /// The key at `pos` in `btree`, through the key cache: an entry holds the newest key.
     pub fn get(&self, btree: BtreeId, pos: Bpos) -> Result<Option<Bkey>> {
-        self.btrees().get(btree, pos)
+        let mut t = self.btrees();
+        if let Some(k) = self.shared.key_cache().and_then(|c| c.get(btree, pos)) {
+            return Ok(Some(k));
+        }
+        t.get(btree, pos)
     }
 
     /// The last key at or before `pos`.
@@ -329,11 +333,13 @@ impl Fs {
         let mut t = self.btrees();
         let mut it = t.iter(btree, start);
         let mut out = Vec::new();
+        let cache = self.shared.key_cache().filter(|c| c.nr_keys() > 0);
         while let Some(k) = it.next(&mut t, None)? {
             if k.pos > end {
                 break;
             }
-            out.push(k);
+            // An entry sits only over a live btree key, and holds the newer key.
+            out.push(cache.and_then(|c| c.get(btree, k.pos)).unwrap_or(k));
         }
         Ok(out)
     }
@@ -370,7 +376,13 @@ impl Fs {
             self.shared.record_emergency_ro();
             return Err(e);
         }
-        let r = self.shared.write_back().and_then(|()| self.shared.journal_rw()?.flush());
+        // The key cache's dirty entries first (their pins' flushes), then what they dirtied.
+        let r = self
+            .shared
+            .journal_rw()
+            .and_then(|j| j.flush_all_pins())
+            .and_then(|_| self.shared.write_back())
+            .and_then(|()| self.shared.journal_rw()?.flush());
         let seq = match r {
             Ok(seq) => seq,
             Err(e) => {

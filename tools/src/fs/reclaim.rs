@@ -2,8 +2,8 @@
 //!
 //! It wakes when the open journal entry's `journal_flush_delay` ends, and at least every
 //! [`IDLE_WAKE`]. Each time it writes the open entry if its delay is over
-//! ([`journal::Journal::tick`]) and, when the journal is more than half full, flushes journal
-//! pins, which writes back what they protect. A failure puts the filesystem into emergency
+//! ([`journal::Journal::tick`]) and, when the journal is more than half full or the key cache
+//! is past its reclaim threshold, flushes journal pins, which writes back what they protect. A failure puts the filesystem into emergency
 //! read-only (the journal reports failed pin flushes itself) and ends the thread; stopping it
 //! hands that failure to whoever stops it.
 //!
@@ -85,11 +85,18 @@ fn run(s: &Shared, fs: &Weak<FsShared>) -> Result<()> {
     }
 }
 
-/// One round of reclaim: the flush delay, then pins if the journal is filling.
+/// Clean key cache entries kept at most; a sweep of the eviction clock runs past it.
+pub(crate) const KEY_CACHE_KEEP: usize = 1 << 16;
+
+/// One round of reclaim: the flush delay, then pins if the journal is filling or the key cache
+/// holds more dirty entries than its reclaim threshold; then a sweep of the key cache's
+/// eviction clock if it holds too many entries.
 pub(crate) fn step(fs: &FsShared, now: Instant) -> Result<()> {
     let Some(journal) = fs.journal() else { return Ok(()) };
     journal.tick(now)?;
-    if journal.wants_reclaim() {
+    let cache = fs.key_cache();
+    let dirty_cache = cache.is_some_and(|c| c.pressure() != key_cache::Pressure::None);
+    if journal.wants_reclaim() || dirty_cache {
         match journal.flush_pins(journal.seq().saturating_sub(1)) {
             // Not now: the reserve is gone until a foreground flush frees journal space.
             Err(e) if e.matches(fs_core::error::ErrCode::JournalReclaimWouldDeadlock) => {}
@@ -97,6 +104,9 @@ pub(crate) fn step(fs: &FsShared, now: Instant) -> Result<()> {
                 r?;
             }
         }
+    }
+    if let Some(c) = cache {
+        c.evict(KEY_CACHE_KEEP);
     }
     Ok(())
 }

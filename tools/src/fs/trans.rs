@@ -59,6 +59,22 @@ impl CommitFlags {
     pub(crate) const RECLAIM: CommitFlags = CommitFlags { wm: JournalWatermark::Reclaim, may_wait: false };
 }
 
+/// How [`FsShared::apply`] treats positions of the key cache.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Route {
+    /// A transaction: cached btrees' keys go through the cache.
+    Cache,
+    /// Write-back's publication: everything into the btree; entries there are dropped.
+    WriteThrough,
+}
+
+/// The btrees whose transactions go through the key cache at run time: alloc, whose keys every
+/// data write and discard updates. (bcachefs caches inodes too; bcsim's file layer reads and
+/// lists inodes straight from the btree, so it does not yet.)
+fn runtime_cached(btree: BtreeId) -> bool {
+    btree == BtreeId::Alloc
+}
+
 /// What undoing applied updates takes: each position's previous key, in apply order.
 type Undo = Vec<(BtreeId, Bpos, Option<Bkey>)>;
 
@@ -145,7 +161,23 @@ impl FsShared {
             by_bucket.into_iter().filter(|(_, d)| *d != 0).map(|((dev, b), d)| (dev, b, d)).collect();
         let seq = self.commit_waiting(&mut updates, &sectors, CommitFlags::NORMAL)?;
         self.maybe_publish()?;
+        self.throttle_on_key_cache(seq)?;
         Ok(seq)
+    }
+
+    /// A commit that leaves the key cache past its throttle threshold flushes the pins below
+    /// its own seq before it returns: it does the reclaim it would otherwise wait for.
+    fn throttle_on_key_cache(&self, seq: u64) -> Result<()> {
+        if self.key_cache.as_ref().is_some_and(|c| c.pressure() == key_cache::Pressure::Throttle) {
+            match self.journal_rw()?.flush_pins(seq.saturating_sub(1)) {
+                // Not now: reclaim's reserve is gone; the next commit tries again.
+                Err(e) if e.matches(ErrCode::JournalReclaimWouldDeadlock) => {}
+                r => {
+                    r?;
+                }
+            }
+        }
+        Ok(())
     }
 
     /// Has write-back publish the node alloc keys waiting for it once there are many: they must
@@ -324,7 +356,7 @@ impl FsShared {
         }
         let res = journal.reserve(bytes, flags.wm)?;
         let seq = res.seq();
-        let undo = match self.apply(t, updates, seq) {
+        let undo = match self.apply(t, updates, seq, Route::Cache) {
             Ok(undo) => undo,
             Err(e) => {
                 journal.cancel(res);
@@ -360,7 +392,7 @@ impl FsShared {
             sectors.iter().filter(|s| s.2 != 0).map(|&(dev, b, d)| (dev, b, DataType::User, d)).collect();
         alloc.add_sectors_all(&changes, seq)?;
         let taken = alloc.take_updates_of(&buckets, seq);
-        match self.apply(t, &taken.updates, seq) {
+        match self.apply(t, &taken.updates, seq, Route::Cache) {
             Ok(_) => Ok(taken.updates),
             Err(e) => {
                 alloc.untake(taken);
@@ -377,34 +409,49 @@ impl FsShared {
     /// Applies updates to the btrees; on failure undoes the ones applied and returns the
     /// error. On success returns what undoing them takes.
     ///
-    /// A position the key cache holds an entry for (keys journal replay put there) is updated
-    /// through the entry, so that its later flush never overwrites a newer key with an older
-    /// one: live keys go to the entry once every btree insert has succeeded (a cache update does
-    /// not fail, so nothing there needs undoing); deletions go to the btree like any other, and
-    /// then drop the entry.
-    fn apply(&self, t: &mut Btrees, updates: &[(BtreeId, Bkey)], seq: u64) -> Result<Undo> {
+    /// With `Route::Cache` (transactions), a live key of a btree the key cache holds at run time
+    /// (alloc) goes to the cache when the position has an entry or a live btree key to fill one
+    /// from: the entry is dirty and pinned at `seq`, and its flush writes it back later. Cache
+    /// updates are made once every btree insert has succeeded (they do not fail, so nothing
+    /// there needs undoing). A deletion, and a key with nothing to fill from, go into the btree
+    /// and drop the entry, if any. With `Route::WriteThrough` (write-back's publication) every
+    /// key goes into the btree and drops the entry at its position: publication never makes
+    /// the cache dirty, so write-back settles.
+    fn apply(&self, t: &mut Btrees, updates: &[(BtreeId, Bkey)], seq: u64, route: Route) -> Result<Undo> {
         let mut undo: Undo = Vec::with_capacity(updates.len());
         let mut to_cache = Vec::new();
+        let mut to_drop = Vec::new();
         for (btree, k) in updates {
-            if self.key_cache.as_ref().is_some_and(|c| c.has_entry(*btree, k.pos)) {
-                to_cache.push((*btree, k));
-                if !k.is_deleted() {
-                    continue;
-                }
-            }
             let old = match t.get(*btree, k.pos) {
                 Ok(old) => old,
                 Err(e) => return Err(self.undo(t, undo, seq, e)),
             };
+            if let Some(cache) = &self.key_cache {
+                let entry = cache.has_entry(*btree, k.pos);
+                let fill_from = old.as_ref().is_some_and(|o| !o.is_deleted());
+                let cached = route == Route::Cache
+                    && !k.is_deleted()
+                    && (entry || (runtime_cached(*btree) && fill_from));
+                if cached {
+                    to_cache.push((*btree, k, old));
+                    continue;
+                }
+                if entry {
+                    to_drop.push((*btree, k.pos));
+                }
+            }
             if let Err(e) = t.insert(*btree, k.clone(), seq) {
                 return Err(self.undo(t, undo, seq, e));
             }
             undo.push((*btree, k.pos, old));
         }
         if let (Some(cache), Some(journal)) = (&self.key_cache, &self.journal) {
-            for (btree, k) in to_cache {
-                let none = || Err(Error::internal("key cache entry vanished under the btree lock"));
-                cache.update(journal, btree, k.clone(), seq, none).map_err(|e| self.check_fatal(e))?;
+            for (btree, pos) in to_drop {
+                cache.invalidate(journal, btree, pos).map_err(|e| self.check_fatal(e))?;
+            }
+            for (btree, k, old) in to_cache {
+                let fill = || Ok(FillInput { btree_key: old, journal_key: None });
+                cache.update(journal, btree, k.clone(), seq, fill).map_err(|e| self.check_fatal(e))?;
             }
         }
         Ok(undo)
@@ -472,7 +519,7 @@ impl FsShared {
                 ),
             ));
         }
-        if let Err(e) = self.apply(t, &taken.updates, seq) {
+        if let Err(e) = self.apply(t, &taken.updates, seq, Route::WriteThrough) {
             alloc.untake(taken);
             journal.cancel(res);
             return Err(e);

@@ -55,8 +55,7 @@ pub(super) fn run(ctx: &mut RecoveryCtx) -> Result<()> {
     }
     journal.set_replay_barrier(None);
     journal.flush_all_pins()?;
-    // Transactions do not go through the key cache: once its replayed entries are written back
-    // it holds nothing anyone reads.
+    // Its entries are all clean now: the run-time cache starts empty.
     if let Some(cache) = shared.key_cache() {
         cache.clear()?;
     }

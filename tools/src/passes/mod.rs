@@ -346,6 +346,13 @@ impl RecoveryCtx {
     /// the filesystem is assembled; the filesystem's after, through the keys until replay.
     pub(crate) fn with_view<R>(&mut self, f: impl FnOnce(View<'_>) -> Result<R>) -> Result<R> {
         let overlay = self.journal.as_ref().filter(|_| !self.replay_done).map(|j| &j.keys as &dyn KeyOverlay);
+        // Passes read the btrees directly: what the key cache holds goes there first.
+        if let Some(fs) = &self.fs {
+            let shared = fs.shared();
+            if shared.key_cache().is_some_and(|c| c.nr_dirty() > 0) {
+                shared.journal_rw()?.flush_all_pins()?;
+            }
+        }
         let walk = Walk {
             progress: self.progress,
             pass: self.pass_name,
