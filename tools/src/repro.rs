@@ -81,6 +81,11 @@ pub struct Built1107 {
     /// The member left out (a failed disk), kept aside.
     pub absent: PathBuf,
     pub steps: Vec<Step>,
+    /// The workload: its operations (`workload::generate(seed, ops)`), how many ran before the
+    /// power went, and how many had returned from their last fsync.
+    pub ops: usize,
+    pub ops_run: usize,
+    pub last_fsync_after: usize,
 }
 
 /// The member that fails.
@@ -166,7 +171,7 @@ pub fn build_1107(o: &Opts1107, say: &mut dyn FnMut(&Step)) -> Result<Built1107>
     })?;
     step("member-fails", format!("{ABSENT} stops answering: moved to {}", absent.display()));
     let images = paths.into_iter().filter(|p| !p.ends_with(ABSENT)).collect();
-    Ok(Built1107 { images, absent, steps })
+    Ok(Built1107 { images, absent, steps, ops, ops_run: run.ops_run, last_fsync_after: run.last_fsync_after })
 }
 
 /// Step `stale-journal-buckets`: journal buckets on five hard disks that still hold entries
