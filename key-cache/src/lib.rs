@@ -318,6 +318,9 @@ impl KeyCache {
 
     /// The cached key at `pos`, if there is an entry (marking it accessed).
     pub fn get(&self, btree: BtreeId, pos: Bpos) -> Option<Bkey> {
+        if self.nr_keys() == 0 {
+            return None;
+        }
         let entry = self.entries.lock().get(&(btree, pos)).cloned()?;
         let mut st = entry.state.lock();
         st.flags.insert(EntryFlags::ACCESSED);
@@ -341,17 +344,6 @@ impl KeyCache {
     /// position has no entry: it reads what the fill rule looks at, with the caller's btree
     /// lock held.
     pub fn update(
-        &self,
-        journal: &Journal,
-        btree: BtreeId,
-        key: Bkey,
-        seq: u64,
-        fill: impl FnOnce() -> Result<FillInput>,
-    ) -> Result<Update> {
-        self.update_from(journal, btree, key, seq, fill)
-    }
-
-    fn update_from(
         &self,
         journal: &Journal,
         btree: BtreeId,

@@ -3,7 +3,7 @@
 //! step never writes what recovery is supposed to produce: no key replay would write, no log
 //! line. Every step is reproducible from the seed and is reported as it is applied.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use fs_core::bkey::ptr::SECTOR_BYTES;
 use fs_core::bpos::BtreeId;
@@ -272,9 +272,4 @@ fn duplicate_alloc_pointer(set: &DeviceSet, nodes: &[NodeInfo], seed: u64) -> Re
         "alloc interior node {}..{}: the pointer for leaf {}..{} now carries the seq and location of leaf {}..{}",
         parent.min_key, parent.max_key, victim.min_key, victim.max_key, left.min_key, left.max_key
     ))
-}
-
-/// The directory's images in member order, the absent one left out: for tests and `demo`.
-pub fn image_paths(dir: &Path) -> Vec<PathBuf> {
-    eight_member_layout().into_iter().map(|(n, _, _)| dir.join(n)).filter(|p| !p.ends_with(ABSENT)).collect()
 }

@@ -357,18 +357,8 @@ impl Btrees {
         if !self.check_headers {
             return Ok(());
         }
-        let matches = hdr.btree == exp.btree
-            && hdr.level == exp.level
-            && hdr.max_key == exp.max_key
-            && hdr.min_key == exp.min_key;
-        if matches {
-            return Ok(());
-        }
+        let Some((_, line)) = header_mismatch(hdr, exp) else { return Ok(()) };
         self.topology_errors += 1;
-        let line = format!(
-            "btree node header doesn't match ptr: btree={} level={} ptr: {}..{} node: btree={} level={} {}..{}",
-            exp.btree, exp.level, exp.min_key, exp.max_key, hdr.btree, hdr.level, hdr.min_key, hdr.max_key
-        );
         let per_btree = self.topology_by_btree.entry(exp.btree).or_insert_with(|| (0, line.clone()));
         per_btree.0 += 1;
         self.log.push(line.clone());
@@ -1128,29 +1118,17 @@ impl Btrees {
         ptr: &BtreePtrV2,
         max_key: Bpos,
     ) -> Result<Option<Error>> {
-        let hdr = self.node(child)?.hdr;
         let level = parent_level.saturating_sub(1);
-        let code = if hdr.btree != btree || hdr.level != level {
-            ErrCode::BtreeNodeBadLevel
-        } else if hdr.min_key != ptr.min_key {
-            ErrCode::BtreeNodeBadMinKey
-        } else if hdr.max_key != max_key {
-            ErrCode::BtreeNodeBadMaxKey
-        } else {
-            return Ok(None);
+        let exp = Expected {
+            btree,
+            level,
+            min_key: ptr.min_key,
+            max_key,
+            seq: ptr.seq,
+            sectors_written: ptr.sectors_written,
         };
-        Ok(Some(
-            Error::new(
-                code,
-                format!(
-                    "btree node header doesn't match ptr: ptr: {}..{} node: btree={} level={} {}..{}",
-                    ptr.min_key, max_key, hdr.btree, hdr.level, hdr.min_key, hdr.max_key
-                ),
-            )
-            .btree(btree)
-            .level(level)
-            .pos(max_key),
-        ))
+        Ok(header_mismatch(&self.node(child)?.hdr, &exp)
+            .map(|(code, line)| Error::new(code, line).btree(btree).level(level).pos(max_key)))
     }
 
     /// Marks the node of `btree` at `level` ending at `max_key` to be written anew at the next
@@ -1209,6 +1187,26 @@ impl Btrees {
         n.hdr.max_key = n.hdr.max_key.predecessor();
         Ok(true)
     }
+}
+
+/// How node header `hdr` differs from what its pointer says (`exp`), if it does: the error code
+/// a read would give for the first field that differs, and the `btree node header doesn't match
+/// ptr` line.
+fn header_mismatch(hdr: &NodeHeader, exp: &Expected) -> Option<(ErrCode, String)> {
+    let code = if hdr.btree != exp.btree || hdr.level != exp.level {
+        ErrCode::BtreeNodeBadLevel
+    } else if hdr.min_key != exp.min_key {
+        ErrCode::BtreeNodeBadMinKey
+    } else if hdr.max_key != exp.max_key {
+        ErrCode::BtreeNodeBadMaxKey
+    } else {
+        return None;
+    };
+    let line = format!(
+        "btree node header doesn't match ptr: btree={} level={} ptr: {}..{} node: btree={} level={} {}..{}",
+        exp.btree, exp.level, exp.min_key, exp.max_key, hdr.btree, hdr.level, hdr.min_key, hdr.max_key
+    );
+    Some((code, line))
 }
 
 /// Splits a node's keys in two by encoded bytes. When the update that caused the split is at

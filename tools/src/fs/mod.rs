@@ -333,7 +333,7 @@ impl Fs {
         let mut t = self.btrees();
         let mut it = t.iter(btree, start);
         let mut out = Vec::new();
-        let cache = self.shared.key_cache().filter(|c| c.nr_keys() > 0);
+        let cache = self.shared.key_cache();
         while let Some(k) = it.next(&mut t, None)? {
             if k.pos > end {
                 break;

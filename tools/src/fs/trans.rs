@@ -161,12 +161,12 @@ impl FsShared {
             by_bucket.into_iter().filter(|(_, d)| *d != 0).map(|((dev, b), d)| (dev, b, d)).collect();
         let seq = self.commit_waiting(&mut updates, &sectors, CommitFlags::NORMAL)?;
         self.maybe_publish()?;
-        self.throttle_on_key_cache(seq)?;
         Ok(seq)
     }
 
-    /// A commit that leaves the key cache past its throttle threshold flushes the pins below
-    /// its own seq before it returns: it does the reclaim it would otherwise wait for.
+    /// A foreground commit that leaves the key cache past its throttle threshold flushes the
+    /// pins below its own seq before it returns: it does the reclaim it would otherwise wait
+    /// for.
     fn throttle_on_key_cache(&self, seq: u64) -> Result<()> {
         if self.key_cache.as_ref().is_some_and(|c| c.pressure() == key_cache::Pressure::Throttle) {
             match self.journal_rw()?.flush_pins(seq.saturating_sub(1)) {
@@ -211,7 +211,12 @@ impl FsShared {
         let mut waits = 0;
         loop {
             match self.transaction(updates, sectors, flags) {
-                Ok(seq) => return Ok(seq),
+                Ok(seq) => {
+                    if flags.may_wait {
+                        self.throttle_on_key_cache(seq)?;
+                    }
+                    return Ok(seq);
+                }
                 Err(e)
                     if flags.may_wait
                         && e.matches(ErrCode::OperationBlocked)
