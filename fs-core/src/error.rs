@@ -43,6 +43,11 @@ macro_rules! errcodes {
                 }
             }
 
+            /// The code bcachefs calls `name`, if bcsim has it.
+            pub fn from_name(name: &str) -> Option<ErrCode> {
+                ErrCode::ALL.iter().copied().find(|c| c.name() == name)
+            }
+
             /// What the code means, in a sentence.
             pub const fn describe(self) -> &'static str {
                 match self {
@@ -110,6 +115,8 @@ errcodes! {
     JournalReclaimWouldDeadlock = "journal_reclaim_would_deadlock", Root, "journal reclaim would wait on itself";
 
     // A BUG_ON of the modelled kernel version (profiles v1.37.5 and v1.39): the filesystem stops dead.
+    ControlSocket = "control_socket", Root, "the control socket of a running mount could not be served or reached";
+    FsAlreadyMounted = "fs_already_mounted", Root, "the filesystem is already mounted: its control socket answers";
     KernelBug = "kernel_bug", Root, "simulated kernel BUG: the filesystem stopped dead";
 
     // EROFS
@@ -169,6 +176,7 @@ errcodes! {
     OptionNotSettable = "option_not_settable", InvalidOption, "option cannot be set here";
     OptionNotModelled = "option_not_modelled", InvalidOption, "bcsim does not model what this option controls";
     InvalidArgument = "invalid_argument", Einval, "invalid argument";
+    ControlRequestInvalid = "control_request_invalid", InvalidArgument, "a control socket request was malformed, too long or too slow";
 
     // Device sets: the images given do not form one filesystem
     DeviceSetInvalid = "device_set_invalid", Root, "the devices given do not form one filesystem";

@@ -451,6 +451,9 @@ pub enum OptContext {
     Format,
     Mount,
     Runtime,
+    /// `set-fs-option` with no mount running: written into the superblock. Options fixed at
+    /// format time, and mount-only ones the superblock does not keep, are refused.
+    Offline,
 }
 
 impl OptContext {
@@ -459,6 +462,10 @@ impl OptContext {
             OptContext::Format => flags.contains(OptFlags::FORMAT),
             OptContext::Mount => flags.intersects(OptFlags::MOUNT | OptFlags::MOUNT_OLD),
             OptContext::Runtime => flags.contains(OptFlags::RUNTIME),
+            OptContext::Offline => {
+                flags.contains(OptFlags::FS)
+                    && flags.intersects(OptFlags::RUNTIME | OptFlags::MOUNT | OptFlags::MOUNT_OLD)
+            }
         }
     }
 
@@ -467,6 +474,7 @@ impl OptContext {
             OptContext::Format => "at format time",
             OptContext::Mount => "at mount time",
             OptContext::Runtime => "on a mounted filesystem",
+            OptContext::Offline => "in the superblock (fixed at format time, or a mount-only option)",
         }
     }
 }

@@ -12,6 +12,7 @@
 //! - [`images`]: image files; [`report`]: superblock and key reports; [`list_journal`]: journal
 //!   listings.
 
+pub mod control;
 pub mod dump;
 pub mod files;
 pub mod fs;

@@ -549,8 +549,13 @@ fn demo_finishes_when_stdout_closes() {
 
 /// Runs the built `bcsim` with `file` as its stdout.
 fn bcsim_into(args: &[&str], dir: &Path, file: std::fs::File) -> Out {
-    let out =
-        Command::new(env!("CARGO_BIN_EXE_bcsim")).args(args).current_dir(dir).stdout(file).output().unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_bcsim"))
+        .args(args)
+        .current_dir(dir)
+        .env("XDG_RUNTIME_DIR", dir)
+        .stdout(file)
+        .output()
+        .unwrap();
     Out {
         code: out.status.code().unwrap_or(-1),
         stdout: String::new(),

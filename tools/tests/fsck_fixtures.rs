@@ -122,6 +122,7 @@ fn bcsim_fsck(dir: &Path) -> (String, i32) {
         .args(["fsck", "-yf"])
         .args(IMAGES)
         .current_dir(dir)
+        .env("XDG_RUNTIME_DIR", dir)
         .output()
         .unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout).into_owned();

@@ -8,6 +8,7 @@ mod fsck;
 mod list;
 mod list_journal;
 mod mount;
+mod options;
 mod out;
 mod repro;
 mod run;
@@ -49,6 +50,11 @@ enum Command {
     Repro(repro::ReproArgs),
     Dump(dump::DumpArgs),
     Undump(dump::UndumpArgs),
+    #[command(name = "set-fs-option", visible_alias = "set-option")]
+    SetFsOption(options::SetOptionArgs),
+    #[command(name = "show-options")]
+    ShowOptions(options::ShowOptionsArgs),
+    Umount(options::UmountArgs),
 }
 
 /// What a command returns: an exit code on success paths, an error otherwise.
@@ -76,6 +82,9 @@ pub fn main() -> u8 {
         (Command::Repro(args), _) => repro::run(args),
         (Command::Dump(args), _) => dump::run_dump(args),
         (Command::Undump(args), _) => dump::run_undump(args),
+        (Command::SetFsOption(args), _) => options::run_set(args),
+        (Command::ShowOptions(args), _) => options::run_show(args),
+        (Command::Umount(args), _) => options::run_umount(args),
         (Command::Format(_), None) => Ok(exit::USAGE),
     };
     // A failed write to stdout fails a command that otherwise succeeded; a command that failed

@@ -5,12 +5,21 @@ use std::path::PathBuf;
 use clap::Args;
 use serde_json::json;
 
+use std::io::Write;
+use std::sync::Arc;
+
+use signal_hook::consts::{SIGINT, SIGTERM};
+use signal_hook::iterator::Signals;
+
+use bcsim::control::{Control, Phase, Server, default_socket_path};
 use bcsim::exit;
 use bcsim::images::open_device_set;
 use bcsim::recovery::progress::Progress;
 use bcsim::recovery::{MountOpts, mount, parse_mount_opts};
 
 use super::out::{self, outln};
+use fs_core::error::{ErrCode, Error};
+
 use super::{CmdResult, print_json};
 
 /// Mount (recover) a filesystem, print the recovery log, unmount cleanly
@@ -26,6 +35,14 @@ pub struct MountArgs {
     /// Print the log, what recovery found and repaired, and a summary as JSON
     #[arg(long)]
     json: bool,
+    /// Stay mounted after recovery until SIGINT/SIGTERM or 'bcsim umount'; meanwhile
+    /// set-fs-option and show-options talk to this mount through its control socket
+    #[arg(long)]
+    hold: bool,
+    /// Control socket path (default: $XDG_RUNTIME_DIR/bcsim/<uuid>.sock, else
+    /// /tmp/bcsim-<uid>/<uuid>.sock)
+    #[arg(long, value_name = "PATH")]
+    control: Option<PathBuf>,
     /// Image files of one filesystem
     #[arg(required = true, value_name = "IMAGE")]
     images: Vec<PathBuf>,
@@ -33,15 +50,21 @@ pub struct MountArgs {
 
 pub fn run(args: MountArgs) -> CmdResult {
     let failed_log = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
-    let mopts = MountOpts {
+    let mut mopts = MountOpts {
         progress: Progress::stderr(),
         failed_log: Some(failed_log.clone()),
         ..parse_mount_opts(&args.options)?
     };
     let set = open_device_set(&args.images, true)?;
+    let control = Control::new(set.sb.uuid, set.sb.members.clone(), |line| {
+        let _ = writeln!(std::io::stderr(), "bcsim: {line}");
+    });
+    let server = serve_control(&control, args.control.clone(), args.hold)?;
+    mopts.control = Some(control.clone());
     let mounted = match mount(set, &mopts) {
         Ok(m) => m,
         Err(e) => {
+            control.set_phase(Phase::Unmounted(Err(e.to_string())));
             // The log up to the failure, as dmesg shows it before the error.
             if let Ok(lines) = failed_log.lock() {
                 out::lines(lines.iter());
@@ -49,6 +72,7 @@ pub fn run(args: MountArgs) -> CmdResult {
             return Err(e);
         }
     };
+    control.set_phase(Phase::Mounted);
     let (log, replayed, read, kept) =
         (mounted.log.clone(), mounted.replayed, mounted.journal_keys_read, mounted.journal_keys_kept);
     let problems: Vec<_> = mounted
@@ -56,7 +80,17 @@ pub fn run(args: MountArgs) -> CmdResult {
         .iter()
         .map(|p| json!({ "id": p.err.id(), "name": p.err.name(), "message": p.msg, "fixed": p.fixed }))
         .collect();
-    mounted.fs.unmount()?;
+    if args.hold {
+        if !args.json {
+            out::lines(&log);
+        }
+        out::flush();
+        hold(&control, server.as_ref().map(Server::path))?;
+    }
+    let unmounted = mounted.fs.unmount();
+    control.set_phase(Phase::Unmounted(unmounted.as_ref().map(|_| ()).map_err(ToString::to_string)));
+    drop(server);
+    unmounted?;
     if args.json {
         print_json(&json!({
             "log": log,
@@ -67,8 +101,50 @@ pub fn run(args: MountArgs) -> CmdResult {
             "clean_unmount": true,
         }));
     } else {
-        out::lines(&log);
+        if !args.hold {
+            out::lines(&log);
+        }
         outln!("clean shutdown complete");
     }
     Ok(exit::OK)
+}
+
+/// Starts the control socket. A mount of the same filesystem already running is an error; any
+/// other failure to serve one only costs this mount its socket, with a warning — unless the
+/// socket was asked for (`--control`, `--hold`), which then fails the mount.
+fn serve_control(control: &Arc<Control>, path: Option<PathBuf>, hold: bool) -> Result<Option<Server>, Error> {
+    let required = hold || path.is_some();
+    let started = match path {
+        Some(p) => Server::start(control.clone(), p),
+        None => default_socket_path(control.uuid()).and_then(|p| Server::start(control.clone(), p)),
+    };
+    match started {
+        Ok(s) => Ok(Some(s)),
+        Err(e) if required || e.code() == ErrCode::FsAlreadyMounted => Err(e),
+        Err(e) => {
+            let _ = writeln!(std::io::stderr(), "bcsim: warning: no control socket for this mount: {e}");
+            Ok(None)
+        }
+    }
+}
+
+/// Stays mounted until `bcsim umount` or SIGINT/SIGTERM asks for the unmount.
+fn hold(control: &Arc<Control>, socket: Option<&std::path::Path>) -> Result<(), Error> {
+    let mut signals = Signals::new([SIGINT, SIGTERM])
+        .map_err(|e| Error::new(ErrCode::Internal, "installing the signal handlers").source(e))?;
+    let handle = signals.handle();
+    let waiter = {
+        let control = control.clone();
+        std::thread::spawn(move || {
+            if signals.forever().next().is_some() {
+                control.request_umount();
+            }
+        })
+    };
+    let at = socket.map_or_else(String::new, |p| format!(" (control socket {})", p.display()));
+    let _ = writeln!(std::io::stderr(), "bcsim: mounted; holding until SIGINT/SIGTERM or 'bcsim umount'{at}");
+    control.wait_umount_request();
+    handle.close();
+    let _ = waiter.join();
+    Ok(())
 }

@@ -70,6 +70,18 @@ pub fn lines<T: fmt::Display>(items: impl IntoIterator<Item = T>) {
     }
 }
 
+/// Flushes what was printed so far, for a command that goes on running (a held mount): its
+/// reader sees the output now. A failure closes the output as a failed write does.
+pub fn flush() {
+    STATE.with_borrow_mut(|state| {
+        if matches!(state, State::Open)
+            && let Err(err) = io::stdout().lock().flush()
+        {
+            *state = closed_by(err);
+        }
+    });
+}
+
 /// Flushes stdout at the end of a command. Ok if all output reached it or its reader went away;
 /// the first other write error as an operational error otherwise. Later output is dropped.
 pub fn finish() -> Result<(), Error> {

@@ -224,6 +224,8 @@ pub struct RecoveryCtx {
     /// Repairs found before the filesystem may write, committed after journal replay (where
     /// bcachefs puts them into the journal keys to be replayed).
     pub(crate) fixes_after_replay: Vec<(BtreeId, Bkey)>,
+    /// The mount's control socket state, told when the filesystem is assembled.
+    pub(crate) control: Option<Arc<crate::control::Control>>,
 }
 
 /// The btrees as a pass reads them: through the journal keys until replay has run.
@@ -320,6 +322,7 @@ impl RecoveryCtx {
             future_bsets: None,
             next_seq: None,
             fixes_after_replay: Vec::new(),
+            control: None,
         }
     }
 

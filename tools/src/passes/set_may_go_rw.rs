@@ -50,6 +50,9 @@ pub(super) fn run(ctx: &mut RecoveryCtx) -> Result<()> {
         journal: Some(std::sync::Arc::new(journal)),
         btrees,
     });
+    if let Some(c) = &ctx.control {
+        c.attach_fs(&shared);
+    }
     let fs = Fs::from_shared(shared, ctx.reclaim)?;
     fs.shared().go_rw()?;
     ctx.fs = Some(fs);

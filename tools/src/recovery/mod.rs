@@ -55,6 +55,9 @@ pub struct MountOpts {
     /// Where a failed recovery leaves the log it wrote up to the failure, as dmesg keeps the
     /// lines before an error: the mount command prints them before the error.
     pub failed_log: Option<std::sync::Arc<std::sync::Mutex<Vec<String>>>>,
+    /// The mount's control socket state: recovery attaches its live options, then its
+    /// filesystem, so that options can be shown and set while it runs.
+    pub control: Option<Arc<crate::control::Control>>,
 }
 
 impl MountOpts {
@@ -205,6 +208,7 @@ pub fn parse_mount_opts(text: &str) -> Result<MountOpts> {
         reclaim: ReclaimMode::default(),
         progress: progress::Progress::default(),
         failed_log: None,
+        control: None,
     })
 }
 
@@ -268,9 +272,13 @@ pub(crate) fn recover(
     let cfg = BtreeConfig { behavior: opts.behavior(), ..cfg };
     let errors = opts.errors();
     let live = Arc::new(LiveOpts::new(opts));
+    if let Some(c) = &mopts.control {
+        c.attach_opts(live.clone());
+    }
     let damaged = damaged_sb_copies(&set, mode != Mode::Check);
     let mut ctx = RecoveryCtx::new(mode, set, live.clone(), cfg, mopts.reclaim, log);
     ctx.progress = mopts.progress;
+    ctx.control = mopts.control.clone();
     ctx.fsck = fsck;
     // The superblock write that ends a writing run rewrites every copy.
     ctx.problems.extend(damaged);

@@ -16,7 +16,12 @@ pub struct Out {
 
 /// Runs the built `bcsim` with `args` in `dir`.
 pub fn bcsim(args: &[&str], dir: &Path) -> Out {
-    let out = Command::new(env!("CARGO_BIN_EXE_bcsim")).args(args).current_dir(dir).output().unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_bcsim"))
+        .args(args)
+        .current_dir(dir)
+        .env("XDG_RUNTIME_DIR", dir)
+        .output()
+        .unwrap();
     Out {
         code: out.status.code().unwrap_or(-1),
         stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
@@ -50,6 +55,7 @@ pub fn bcsim_reader_gone(args: &[&str], dir: &Path) -> Out {
     let child = Command::new(env!("CARGO_BIN_EXE_bcsim"))
         .args(args)
         .current_dir(dir)
+        .env("XDG_RUNTIME_DIR", dir)
         .stdout(Stdio::from(writer))
         .stderr(Stdio::piped())
         .spawn()
@@ -57,17 +63,23 @@ pub fn bcsim_reader_gone(args: &[&str], dir: &Path) -> Out {
     finish(child, String::new())
 }
 
+/// Starts the built `bcsim` with `args` in `dir`, its stdout and stderr pipes.
+pub fn spawn_piped(args: &[&str], dir: &Path) -> std::process::Child {
+    Command::new(env!("CARGO_BIN_EXE_bcsim"))
+        .args(args)
+        .current_dir(dir)
+        .env("XDG_RUNTIME_DIR", dir)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
 /// Runs the built `bcsim` with its stdout a pipe read for `lines` lines and then closed, as
 /// `bcsim ... | head -n LINES` does; `stdout` holds the lines read. The command only meets
 /// EPIPE if it prints more than was read plus a pipe buffer (64 KiB on Linux).
 pub fn bcsim_head(args: &[&str], dir: &Path, lines: usize) -> Out {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_bcsim"))
-        .args(args)
-        .current_dir(dir)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut child = spawn_piped(args, dir);
     let reader = BufReader::new(child.stdout.take().unwrap());
     let read: Vec<String> = reader.lines().take(lines).map(Result::unwrap).collect();
     // Dropping the reader (taken out of `child`) closes the pipe's only read end.
