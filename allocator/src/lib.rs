@@ -5,9 +5,9 @@
 //! `need_discard` indexes kept consistent with them; watermarks and reserves; replica placement
 //! across a target's devices by durability; btree node allocation for the btree, following the
 //! live `metadata_replicas` and `metadata_target`; and discards of buckets whose emptying is
-//! durable. The wait list ([`wait`]) is where a refused request is to park until buckets are
-//! freed, options change, the filesystem goes emergency read-only or a timeout passes; nothing
-//! parks on it yet: a blocked request returns its error to the caller.
+//! durable. The wait list ([`wait`]) is where a refused btree update parks until buckets are
+//! freed, options change, the filesystem goes emergency read-only or a timeout passes (the
+//! filesystem layer runs that loop; see `bcsim::fs::alloc_wait`).
 //!
 //! It decides and returns alloc-key updates; it never commits them itself, and it never writes
 //! to a device.
@@ -36,6 +36,6 @@ pub mod watermark;
 
 pub use alloc::{AllocRequest, AllocatedBucket, Allocator, Taken};
 pub use device::{BucketState, DevUsage, DeviceInit, PENDING_SEQ, is_unused};
-pub use node_alloc::BtreeNodeAlloc;
+pub use node_alloc::{BtreeNodeAlloc, NodeRequestSpec};
 pub use wait::{Clock, Ticket, WaitList, Wake};
 pub use watermark::{Watermark, nr_btree_reserve, reserved_buckets};

@@ -19,6 +19,7 @@ use fs_core::bpos::BtreeId;
 use fs_core::btree::{NodeAllocator, NodeLocation};
 use fs_core::error::{ErrCode, Error, Result};
 use fs_core::opts::{LiveOpts, OptId, Options};
+use fs_core::sync::thread::{self, ThreadId};
 use fs_core::sync::{Arc, Mutex};
 
 use crate::alloc::{Allocator, Inner, inconsistent};
@@ -35,9 +36,19 @@ struct OpenBtreeBucket {
     nr_slots: u64,
 }
 
+/// What a btree update's node reservation asks for.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NodeRequestSpec {
+    pub replicas: u8,
+    /// `metadata_target`, else `foreground_target`; empty: any device.
+    pub target: String,
+}
+
 struct NodeState {
     watermark: Watermark,
     open: BTreeMap<u8, OpenBtreeBucket>,
+    /// A request built once and kept by the thread retrying it ([`BtreeNodeAlloc::pin_request`]).
+    pinned: Option<(ThreadId, NodeRequestSpec)>,
 }
 
 /// Btree node allocation on top of an [`Allocator`].
@@ -71,7 +82,7 @@ impl BtreeNodeAlloc {
         Ok(BtreeNodeAlloc {
             alloc,
             opts,
-            state: Mutex::new(NodeState { watermark: Watermark::Btree, open: BTreeMap::new() }),
+            state: Mutex::new(NodeState { watermark: Watermark::Btree, open: BTreeMap::new(), pinned: None }),
         })
     }
 
@@ -87,6 +98,55 @@ impl BtreeNodeAlloc {
     /// Where the next node goes: the live `metadata_target`, else `foreground_target`.
     pub fn metadata_target(&self) -> String {
         self.opts.with(|o| o.metadata_target().to_owned())
+    }
+
+    /// The request a btree update built now would make, from the live options.
+    pub fn request_now(&self) -> NodeRequestSpec {
+        NodeRequestSpec { replicas: self.metadata_replicas(), target: self.metadata_target() }
+    }
+
+    /// Keeps `spec` as this thread's request until unpinned (`None`): its allocations use it
+    /// instead of the live options. This is how v1.37.5 and v1.39 behave, whose blocked btree
+    /// update keeps the replica count it was built with however long it waits; other threads
+    /// allocate from the live options meanwhile.
+    pub fn pin_request(&self, spec: Option<NodeRequestSpec>) {
+        let me = thread::current().id();
+        let mut st = self.state.lock();
+        match spec {
+            Some(spec) => st.pinned = Some((me, spec)),
+            None => {
+                if st.pinned.as_ref().is_some_and(|(t, _)| *t == me) {
+                    st.pinned = None;
+                }
+            }
+        }
+    }
+
+    /// The request this thread's next allocation makes: its pinned one, else the live options'.
+    pub fn request_now_for_this_thread(&self) -> NodeRequestSpec {
+        let live = self.request_now();
+        let me = thread::current().id();
+        match &self.state.lock().pinned {
+            Some((t, spec)) if *t == me => spec.clone(),
+            _ => live,
+        }
+    }
+
+    /// The devices a request could place a replica on: those of its target, or every device
+    /// for no target, with a durability above 0. A waiter on them wakes when one frees buckets.
+    pub fn request_devs(&self, spec: &NodeRequestSpec) -> Vec<u8> {
+        let inner = self.alloc.lock();
+        let in_target: Vec<u8> = inner
+            .devs
+            .values()
+            .filter(|d| d.durability() > 0 && d.member.in_target(&spec.target))
+            .map(|d| d.dev)
+            .collect();
+        if in_target.is_empty() || spec.target.is_empty() {
+            inner.devs.values().filter(|d| d.durability() > 0).map(|d| d.dev).collect()
+        } else {
+            in_target
+        }
     }
 
     /// The live options node allocation reads.
@@ -119,10 +179,15 @@ impl BtreeNodeAlloc {
     /// `insufficient_devices` (the devices can never give the durability) or
     /// `bucket_alloc_blocked` (they could, but not now: wait and retry).
     pub fn try_alloc_nodes(&self, nr: usize) -> Result<Vec<NodeLocation>> {
-        let (replicas, target) = (self.metadata_replicas(), self.metadata_target());
-        check_replicas(replicas)?;
+        let live = self.request_now();
         let mut st = self.state.lock();
-        let NodeState { watermark, open } = &mut *st;
+        let me = thread::current().id();
+        let NodeRequestSpec { replicas, target } = match &st.pinned {
+            Some((t, spec)) if *t == me => spec.clone(),
+            _ => live,
+        };
+        check_replicas(replicas)?;
+        let NodeState { watermark, open, .. } = &mut *st;
         let req = NodeRequest { replicas, target: &target, watermark: *watermark };
         let saved_open = open.clone();
         let mut inner = self.alloc.lock();

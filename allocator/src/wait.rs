@@ -94,6 +94,12 @@ impl WaitList {
         WaitList { clock, state: Mutex::new(state), cond: Condvar::new() }
     }
 
+    /// The list's time: since its creation (real clock), or as last advanced (manual).
+    pub fn elapsed(&self) -> Duration {
+        let st = self.state.lock();
+        self.now(&st)
+    }
+
     fn now(&self, st: &State) -> Duration {
         match self.clock {
             Clock::Real(base) => base.elapsed(),

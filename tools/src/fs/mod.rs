@@ -17,6 +17,7 @@
 //! locks; the superblock lock is taken alone or after the btrees. Journal pin callbacks run
 //! with no journal lock held.
 
+pub mod alloc_wait;
 pub mod layout;
 pub mod reclaim;
 pub mod trans;
@@ -24,7 +25,7 @@ pub mod write_back;
 
 use std::time::Instant;
 
-use allocator::{Allocator, BtreeNodeAlloc};
+use allocator::{Allocator, BtreeNodeAlloc, Clock, WaitList};
 use fs_core::bkey::{AllocV4, Bkey, KeyType};
 use fs_core::bpos::{Bpos, BtreeId};
 use fs_core::btree::{BtreeConfig, Btrees, KeyOverlay, NodeAllocator, NodeInfo, NodeLocation};
@@ -33,7 +34,7 @@ use fs_core::error::{ErrCode, Error, Result};
 use fs_core::health::FsHealth;
 use fs_core::opts::{LiveOpts, Options};
 use fs_core::sb::{CleanRoot, CleanSection, DeviceSet};
-use fs_core::sync::{Arc, Mutex, MutexGuard, Weak};
+use fs_core::sync::{Arc, AtomicBool, Mutex, MutexGuard, Ordering, Weak};
 use journal::{Journal, JournalPin, JsetEntry};
 use key_cache::{FlushTarget, Found, KeyCache};
 
@@ -78,7 +79,18 @@ pub struct FsShared {
     /// stepped by hand runs on the caller's clock, so `journal_flush_delay` acts at the same
     /// operations every run. `None`: the real clock.
     manual_now: Mutex<Option<Instant>>,
+    /// Where blocked btree updates park (read-write mounts).
+    waits: Option<Arc<WaitList>>,
+    /// Whether a blocked update may park: only with threads of its own that can wake it.
+    parking: AtomicBool,
+    /// Where lines the kernel would put in dmesg while the filesystem runs go (stuck reports),
+    /// besides [`FsShared::events`].
+    klog_sink: Mutex<Option<LogSink>>,
+    events: Mutex<Vec<String>>,
 }
+
+/// A receiver of log lines.
+pub type LogSink = Arc<dyn Fn(&str) + Send + Sync>;
 
 /// What assembling a filesystem takes.
 pub struct Parts {
@@ -89,6 +101,8 @@ pub struct Parts {
     pub nodes: Option<Arc<BtreeNodeAlloc>>,
     pub journal: Option<Arc<Journal>>,
     pub btrees: Btrees,
+    /// The clock of the wait list (read-write only).
+    pub wait_clock: Clock,
 }
 
 impl FsShared {
@@ -96,6 +110,19 @@ impl FsShared {
     pub fn new(p: Parts) -> Arc<FsShared> {
         let behavior = p.opts.with(Options::behavior);
         let rw = p.journal.is_some();
+        let waits = rw.then(|| {
+            let w = Arc::new(WaitList::new(p.set.sb.members.len(), p.opts.generation(), p.wait_clock));
+            // Option changes and emergency read-only wake every parked update.
+            let (w2, opts) = (w.clone(), Arc::downgrade(&p.opts));
+            p.opts.subscribe(move |_, _| {
+                if let Some(o) = opts.upgrade() {
+                    w2.options_changed(o.generation());
+                }
+            });
+            let w3 = w.clone();
+            p.health.on_emergency_ro(move |_| w3.emergency_ro());
+            w
+        });
         Arc::new_cyclic(|me: &Weak<FsShared>| FsShared {
             key_cache: rw.then(|| {
                 let target: Weak<dyn FlushTarget> = me.clone();
@@ -111,7 +138,40 @@ impl FsShared {
             wb_pin: Mutex::new(None),
             wb_flush: Arc::new(WriteBackPin { fs: me.clone() }),
             manual_now: Mutex::new(None),
+            waits,
+            parking: AtomicBool::new(false),
+            klog_sink: Mutex::new(None),
+            events: Mutex::new(Vec::new()),
         })
+    }
+
+    /// Logs a line as the kernel logs to dmesg while the filesystem runs: kept in
+    /// [`FsShared::events`] and handed to the sink if one is set.
+    pub fn klog(&self, line: &str) {
+        self.events.lock().push(line.to_owned());
+        let sink = self.klog_sink.lock().clone();
+        if let Some(sink) = sink {
+            sink(line);
+        }
+    }
+
+    /// Sends [`FsShared::klog`] lines to `sink` from now on.
+    pub fn set_klog_sink(&self, sink: LogSink) {
+        *self.klog_sink.lock() = Some(sink);
+    }
+
+    /// The lines logged so far while running.
+    pub fn events(&self) -> Vec<String> {
+        self.events.lock().clone()
+    }
+
+    /// The wait list blocked btree updates park on (read-write only).
+    pub fn waits(&self) -> Option<&Arc<WaitList>> {
+        self.waits.as_ref()
+    }
+
+    pub(crate) fn may_park(&self) -> bool {
+        self.parking.load(Ordering::Acquire)
     }
 
     /// Now, on the clock commits use: the last [`Fs::tick`]'s time, else the real clock.
@@ -232,6 +292,7 @@ impl Fs {
             (true, ReclaimMode::Thread) => Some(Reclaim::start(&shared)?),
             _ => None,
         };
+        shared.parking.store(reclaim.is_some(), Ordering::Release);
         Ok(Fs { shared, reclaim })
     }
 
@@ -269,6 +330,7 @@ impl Fs {
             nodes: None,
             journal: None,
             btrees,
+            wait_clock: Clock::Real(Instant::now()),
         };
         Fs::from_shared(FsShared::new(parts), ReclaimMode::Manual)
     }

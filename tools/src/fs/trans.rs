@@ -38,9 +38,6 @@ use super::{Fs, FsShared};
 /// only the buckets the previous round's node writes used, so a few rounds always suffice.
 pub(crate) const MAX_SETTLE_ROUNDS: usize = 32;
 
-/// Waits on the allocator one commit makes at most before it gives up with the error.
-const MAX_ALLOCATOR_WAITS: u32 = 4;
-
 /// Journal-full retries of one transaction, each after journal reclaim.
 const MAX_JOURNAL_RETRIES: usize = 3;
 
@@ -208,7 +205,7 @@ impl FsShared {
         sectors: &Sectors,
         flags: CommitFlags,
     ) -> Result<u64> {
-        let mut waits = 0;
+        let mut waiter = None;
         loop {
             match self.transaction(updates, sectors, flags) {
                 Ok(seq) => {
@@ -222,13 +219,7 @@ impl FsShared {
                         && e.matches(ErrCode::OperationBlocked)
                         && !e.matches(ErrCode::JournalResBlocked) =>
                 {
-                    // Each wait writes back and discards what it can; one that frees buckets
-                    // the transaction still cannot use (a watermark's reserve) is not retried
-                    // without end.
-                    waits += 1;
-                    if waits > MAX_ALLOCATOR_WAITS || self.wait_on_allocator()? == 0 {
-                        return Err(e);
-                    }
+                    waiter.get_or_insert_with(|| self.alloc_waiter()).wait(e)?;
                 }
                 Err(e) => return Err(e),
             }
@@ -250,6 +241,11 @@ impl FsShared {
             self.discard_on_devices(&freed)?;
         }
         self.commit_buckets(&freed)?;
+        if let Some(waits) = &self.waits {
+            for &(dev, _) in &freed {
+                waits.buckets_freed(dev);
+            }
+        }
         Ok(freed.len())
     }
 

@@ -120,9 +120,25 @@ fn replay(
         for &i in &queued {
             let Some(k) = keys.at(i).filter(|k| !k.overwritten) else { continue };
             let (btree, pos) = (k.btree, k.key.pos);
-            trans
-                .insert(btree, k.level, k.key, k.seq)
-                .map_err(|e| e.prefix(format_args!("journal order: btree={btree} pos={pos}")))?;
+            let mut waiter = None;
+            loop {
+                match trans.insert(btree, k.level, k.key, k.seq) {
+                    Ok(()) => break,
+                    Err(e)
+                        if e.matches(ErrCode::OperationBlocked) && !e.matches(ErrCode::JournalResBlocked) =>
+                    {
+                        // As bch2_btree_update_start: the btree lock goes while the update
+                        // waits on the allocator, and the update starts over after.
+                        let w = waiter.get_or_insert_with(|| fs.alloc_waiter());
+                        cached += trans.cached;
+                        written_through += trans.written_through;
+                        drop(trans);
+                        w.wait(e.prefix(format_args!("journal order: btree={btree} pos={pos}")))?;
+                        trans = fs.replay_trans(Watermark::Reclaim, first_seq)?;
+                    }
+                    Err(e) => return Err(e.prefix(format_args!("journal order: btree={btree} pos={pos}"))),
+                }
+            }
             keys.mark_overwritten_at(i);
             done += 1;
         }

@@ -226,6 +226,8 @@ pub struct RecoveryCtx {
     pub(crate) fixes_after_replay: Vec<(BtreeId, Bkey)>,
     /// The mount's control socket state, told when the filesystem is assembled.
     pub(crate) control: Option<Arc<crate::control::Control>>,
+    /// See [`crate::recovery::MountOpts::manual_wait_clock`].
+    pub(crate) manual_wait_clock: bool,
 }
 
 /// The btrees as a pass reads them: through the journal keys until replay has run.
@@ -323,6 +325,7 @@ impl RecoveryCtx {
             next_seq: None,
             fixes_after_replay: Vec::new(),
             control: None,
+            manual_wait_clock: false,
         }
     }
 

@@ -6,6 +6,7 @@
 
 use std::time::Instant;
 
+use allocator::Clock;
 use fs_core::error::{Error, Result};
 use fs_core::opts::Options;
 use journal::{Journal, JournalWatermark, JsetEntry};
@@ -49,6 +50,7 @@ pub(super) fn run(ctx: &mut RecoveryCtx) -> Result<()> {
         nodes: ctx.nodes.clone(),
         journal: Some(std::sync::Arc::new(journal)),
         btrees,
+        wait_clock: if ctx.manual_wait_clock { Clock::Manual } else { Clock::Real(Instant::now()) },
     });
     if let Some(c) = &ctx.control {
         c.attach_fs(&shared);

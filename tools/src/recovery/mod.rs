@@ -58,6 +58,9 @@ pub struct MountOpts {
     /// The mount's control socket state: recovery attaches its live options, then its
     /// filesystem, so that options can be shown and set while it runs.
     pub control: Option<Arc<crate::control::Control>>,
+    /// The clock of the wait list blocked btree updates park on: real time, or one that moves
+    /// only when a test says (`WaitList::advance_to`), so that stuck timeouts need no sleeping.
+    pub manual_wait_clock: bool,
 }
 
 impl MountOpts {
@@ -209,6 +212,7 @@ pub fn parse_mount_opts(text: &str) -> Result<MountOpts> {
         progress: progress::Progress::default(),
         failed_log: None,
         control: None,
+        manual_wait_clock: false,
     })
 }
 
@@ -279,6 +283,7 @@ pub(crate) fn recover(
     let mut ctx = RecoveryCtx::new(mode, set, live.clone(), cfg, mopts.reclaim, log);
     ctx.progress = mopts.progress;
     ctx.control = mopts.control.clone();
+    ctx.manual_wait_clock = mopts.manual_wait_clock;
     ctx.fsck = fsck;
     // The superblock write that ends a writing run rewrites every copy.
     ctx.problems.extend(damaged);
