@@ -116,7 +116,7 @@ impl Control {
     }
 
     /// Recovery has built the live options: from now on they can be shown and set.
-    pub(crate) fn attach_opts(&self, live: Arc<LiveOpts>) {
+    pub fn attach_opts(&self, live: Arc<LiveOpts>) {
         let mut st = self.state.lock();
         st.live = Some(live);
         st.phase = Phase::Recovery;

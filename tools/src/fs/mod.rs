@@ -110,19 +110,7 @@ impl FsShared {
     pub fn new(p: Parts) -> Arc<FsShared> {
         let behavior = p.opts.with(Options::behavior);
         let rw = p.journal.is_some();
-        let waits = rw.then(|| {
-            let w = Arc::new(WaitList::new(p.set.sb.members.len(), p.opts.generation(), p.wait_clock));
-            // Option changes and emergency read-only wake every parked update.
-            let (w2, opts) = (w.clone(), Arc::downgrade(&p.opts));
-            p.opts.subscribe(move |_, _| {
-                if let Some(o) = opts.upgrade() {
-                    w2.options_changed(o.generation());
-                }
-            });
-            let w3 = w.clone();
-            p.health.on_emergency_ro(move |_| w3.emergency_ro());
-            w
-        });
+        let waits = rw.then(|| wait_list_for(&p.opts, &p.health, p.set.sb.members.len(), p.wait_clock));
         Arc::new_cyclic(|me: &Weak<FsShared>| FsShared {
             key_cache: rw.then(|| {
                 let target: Weak<dyn FlushTarget> = me.clone();
@@ -475,6 +463,21 @@ impl Drop for Fs {
         }
         self.shared.abandon_pins();
     }
+}
+
+/// The wait list of a filesystem with these options and health: every change of the options and
+/// emergency read-only wake the updates parked on it.
+pub fn wait_list_for(opts: &Arc<LiveOpts>, health: &FsHealth, nr_devs: usize, clock: Clock) -> Arc<WaitList> {
+    let w = Arc::new(WaitList::new(nr_devs, opts.generation(), clock));
+    let (w2, weak_opts) = (w.clone(), Arc::downgrade(opts));
+    opts.subscribe(move |_, _| {
+        if let Some(o) = weak_opts.upgrade() {
+            w2.options_changed(o.generation());
+        }
+    });
+    let w3 = w.clone();
+    health.on_emergency_ro(move |_| w3.emergency_ro());
+    w
 }
 
 /// The `btree_root` journal entries for the btrees' current roots.
