@@ -35,6 +35,26 @@ pub struct AllocRequest {
     pub watermark: Watermark,
 }
 
+/// The need_discard buckets discards keep back so that a journal rewind still finds what the
+/// rewound-to btrees pointed at: the most recently emptied ones, up to a budget of `percent` of
+/// capacity (`journal_rewind_discard_buffer_percent`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RewindBuffer {
+    /// v1.37.5: one budget for the whole filesystem, over all devices' buckets together, so a
+    /// small metadata device behind big HDDs can have every need_discard bucket kept.
+    FsWide { percent: u8 },
+    /// Since v1.38: each device keeps `percent` of its own capacity.
+    PerDevice { percent: u8 },
+}
+
+impl RewindBuffer {
+    pub fn percent(self) -> u8 {
+        match self {
+            RewindBuffer::FsWide { percent } | RewindBuffer::PerDevice { percent } => percent,
+        }
+    }
+}
+
 /// Keys handed out by a take, with what undoing the take needs if they are not committed.
 #[must_use = "taken keys must be committed, or given back with Allocator::untake"]
 #[derive(Debug)]
@@ -208,22 +228,53 @@ impl Allocator {
     }
 
     /// Discards every `need_discard` bucket whose emptying is durable (`journal_seq_empty` at
-    /// or below `durable_seq`, so no pointer into it can come back from the journal), and
-    /// returns them, `(dev, bucket)`: the work a transaction blocked on the allocator waits for.
-    /// Issuing the device-level discards is the caller's (the allocator never writes).
-    pub fn discard_durable(&self, durable_seq: u64) -> Result<Vec<(u8, u64)>> {
+    /// or below `durable_seq`, so no pointer into it can come back from the journal) and that
+    /// the rewind buffer does not keep, and returns them, `(dev, bucket)`: the work a
+    /// transaction blocked on the allocator waits for. Issuing the device-level discards is the
+    /// caller's (the allocator never writes).
+    pub fn discard_durable(&self, durable_seq: u64, keep: RewindBuffer) -> Result<Vec<(u8, u64)>> {
         let mut inner = self.lock();
-        let ready: Vec<(u8, u64)> = inner
+        // Every need_discard bucket, newest emptied first: the rewind buffer keeps from the
+        // front, up to its budget.
+        let mut nd: Vec<(u64, u8, u64, u64)> = inner
             .devs
             .iter()
             .flat_map(|(&dev, d)| {
+                let size = d.bucket_size();
                 d.touched()
-                    .filter(|(_, st)| {
-                        st.data_type == DataType::NeedDiscard && st.journal_seq_empty <= durable_seq
-                    })
-                    .map(move |(b, _)| (dev, b))
+                    .filter(|(_, st)| st.data_type == DataType::NeedDiscard)
+                    .map(move |(b, st)| (st.journal_seq_empty, dev, b, size))
             })
             .collect();
+        nd.sort_unstable_by(|a, b| b.cmp(a));
+        let budget = |dev: Option<u8>| -> u64 {
+            let pct = u64::from(keep.percent());
+            let bytes: u64 = inner
+                .devs
+                .values()
+                .filter(|d| dev.is_none_or(|x| x == d.dev))
+                .map(|d| d.nbuckets().saturating_mul(d.bucket_size()))
+                .sum();
+            bytes / 100 * pct
+        };
+        let mut left: BTreeMap<Option<u8>, u64> = BTreeMap::new();
+        let mut ready = Vec::new();
+        for (seq_empty, dev, bucket, size) in nd {
+            let key = match keep {
+                RewindBuffer::FsWide { .. } => None,
+                RewindBuffer::PerDevice { .. } => Some(dev),
+            };
+            let room = left.entry(key).or_insert_with(|| budget(key));
+            if *room >= size {
+                *room -= size;
+                continue;
+            }
+            *room = 0;
+            if seq_empty <= durable_seq {
+                ready.push((dev, bucket));
+            }
+        }
+        ready.sort_unstable();
         for &(dev, bucket) in &ready {
             inner.discard(dev, bucket)?;
         }

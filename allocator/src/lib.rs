@@ -34,7 +34,7 @@ mod placement;
 pub mod wait;
 pub mod watermark;
 
-pub use alloc::{AllocRequest, AllocatedBucket, Allocator, Taken};
+pub use alloc::{AllocRequest, AllocatedBucket, Allocator, RewindBuffer, Taken};
 pub use device::{BucketState, DevUsage, DeviceInit, PENDING_SEQ, is_unused};
 pub use node_alloc::{BtreeNodeAlloc, NodeRequestSpec};
 pub use wait::{Clock, Ticket, WaitList, Wake};

@@ -138,7 +138,12 @@ fn release_unused_versus_free_node() {
     // publishes the free takes its keys and stamps its seq.
     let st = a.bucket(0, bucket).unwrap();
     assert_eq!((st.data_type, st.journal_seq_empty), (DataType::NeedDiscard, PENDING_SEQ));
-    assert!(a.discard_durable(u64::MAX - 1).unwrap().is_empty(), "discarded before its free was published");
+    assert!(
+        a.discard_durable(u64::MAX - 1, allocator::RewindBuffer::PerDevice { percent: 0 })
+            .unwrap()
+            .is_empty(),
+        "discarded before its free was published"
+    );
     model.apply(a.take_updates_at(42).updates).unwrap();
     assert_eq!(a.bucket(0, bucket).unwrap().journal_seq_empty, 42);
     assert_eq!(model.alloc[&fs_core::bkey::alloc::bucket_pos(0, bucket)].journal_seq_empty, 42);

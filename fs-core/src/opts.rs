@@ -166,6 +166,8 @@ options! {
         DEVICE_FORMAT, "How many replicas a copy on this device counts as";
     Label = 16, "label", OptType::Label, Default::Str(""),
         DEVICE_FORMAT, "Device label, e.g. ssd.nvme0; its groups (ssd, ssd.nvme0) are usable as targets";
+    JournalRewindDiscardBufferPercent = 17, "journal_rewind_discard_buffer_percent", OptType::U64 { min: 0, max: 10 }, Default::U64(4),
+        FS_FORMAT_MOUNT_RUNTIME, "Percent of capacity whose most recently emptied buckets discards keep back for a journal rewind (per device; filesystem-wide in v1.37.5)";
 }
 
 // Row i of the table has id i, so an id indexes the table and `Options::values` directly.

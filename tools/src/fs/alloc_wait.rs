@@ -97,7 +97,18 @@ impl AllocWaiter<'_> {
         let (Some(waits), Some(nodes)) = (fs.waits.as_ref(), fs.nodes.as_ref()) else { return Err(err) };
         // Taken before this thread's own round: whatever happens after it wakes the wait.
         let ticket = waits.ticket();
-        if fs.wait_on_allocator()? > 0 {
+        let freed = fs.discard_round()?;
+        if !freed.is_empty() {
+            let mut per_dev: std::collections::BTreeMap<u8, usize> = std::collections::BTreeMap::new();
+            for (dev, _) in &freed {
+                *per_dev.entry(*dev).or_default() += 1;
+            }
+            let list: Vec<String> = per_dev.iter().map(|(d, n)| format!("dev {d}: {n}")).collect();
+            fs.klog(&format!(
+                "allocator: btree update blocked; discarded {} buckets ({}), retrying",
+                freed.len(),
+                list.join(", ")
+            ));
             self.sync_rounds += 1;
             if self.sync_rounds <= MAX_SYNC_ROUNDS {
                 return Ok(());

@@ -32,9 +32,9 @@ use fs_core::btree::{BtreeConfig, Btrees, KeyOverlay, NodeAllocator, NodeInfo, N
 use fs_core::dev::SharedDevice;
 use fs_core::error::{ErrCode, Error, Result};
 use fs_core::health::FsHealth;
-use fs_core::opts::{LiveOpts, Options};
+use fs_core::opts::{LiveOpts, OptId, Options};
 use fs_core::sb::{CleanRoot, CleanSection, DeviceSet};
-use fs_core::sync::{Arc, AtomicBool, Mutex, MutexGuard, Ordering, Weak};
+use fs_core::sync::{Arc, AtomicBool, AtomicU64, Mutex, MutexGuard, Ordering, Weak};
 use journal::{Journal, JournalPin, JsetEntry};
 use key_cache::{FlushTarget, Found, KeyCache};
 
@@ -83,6 +83,8 @@ pub struct FsShared {
     waits: Option<Arc<WaitList>>,
     /// Whether a blocked update may park: only with threads of its own that can wake it.
     parking: AtomicBool,
+    /// See [`FsShared::rewind_seq`].
+    rewind_seq: AtomicU64,
     /// Where lines the kernel would put in dmesg while the filesystem runs go (stuck reports),
     /// besides [`FsShared::events`].
     klog_sink: Mutex<Option<LogSink>>,
@@ -128,6 +130,7 @@ impl FsShared {
             manual_now: Mutex::new(None),
             waits,
             parking: AtomicBool::new(false),
+            rewind_seq: AtomicU64::new(u64::MAX),
             klog_sink: Mutex::new(None),
             events: Mutex::new(Vec::new()),
         })
@@ -156,6 +159,28 @@ impl FsShared {
     /// The wait list blocked btree updates park on (read-write only).
     pub fn waits(&self) -> Option<&Arc<WaitList>> {
         self.waits.as_ref()
+    }
+
+    /// The journal seq discards stay below: the first seq of the range journal replay is
+    /// replaying, while it runs; `u64::MAX` otherwise.
+    pub(crate) fn rewind_seq(&self) -> u64 {
+        self.rewind_seq.load(Ordering::Acquire)
+    }
+
+    pub(crate) fn set_rewind_seq(&self, seq: Option<u64>) {
+        self.rewind_seq.store(seq.unwrap_or(u64::MAX), Ordering::Release);
+    }
+
+    /// What discards keep back, as the profile computes it: one filesystem-wide budget in
+    /// v1.37.5, a budget per device since.
+    pub(crate) fn rewind_buffer(&self) -> allocator::RewindBuffer {
+        let (behavior, pct) =
+            self.opts.with(|o| (o.behavior(), o.u64(OptId::JournalRewindDiscardBufferPercent)));
+        let percent = u8::try_from(pct).unwrap_or(u8::MAX);
+        match behavior {
+            fs_core::opts::Behavior::V1_37_5 => allocator::RewindBuffer::FsWide { percent },
+            _ => allocator::RewindBuffer::PerDevice { percent },
+        }
     }
 
     pub(crate) fn may_park(&self) -> bool {

@@ -233,10 +233,18 @@ impl FsShared {
     /// discarded — on the device too when the `discard` option is on. Returns how many buckets
     /// became free.
     pub(crate) fn wait_on_allocator(&self) -> Result<usize> {
-        let Some(alloc) = &self.alloc else { return Ok(0) };
+        self.discard_round().map(|freed| freed.len())
+    }
+
+    /// [`FsShared::wait_on_allocator`], returning the buckets freed, `(dev, bucket)`.
+    pub(crate) fn discard_round(&self) -> Result<Vec<(u8, u64)>> {
+        let Some(alloc) = &self.alloc else { return Ok(Vec::new()) };
         self.write_back()?;
         let durable = self.journal_rw()?.flush()?;
-        let freed = alloc.discard_durable(durable).map_err(|e| self.check_fatal(e))?;
+        // While journal replay runs, buckets emptied in the range being replayed stay: a
+        // rewind of the replay may need what they hold.
+        let durable = durable.min(self.rewind_seq().saturating_sub(1));
+        let freed = alloc.discard_durable(durable, self.rewind_buffer()).map_err(|e| self.check_fatal(e))?;
         if self.opts.u64(fs_core::opts::OptId::Discard) == 1 {
             self.discard_on_devices(&freed)?;
         }
@@ -246,7 +254,7 @@ impl FsShared {
                 waits.buckets_freed(dev);
             }
         }
-        Ok(freed.len())
+        Ok(freed)
     }
 
     /// Commits the pending alloc keys of `buckets` (discarded ones), in as many transactions

@@ -36,7 +36,9 @@ pub(super) fn run(ctx: &mut RecoveryCtx) -> Result<()> {
     };
     let shared = ctx.fs()?.shared().clone();
     let mut meter = Meter::new(ctx.progress, "journal replay", "keys");
+    shared.set_rewind_seq(Some(rj.read.last_seq.max(1)));
     let replayed = replay(&shared, &mut rj.keys, rj.read.last_seq.max(1), &mut ctx.log, &mut meter);
+    shared.set_rewind_seq(None);
     meter.finish();
     let replayed = replayed?;
     ctx.replayed = Some((rj.read.last_seq, rj.read.replay_end));
