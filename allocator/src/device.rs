@@ -233,11 +233,20 @@ impl Device {
     }
 
     /// After the alloc keys were read in: the freespace keys on disk are the runs of free
-    /// buckets those keys leave.
+    /// buckets those keys leave — below `freespace_initialized_to` for a device that grew, whose
+    /// buckets past it have no freespace keys yet: those are changed, so the next take writes
+    /// their runs (and rewrites the run they join).
     pub(crate) fn finish_read(&mut self) {
-        self.runs = self.pub_free.runs_in(0, self.nbuckets()).into_iter().map(|r| (r.end, r.start)).collect();
-        self.runs_unwritten = false;
+        let upto = self.member.freespace_initialized_to.unwrap_or(u64::MAX).min(self.nbuckets());
         self.changed.clear();
+        let mut b = upto;
+        while let Some(next) = self.pub_free.next_from(b) {
+            self.pub_free.remove(next);
+            self.changed.insert(next);
+            b = next + 1;
+        }
+        self.runs = self.pub_free.runs_in(0, upto).into_iter().map(|r| (r.end, r.start)).collect();
+        self.runs_unwritten = false;
     }
 
     fn note_published(&mut self, b: u64, persisted: &AllocV4) {

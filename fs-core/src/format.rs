@@ -192,6 +192,7 @@ fn layout_device(
         durability: spec.durability,
         state: MemberState::Rw,
         label: spec.label.clone(),
+        freespace_initialized_to: None,
     };
     let journal =
         JournalBuckets { ranges: std::iter::once(first_bucket..first_bucket + nr_journal).collect() };

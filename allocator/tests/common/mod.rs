@@ -24,6 +24,7 @@ pub fn member(nbuckets: u64, bucket_size: u32, first_bucket: u32, durability: u8
         durability,
         state: MemberState::Rw,
         label: label.to_owned(),
+        freespace_initialized_to: None,
     }
 }
 

@@ -19,7 +19,8 @@ const FIELD_ERRORS: u16 = 5;
 /// Member entry, 80 bytes:
 /// ```text
 ///  0 uuid [16] | 16 nbuckets u64 | 24 bucket_size u32 (bytes) | 28 first_bucket u32
-/// 32 durability u8 | 33 state u8 | 34 reserved [6] | 40 label [32] NUL-padded | 72 reserved u64
+/// 32 durability u8 | 33 state u8 | 34 reserved [6] | 40 label [32] NUL-padded
+/// 72 freespace_initialized_to u64 (0: every bucket; n + 1: buckets below n only)
 /// ```
 pub const MEMBER_BYTES: usize = 80;
 pub const LABEL_BYTES: usize = 32;
@@ -62,6 +63,10 @@ pub struct Member {
     pub state: MemberState,
     /// e.g. `ssd.nvme0`: the device is in groups `ssd` and `ssd.nvme0`.
     pub label: String,
+    /// `Some(n)`: the freespace btree covers only buckets below `n`; the device grew (offline
+    /// `device resize`) and the next mount writes the freespace keys of the rest, as
+    /// bcachefs's `fs_freespace_init` does for a member not marked freespace-initialized.
+    pub freespace_initialized_to: Option<u64>,
 }
 
 /// True if `target` names `label` or one of its groups (`ssd` holds `ssd.nvme0`).
@@ -102,6 +107,12 @@ impl Member {
         }
         if self.durability > MAX_DURABILITY {
             return Err(bad(format!("durability {} above {MAX_DURABILITY}", self.durability)));
+        }
+        if self.freespace_initialized_to.is_some_and(|n| n > self.nbuckets) {
+            return Err(bad(format!(
+                "freespace initialized to bucket {:?}, beyond its {} buckets",
+                self.freespace_initialized_to, self.nbuckets
+            )));
         }
         if !self.label.is_empty() && OptId::Label.desc().parse(&self.label).is_err() {
             return Err(bad(format!("label '{}' invalid", self.label)));
@@ -186,7 +197,7 @@ pub(super) fn encode_members(w: &mut Writer, members: &[Member]) {
                 *dst = src;
             }
             w.bytes(&label);
-            w.u64(0);
+            w.u64(m.freespace_initialized_to.map_or(0, |n| n.saturating_add(1)));
         }
     });
 }
@@ -350,7 +361,7 @@ fn decode_members(r: &mut Reader<'_>, nr_devices: u16) -> Result<Vec<Member>> {
         let state_raw = r.u8()?;
         r.skip(6)?;
         let label_raw: [u8; LABEL_BYTES] = r.array()?;
-        r.skip(8)?;
+        let freespace_raw = r.u64()?;
         let state = MemberState::from_u8(state_raw).ok_or_else(|| {
             Error::new(ErrCode::InvalidSbMembers, format!("member {idx}: state {state_raw} unknown"))
         })?;
@@ -358,7 +369,17 @@ fn decode_members(r: &mut Reader<'_>, nr_devices: u16) -> Result<Vec<Member>> {
         let label = std::str::from_utf8(label_raw.get(..label_len).unwrap_or_default())
             .map_err(|_| Error::new(ErrCode::InvalidSbMembers, format!("member {idx}: label is not UTF-8")))?
             .to_owned();
-        let m = Member { uuid, nbuckets, bucket_size, first_bucket, durability, state, label };
+        let freespace_initialized_to = freespace_raw.checked_sub(1);
+        let m = Member {
+            uuid,
+            nbuckets,
+            bucket_size,
+            first_bucket,
+            durability,
+            state,
+            label,
+            freespace_initialized_to,
+        };
         m.validate(idx)?;
         members.push(m);
     }

@@ -46,6 +46,7 @@ fn arb_member() -> impl Strategy<Value = Member> {
             state: [MemberState::Rw, MemberState::Ro, MemberState::Failed, MemberState::Spare]
                 [state as usize],
             label,
+            freespace_initialized_to: None,
         },
     )
 }

@@ -2,6 +2,7 @@
 //! and prints; none of them decides anything about an image.
 
 mod demo;
+mod device;
 mod dump;
 mod format;
 mod fsck;
@@ -55,6 +56,7 @@ enum Command {
     #[command(name = "show-options")]
     ShowOptions(options::ShowOptionsArgs),
     Umount(options::UmountArgs),
+    Device(device::DeviceArgs),
 }
 
 /// What a command returns: an exit code on success paths, an error otherwise.
@@ -85,6 +87,7 @@ pub fn main() -> u8 {
         (Command::SetFsOption(args), _) => options::run_set(args),
         (Command::ShowOptions(args), _) => options::run_show(args),
         (Command::Umount(args), _) => options::run_umount(args),
+        (Command::Device(args), _) => device::run(args),
         (Command::Format(_), None) => Ok(exit::USAGE),
     };
     // A failed write to stdout fails a command that otherwise succeeded; a command that failed

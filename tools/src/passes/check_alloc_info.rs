@@ -91,16 +91,19 @@ fn free_runs(set: &DeviceSet, alloc: &BTreeMap<Bpos, AllocV4>) -> Vec<(u8, Vec<(
                 taken.insert(pos.offset);
             }
         }
+        // A member that grew offline has freespace keys below `freespace_initialized_to` only,
+        // until fs_freespace_init writes the rest.
+        let end = m.freespace_initialized_to.unwrap_or(m.nbuckets).min(m.nbuckets);
         let mut runs = Vec::new();
         let mut at = 0u64;
-        for &b in taken.iter().filter(|&&b| b < m.nbuckets) {
+        for &b in taken.iter().filter(|&&b| b < end) {
             if b > at {
                 runs.push((at, b));
             }
             at = b + 1;
         }
-        if at < m.nbuckets {
-            runs.push((at, m.nbuckets));
+        if at < end {
+            runs.push((at, end));
         }
         out.push((dev, runs));
     }

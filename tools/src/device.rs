@@ -1,0 +1,99 @@
+//! Offline changes to one member device: `bcsim device resize`.
+//!
+//! **Resize** grows a member to a new size, as `bcachefs device resize` does offline (the
+//! workaround the #1108 reporter used). The image file grows, the member's bucket count follows
+//! (up to the backup superblock copy, which moves to the new end), and its superblock is written
+//! with the seq bumped, so that its member table is the newest of the set. The new buckets are
+//! free: they have no alloc keys (an unused bucket has none), and the superblock records that
+//! the freespace btree covers only the old ones (`freespace_initialized_to`), so the next mount's
+//! `fs_freespace_init` writes the rest. Shrinking is refused, as bcachefs refuses it.
+
+use std::path::Path;
+
+use fs_core::error::{ErrCode, Error, Result};
+use fs_core::sb::{backup_offset, write_super};
+
+use crate::images::{display, open_image, read_image_super};
+
+/// What a resize did.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Resized {
+    pub dev: u16,
+    pub old_nbuckets: u64,
+    pub new_nbuckets: u64,
+    pub bucket_size: u32,
+    pub size: u64,
+}
+
+/// Grows the member on `path` to `size` bytes. The filesystem must not be mounted (its control
+/// socket must not answer). Nothing is changed if any check fails.
+pub fn resize(path: &Path, size: u64) -> Result<Resized> {
+    let at = || display(path);
+    let read = read_image_super(path)?;
+    let mut sb = read.sb;
+    if crate::control::default_socket_path(sb.uuid)
+        .ok()
+        .and_then(|p| crate::control::request(&p, "status").ok().flatten())
+        .is_some()
+    {
+        return Err(Error::new(
+            ErrCode::FsAlreadyMounted,
+            format!("filesystem {} is mounted: resize works offline only; unmount it first", sb.uuid),
+        )
+        .path(at()));
+    }
+    let idx = usize::from(sb.dev_idx);
+    let m = sb.members.get(idx).cloned().ok_or_else(|| {
+        Error::new(ErrCode::InvalidSbMembers, format!("no member {idx} in its own superblock")).path(at())
+    })?;
+    let bucket_size = u64::from(m.bucket_size);
+    let new_nbuckets = backup_offset(size) / bucket_size.max(1);
+    if new_nbuckets < m.nbuckets {
+        return Err(Error::new(
+            ErrCode::InvalidArgument,
+            format!(
+                "{size} bytes hold {new_nbuckets} buckets, fewer than the member's {}: shrinking is not supported",
+                m.nbuckets
+            ),
+        )
+        .path(at()));
+    }
+    if new_nbuckets == m.nbuckets {
+        return Err(Error::new(
+            ErrCode::InvalidArgument,
+            format!("{size} bytes hold the same {new_nbuckets} buckets: nothing to grow"),
+        )
+        .path(at()));
+    }
+    let md = std::fs::metadata(path)
+        .map_err(|e| Error::new(ErrCode::Enoent, "cannot stat").path(at()).source(e))?;
+    if md.file_type().is_file() && md.len() < size {
+        {
+            let f = std::fs::OpenOptions::new()
+                .write(true)
+                .open(path)
+                .map_err(|e| Error::new(ErrCode::IoWrite, "cannot open for writing").path(at()).source(e))?;
+            f.set_len(size).map_err(|e| {
+                Error::new(ErrCode::IoWrite, format!("cannot grow the image to {size} bytes"))
+                    .path(at())
+                    .source(e)
+            })?;
+        }
+    }
+    let dev = open_image(path, true)?;
+    if dev.size() < size {
+        return Err(Error::new(
+            ErrCode::InvalidArgument,
+            format!("the device is {} bytes, less than {size}: grow the block device first", dev.size()),
+        )
+        .path(at()));
+    }
+    if let Some(member) = sb.members.get_mut(idx) {
+        member.nbuckets = new_nbuckets;
+        member.freespace_initialized_to = Some(m.freespace_initialized_to.unwrap_or(m.nbuckets));
+    }
+    sb.offsets[1] = backup_offset(size);
+    sb.seq += 1;
+    write_super(dev.as_ref(), &sb).map_err(|e| e.or_path(at()))?;
+    Ok(Resized { dev: sb.dev_idx, old_nbuckets: m.nbuckets, new_nbuckets, bucket_size: m.bucket_size, size })
+}
