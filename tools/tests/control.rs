@@ -213,3 +213,47 @@ fn offline_set_fs_option_writes_the_superblock() {
     let out = bcsim(&["mount", "a.img", "b.img"], dir);
     assert_eq!(out.code, 0, "{}", out.stderr);
 }
+
+/// Fewer replicas are never silent. In the fixed profile `-o metadata_replicas=1` is a recovery
+/// option: the mount says it writes short of the filesystem's 2, counts replicas_written_short
+/// in the superblock, and `fsck -nf` lists the nodes written with one replica (exit 4) until
+/// `fsck -yf` rewrites them. v1.37.5 refuses the option at mount with the kernel's message and
+/// writes nothing short.
+#[test]
+fn fewer_replicas_at_mount_are_recorded_and_listed() {
+    for behavior in ["v1.37.5", "fixed"] {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path();
+        let ok = |args: &[&str]| {
+            let out = bcsim(args, dir);
+            assert_eq!(out.code, 0, "{args:?}: {}{}", out.stdout, out.stderr);
+            out.stdout
+        };
+        let profile = format!("behavior={behavior}");
+        ok(&["format", "--size", "64M", "--metadata-replicas", "2", "-o", &profile, "a.img", "b.img"]);
+        ok(&["run", "--ops", "200", "--seed", "2", "--crash-after", "150", "a.img", "b.img"]);
+        let log = ok(&["mount", "-o", "metadata_replicas=1", "a.img", "b.img"]);
+        if behavior == "v1.37.5" {
+            assert!(
+                log.contains("option may no longer be specified at mount time; set via sysfs opts dir"),
+                "{log}"
+            );
+            ok(&["fsck", "-nf", "a.img", "b.img"]);
+            continue;
+        }
+        assert!(log.contains("metadata_replicas=1 for this mount, below the filesystem's 2"), "{log}");
+        let out = bcsim(&["fsck", "-nf", "a.img", "b.img"], dir);
+        assert_eq!(out.code, 4, "{}{}", out.stdout, out.stderr);
+        assert!(
+            out.stdout.contains("replicas_written_short")
+                && out.stdout.contains("1 replicas of metadata_replicas=2"),
+            "{}",
+            out.stdout
+        );
+        let out = bcsim(&["show-super", "a.img"], dir);
+        assert!(out.stdout.contains("replicas_written_short"), "{}", out.stdout);
+        let out = bcsim(&["fsck", "-yf", "a.img", "b.img"], dir);
+        assert_eq!(out.code, 1, "{}{}", out.stdout, out.stderr);
+        ok(&["fsck", "-nf", "a.img", "b.img"]);
+    }
+}

@@ -265,13 +265,22 @@ pub(crate) fn recover(
     ));
     set.require_all(mopts.degraded())?;
     let missing = set.missing();
-    let mut written_short = false;
+    // Fewer replicas are never silent: metadata_replicas below the filesystem's (a recovery
+    // option, fixed profile) makes this mount write short, which is recorded like a degraded
+    // mount's short writes, for fsck to find and rewrite.
+    let (fs_replicas, mount_replicas) = (set.sb.opts.metadata_replicas(), opts.metadata_replicas());
+    let mut written_short = mount_replicas < fs_replicas;
+    if written_short {
+        log.push(format!(
+            "metadata_replicas={mount_replicas} for this mount, below the filesystem's {fs_replicas}: metadata it writes is short of {fs_replicas} replicas (recorded as replicas_written_short; fsck -f rewrites it)"
+        ));
+    }
     if !missing.is_empty() {
         log.push(format!("mounting degraded: {} of {nr} devices missing", missing.len()));
         if mopts.degraded_ask() {
             log.push("degraded=ask: nobody to ask; mounting degraded as with degraded=yes".to_owned());
         }
-        written_short = cap_replicas_to_present(&set, &mut opts, &mut log)?;
+        written_short |= cap_replicas_to_present(&set, &mut opts, &mut log)?;
     }
     let cfg = BtreeConfig { behavior: opts.behavior(), ..cfg };
     let errors = opts.errors();
