@@ -224,11 +224,7 @@ fn fewer_replicas_at_mount_are_recorded_and_listed() {
     for behavior in ["v1.37.5", "fixed"] {
         let tmp = tempfile::tempdir().unwrap();
         let dir = tmp.path();
-        let ok = |args: &[&str]| {
-            let out = bcsim(args, dir);
-            assert_eq!(out.code, 0, "{args:?}: {}{}", out.stdout, out.stderr);
-            out.stdout
-        };
+        let ok = |args: &[&str]| common::ok(args, dir);
         let profile = format!("behavior={behavior}");
         ok(&["format", "--size", "64M", "--metadata-replicas", "2", "-o", &profile, "a.img", "b.img"]);
         ok(&["run", "--ops", "200", "--seed", "2", "--crash-after", "150", "a.img", "b.img"]);

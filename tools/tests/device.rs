@@ -19,11 +19,7 @@ use common::{bcsim, fails, spawn_piped};
 fn resize_grows_a_member_and_its_freespace() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path();
-    let ok = |args: &[&str]| {
-        let out = bcsim(args, dir);
-        assert_eq!(out.code, 0, "{args:?}: {}{}", out.stdout, out.stderr);
-        out.stdout
-    };
+    let ok = |args: &[&str]| common::ok(args, dir);
     ok(&["format", "--size", "64M", "--bucket-size", "256k", "a.img", "b.img"]);
     ok(&["run", "--ops", "300", "--seed", "1", "--crash-after", "250", "a.img", "b.img"]);
     let out = ok(&["device", "resize", "--json", "a.img", "128M"]);

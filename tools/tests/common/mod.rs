@@ -14,6 +14,13 @@ pub struct Out {
     pub stderr: String,
 }
 
+/// Runs the built `bcsim` with `args` in `dir`, which must succeed; returns its stdout.
+pub fn ok(args: &[&str], dir: &Path) -> String {
+    let out = bcsim(args, dir);
+    assert_eq!(out.code, 0, "{args:?}: {}{}", out.stdout, out.stderr);
+    out.stdout
+}
+
 /// Runs the built `bcsim` with `args` in `dir`.
 pub fn bcsim(args: &[&str], dir: &Path) -> Out {
     let out = Command::new(env!("CARGO_BIN_EXE_bcsim"))
