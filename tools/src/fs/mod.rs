@@ -85,6 +85,9 @@ pub struct FsShared {
     parking: AtomicBool,
     /// See [`FsShared::rewind_seq`].
     rewind_seq: AtomicU64,
+    /// Whether need_discard buckets are discarded yet: from going read-write (before journal
+    /// replay) in v1.39 and fixed, only once recovery is done in v1.37.5.
+    discards: AtomicBool,
     /// Where lines the kernel would put in dmesg while the filesystem runs go (stuck reports),
     /// besides [`FsShared::events`].
     klog_sink: Mutex<Option<LogSink>>,
@@ -131,6 +134,7 @@ impl FsShared {
             waits,
             parking: AtomicBool::new(false),
             rewind_seq: AtomicU64::new(u64::MAX),
+            discards: AtomicBool::new(false),
             klog_sink: Mutex::new(None),
             events: Mutex::new(Vec::new()),
         })
@@ -263,7 +267,21 @@ impl FsShared {
         journal.flush()?;
         let mut set = self.set();
         set.sb.clean = None;
-        set.write_super()
+        set.write_super()?;
+        drop(set);
+        if self.opts.with(Options::behavior) != fs_core::opts::Behavior::V1_37_5 {
+            self.start_discards();
+        }
+        Ok(())
+    }
+
+    /// Need_discard buckets are discarded from now on (v1.37.5: once recovery is done).
+    pub(crate) fn start_discards(&self) {
+        self.discards.store(true, Ordering::Release);
+    }
+
+    pub(crate) fn discards_running(&self) -> bool {
+        self.discards.load(Ordering::Acquire)
     }
 
     /// After emergency read-only, the one write left: the superblock counts it

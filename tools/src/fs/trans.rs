@@ -244,6 +244,9 @@ impl FsShared {
         // While journal replay runs, buckets emptied in the range being replayed stay: a
         // rewind of the replay may need what they hold.
         let durable = durable.min(self.rewind_seq().saturating_sub(1));
+        if !self.discards_running() {
+            return Ok(Vec::new());
+        }
         let freed = alloc.discard_durable(durable, self.rewind_buffer()).map_err(|e| self.check_fatal(e))?;
         if self.opts.u64(fs_core::opts::OptId::Discard) == 1 {
             self.discard_on_devices(&freed)?;

@@ -338,6 +338,7 @@ pub(crate) fn recover(
     }
     ctx.fs()?.set().write_super()?;
     ctx.health.set_running();
+    ctx.fs()?.shared().start_discards();
     ctx.log.push(match ctx.replayed {
         Some(_) => format!("recovery done: {} keys replayed ({:.2?})", ctx.keys_replayed, ctx.t0.elapsed()),
         None => "done".to_owned(),
