@@ -233,6 +233,18 @@ impl Allocator {
     /// transaction blocked on the allocator waits for. Issuing the device-level discards is the
     /// caller's (the allocator never writes).
     pub fn discard_durable(&self, durable_seq: u64, keep: RewindBuffer) -> Result<Vec<(u8, u64)>> {
+        self.discard_durable_on(None, durable_seq, keep)
+    }
+
+    /// [`Allocator::discard_durable`] of one device's buckets only (`None`: every device's).
+    /// The rewind buffer is counted as the profile counts it, over every device for
+    /// [`RewindBuffer::FsWide`].
+    pub fn discard_durable_on(
+        &self,
+        only: Option<u8>,
+        durable_seq: u64,
+        keep: RewindBuffer,
+    ) -> Result<Vec<(u8, u64)>> {
         let mut inner = self.lock();
         // Every need_discard bucket, newest emptied first: the rewind buffer keeps from the
         // front, up to its budget.
@@ -270,7 +282,7 @@ impl Allocator {
                 continue;
             }
             *room = 0;
-            if seq_empty <= durable_seq {
+            if seq_empty <= durable_seq && only.is_none_or(|d| d == dev) {
                 ready.push((dev, bucket));
             }
         }

@@ -95,7 +95,9 @@ fn writer(fs: &Fs, n: usize, done: &AtomicBool) -> Result<()> {
 /// lines), or panics if it finished instead.
 fn until_parked(fs: &Fs, done: &AtomicBool) {
     let waits = fs.shared().waits().unwrap();
+    let watchdog = Watchdog::new("the writer to park");
     while waits.parked() == 0 {
+        watchdog.check();
         assert!(!done.load(Ordering::SeqCst), "the writer never parked: {:?}", fs.shared().events());
         std::thread::yield_now();
     }
@@ -104,7 +106,9 @@ fn until_parked(fs: &Fs, done: &AtomicBool) {
 /// Waits, by yielding, until a line containing `want` is logged; panics if the writer finished
 /// first or a line containing `forbidden` is logged.
 fn until_logged(fs: &Fs, done: &AtomicBool, want: &str, forbidden: &str) {
+    let watchdog = Watchdog::new(want);
     loop {
+        watchdog.check();
         let events = fs.shared().events();
         if events.iter().any(|l| l.contains(want)) {
             return;
@@ -116,6 +120,25 @@ fn until_logged(fs: &Fs, done: &AtomicBool, want: &str, forbidden: &str) {
 }
 
 const TRANSACTIONS: usize = 60;
+
+/// Turns a wait that would never end (the code under test broken) into a failure. Not a timing
+/// check: every wait here ends in microseconds when the code works.
+struct Watchdog {
+    what: String,
+    since: std::time::Instant,
+}
+
+impl Watchdog {
+    const LIMIT: Duration = Duration::from_secs(120);
+
+    fn new(what: &str) -> Watchdog {
+        Watchdog { what: what.to_owned(), since: std::time::Instant::now() }
+    }
+
+    fn check(&self) {
+        assert!(self.since.elapsed() < Self::LIMIT, "watchdog: waited {:?} for {}", Self::LIMIT, self.what);
+    }
+}
 
 /// The writer on a thread of its own, not a scoped one: a test that fails while the writer is
 /// parked must end, not wait for it.
@@ -213,5 +236,30 @@ fn stuck_report_at_the_timeout() {
         report.iter().any(|l| l.contains("request: replicas 2") && l.contains("data_type btree")),
         "{report:?}"
     );
+    owned(fs).unmount().unwrap();
+}
+
+/// fixed: the discard workers unblock a parked update. The drained device's buckets are
+/// written and emptied (need_discard, emptied at a durable seq); the worker of that device
+/// discards all but its rewind buffer (4 % of its capacity), wakes the update parked on it, and
+/// the update goes on with `metadata_replicas=2`, which no option change was needed for.
+#[test]
+fn discard_workers_unblock_a_parked_update() {
+    let (fs, taken) = blocked_fs(Behavior::Fixed);
+    let (fs, done) = (Arc::new(fs), Arc::new(AtomicBool::new(false)));
+    let w = spawn_writer(&fs, &done);
+    until_parked(&fs, &done);
+    let alloc = fs.alloc().unwrap();
+    let seq = fs.journal().unwrap().flushed_seq();
+    for &b in &taken {
+        alloc.add_sectors(1, b, DataType::User, 8, seq).unwrap();
+        alloc.add_sectors(1, b, DataType::User, -8, seq).unwrap();
+    }
+    until_logged(&fs, &done, "discard: dev 1:", "options changed");
+    w.join().unwrap().unwrap();
+    let events = fs.shared().events();
+    assert!(events.iter().any(|l| l.contains("buckets freed on dev 1: retrying")), "{events:?}");
+    // 4 % of 127 buckets of 64 KiB: 5 buckets kept back.
+    assert!(alloc.dev_usage(1).unwrap().need_discard <= 5, "{:?}", alloc.dev_usage(1));
     owned(fs).unmount().unwrap();
 }

@@ -1,10 +1,11 @@
 //! A btree update blocked on the allocator (`bucket_alloc_blocked`): the wait of
 //! `bch2_btree_update_start`, as each behaviour profile does it.
 //!
-//! The update's thread first does what it can itself: write back, flush the journal, discard
-//! the buckets whose emptying is durable ([`FsShared::wait_on_allocator`]). If that frees
-//! something it retries at once. If not, it parks on the allocator's [`WaitList`] and retries
-//! when it wakes:
+//! The update's thread first makes what was emptied durable (write back, journal flush). On a
+//! mount with discard workers it then kicks them and parks: a worker that discards a bucket on
+//! one of its devices wakes it. A filesystem without workers (stepped by hand) discards the
+//! durable buckets itself ([`FsShared::wait_on_allocator`]) and retries at once if that freed
+//! something. Parked, it retries when it wakes:
 //!
 //! | | v1.37.5 | v1.39 | fixed |
 //! |---|---|---|---|
@@ -97,7 +98,16 @@ impl AllocWaiter<'_> {
         let (Some(waits), Some(nodes)) = (fs.waits.as_ref(), fs.nodes.as_ref()) else { return Err(err) };
         // Taken before this thread's own round: whatever happens after it wakes the wait.
         let ticket = waits.ticket();
-        let freed = fs.discard_round()?;
+        let freed = if fs.discard_workers_running() {
+            // The discard workers do the discarding: this thread makes what was emptied
+            // durable, kicks them, and parks; a worker that frees a bucket wakes it.
+            fs.write_back()?;
+            fs.journal_rw()?.flush()?;
+            fs.kick_discards();
+            Vec::new()
+        } else {
+            fs.discard_round()?
+        };
         if !freed.is_empty() {
             let mut per_dev: std::collections::BTreeMap<u8, usize> = std::collections::BTreeMap::new();
             for (dev, _) in &freed {

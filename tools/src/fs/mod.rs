@@ -18,6 +18,7 @@
 //! with no journal lock held.
 
 pub mod alloc_wait;
+pub mod discard;
 pub mod layout;
 pub mod reclaim;
 pub mod trans;
@@ -88,6 +89,10 @@ pub struct FsShared {
     /// Whether need_discard buckets are discarded yet: from going read-write (before journal
     /// replay) in v1.39 and fixed, only once recovery is done in v1.37.5.
     discards: AtomicBool,
+    /// Wakes the discard workers (when the mount runs them).
+    discard_kick: Arc<discard::DiscardKick>,
+    /// Whether discard workers run: a blocked update then leaves discarding to them.
+    discard_workers: AtomicBool,
     /// Where lines the kernel would put in dmesg while the filesystem runs go (stuck reports),
     /// besides [`FsShared::events`].
     klog_sink: Mutex<Option<LogSink>>,
@@ -135,6 +140,8 @@ impl FsShared {
             parking: AtomicBool::new(false),
             rewind_seq: AtomicU64::new(u64::MAX),
             discards: AtomicBool::new(false),
+            discard_kick: Arc::new(discard::DiscardKick::default()),
+            discard_workers: AtomicBool::new(false),
             klog_sink: Mutex::new(None),
             events: Mutex::new(Vec::new()),
         })
@@ -284,6 +291,23 @@ impl FsShared {
         self.discards.load(Ordering::Acquire)
     }
 
+    pub(crate) fn discard_kick(&self) -> &Arc<discard::DiscardKick> {
+        &self.discard_kick
+    }
+
+    pub(crate) fn discard_workers_running(&self) -> bool {
+        self.discard_workers.load(Ordering::Acquire)
+    }
+
+    /// Wakes the discard workers, if the mount runs them; false if it does not.
+    pub(crate) fn kick_discards(&self) -> bool {
+        let running = self.discard_workers.load(Ordering::Acquire);
+        if running {
+            self.discard_kick.kick();
+        }
+        running
+    }
+
     /// After emergency read-only, the one write left: the superblock counts it
     /// (`emergency_read_only`), still not clean, so the next mount replays the journal. A
     /// simulated kernel BUG writes not even that: the filesystem stopped dead. A failure to
@@ -313,6 +337,7 @@ impl FsShared {
 pub struct Fs {
     shared: Arc<FsShared>,
     reclaim: Option<Reclaim>,
+    discards: Option<discard::Discards>,
 }
 
 impl Fs {
@@ -324,7 +349,12 @@ impl Fs {
             _ => None,
         };
         shared.parking.store(reclaim.is_some(), Ordering::Release);
-        Ok(Fs { shared, reclaim })
+        let discards = match reclaim {
+            Some(_) => Some(discard::Discards::start(&shared)?),
+            None => None,
+        };
+        shared.discard_workers.store(discards.is_some(), Ordering::Release);
+        Ok(Fs { shared, reclaim, discards })
     }
 
     /// One round of journal reclaim at time `now` (the flush delay, then pins if the journal is
@@ -487,12 +517,18 @@ impl Fs {
         self.shared.write_clean_section(seq)
     }
 
-    /// Stops the reclaim thread; its failure, if it failed, is the error.
+    /// Stops the discard workers and the reclaim thread; a failure of theirs is the error.
     fn stop_reclaim(&mut self) -> Result<()> {
-        match self.reclaim.take() {
+        self.shared.discard_workers.store(false, Ordering::Release);
+        let discards = match self.discards.take() {
+            Some(d) => d.stop(),
+            None => Ok(()),
+        };
+        let reclaim = match self.reclaim.take() {
             Some(r) => r.stop(),
             None => Ok(()),
-        }
+        };
+        discards.and(reclaim)
     }
 }
 
@@ -500,10 +536,8 @@ impl Drop for Fs {
     /// Dropping a filesystem without unmounting it is a crash: the reclaim thread stops, and
     /// the pins are given up with what was only in memory.
     fn drop(&mut self) {
-        if let Some(r) = self.reclaim.take() {
-            // The thread's error, if any, is already in the health state.
-            let _ = r.stop();
-        }
+        // The threads' errors, if any, are already in the health state.
+        let _ = self.stop_reclaim();
         self.shared.abandon_pins();
     }
 }

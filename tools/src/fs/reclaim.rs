@@ -94,6 +94,8 @@ pub(crate) const KEY_CACHE_KEEP: usize = 1 << 16;
 pub(crate) fn step(fs: &FsShared, now: Instant) -> Result<()> {
     let Some(journal) = fs.journal() else { return Ok(()) };
     journal.tick(now)?;
+    // The journal may be durable further now: buckets emptied before may be discarded.
+    fs.kick_discards();
     let cache = fs.key_cache();
     let dirty_cache = cache.is_some_and(|c| c.pressure() != key_cache::Pressure::None);
     if journal.wants_reclaim() || dirty_cache {

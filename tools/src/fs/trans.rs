@@ -260,6 +260,33 @@ impl FsShared {
         Ok(freed)
     }
 
+    /// A discard worker's round on `dev`: the need_discard buckets whose emptying the journal
+    /// has made durable (without flushing it) and that the rewind buffer does not keep are
+    /// discarded — on the device too when the `discard` option is on — their alloc keys
+    /// committed, and the updates parked on `dev` woken. Returns how many.
+    pub(crate) fn discard_dev(&self, dev: u8) -> Result<usize> {
+        let Some(alloc) = &self.alloc else { return Ok(0) };
+        if !self.discards_running() {
+            return Ok(0);
+        }
+        let durable = self.journal_rw()?.flushed_seq().min(self.rewind_seq().saturating_sub(1));
+        let freed = alloc
+            .discard_durable_on(Some(dev), durable, self.rewind_buffer())
+            .map_err(|e| self.check_fatal(e))?;
+        if freed.is_empty() {
+            return Ok(0);
+        }
+        if self.opts.u64(fs_core::opts::OptId::Discard) == 1 {
+            self.discard_on_devices(&freed)?;
+        }
+        self.commit_buckets(&freed)?;
+        self.klog(&format!("discard: dev {dev}: {} buckets discarded", freed.len()));
+        if let Some(waits) = &self.waits {
+            waits.buckets_freed(dev);
+        }
+        Ok(freed.len())
+    }
+
     /// Commits the pending alloc keys of `buckets` (discarded ones), in as many transactions
     /// as they need: unlike a node's, a discarded bucket's keys stand on their own.
     fn commit_buckets(&self, buckets: &[(u8, u64)]) -> Result<()> {
