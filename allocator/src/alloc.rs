@@ -246,6 +246,14 @@ impl Allocator {
         keep: RewindBuffer,
     ) -> Result<Vec<(u8, u64)>> {
         let mut inner = self.lock();
+        // Most rounds find nothing to do: the per-device counts say so without a scan.
+        if inner
+            .devs
+            .values()
+            .all(|d| only.is_some_and(|o| o != d.dev) || d.count(DataType::NeedDiscard) == 0)
+        {
+            return Ok(Vec::new());
+        }
         // Every need_discard bucket, newest emptied first: the rewind buffer keeps from the
         // front, up to its budget.
         let mut nd: Vec<(u64, u8, u64, u64)> = inner
