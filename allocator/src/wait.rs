@@ -22,8 +22,9 @@
 
 use std::time::{Duration, Instant};
 
-use fs_core::opts::Behavior;
-use fs_core::sync::{Condvar, Mutex};
+use fs_core::health::FsHealth;
+use fs_core::opts::{Behavior, LiveOpts};
+use fs_core::sync::{Arc, Condvar, Mutex};
 
 /// Why a parked request woke.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -98,6 +99,22 @@ impl WaitList {
     pub fn elapsed(&self) -> Duration {
         let st = self.state.lock();
         self.now(&st)
+    }
+
+    /// The wait list of a filesystem with these live options and health: every change of the
+    /// options, and emergency read-only, wakes the requests parked on it. This is how a mount
+    /// wires it.
+    pub fn wired(opts: &Arc<LiveOpts>, health: &FsHealth, nr_devs: usize, clock: Clock) -> Arc<WaitList> {
+        let w = Arc::new(WaitList::new(nr_devs, opts.generation(), clock));
+        let (w2, weak_opts) = (w.clone(), Arc::downgrade(opts));
+        opts.subscribe(move |_, _| {
+            if let Some(o) = weak_opts.upgrade() {
+                w2.options_changed(o.generation());
+            }
+        });
+        let w3 = w.clone();
+        health.on_emergency_ro(move |_| w3.emergency_ro());
+        w
     }
 
     fn now(&self, st: &State) -> Duration {

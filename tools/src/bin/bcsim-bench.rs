@@ -938,7 +938,7 @@ fn bench_alloc_wait(n: u64) -> Result<serde_json::Value, String> {
     for via_socket in [false, true] {
         let live = Arc::new(LiveOpts::new(Options::default()));
         let health = Arc::new(FsHealth::new());
-        let list = bcsim::fs::wait_list_for(&live, &health, 2, allocator::Clock::Manual);
+        let list = allocator::WaitList::wired(&live, &health, 2, allocator::Clock::Manual);
         let control = Control::new(fs_core::uuid::Uuid::random(), Vec::new(), |_| {});
         control.attach_opts(live.clone());
         let server = via_socket

@@ -120,7 +120,7 @@ impl FsShared {
     pub fn new(p: Parts) -> Arc<FsShared> {
         let behavior = p.opts.with(Options::behavior);
         let rw = p.journal.is_some();
-        let waits = rw.then(|| wait_list_for(&p.opts, &p.health, p.set.sb.members.len(), p.wait_clock));
+        let waits = rw.then(|| WaitList::wired(&p.opts, &p.health, p.set.sb.members.len(), p.wait_clock));
         Arc::new_cyclic(|me: &Weak<FsShared>| FsShared {
             key_cache: rw.then(|| {
                 let target: Weak<dyn FlushTarget> = me.clone();
@@ -540,21 +540,6 @@ impl Drop for Fs {
         let _ = self.stop_reclaim();
         self.shared.abandon_pins();
     }
-}
-
-/// The wait list of a filesystem with these options and health: every change of the options and
-/// emergency read-only wake the updates parked on it.
-pub fn wait_list_for(opts: &Arc<LiveOpts>, health: &FsHealth, nr_devs: usize, clock: Clock) -> Arc<WaitList> {
-    let w = Arc::new(WaitList::new(nr_devs, opts.generation(), clock));
-    let (w2, weak_opts) = (w.clone(), Arc::downgrade(opts));
-    opts.subscribe(move |_, _| {
-        if let Some(o) = weak_opts.upgrade() {
-            w2.options_changed(o.generation());
-        }
-    });
-    let w3 = w.clone();
-    health.on_emergency_ro(move |_| w3.emergency_ro());
-    w
 }
 
 /// The `btree_root` journal entries for the btrees' current roots.
