@@ -239,6 +239,15 @@ impl Device {
     pub(crate) fn finish_read(&mut self) {
         let upto = self.member.freespace_initialized_to.unwrap_or(u64::MAX).min(self.nbuckets());
         self.changed.clear();
+        // A device added offline has no keys at all yet: its superblock and journal buckets
+        // need their alloc keys too.
+        let layout: Vec<u64> = (0..u64::from(self.member.first_bucket))
+            .chain(self.journal.buckets())
+            .filter(|&b| b >= upto)
+            .collect();
+        for b in layout {
+            self.changed.insert(b);
+        }
         let mut b = upto;
         while let Some(next) = self.pub_free.next_from(b) {
             self.pub_free.remove(next);

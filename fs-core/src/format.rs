@@ -132,6 +132,32 @@ pub fn format(devices: &[DeviceSpec], opts: &Options, uuid: Option<Uuid>) -> Res
     Ok(report)
 }
 
+/// The superblock of a device added to the filesystem whose superblock is `sb` (offline
+/// `device add`): the next member index, laid out as format lays out a device, marked as having
+/// no alloc or freespace keys yet (`freespace_initialized_to = Some(0)`: the next mount writes
+/// them). Its member table already holds the new member; the caller writes it to the new device
+/// and the others.
+pub fn layout_added_device(sb: &Superblock, spec: &DeviceSpec) -> Result<Superblock> {
+    let idx = sb.members.len();
+    if idx >= MAX_DEVICES {
+        return Err(Error::new(
+            ErrCode::InvalidArgument,
+            format!("the filesystem has {idx} members already: at most {MAX_DEVICES}"),
+        ));
+    }
+    let (mut member, journal) = layout_device(spec, &sb.opts, &sb.uuid, idx)?;
+    member.freespace_initialized_to = Some(0);
+    let mut members = sb.members.clone();
+    members.push(member);
+    Ok(Superblock {
+        dev_idx: idx as u16,
+        offsets: [SB_OFFSET_0, backup_offset(spec.dev.size())],
+        members,
+        journal,
+        ..sb.clone()
+    })
+}
+
 fn layout_device(
     spec: &DeviceSpec,
     opts: &Options,

@@ -1,4 +1,4 @@
-//! Offline changes to one member device: `bcsim device resize`.
+//! Offline changes to member devices: `bcsim device resize` and `bcsim device add`.
 //!
 //! **Resize** grows a member to a new size, as `bcachefs device resize` does offline (the
 //! workaround the #1108 reporter used). The image file grows, the member's bucket count follows
@@ -8,12 +8,17 @@
 //! the freespace btree covers only the old ones (`freespace_initialized_to`), so the next mount's
 //! `fs_freespace_init` writes the rest. Shrinking is refused, as bcachefs refuses it.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use fs_core::error::{ErrCode, Error, Result};
+use fs_core::format::{existing_fs, layout_added_device};
 use fs_core::sb::{backup_offset, write_super};
+use fs_core::uuid::Uuid;
 
-use crate::images::{display, open_image, read_image_super};
+use crate::images::{
+    ImageSpec, device_spec, display, inspect, open_device_set, open_image, planned_size, read_image_super,
+    resize_file,
+};
 
 /// What a resize did.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -31,17 +36,7 @@ pub fn resize(path: &Path, size: u64) -> Result<Resized> {
     let at = || display(path);
     let read = read_image_super(path)?;
     let mut sb = read.sb;
-    if crate::control::default_socket_path(sb.uuid)
-        .ok()
-        .and_then(|p| crate::control::request(&p, "status").ok().flatten())
-        .is_some()
-    {
-        return Err(Error::new(
-            ErrCode::FsAlreadyMounted,
-            format!("filesystem {} is mounted: resize works offline only; unmount it first", sb.uuid),
-        )
-        .path(at()));
-    }
+    refuse_mounted(sb.uuid, "resize").map_err(|e| e.path(at()))?;
     let idx = usize::from(sb.dev_idx);
     let m = sb.members.get(idx).cloned().ok_or_else(|| {
         Error::new(ErrCode::InvalidSbMembers, format!("no member {idx} in its own superblock")).path(at())
@@ -96,4 +91,71 @@ pub fn resize(path: &Path, size: u64) -> Result<Resized> {
     sb.seq += 1;
     write_super(dev.as_ref(), &sb).map_err(|e| e.or_path(at()))?;
     Ok(Resized { dev: sb.dev_idx, old_nbuckets: m.nbuckets, new_nbuckets, bucket_size: m.bucket_size, size })
+}
+
+/// Refuses to change a filesystem whose mount answers on its control socket.
+fn refuse_mounted(uuid: Uuid, what: &str) -> Result<()> {
+    let mounted = crate::control::default_socket_path(uuid)
+        .ok()
+        .and_then(|p| crate::control::request(&p, "status").ok().flatten())
+        .is_some();
+    if mounted {
+        return Err(Error::new(
+            ErrCode::FsAlreadyMounted,
+            format!("filesystem {uuid} is mounted: {what} works offline only; unmount it first"),
+        ));
+    }
+    Ok(())
+}
+
+/// What an add did.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Added {
+    pub dev: u16,
+    pub nbuckets: u64,
+    pub bucket_size: u32,
+    pub label: String,
+}
+
+/// Adds the image `spec` to the filesystem on `fs_images` (every member, none mounted), as
+/// `bcachefs device add` does offline: the new image is laid out as format lays out a device,
+/// its superblock is written, then every member's with the new member in the table. It has no
+/// alloc or freespace keys yet; the next mount writes them (`fs_freespace_init`). An image
+/// that already holds a bcsim filesystem is refused unless `force`.
+pub fn add(spec: &ImageSpec, fs_images: &[PathBuf], force: bool) -> Result<Added> {
+    let at = || display(&spec.path);
+    if fs_images.iter().any(|p| p == &spec.path) {
+        return Err(
+            Error::new(ErrCode::InvalidArgument, "is already one of the filesystem's images").path(at())
+        );
+    }
+    let mut set = open_device_set(fs_images, true)?;
+    set.require_all(false)?;
+    refuse_mounted(set.sb.uuid, "device add")?;
+    let existing = inspect(&spec.path)?;
+    if existing.size.is_some_and(|s| s > 0) && !force {
+        if let Some(old) = existing_fs(&open_image(&spec.path, false)?) {
+            return Err(Error::new(
+                ErrCode::FsExists,
+                format!("already holds bcsim filesystem {old}: use -f to add it anyway"),
+            )
+            .path(at()));
+        }
+    }
+    let size = planned_size(spec, &existing)?;
+    // Rehearse on memory first: every check runs before a file changes.
+    let rehearsal = device_spec(spec, std::sync::Arc::new(fs_core::dev::MemDevice::new(at(), size)));
+    layout_added_device(&set.sb, &rehearsal)?;
+    if !existing.block_device {
+        resize_file(&spec.path, size)?;
+    }
+    let dev_spec = device_spec(spec, open_image(&spec.path, true)?);
+    let mut new_sb = layout_added_device(&set.sb, &dev_spec)?;
+    new_sb.seq = set.sb.seq + 1;
+    // The new device first: until the others list it, nothing refers to it.
+    write_super(dev_spec.dev.as_ref(), &new_sb).map_err(|e| e.or_path(at()))?;
+    set.sb.members = new_sb.members.clone();
+    set.write_super()?;
+    let m = new_sb.members.last().cloned().ok_or_else(|| Error::internal("added member missing"))?;
+    Ok(Added { dev: new_sb.dev_idx, nbuckets: m.nbuckets, bucket_size: m.bucket_size, label: m.label })
 }

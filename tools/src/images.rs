@@ -55,13 +55,13 @@ pub fn open_device_set(paths: &[PathBuf], writable: bool) -> Result<DeviceSet> {
 }
 
 /// What is at a path before format touches it.
-struct Existing {
+pub(crate) struct Existing {
     /// Size in bytes if something is there.
-    size: Option<u64>,
-    block_device: bool,
+    pub(crate) size: Option<u64>,
+    pub(crate) block_device: bool,
 }
 
-fn inspect(path: &Path) -> Result<Existing> {
+pub(crate) fn inspect(path: &Path) -> Result<Existing> {
     match std::fs::metadata(path) {
         Ok(md) if md.is_dir() => {
             Err(Error::new(ErrCode::Eisdir, "is a directory, not an image").path(display(path)))
@@ -80,7 +80,7 @@ fn inspect(path: &Path) -> Result<Existing> {
 }
 
 /// The size the device will have after format, or why there is none.
-fn planned_size(spec: &ImageSpec, existing: &Existing) -> Result<u64> {
+pub(crate) fn planned_size(spec: &ImageSpec, existing: &Existing) -> Result<u64> {
     let path = display(&spec.path);
     match (spec.size, existing.size, existing.block_device) {
         (Some(want), Some(have), true) if want > have => Err(Error::new(
@@ -154,12 +154,12 @@ pub fn format_devices(devices: &[DeviceSpec], opts: &Options, uuid: Option<Uuid>
     Ok(report)
 }
 
-fn device_spec(spec: &ImageSpec, dev: SharedDevice) -> DeviceSpec {
+pub(crate) fn device_spec(spec: &ImageSpec, dev: SharedDevice) -> DeviceSpec {
     DeviceSpec { dev, bucket_size: spec.bucket_size, durability: spec.durability, label: spec.label.clone() }
 }
 
 /// Creates the file if needed and sets its length; growing a file leaves a hole (sparse).
-fn resize_file(path: &Path, size: u64) -> Result<()> {
+pub(crate) fn resize_file(path: &Path, size: u64) -> Result<()> {
     let file = std::fs::OpenOptions::new()
         .create(true)
         .truncate(false)

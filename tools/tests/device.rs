@@ -64,3 +64,52 @@ fn resize_refuses_what_it_cannot_do() {
     fails(&refused, 8, "offline only");
     assert_eq!(std::fs::metadata(dir.join("a.img")).unwrap().len(), 64 << 20);
 }
+
+/// `device add` after an unclean shutdown: the new image is created and laid out, every
+/// member's superblock lists it, `fsck -nf` is clean before the first mount (the new member
+/// has no keys yet, and says so), the recovery mount writes its alloc and freespace keys, and
+/// `fsck -nf` is clean after. A new metadata target on it is then usable at run time. The
+/// filesystem's own image, an incomplete member list and a formatted image are refused.
+#[test]
+fn add_lays_out_a_new_member() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let ok = |args: &[&str]| common::ok(args, dir);
+    ok(&["format", "--size", "64M", "--metadata-replicas", "2", "a.img", "b.img"]);
+    ok(&["run", "--ops", "300", "--seed", "1", "--crash-after", "250", "a.img", "b.img"]);
+    fails(
+        &bcsim(&["device", "add", "a.img", "--fs", "a.img", "b.img"], dir),
+        16,
+        "already one of the filesystem's images",
+    );
+    fails(&bcsim(&["device", "add", "c.img", "--size", "64M", "--fs", "a.img"], dir), 8, "not given");
+    ok(&["format", "--size", "64M", "other.img"]);
+    fails(
+        &bcsim(&["device", "add", "other.img", "--fs", "a.img", "b.img"], dir),
+        8,
+        "already holds bcsim filesystem",
+    );
+    assert!(!dir.join("c.img").exists(), "a refused add created the image");
+
+    let out = ok(&[
+        "device", "add", "--json", "c.img", "--size", "64M", "--label", "ssd.tmp", "--fs", "a.img", "b.img",
+    ]);
+    let v: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+    assert_eq!((v["dev"].as_u64(), v["label"].as_str()), (Some(2), Some("ssd.tmp")), "{v}");
+    for img in ["a.img", "b.img", "c.img"] {
+        let sb = ok(&["show-super", img]);
+        assert!(sb.contains("ssd.tmp"), "{img}: {sb}");
+    }
+    ok(&["fsck", "-nf", "a.img", "b.img", "c.img"]);
+    let log = ok(&["mount", "a.img", "b.img", "c.img"]);
+    assert!(log.contains("fs_freespace_init: dev 2: freespace keys written for buckets 0..255"), "{log}");
+    ok(&["fsck", "-nf", "a.img", "b.img", "c.img"]);
+    let alloc = ok(&["list", "-b", "alloc", "a.img", "b.img", "c.img"]);
+    assert!(
+        alloc.lines().any(|l| l.starts_with("2:0:0 alloc_v4")),
+        "no alloc key for dev 2's superblock bucket: {alloc}"
+    );
+    ok(&["set-fs-option", "--metadata_target=ssd.tmp", "a.img", "b.img", "c.img"]);
+    ok(&["run", "--ops", "100", "--seed", "4", "a.img", "b.img", "c.img"]);
+    ok(&["fsck", "-nf", "a.img", "b.img", "c.img"]);
+}

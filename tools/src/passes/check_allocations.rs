@@ -105,7 +105,10 @@ fn bucket_uses(
             continue;
         }
         let bucket_sectors = (u64::from(m.bucket_size) / SECTOR_BYTES) as u32;
-        for b in 0..u64::from(m.first_bucket) {
+        // A member added or grown offline has no alloc keys past `freespace_initialized_to`
+        // yet, its superblock and journal buckets included: fs_freespace_init writes them.
+        let keyed = m.freespace_initialized_to.unwrap_or(u64::MAX);
+        for b in (0..u64::from(m.first_bucket)).filter(|&b| b < keyed) {
             add_use(&mut uses, (i as u8, b), DataType::Sb, bucket_sectors, None);
         }
         // Only a member's own superblock lists its journal buckets: for an absent member (a
@@ -118,7 +121,7 @@ fn bucket_uses(
                 .map(|(p, _)| p.offset)
                 .collect(),
         };
-        for b in journal {
+        for b in journal.into_iter().filter(|&b| b < keyed) {
             add_use(&mut uses, (i as u8, b), DataType::Journal, bucket_sectors, None);
         }
     }
