@@ -507,6 +507,22 @@ fn read_request(stream: &UnixStream) -> Result<String> {
         .map_err(|_| Error::new(ErrCode::ControlRequestInvalid, "request is not UTF-8 text"))
 }
 
+/// True if a mount of filesystem `uuid` answers on its default control socket.
+pub fn is_mounted(uuid: Uuid) -> bool {
+    default_socket_path(uuid).ok().and_then(|p| request(&p, "status").ok().flatten()).is_some()
+}
+
+/// Refuses `what`, which writes the images, while a mount of filesystem `uuid` runs.
+pub fn refuse_if_mounted(uuid: Uuid, what: &str) -> Result<()> {
+    if is_mounted(uuid) {
+        return Err(Error::new(
+            ErrCode::FsAlreadyMounted,
+            format!("filesystem {uuid} is mounted: {what} works offline only; unmount it first"),
+        ));
+    }
+    Ok(())
+}
+
 /// Sends one request to the mount serving `path`; `Ok(None)` when no mount serves it (no
 /// socket, or a stale one). The answer's `ok: false` becomes the error it names.
 pub fn request(path: &Path, line: &str) -> Result<Option<Value>> {

@@ -13,7 +13,6 @@ use std::path::{Path, PathBuf};
 use fs_core::error::{ErrCode, Error, Result};
 use fs_core::format::{existing_fs, layout_added_device};
 use fs_core::sb::{backup_offset, write_super};
-use fs_core::uuid::Uuid;
 
 use crate::images::{
     ImageSpec, device_spec, display, inspect, open_device_set, open_image, planned_size, read_image_super,
@@ -36,7 +35,7 @@ pub fn resize(path: &Path, size: u64) -> Result<Resized> {
     let at = || display(path);
     let read = read_image_super(path)?;
     let mut sb = read.sb;
-    refuse_mounted(sb.uuid, "resize").map_err(|e| e.path(at()))?;
+    crate::control::refuse_if_mounted(sb.uuid, "resize").map_err(|e| e.path(at()))?;
     let idx = usize::from(sb.dev_idx);
     let m = sb.members.get(idx).cloned().ok_or_else(|| {
         Error::new(ErrCode::InvalidSbMembers, format!("no member {idx} in its own superblock")).path(at())
@@ -93,21 +92,6 @@ pub fn resize(path: &Path, size: u64) -> Result<Resized> {
     Ok(Resized { dev: sb.dev_idx, old_nbuckets: m.nbuckets, new_nbuckets, bucket_size: m.bucket_size, size })
 }
 
-/// Refuses to change a filesystem whose mount answers on its control socket.
-fn refuse_mounted(uuid: Uuid, what: &str) -> Result<()> {
-    let mounted = crate::control::default_socket_path(uuid)
-        .ok()
-        .and_then(|p| crate::control::request(&p, "status").ok().flatten())
-        .is_some();
-    if mounted {
-        return Err(Error::new(
-            ErrCode::FsAlreadyMounted,
-            format!("filesystem {uuid} is mounted: {what} works offline only; unmount it first"),
-        ));
-    }
-    Ok(())
-}
-
 /// What an add did.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Added {
@@ -131,7 +115,7 @@ pub fn add(spec: &ImageSpec, fs_images: &[PathBuf], force: bool) -> Result<Added
     }
     let mut set = open_device_set(fs_images, true)?;
     set.require_all(false)?;
-    refuse_mounted(set.sb.uuid, "device add")?;
+    crate::control::refuse_if_mounted(set.sb.uuid, "device add")?;
     let existing = inspect(&spec.path)?;
     if existing.size.is_some_and(|s| s > 0) && !force {
         if let Some(old) = existing_fs(&open_image(&spec.path, false)?) {

@@ -318,6 +318,7 @@ pub fn run_on_images_with(
         .map(|p| crate::images::open_image(p, true).map(|d| Arc::new(FaultyDevice::new(d, seed))))
         .collect::<Result<_>>()?;
     let set = fs_core::sb::DeviceSet::open(caches.iter().map(|c| c.clone() as SharedDevice).collect())?;
+    crate::control::refuse_if_mounted(set.sb.uuid, "a workload run")?;
     for c in &caches {
         c.set_volatile_cache(true);
     }

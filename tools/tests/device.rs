@@ -61,7 +61,7 @@ fn resize_refuses_what_it_cannot_do() {
     let refused = bcsim(&["device", "resize", "a.img", "128M"], dir);
     let _ = held.kill();
     let _ = held.wait();
-    fails(&refused, 8, "offline only");
+    fails(&refused, 8, "resize works offline only");
     assert_eq!(std::fs::metadata(dir.join("a.img")).unwrap().len(), 64 << 20);
 }
 

@@ -67,6 +67,16 @@ pub fn run(args: FsckArgs) -> CmdResult {
         mount: MountOpts { progress: Progress::stderr(), ..parse_mount_opts(&args.options)? },
     };
     let set = open_device_set(&args.images, mode != FixMode::No)?;
+    if mode == FixMode::No {
+        if bcsim::control::is_mounted(set.sb.uuid) {
+            eprintln!(
+                "bcsim: warning: filesystem {} is mounted: fsck -n reads what is on disk, which the mount may be changing",
+                set.sb.uuid
+            );
+        }
+    } else {
+        bcsim::control::refuse_if_mounted(set.sb.uuid, "fsck with repairs")?;
+    }
     let report = fsck(set, &o)?;
     let code = report.exit_code();
     if args.json {
