@@ -125,6 +125,7 @@ pub fn format(devices: &[DeviceSpec], opts: &Options, uuid: Option<Uuid>) -> Res
             journal: journal.clone(),
             clean: Some(CleanSection::default()),
             errors: Vec::new(),
+            needs_fsck: false,
         };
         write_super(spec.dev.as_ref(), &sb).map_err(|e| e.or_path(spec.dev.name()))?;
         report.devices.push(FormattedDevice { name: spec.dev.name().to_owned(), dev_idx, member, journal });

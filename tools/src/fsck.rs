@@ -88,16 +88,20 @@ pub fn fsck(set: DeviceSet, o: &FsckOpts) -> Result<FsckReport> {
         FixMode::Yes => Mode::Fix,
         FixMode::Preen => Mode::Preen,
     };
-    let quick = set.sb.is_clean() && !o.force;
+    let quick = set.sb.is_clean() && !o.force && !set.sb.needs_fsck;
     if quick && mode == Mode::Check {
         // The superblock copies were read to open the set: their damage costs nothing to say.
         let problems = damaged_sb_copies(&set, false);
         let log = vec!["filesystem is clean; use -f to check it anyway".to_owned()];
         return Ok(FsckReport { problems, log, checked: false, passes: Vec::new() });
     }
+    let forced = set.sb.is_clean() && !o.force && set.sb.needs_fsck;
     let ctx = recover(set, &o.mount, mode, !quick, BtreeConfig::default())?;
     let mut report =
         FsckReport { problems: ctx.problems, log: ctx.log, checked: !quick, passes: ctx.outcomes };
+    if forced {
+        report.log.insert(0, "filesystem has errors recorded: check forced".to_owned());
+    }
     if quick {
         report.log.push("filesystem is clean; use -f to check it anyway".to_owned());
     }

@@ -103,6 +103,12 @@ impl SuperReport<'_> {
             None => "no (needs journal replay)".to_owned(),
         };
         let _ = writeln!(s, "Clean:                   {clean}");
+        if sb.needs_fsck {
+            let _ = writeln!(
+                s,
+                "Errors:                  recorded, not yet repaired by fsck (it checks even when clean)"
+            );
+        }
         for field in fields {
             s.push('\n');
             match field {
@@ -172,6 +178,7 @@ impl SuperReport<'_> {
                 "offset": d.offset, "code": d.error.code().name(), "error": d.error.to_string(),
             })).collect::<Vec<_>>(),
             "clean": sb.is_clean(),
+            "needs_fsck": sb.needs_fsck,
         });
         for field in fields {
             let (key, value) = match field {

@@ -246,7 +246,10 @@ fn fewer_replicas_at_mount_are_recorded_and_listed() {
             continue;
         }
         assert!(log.contains("metadata_replicas=1 for this mount, below the filesystem's 2"), "{log}");
-        let out = bcsim(&["fsck", "-nf", "a.img", "b.img"], dir);
+        // The superblock says errors are recorded: fsck checks the clean filesystem without -f.
+        let sb = ok(&["show-super", "a.img"]);
+        assert!(sb.contains("Errors:                  recorded"), "{sb}");
+        let out = bcsim(&["fsck", "-n", "-v", "a.img", "b.img"], dir);
         assert_eq!(out.code, 4, "{}{}", out.stdout, out.stderr);
         assert!(
             out.stdout.contains("replicas_written_short")
@@ -256,8 +259,10 @@ fn fewer_replicas_at_mount_are_recorded_and_listed() {
         );
         let out = bcsim(&["show-super", "a.img"], dir);
         assert!(out.stdout.contains("replicas_written_short"), "{}", out.stdout);
-        let out = bcsim(&["fsck", "-yf", "a.img", "b.img"], dir);
+        let out = bcsim(&["fsck", "-y", "a.img", "b.img"], dir);
         assert_eq!(out.code, 1, "{}{}", out.stdout, out.stderr);
         ok(&["fsck", "-nf", "a.img", "b.img"]);
+        // Repaired: the mark is gone, and a clean filesystem gets the quick check again.
+        assert!(ok(&["fsck", "-n", "a.img", "b.img"]).contains("quick check only"));
     }
 }

@@ -13,7 +13,7 @@
 //!  24  version     u16  FORMAT_VERSION
 //!  26  dev_idx     u16  this device's slot in the member table
 //!  28  nr_devices  u16  member table slots
-//!  30  flags       u16  bit 0: clean
+//!  30  flags       u16  bit 0: clean; bit 1: errors recorded, a full fsck is needed
 //!  32  uuid        [16] filesystem uuid
 //!  48  seq         u64  bumped on every superblock write
 //!  56  offset_0    u64  byte offset of copy 0
@@ -72,6 +72,7 @@ const OFF_FIELDS: usize = OFF_NR_FIELDS + 8;
 const _: () = assert!(OFF_FIELDS == HEADER_BYTES);
 
 const FLAG_CLEAN: u16 = 1 << 0;
+const FLAG_NEEDS_FSCK: u16 = 1 << 1;
 
 /// Where copy 1 goes on a device of `size_bytes`: the last `SB_MAX_BYTES` before the size
 /// rounded down to 4 KiB.
@@ -104,6 +105,10 @@ pub struct Superblock {
     pub clean: Option<CleanSection>,
     /// Fsck error counts by stable id.
     pub errors: Vec<ErrorCount>,
+    /// Errors were recorded that a full fsck has not repaired since (a mount that wrote short
+    /// of the replica count, emergency read-only, problems a mount left): fsck checks the
+    /// filesystem even when it is clean, as e2fsck does one "with errors".
+    pub needs_fsck: bool,
 }
 
 impl Superblock {
@@ -142,7 +147,10 @@ impl Superblock {
         w.u16(self.version);
         w.u16(self.dev_idx);
         w.u16(u16::try_from(self.members.len()).map_err(|_| too_many_members(self.members.len()))?);
-        w.u16(if self.clean.is_some() { FLAG_CLEAN } else { 0 });
+        w.u16(
+            if self.clean.is_some() { FLAG_CLEAN } else { 0 }
+                | if self.needs_fsck { FLAG_NEEDS_FSCK } else { 0 },
+        );
         w.bytes(&self.uuid.0);
         w.u64(self.seq);
         w.u64(self.offsets[0]);
@@ -250,6 +258,7 @@ impl Superblock {
             journal: decoded.journal,
             clean: decoded.clean,
             errors: decoded.errors,
+            needs_fsck: flags & FLAG_NEEDS_FSCK != 0,
         })
     }
 }

@@ -116,6 +116,8 @@ fn arb_sb() -> impl Strategy<Value = Superblock> {
                     .into_iter()
                     .map(|(id, count, last_time_secs)| ErrorCount { id, count, last_time_secs })
                     .collect(),
+                // Both values of the flag, drawn from a field already random.
+                needs_fsck: seq % 2 == 1,
             }
         })
 }

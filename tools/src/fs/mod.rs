@@ -318,6 +318,7 @@ impl FsShared {
         }
         let mut set = self.set();
         set.sb.count_error(fs_core::fsck_err::FsckErr::EmergencyReadOnly, 1);
+        set.sb.needs_fsck = true;
         let _ = set.write_super();
     }
 

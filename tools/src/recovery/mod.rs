@@ -336,6 +336,18 @@ pub(crate) fn recover(
         // Recorded for the next fsck with every member back, which rewrites what is short.
         ctx.fs()?.set().sb.count_error(FsckErr::ReplicasWrittenShort, 1);
     }
+    // A full fsck that repairs and leaves nothing unfixed clears the mark; anything this run
+    // wrote short or left unfixed sets it, so the next fsck checks even a clean filesystem.
+    let unfixed = ctx.problems.iter().any(|p| !p.fixed);
+    let repaired_all = fsck && matches!(mode, Mode::Fix | Mode::Preen) && !unfixed;
+    {
+        let mut set = ctx.fs()?.set();
+        if written_short || unfixed {
+            set.sb.needs_fsck = true;
+        } else if repaired_all {
+            set.sb.needs_fsck = false;
+        }
+    }
     ctx.fs()?.set().write_super()?;
     ctx.health.set_running();
     ctx.fs()?.shared().start_discards();
