@@ -349,14 +349,16 @@ fn fsck_passes_report_progress() {
     }
 }
 
-/// A transaction's alloc keys go through the key cache at run time: a bucket whose alloc key
-/// the btree already holds is updated in a dirty entry, pinned in the journal, which `Fs::get`
-/// and `Fs::list` see and the btree does not yet. The unmount flushes it: after a remount the
+/// A transaction's alloc and inode keys go through the key cache at run time: a key the btree
+/// already holds is updated in a dirty entry, pinned in the journal, which `Fs::get` and
+/// `Fs::list` see and the btree does not yet. The unmount flushes it: after a remount the
 /// btree holds the cached key. A crash instead loses the entry and the journal brings the key
 /// back.
 #[test]
-fn alloc_updates_go_through_the_key_cache_at_run_time() {
-    for crash_it in [false, true] {
+fn alloc_and_inode_updates_go_through_the_key_cache_at_run_time() {
+    for (btree, crash_it) in
+        [(BtreeId::Alloc, false), (BtreeId::Alloc, true), (BtreeId::Inodes, false), (BtreeId::Inodes, true)]
+    {
         let devs = devices(31);
         for d in &devs {
             d.set_volatile_cache(true);
@@ -371,13 +373,14 @@ fn alloc_updates_go_through_the_key_cache_at_run_time() {
                 fs.write_back().unwrap();
             }
             if cache.nr_dirty() > 0 && seen.is_none() {
-                let listed = fs.list(BtreeId::Alloc, Bpos::MIN, Bpos::MAX).unwrap();
+                let listed = fs.list(btree, Bpos::MIN, Bpos::MAX).unwrap();
                 let t = &mut fs.btrees();
-                seen = listed.into_iter().find(|k| t.get(BtreeId::Alloc, k.pos).unwrap().as_ref() != Some(k));
+                seen = listed.into_iter().find(|k| t.get(btree, k.pos).unwrap().as_ref() != Some(k));
             }
         }
-        let cached = seen.expect("no alloc key was ever cached ahead of the btree");
-        let now = fs.get(BtreeId::Alloc, cached.pos).unwrap().unwrap();
+        let cached = seen.unwrap_or_else(|| panic!("no {btree} key was ever cached ahead of the btree"));
+        // An inode may have been unlinked since: then the unmount must leave none either.
+        let now = fs.get(btree, cached.pos).unwrap();
         if crash_it {
             drop(files);
             drop(fs);
@@ -389,14 +392,14 @@ fn alloc_updates_go_through_the_key_cache_at_run_time() {
             fs.unmount().unwrap();
         }
         let m = mount(set(&devs), &manual()).unwrap();
-        let back = m.fs.btrees().get(BtreeId::Alloc, cached.pos).unwrap();
+        let back = m.fs.btrees().get(btree, cached.pos).unwrap();
         if !crash_it {
-            assert_eq!(back, Some(now), "the unmount wrote the cached key back");
+            assert_eq!(back, now, "{btree}: the unmount wrote the cached key back");
         }
-        assert!(back.is_some(), "crash {crash_it}: the alloc key survives");
+        assert!(back.is_some() || now.is_none(), "{btree}, crash {crash_it}: the key survives");
         m.fs.unmount().unwrap();
         let report = bcsim_tests::fsck_n(&devs.iter().map(|d| d.clone() as SharedDevice).collect::<Vec<_>>());
-        assert!(report.problems.is_empty(), "crash {crash_it}: {:#?}", report.problems);
+        assert!(report.problems.is_empty(), "{btree}, crash {crash_it}: {:#?}", report.problems);
     }
 }
 

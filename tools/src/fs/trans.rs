@@ -65,11 +65,13 @@ enum Route {
     WriteThrough,
 }
 
-/// The btrees whose transactions go through the key cache at run time: alloc, whose keys every
-/// data write and discard updates. (bcachefs caches inodes too; bcsim's file layer reads and
-/// lists inodes straight from the btree, so it does not yet.)
+/// The btrees whose transactions go through the key cache at run time, as in bcachefs: alloc,
+/// whose keys every data write and discard updates, and inodes, which every write, truncate and
+/// link count change updates. Reads go through the cache (`Fs::get`, `Fs::list`); the one
+/// read that does not, the highest inode number at start (`Fs::last_until`), needs only the
+/// position, which the btree always has where the cache holds an entry.
 fn runtime_cached(btree: BtreeId) -> bool {
-    btree == BtreeId::Alloc
+    matches!(btree, BtreeId::Alloc | BtreeId::Inodes)
 }
 
 /// What undoing applied updates takes: each position's previous key, in apply order.
