@@ -233,17 +233,20 @@ impl Allocator {
     /// transaction blocked on the allocator waits for. Issuing the device-level discards is the
     /// caller's (the allocator never writes).
     pub fn discard_durable(&self, durable_seq: u64, keep: RewindBuffer) -> Result<Vec<(u8, u64)>> {
-        self.discard_durable_on(None, durable_seq, keep)
+        self.discard_durable_on(None, durable_seq, keep, usize::MAX)
     }
 
-    /// [`Allocator::discard_durable`] of one device's buckets only (`None`: every device's).
-    /// The rewind buffer is counted as the profile counts it, over every device for
-    /// [`RewindBuffer::FsWide`].
+    /// [`Allocator::discard_durable`] of one device's buckets only (`None`: every device's),
+    /// at most `max` of them (the first in device and bucket order): a caller that commits
+    /// their keys concurrently with other transactions keeps each round within what one
+    /// journal entry takes. The rewind buffer is counted as the profile counts it, over every
+    /// device for [`RewindBuffer::FsWide`].
     pub fn discard_durable_on(
         &self,
         only: Option<u8>,
         durable_seq: u64,
         keep: RewindBuffer,
+        max: usize,
     ) -> Result<Vec<(u8, u64)>> {
         let mut inner = self.lock();
         // Most rounds find nothing to do: the per-device counts say so without a scan.
@@ -295,6 +298,7 @@ impl Allocator {
             }
         }
         ready.sort_unstable();
+        ready.truncate(max);
         for &(dev, bucket) in &ready {
             inner.discard(dev, bucket)?;
         }

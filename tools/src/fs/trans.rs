@@ -249,17 +249,7 @@ impl FsShared {
         if !self.discards_running() {
             return Ok(Vec::new());
         }
-        let freed = alloc.discard_durable(durable, self.rewind_buffer()).map_err(|e| self.check_fatal(e))?;
-        if self.opts.u64(fs_core::opts::OptId::Discard) == 1 {
-            self.discard_on_devices(&freed)?;
-        }
-        self.commit_buckets(&freed)?;
-        if let Some(waits) = &self.waits {
-            for &(dev, _) in &freed {
-                waits.buckets_freed(dev);
-            }
-        }
-        Ok(freed)
+        self.discard_in_rounds(alloc, None, durable)
     }
 
     /// A discard worker's round on `dev`: the need_discard buckets whose emptying the journal
@@ -272,28 +262,56 @@ impl FsShared {
             return Ok(0);
         }
         let durable = self.journal_rw()?.flushed_seq().min(self.rewind_seq().saturating_sub(1));
-        let freed = alloc
-            .discard_durable_on(Some(dev), durable, self.rewind_buffer())
-            .map_err(|e| self.check_fatal(e))?;
-        if freed.is_empty() {
-            return Ok(0);
-        }
-        if self.opts.u64(fs_core::opts::OptId::Discard) == 1 {
-            self.discard_on_devices(&freed)?;
-        }
-        self.commit_buckets(&freed)?;
-        self.klog(&format!("discard: dev {dev}: {} buckets discarded", freed.len()));
-        if let Some(waits) = &self.waits {
-            waits.buckets_freed(dev);
+        let freed = self.discard_in_rounds(alloc, Some(dev), durable)?;
+        if !freed.is_empty() {
+            self.klog(&format!("discard: dev {dev}: {} buckets discarded", freed.len()));
         }
         Ok(freed.len())
+    }
+
+    /// Discards what is durable up to `durable` on `only` (or every device), a round at a
+    /// time, each round's alloc keys committed in one transaction before the next: the keys of
+    /// discarded buckets wait in the allocator until committed, and write-back publishes
+    /// whatever waits there in one journal entry, so no more than a transaction's worth may
+    /// ever wait (with discard workers, write-back runs beside them). Parked updates on each
+    /// device that gained buckets are woken after each round.
+    fn discard_in_rounds(
+        &self,
+        alloc: &allocator::Allocator,
+        only: Option<u8>,
+        durable: u64,
+    ) -> Result<Vec<(u8, u64)>> {
+        let per_round = self.buckets_per_transaction();
+        let mut all = Vec::new();
+        loop {
+            let freed = alloc
+                .discard_durable_on(only, durable, self.rewind_buffer(), per_round)
+                .map_err(|e| self.check_fatal(e))?;
+            if freed.is_empty() {
+                return Ok(all);
+            }
+            if self.opts.u64(fs_core::opts::OptId::Discard) == 1 {
+                self.discard_on_devices(&freed)?;
+            }
+            self.commit_buckets(&freed)?;
+            if let Some(waits) = &self.waits {
+                for &(dev, _) in &freed {
+                    waits.buckets_freed(dev);
+                }
+            }
+            all.extend(freed);
+        }
+    }
+
+    /// Discarded buckets whose alloc keys one transaction commits.
+    fn buckets_per_transaction(&self) -> usize {
+        (self.transaction_capacity() / ALLOC_UPDATE_BYTES / 2).max(1)
     }
 
     /// Commits the pending alloc keys of `buckets` (discarded ones), in as many transactions
     /// as they need: unlike a node's, a discarded bucket's keys stand on their own.
     fn commit_buckets(&self, buckets: &[(u8, u64)]) -> Result<()> {
-        let per_transaction = (self.transaction_capacity() / ALLOC_UPDATE_BYTES / 2).max(1);
-        for chunk in buckets.chunks(per_transaction) {
+        for chunk in buckets.chunks(self.buckets_per_transaction()) {
             let work: Sectors = chunk.iter().map(|&(dev, b)| (dev, b, 0)).collect();
             self.transaction(&mut Vec::new(), &work, CommitFlags::RECLAIM)?;
         }
