@@ -51,6 +51,16 @@ struct NodeState {
     pinned: Option<(ThreadId, NodeRequestSpec)>,
 }
 
+impl NodeState {
+    /// The request the calling thread allocates with: the one it pinned, else `live`.
+    fn request_of_this_thread(&self, live: NodeRequestSpec) -> NodeRequestSpec {
+        match &self.pinned {
+            Some((t, spec)) if *t == thread::current().id() => spec.clone(),
+            _ => live,
+        }
+    }
+}
+
 /// Btree node allocation on top of an [`Allocator`].
 ///
 /// The replica count and target are read from the live options at every allocation, never
@@ -125,11 +135,7 @@ impl BtreeNodeAlloc {
     /// The request this thread's next allocation makes: its pinned one, else the live options'.
     pub fn request_now_for_this_thread(&self) -> NodeRequestSpec {
         let live = self.request_now();
-        let me = thread::current().id();
-        match &self.state.lock().pinned {
-            Some((t, spec)) if *t == me => spec.clone(),
-            _ => live,
-        }
+        self.state.lock().request_of_this_thread(live)
     }
 
     /// The devices a request could place a replica on: those of its target, or every device
@@ -181,11 +187,7 @@ impl BtreeNodeAlloc {
     pub fn try_alloc_nodes(&self, nr: usize) -> Result<Vec<NodeLocation>> {
         let live = self.request_now();
         let mut st = self.state.lock();
-        let me = thread::current().id();
-        let NodeRequestSpec { replicas, target } = match &st.pinned {
-            Some((t, spec)) if *t == me => spec.clone(),
-            _ => live,
-        };
+        let NodeRequestSpec { replicas, target } = st.request_of_this_thread(live);
         check_replicas(replicas)?;
         let NodeState { watermark, open, .. } = &mut *st;
         let req = NodeRequest { replicas, target: &target, watermark: *watermark };

@@ -88,14 +88,16 @@ pub fn fsck(set: DeviceSet, o: &FsckOpts) -> Result<FsckReport> {
         FixMode::Yes => Mode::Fix,
         FixMode::Preen => Mode::Preen,
     };
-    let quick = set.sb.is_clean() && !o.force && !set.sb.needs_fsck;
+    // A clean filesystem gets the quick check, unless -f, or errors are recorded.
+    let may_skip = set.sb.is_clean() && !o.force;
+    let forced = may_skip && set.sb.needs_fsck;
+    let quick = may_skip && !forced;
     if quick && mode == Mode::Check {
         // The superblock copies were read to open the set: their damage costs nothing to say.
         let problems = damaged_sb_copies(&set, false);
         let log = vec!["filesystem is clean; use -f to check it anyway".to_owned()];
         return Ok(FsckReport { problems, log, checked: false, passes: Vec::new() });
     }
-    let forced = set.sb.is_clean() && !o.force && set.sb.needs_fsck;
     let ctx = recover(set, &o.mount, mode, !quick, BtreeConfig::default())?;
     let mut report =
         FsckReport { problems: ctx.problems, log: ctx.log, checked: !quick, passes: ctx.outcomes };

@@ -98,7 +98,7 @@ impl AllocWaiter<'_> {
         let (Some(waits), Some(nodes)) = (fs.waits.as_ref(), fs.nodes.as_ref()) else { return Err(err) };
         // Taken before this thread's own round: whatever happens after it wakes the wait.
         let ticket = waits.ticket();
-        let freed = if fs.discard_workers_running() {
+        let freed = if fs.threads_running() {
             // The discard workers do the discarding: this thread makes what was emptied
             // durable, kicks them, and parks; a worker that frees a bucket wakes it.
             fs.write_back()?;
@@ -124,7 +124,7 @@ impl AllocWaiter<'_> {
                 return Ok(());
             }
         }
-        if !fs.may_park() {
+        if !fs.threads_running() {
             return Err(err);
         }
         let spec = nodes.request_now_for_this_thread();

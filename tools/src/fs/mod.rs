@@ -82,8 +82,10 @@ pub struct FsShared {
     manual_now: Mutex<Option<Instant>>,
     /// Where blocked btree updates park (read-write mounts).
     waits: Option<Arc<WaitList>>,
-    /// Whether a blocked update may park: only with threads of its own that can wake it.
-    parking: AtomicBool,
+    /// Whether the mount's background threads (journal reclaim, discard workers) run: only
+    /// then may a blocked update park, someone being there to wake it, and it leaves
+    /// discarding to the workers.
+    threads: AtomicBool,
     /// See [`FsShared::rewind_seq`].
     rewind_seq: AtomicU64,
     /// Whether need_discard buckets are discarded yet: from going read-write (before journal
@@ -91,13 +93,16 @@ pub struct FsShared {
     discards: AtomicBool,
     /// Wakes the discard workers (when the mount runs them).
     discard_kick: Arc<discard::DiscardKick>,
-    /// Whether discard workers run: a blocked update then leaves discarding to them.
-    discard_workers: AtomicBool,
     /// Where lines the kernel would put in dmesg while the filesystem runs go (stuck reports),
     /// besides [`FsShared::events`].
     klog_sink: Mutex<Option<LogSink>>,
-    events: Mutex<Vec<String>>,
+    /// The last [`EVENTS_KEPT`] lines logged while running.
+    events: Mutex<std::collections::VecDeque<String>>,
 }
+
+/// Lines [`FsShared::events`] keeps: a long-running mount logs a line per discard round, and
+/// keeping them all would grow without end.
+const EVENTS_KEPT: usize = 4096;
 
 /// A receiver of log lines.
 pub type LogSink = Arc<dyn Fn(&str) + Send + Sync>;
@@ -137,20 +142,25 @@ impl FsShared {
             wb_flush: Arc::new(WriteBackPin { fs: me.clone() }),
             manual_now: Mutex::new(None),
             waits,
-            parking: AtomicBool::new(false),
+            threads: AtomicBool::new(false),
             rewind_seq: AtomicU64::new(u64::MAX),
             discards: AtomicBool::new(false),
             discard_kick: Arc::new(discard::DiscardKick::default()),
-            discard_workers: AtomicBool::new(false),
             klog_sink: Mutex::new(None),
-            events: Mutex::new(Vec::new()),
+            events: Mutex::new(std::collections::VecDeque::new()),
         })
     }
 
     /// Logs a line as the kernel logs to dmesg while the filesystem runs: kept in
     /// [`FsShared::events`] and handed to the sink if one is set.
     pub fn klog(&self, line: &str) {
-        self.events.lock().push(line.to_owned());
+        {
+            let mut events = self.events.lock();
+            if events.len() == EVENTS_KEPT {
+                events.pop_front();
+            }
+            events.push_back(line.to_owned());
+        }
         let sink = self.klog_sink.lock().clone();
         if let Some(sink) = sink {
             sink(line);
@@ -162,9 +172,9 @@ impl FsShared {
         *self.klog_sink.lock() = Some(sink);
     }
 
-    /// The lines logged so far while running.
+    /// The lines logged while running, oldest first (the last [`EVENTS_KEPT`]).
     pub fn events(&self) -> Vec<String> {
-        self.events.lock().clone()
+        self.events.lock().iter().cloned().collect()
     }
 
     /// The wait list blocked btree updates park on (read-write only).
@@ -194,8 +204,9 @@ impl FsShared {
         }
     }
 
-    pub(crate) fn may_park(&self) -> bool {
-        self.parking.load(Ordering::Acquire)
+    /// The background threads run (see the field): a blocked update may park.
+    pub(crate) fn threads_running(&self) -> bool {
+        self.threads.load(Ordering::Acquire)
     }
 
     /// Now, on the clock commits use: the last [`Fs::tick`]'s time, else the real clock.
@@ -295,17 +306,11 @@ impl FsShared {
         &self.discard_kick
     }
 
-    pub(crate) fn discard_workers_running(&self) -> bool {
-        self.discard_workers.load(Ordering::Acquire)
-    }
-
-    /// Wakes the discard workers, if the mount runs them; false if it does not.
-    pub(crate) fn kick_discards(&self) -> bool {
-        let running = self.discard_workers.load(Ordering::Acquire);
-        if running {
+    /// Wakes the discard workers, if the mount runs them.
+    pub(crate) fn kick_discards(&self) {
+        if self.threads_running() {
             self.discard_kick.kick();
         }
-        running
     }
 
     /// After emergency read-only, the one write left: the superblock counts it
@@ -349,12 +354,11 @@ impl Fs {
             (true, ReclaimMode::Thread) => Some(Reclaim::start(&shared)?),
             _ => None,
         };
-        shared.parking.store(reclaim.is_some(), Ordering::Release);
         let discards = match reclaim {
             Some(_) => Some(discard::Discards::start(&shared)?),
             None => None,
         };
-        shared.discard_workers.store(discards.is_some(), Ordering::Release);
+        shared.threads.store(discards.is_some(), Ordering::Release);
         Ok(Fs { shared, reclaim, discards })
     }
 
@@ -520,7 +524,7 @@ impl Fs {
 
     /// Stops the discard workers and the reclaim thread; a failure of theirs is the error.
     fn stop_reclaim(&mut self) -> Result<()> {
-        self.shared.discard_workers.store(false, Ordering::Release);
+        self.shared.threads.store(false, Ordering::Release);
         let discards = match self.discards.take() {
             Some(d) => d.stop(),
             None => Ok(()),

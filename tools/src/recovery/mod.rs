@@ -272,7 +272,7 @@ pub(crate) fn recover(
     let mut written_short = mount_replicas < fs_replicas;
     if written_short {
         log.push(format!(
-            "metadata_replicas={mount_replicas} for this mount, below the filesystem's {fs_replicas}: metadata it writes is short of {fs_replicas} replicas (recorded as replicas_written_short; fsck -f rewrites it)"
+            "metadata_replicas={mount_replicas} for this mount, below the filesystem's {fs_replicas}: metadata it writes is short of {fs_replicas} replicas (recorded as replicas_written_short; fsck rewrites it)"
         ));
     }
     if !missing.is_empty() {
