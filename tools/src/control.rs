@@ -42,7 +42,7 @@ use fs_core::sb::Member;
 use fs_core::sync::{Arc, AtomicBool, Condvar, Mutex, Ordering, Weak, thread};
 use fs_core::uuid::Uuid;
 
-use crate::fs::FsShared;
+use crate::fs::{FsShared, LogSink};
 
 /// The longest request line, in bytes.
 pub const MAX_REQUEST: usize = 4096;
@@ -86,20 +86,21 @@ struct State {
 pub struct Control {
     uuid: Uuid,
     members: Vec<Member>,
-    /// Where `opt change` lines go (the mount's log).
-    log: Box<dyn Fn(&str) + Send + Sync>,
+    /// Where `opt change` lines go, and, once the filesystem is assembled, what it logs while
+    /// running (stuck allocator reports, discards): the mount's log.
+    log: LogSink,
     state: Mutex<State>,
     changed: Condvar,
 }
 
 impl Control {
     /// The control state of a mount of the filesystem `uuid` with these members; `log` receives
-    /// the lines the post-set hook logs.
+    /// the lines the post-set hook logs and those the running filesystem logs.
     pub fn new(uuid: Uuid, members: Vec<Member>, log: impl Fn(&str) + Send + Sync + 'static) -> Arc<Control> {
         Arc::new(Control {
             uuid,
             members,
-            log: Box::new(log),
+            log: Arc::new(log),
             state: Mutex::new(State {
                 live: None,
                 fs: None,
@@ -125,6 +126,7 @@ impl Control {
     /// Recovery has assembled the filesystem: changes made so far go into its superblock (they
     /// are written with its next superblock write), and later ones are written at once.
     pub(crate) fn attach_fs(&self, fs: &Arc<FsShared>) {
+        fs.set_klog_sink(self.log.clone());
         let pending = {
             let mut st = self.state.lock();
             st.fs = Some(Arc::downgrade(fs));
@@ -566,5 +568,44 @@ impl std::fmt::Debug for Control {
             .field("uuid", &self.uuid)
             .field("phase", &self.phase())
             .finish_non_exhaustive()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Mutex as StdMutex;
+
+    use fs_core::dev::{MemDevice, SharedDevice};
+    use fs_core::format::{DeviceSpec, format};
+    use fs_core::opts::Options;
+    use fs_core::sb::DeviceSet;
+
+    use super::*;
+    use crate::recovery::{MountOpts, ReclaimMode, mount};
+
+    /// What the running filesystem logs (stuck allocator reports, discards) reaches the mount's
+    /// log through its control state, as `opt change` lines do: `bcsim mount` prints them as
+    /// they happen.
+    #[test]
+    fn the_running_filesystem_logs_to_the_mount() {
+        let dev: SharedDevice = Arc::new(MemDevice::new("mem0", 64 << 20));
+        format(&[DeviceSpec::new(dev.clone())], &Options::default(), None).unwrap();
+        let set = DeviceSet::open(vec![dev]).unwrap();
+        let lines = Arc::new(StdMutex::new(Vec::new()));
+        let sink = lines.clone();
+        let control = Control::new(set.sb.uuid, set.sb.members.clone(), move |l| {
+            sink.lock().unwrap().push(l.to_owned());
+        });
+        let mopts = MountOpts {
+            reclaim: ReclaimMode::Manual,
+            control: Some(control.clone()),
+            ..MountOpts::default()
+        };
+        let fs = mount(set, &mopts).unwrap().fs;
+        fs.shared().klog("Allocator stuck? (a test line)");
+        control.set_options("metadata_replicas=1").unwrap();
+        let got = lines.lock().unwrap().clone();
+        assert_eq!(got, ["Allocator stuck? (a test line)", "opt change: metadata_replicas=1"]);
+        fs.unmount().unwrap();
     }
 }
