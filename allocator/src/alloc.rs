@@ -176,7 +176,7 @@ impl Allocator {
     pub fn alloc_buckets(&self, req: &AllocRequest) -> Result<Vec<AllocatedBucket>> {
         check_request(req.nr_replicas, req.data_type)?;
         let mut inner = self.lock();
-        let cands = inner.bucket_candidates(&req.target, req.watermark);
+        let cands = inner.bucket_candidates(&req.target, req.watermark, req.data_type);
         let devs = place(cands, req.nr_replicas).map_err(|s| {
             inner.shortfall_error(
                 s,
@@ -476,7 +476,7 @@ impl Inner {
     }
 
     /// Every device as placement sees it for a bucket request.
-    fn bucket_candidates(&self, target: &str, watermark: Watermark) -> Vec<Candidate> {
+    fn bucket_candidates(&self, target: &str, watermark: Watermark, data_type: DataType) -> Vec<Candidate> {
         self.devs
             .values()
             .map(|d| Candidate {
@@ -484,7 +484,7 @@ impl Inner {
                 durability: d.durability(),
                 in_target: d.member.in_target(target),
                 available: d.available(watermark),
-                could_ever_serve: d.could_ever_serve(watermark),
+                could_ever_serve: d.could_ever_serve(watermark, data_type),
             })
             .collect()
     }

@@ -338,8 +338,11 @@ impl Device {
     }
 
     /// True if, once everything on it is freed, the device could serve a request at `watermark`.
-    pub(crate) fn could_ever_serve(&self, watermark: Watermark) -> bool {
-        self.is_rw() && self.durability() > 0 && self.data_buckets > self.reserved(watermark)
+    pub(crate) fn could_ever_serve(&self, watermark: Watermark, data_type: DataType) -> bool {
+        self.is_rw()
+            && self.durability() > 0
+            && self.member.data_allowed.allows(data_type)
+            && self.data_buckets > self.reserved(watermark)
     }
 
     pub(crate) fn layout(&self, b: u64) -> Layout {

@@ -305,7 +305,7 @@ fn alloc_node(
                 durability: d.durability(),
                 in_target: d.member.in_target(req.target),
                 available: if fits { d.available(req.watermark) + u64::from(has_slot) } else { 0 },
-                could_ever_serve: fits && d.could_ever_serve(req.watermark),
+                could_ever_serve: fits && d.could_ever_serve(req.watermark, DataType::Btree),
             }
         })
         .collect();

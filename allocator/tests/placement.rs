@@ -265,3 +265,55 @@ fn issue_1108_falls_back_outside_the_target() {
     let locs = nodes.alloc_nodes(1, BtreeId::Extents, 0).unwrap();
     assert_eq!(locs[0].ptrs.iter().map(|p| p.dev).collect::<Vec<_>>(), vec![1, 2]);
 }
+
+/// A member whose `data_allowed` leaves out a type is never chosen for it, not even when
+/// placement falls back from the target to every device: with both ssds out of buckets, btree
+/// nodes are blocked (the hdd could hold them by size and watermark, but may not), while user
+/// data still lands on the hdd. With the hdd alone allowed nothing, a btree request is
+/// `insufficient_devices`.
+#[test]
+fn data_allowed_is_honoured_on_fallback() {
+    use fs_core::sb::DataAllowed;
+    let mut hdd = member(256, BUCKET, 1, 1, "hdd.a");
+    hdd.data_allowed = DataAllowed::USER;
+    let a = Arc::new(
+        Allocator::new(
+            vec![
+                dev(0, hdd, 1..1),
+                dev(1, member(8, BUCKET, 1, 1, "ssd.a"), 1..3),
+                dev(2, member(8, BUCKET, 1, 1, "ssd.b"), 1..3),
+            ],
+            NODE_SIZE,
+        )
+        .unwrap(),
+    );
+    // Fill both ssds with user data, as far as the normal watermark lets it.
+    while let Ok(got) = a.alloc_buckets(&req(2, "ssd", Watermark::Normal)) {
+        if got.iter().any(|b| b.dev == 0) {
+            break;
+        }
+    }
+    let nodes = common::node_alloc(a.clone(), 2, "ssd");
+    nodes.set_watermark(Watermark::Reclaim);
+    let mut placed = Vec::new();
+    let err = loop {
+        match nodes.try_alloc_nodes(1) {
+            Ok(got) => placed.extend(got),
+            Err(e) => break e,
+        }
+        assert!(placed.len() < 10_000, "btree nodes never ran out");
+    };
+    assert!(!placed.is_empty(), "the ssds had room for some nodes");
+    for n in &placed {
+        assert!(n.ptrs.iter().all(|p| p.dev != 0), "a btree node on the user-only hdd: {n:?}");
+    }
+    assert_eq!(err.code(), ErrCode::BucketAllocBlocked, "{err}");
+    let user = a.alloc_buckets(&req(1, "ssd", Watermark::Normal)).unwrap();
+    assert_eq!(user[0].dev, 0, "user data falls back to the hdd");
+
+    let mut hdd_only = member(256, BUCKET, 1, 1, "hdd.a");
+    hdd_only.data_allowed = DataAllowed::USER | DataAllowed::JOURNAL;
+    let b = Arc::new(Allocator::new(vec![dev(0, hdd_only, 1..3)], NODE_SIZE).unwrap());
+    let e = common::node_alloc(b, 1, "").try_alloc_nodes(1).unwrap_err();
+    assert_eq!(e.code(), ErrCode::InsufficientDevices, "{e}");
+}

@@ -10,8 +10,8 @@ use crate::error::{ErrCode, Error, Result};
 use crate::opts::{OptId, Options};
 use crate::rng::Rng;
 use crate::sb::{
-    CleanSection, JournalBuckets, MAX_DEVICES, Member, MemberState, SB_OFFSET_0, SB_START_RESERVED,
-    Superblock, backup_offset, read_super, write_super,
+    CleanSection, DataAllowed, JournalBuckets, MAX_DEVICES, Member, MemberState, SB_OFFSET_0,
+    SB_START_RESERVED, Superblock, backup_offset, read_super, write_super,
 };
 use crate::size::format_size;
 use crate::uuid::Uuid;
@@ -31,11 +31,19 @@ pub struct DeviceSpec {
     pub bucket_size: Option<u64>,
     pub durability: u8,
     pub label: String,
+    /// What the device may hold; without `journal` it gets no journal buckets.
+    pub data_allowed: DataAllowed,
 }
 
 impl DeviceSpec {
     pub fn new(dev: SharedDevice) -> Self {
-        DeviceSpec { dev, bucket_size: None, durability: 1, label: String::new() }
+        DeviceSpec {
+            dev,
+            bucket_size: None,
+            durability: 1,
+            label: String::new(),
+            data_allowed: DataAllowed::all(),
+        }
     }
 }
 
@@ -209,7 +217,11 @@ fn layout_device(
             .path(name));
     }
     OptId::Label.desc().parse(&spec.label).map_err(|e| e.path(name))?;
-    let nr_journal = journal_buckets_for(nbuckets, usable, bucket_size);
+    let nr_journal = if spec.data_allowed.contains(DataAllowed::JOURNAL) {
+        journal_buckets_for(nbuckets, usable, bucket_size)
+    } else {
+        0
+    };
     let mut rng = Rng::new(uuid.low_u64() ^ (idx as u64 + 1).wrapping_mul(0x9e37_79b9_7f4a_7c15));
     let member = Member {
         uuid: Uuid::from_rng(&mut rng),
@@ -218,11 +230,13 @@ fn layout_device(
         first_bucket: first_bucket as u32,
         durability: spec.durability,
         state: MemberState::Rw,
+        data_allowed: spec.data_allowed,
         label: spec.label.clone(),
         freespace_initialized_to: None,
     };
-    let journal =
-        JournalBuckets { ranges: std::iter::once(first_bucket..first_bucket + nr_journal).collect() };
+    let journal = JournalBuckets {
+        ranges: std::iter::once(first_bucket..first_bucket + nr_journal).filter(|r| !r.is_empty()).collect(),
+    };
     Ok((member, journal))
 }
 
@@ -247,13 +261,23 @@ fn check_targets(members: &[Member], opts: &Options) -> Result<()> {
 /// Each replica count must be reachable: the durability of the devices that may hold it adds up
 /// to at least the count.
 fn check_replicas(members: &[Member], opts: &Options) -> Result<()> {
+    for (what, bit) in [("journal", DataAllowed::JOURNAL), ("btree", DataAllowed::BTREE)] {
+        if !members.iter().any(|m| m.data_allowed.contains(bit)) {
+            return Err(Error::new(
+                ErrCode::InvalidArgument,
+                format!("no device allows {what} data: give at least one data_allowed={what}"),
+            ));
+        }
+    }
     let checks = [
-        (OptId::MetadataReplicas, opts.metadata_replicas(), opts.metadata_target()),
-        (OptId::DataReplicas, opts.data_replicas(), opts.str(OptId::ForegroundTarget)),
+        (OptId::MetadataReplicas, opts.metadata_replicas(), opts.metadata_target(), DataAllowed::BTREE),
+        (OptId::DataReplicas, opts.data_replicas(), opts.str(OptId::ForegroundTarget), DataAllowed::USER),
     ];
-    for (id, want, target) in checks {
-        let in_target: Vec<&Member> =
-            members.iter().filter(|m| target.is_empty() || m.in_target(target)).collect();
+    for (id, want, target, bit) in checks {
+        let in_target: Vec<&Member> = members
+            .iter()
+            .filter(|m| (target.is_empty() || m.in_target(target)) && m.data_allowed.contains(bit))
+            .collect();
         let durability: u64 = in_target.iter().map(|m| u64::from(m.durability)).sum();
         if want > durability {
             let scope = if target.is_empty() { String::new() } else { format!(" in target '{target}'") };

@@ -12,7 +12,7 @@ use fs_core::dev::{FileDevice, MemDevice, SharedDevice};
 use fs_core::error::{ErrCode, Error, Result, io_error};
 use fs_core::format::{DeviceSpec, FormatReport, existing_fs, format};
 use fs_core::opts::Options;
-use fs_core::sb::{DeviceSet, SbRead, read_super};
+use fs_core::sb::{DataAllowed, DeviceSet, SbRead, read_super};
 use fs_core::uuid::Uuid;
 
 /// One image to format, with its per-device settings.
@@ -25,11 +25,19 @@ pub struct ImageSpec {
     pub bucket_size: Option<u64>,
     pub durability: u8,
     pub label: String,
+    pub data_allowed: DataAllowed,
 }
 
 impl ImageSpec {
     pub fn new(path: impl Into<PathBuf>) -> Self {
-        ImageSpec { path: path.into(), size: None, bucket_size: None, durability: 1, label: String::new() }
+        ImageSpec {
+            path: path.into(),
+            size: None,
+            bucket_size: None,
+            durability: 1,
+            label: String::new(),
+            data_allowed: DataAllowed::all(),
+        }
     }
 }
 
@@ -155,7 +163,13 @@ pub fn format_devices(devices: &[DeviceSpec], opts: &Options, uuid: Option<Uuid>
 }
 
 pub(crate) fn device_spec(spec: &ImageSpec, dev: SharedDevice) -> DeviceSpec {
-    DeviceSpec { dev, bucket_size: spec.bucket_size, durability: spec.durability, label: spec.label.clone() }
+    DeviceSpec {
+        dev,
+        bucket_size: spec.bucket_size,
+        durability: spec.durability,
+        label: spec.label.clone(),
+        data_allowed: spec.data_allowed,
+    }
 }
 
 /// Creates the file if needed and sets its length; growing a file leaves a hole (sparse).

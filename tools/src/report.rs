@@ -68,12 +68,13 @@ fn member_line(idx: usize, m: &Member) -> String {
     }
     format!(
         "  Device {idx}:\n    UUID:                {}\n    Label:               {}\n    State:               {}\n    \
-         Durability:          {}\n    Bucket size:         {}\n    Buckets:             {} (first {})\n    \
-         Size:                {}\n",
+         Durability:          {}\n    Data allowed:        {}\n    Bucket size:         {}\n    \
+         Buckets:             {} (first {})\n    Size:                {}\n",
         m.uuid,
         if m.label.is_empty() { "(none)" } else { &m.label },
         m.state.name(),
         m.durability,
+        m.data_allowed.names(),
         format_size(u64::from(m.bucket_size)),
         m.nbuckets,
         m.first_bucket,
@@ -243,6 +244,7 @@ pub fn member_json(m: &Member) -> Value {
         "label": m.label,
         "state": m.state.name(),
         "durability": m.durability,
+        "data_allowed": m.data_allowed.names(),
         "bucket_size": m.bucket_size,
         "nbuckets": m.nbuckets,
         "first_bucket": m.first_bucket,

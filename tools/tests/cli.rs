@@ -421,6 +421,65 @@ fn fresh_format_and_crashed_run_check_clean() {
     assert_eq!(v["problems"], serde_json::json!([]), "recovery repaired something");
 }
 
+/// A member formatted `--data-allowed user` never holds a journal bucket or a btree node, even
+/// when the metadata target's devices are short of buckets and placement falls back to every
+/// device; it does take user data; and a format that leaves no device for the journal or the
+/// btree is refused.
+#[test]
+fn data_allowed_keeps_metadata_off_a_member() {
+    let d = tmp();
+    let imgs = ["hdd.img", "ssd0.img", "ssd1.img"];
+    format_ok(
+        d.path(),
+        &[
+            "--size",
+            "1G",
+            "--data-allowed",
+            "user",
+            "--label",
+            "hdd.a",
+            "hdd.img",
+            "--size",
+            "64M",
+            "--data-allowed",
+            "journal,btree,user",
+            "--label",
+            "ssd.n0",
+            "ssd0.img",
+            "--label",
+            "ssd.n1",
+            "ssd1.img",
+            "--metadata-replicas",
+            "2",
+            "--metadata-target",
+            "ssd",
+        ],
+    );
+    let sup = bcsim(&["show-super", "--json", "hdd.img"], d.path());
+    let v: serde_json::Value = serde_json::from_str(&sup.stdout).unwrap();
+    assert_eq!(v["members"][0]["data_allowed"], "user", "{}", sup.stdout);
+    assert_eq!(v["members"][1]["data_allowed"], "journal,btree,user", "{}", sup.stdout);
+    assert_eq!(v["journal"]["nr_buckets"], 0, "the user-only member got journal buckets: {}", sup.stdout);
+    let run = bcsim(&[&["run", "--ops", "3000", "--seed", "3"][..], &imgs].concat(), d.path());
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    let list = bcsim(&[&["list", "-b", "alloc"][..], &imgs].concat(), d.path());
+    assert_eq!(list.code, 0, "{}", list.stderr);
+    let on_hdd: Vec<&str> = list.stdout.lines().filter(|l| l.starts_with("0:")).collect();
+    assert!(on_hdd.iter().any(|l| l.contains("data_type user")), "no user data on the hdd: {on_hdd:?}");
+    for l in &on_hdd {
+        assert!(
+            !l.contains("data_type btree") && !l.contains("data_type journal"),
+            "metadata on the hdd: {l}"
+        );
+    }
+    let out = bcsim(&[&["fsck", "-nf"][..], &imgs].concat(), d.path());
+    assert_eq!(out.code, 0, "{}{}", out.stdout, out.stderr);
+    let refused = bcsim(&["format", "--size", "64M", "--data-allowed", "user", "x.img"], d.path());
+    fails(&refused, 16, "no device allows journal data");
+    let bad = bcsim(&["format", "--size", "64M", "--data-allowed", "user,meta", "y.img"], d.path());
+    fails(&bad, 16, "\"meta\" is not one of journal, btree, user");
+}
+
 /// run crashes a workload, mount recovers it (and says so), a second mount finds it clean.
 #[test]
 fn run_crash_then_mount_recovers() {

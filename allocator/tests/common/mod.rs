@@ -25,6 +25,7 @@ pub fn member(nbuckets: u64, bucket_size: u32, first_bucket: u32, durability: u8
         state: MemberState::Rw,
         label: label.to_owned(),
         freespace_initialized_to: None,
+        data_allowed: Default::default(),
     }
 }
 

@@ -19,7 +19,8 @@ const FIELD_ERRORS: u16 = 5;
 /// Member entry, 80 bytes:
 /// ```text
 ///  0 uuid [16] | 16 nbuckets u64 | 24 bucket_size u32 (bytes) | 28 first_bucket u32
-/// 32 durability u8 | 33 state u8 | 34 reserved [6] | 40 label [32] NUL-padded
+/// 32 durability u8 | 33 state u8 | 34 data_allowed u8 (0: every type) | 35 reserved [5]
+/// 40 label [32] NUL-padded
 /// 72 freespace_initialized_to u64 (0: every bucket; n + 1: buckets below n only)
 /// ```
 pub const MEMBER_BYTES: usize = 80;
@@ -52,6 +53,66 @@ impl MemberState {
     }
 }
 
+bitflags::bitflags! {
+    /// What a member may hold (bcachefs's `data_allowed`): a device formatted with
+    /// `--data_allowed=user` never gets journal buckets or btree nodes, whatever the targets
+    /// say, and allocations that fall back from their target to every device pass it by.
+    #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+    pub struct DataAllowed: u8 {
+        const JOURNAL = 1 << 0;
+        const BTREE = 1 << 1;
+        const USER = 1 << 2;
+    }
+}
+
+impl Default for DataAllowed {
+    fn default() -> Self {
+        DataAllowed::all()
+    }
+}
+
+impl DataAllowed {
+    const NAMES: [(&'static str, DataAllowed); 3] =
+        [("journal", DataAllowed::JOURNAL), ("btree", DataAllowed::BTREE), ("user", DataAllowed::USER)];
+
+    /// Parses `journal,btree,user` (any non-empty subset, any order).
+    pub fn parse(s: &str) -> Result<DataAllowed> {
+        let mut out = DataAllowed::empty();
+        for part in s.split(',').map(str::trim) {
+            let (_, bit) = Self::NAMES.iter().find(|(n, _)| *n == part).ok_or_else(|| {
+                Error::new(
+                    ErrCode::InvalidArgument,
+                    format!("data_allowed: {part:?} is not one of journal, btree, user"),
+                )
+            })?;
+            out |= *bit;
+        }
+        if out.is_empty() {
+            return Err(Error::new(ErrCode::InvalidArgument, "data_allowed: no data type given"));
+        }
+        Ok(out)
+    }
+
+    /// `journal,btree,user`, in that order.
+    pub fn names(self) -> String {
+        let names: Vec<&str> =
+            Self::NAMES.iter().filter(|(_, b)| self.contains(*b)).map(|(n, _)| *n).collect();
+        names.join(",")
+    }
+
+    /// Whether buckets of `data_type` may go on the device: journal, btree and user data are
+    /// governed; every other type (superblock, need_discard, ...) is not allocated by type.
+    pub fn allows(self, data_type: crate::bkey::alloc::DataType) -> bool {
+        use crate::bkey::alloc::DataType as D;
+        match data_type {
+            D::Journal => self.contains(DataAllowed::JOURNAL),
+            D::Btree => self.contains(DataAllowed::BTREE),
+            D::User | D::Cached => self.contains(DataAllowed::USER),
+            _ => true,
+        }
+    }
+}
+
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Member {
     pub uuid: Uuid,
@@ -61,6 +122,7 @@ pub struct Member {
     pub first_bucket: u32,
     pub durability: u8,
     pub state: MemberState,
+    pub data_allowed: DataAllowed,
     /// e.g. `ssd.nvme0`: the device is in groups `ssd` and `ssd.nvme0`.
     pub label: String,
     /// `Some(n)`: the freespace btree covers only buckets below `n`; the device grew (offline
@@ -191,7 +253,8 @@ pub(super) fn encode_members(w: &mut Writer, members: &[Member]) {
             w.u32(m.first_bucket);
             w.u8(m.durability);
             w.u8(m.state as u8);
-            w.zeros(6);
+            w.u8(m.data_allowed.bits());
+            w.zeros(5);
             let mut label = [0u8; LABEL_BYTES];
             for (dst, src) in label.iter_mut().zip(m.label.bytes()) {
                 *dst = src;
@@ -359,7 +422,8 @@ fn decode_members(r: &mut Reader<'_>, nr_devices: u16) -> Result<Vec<Member>> {
         let first_bucket = r.u32()?;
         let durability = r.u8()?;
         let state_raw = r.u8()?;
-        r.skip(6)?;
+        let allowed_raw = r.u8()?;
+        r.skip(5)?;
         let label_raw: [u8; LABEL_BYTES] = r.array()?;
         let freespace_raw = r.u64()?;
         let state = MemberState::from_u8(state_raw).ok_or_else(|| {
@@ -370,6 +434,13 @@ fn decode_members(r: &mut Reader<'_>, nr_devices: u16) -> Result<Vec<Member>> {
             .map_err(|_| Error::new(ErrCode::InvalidSbMembers, format!("member {idx}: label is not UTF-8")))?
             .to_owned();
         let freespace_initialized_to = freespace_raw.checked_sub(1);
+        // 0 is what images from before the field hold: every type allowed.
+        let data_allowed = match allowed_raw {
+            0 => DataAllowed::all(),
+            bits => DataAllowed::from_bits(bits).ok_or_else(|| {
+                Error::new(ErrCode::InvalidSbMembers, format!("member {idx}: data_allowed {bits:#x} unknown"))
+            })?,
+        };
         let m = Member {
             uuid,
             nbuckets,
@@ -377,6 +448,7 @@ fn decode_members(r: &mut Reader<'_>, nr_devices: u16) -> Result<Vec<Member>> {
             first_bucket,
             durability,
             state,
+            data_allowed,
             label,
             freespace_initialized_to,
         };

@@ -28,7 +28,8 @@ mod io;
 mod set;
 
 pub use fields::{
-    CleanRoot, CleanSection, ErrorCount, JournalBuckets, MAX_DURABILITY, Member, MemberState, label_in_target,
+    CleanRoot, CleanSection, DataAllowed, ErrorCount, JournalBuckets, MAX_DURABILITY, Member, MemberState,
+    label_in_target,
 };
 pub use io::{DamagedCopy, SbRead, read_super, read_super_at, write_super};
 pub use set::{DeviceSet, MemberDevice};

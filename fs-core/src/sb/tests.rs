@@ -47,6 +47,7 @@ fn arb_member() -> impl Strategy<Value = Member> {
                 [state as usize],
             label,
             freespace_initialized_to: None,
+            data_allowed: Default::default(),
         },
     )
 }

@@ -50,6 +50,9 @@ struct AddArgs {
     /// Label of the new device, e.g. ssd.tmp
     #[arg(long, value_name = "LABEL")]
     label: Option<String>,
+    /// What the new device may hold: a subset of journal,btree,user (default all)
+    #[arg(long = "data-allowed", alias = "data_allowed", value_name = "TYPES")]
+    data_allowed: Option<String>,
     /// Add the image even if it holds a bcsim filesystem
     #[arg(short = 'f', long)]
     force: bool,
@@ -100,6 +103,9 @@ fn add(args: AddArgs) -> CmdResult {
     }
     if let Some(l) = &args.label {
         spec.label = OptId::Label.desc().parse(l)?.as_str().to_owned();
+    }
+    if let Some(a) = &args.data_allowed {
+        spec.data_allowed = fs_core::sb::DataAllowed::parse(a).map_err(|e| e.prefix("--data-allowed"))?;
     }
     let a = bcsim::device::add(&spec, &args.fs, args.force)?;
     if args.json {

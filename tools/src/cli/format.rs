@@ -10,6 +10,7 @@ use bcsim::images::{ImageSpec, format_images};
 use fs_core::error::{ErrCode, Error};
 use fs_core::format::FormatReport;
 use fs_core::opts::{OptContext, OptId, Options, parse_opts};
+use fs_core::sb::DataAllowed;
 use fs_core::size::{format_size, parse_size};
 use fs_core::uuid::Uuid;
 
@@ -18,7 +19,7 @@ use super::{CmdResult, print_json};
 
 /// Format image files (one per device) as a new filesystem
 ///
-/// Per-device flags (--size, --bucket-size, --durability, --label) apply to the images that
+/// Per-device flags (--size, --bucket-size, --durability, --label, --data-allowed) apply to the images that
 /// follow them on the command line, until given again, as with `bcachefs format`:
 ///
 ///   bcsim format --size 1T --label hdd.a a.img --label hdd.b b.img --size 256G --label ssd.n0 c.img
@@ -41,6 +42,11 @@ pub struct FormatArgs {
     /// Label of the following devices, e.g. ssd.nvme0; its groups (ssd) are usable as targets [per device]
     #[arg(long, value_name = "LABEL", action = ArgAction::Append)]
     label: Vec<String>,
+    /// What the following devices may hold: a subset of journal,btree,user (default all).
+    /// A device without btree never gets btree nodes, even when allocation falls back from
+    /// metadata_target to every device [per device]
+    #[arg(long = "data-allowed", alias = "data_allowed", value_name = "TYPES", action = ArgAction::Append)]
+    data_allowed: Vec<String>,
     /// Btree node size (default 256k)
     #[arg(long, value_name = "SIZE")]
     btree_node_size: Option<String>,
@@ -99,6 +105,7 @@ fn image_specs(args: &FormatArgs, m: &ArgMatches) -> Result<Vec<ImageSpec>, Erro
     let buckets = per_device(m, "bucket_size", &image_at)?;
     let durability = per_device(m, "durability", &image_at)?;
     let labels = per_device(m, "label", &image_at)?;
+    let allowed = per_device(m, "data_allowed", &image_at)?;
     let mut specs = Vec::with_capacity(args.images.len());
     for (i, path) in args.images.iter().enumerate() {
         let mut spec = ImageSpec::new(path.clone());
@@ -114,6 +121,9 @@ fn image_specs(args: &FormatArgs, m: &ArgMatches) -> Result<Vec<ImageSpec>, Erro
         }
         if let Some(l) = at(&labels) {
             spec.label = OptId::Label.desc().parse(&l)?.as_str().to_owned();
+        }
+        if let Some(a) = at(&allowed) {
+            spec.data_allowed = DataAllowed::parse(&a).map_err(|e| e.prefix("--data-allowed"))?;
         }
         specs.push(spec);
     }
@@ -160,7 +170,7 @@ pub fn report_text(r: &FormatReport) -> String {
     for d in &r.devices {
         let m = &d.member;
         s.push_str(&format!(
-            "  dev {:<2} {:<24} label {:<12} durability {}  {} x {} buckets (first {}), journal {} buckets\n",
+            "  dev {:<2} {:<24} label {:<12} durability {}  {} x {} buckets (first {}), journal {} buckets{}\n",
             d.dev_idx,
             d.name,
             if m.label.is_empty() { "-" } else { &m.label },
@@ -169,6 +179,7 @@ pub fn report_text(r: &FormatReport) -> String {
             format_size(u64::from(m.bucket_size)),
             m.first_bucket,
             d.journal.nr(),
+            if m.data_allowed.is_all() { String::new() } else { format!(", data_allowed {}", m.data_allowed.names()) },
         ));
     }
     s
