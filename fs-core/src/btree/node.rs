@@ -204,6 +204,13 @@ pub struct Node {
     /// The replicas disagreed or one was bad when the node was read: appending to them would
     /// leave them different, so the next write puts the whole node somewhere new.
     pub needs_rewrite: bool,
+    /// Encoded bytes of the keys inserted since the node was last written, counted as they
+    /// arrive (an overwritten key counts twice): an upper bound of the next bset.
+    pub unwritten_bytes: usize,
+    /// A place reserved for writing the node anew when its next bset will not fit in the
+    /// space left: reserved by the insert that makes it so, as bcachefs compacts a node whose
+    /// space is used up in the update that finds it full, not in write-back.
+    pub spare: Option<super::NodeLocation>,
 }
 
 impl Node {
@@ -220,6 +227,8 @@ impl Node {
             dirty: true,
             last_used: 0,
             needs_rewrite: false,
+            unwritten_bytes: 0,
+            spare: None,
         }
     }
 
@@ -308,6 +317,7 @@ impl Node {
     /// After a bset was written: nothing pending, whiteouts forgotten (the bset carries them).
     pub fn mark_written(&mut self, sectors_written: u32) {
         self.sectors_written = sectors_written;
+        self.unwritten_bytes = 0;
         self.dirty = false;
         self.journal_seq = 0;
         if let Some(m) = self.leaf_mut() {

@@ -22,6 +22,8 @@ use crate::rng::Rng;
 use crate::sync::Arc;
 
 const NR_BTREE_SLOTS: usize = 32;
+/// What a bset takes beyond its keys' bytes, at most: its header and the padding to a sector.
+const BSET_SLACK_BYTES: u64 = 1024;
 
 /// Node seqs are random 64-bit numbers, so they are their own hash: hashing them again (SipHash,
 /// the std default) costs a large share of every descent for nothing.
@@ -591,9 +593,26 @@ impl Btrees {
     fn insert_entry(&mut self, btree: BtreeId, pos: Bpos, kv: KeyVal, journal_seq: u64) -> Result<()> {
         let Some(leaf) = self.leaf_for_insert(btree, pos, kv.is_deleted())? else { return Ok(()) };
         let split_bytes = self.split_bytes;
+        let added = kv.encoded_bytes();
+        let node_bytes = self.io.node_size();
         let n = self.node_mut(leaf)?;
+        if n.sectors_written > 0
+            && n.spare.is_none()
+            && !n.needs_rewrite
+            && u64::from(n.sectors_written) * crate::bkey::ptr::SECTOR_BYTES
+                + (n.unwritten_bytes + added) as u64
+                + BSET_SLACK_BYTES
+                > node_bytes
+        {
+            let level = n.hdr.level;
+            let loc = self.alloc.alloc_nodes(1, btree, level)?.pop().ok_or_else(|| {
+                Error::new(ErrCode::BucketAllocBlocked, "allocator returned no node").btree(btree)
+            })?;
+            self.node_mut(leaf)?.spare = Some(loc);
+        }
+        let n = self.node_mut(leaf)?;
+        n.unwritten_bytes += added;
         if !kv.is_deleted() && n.hdr.level == 0 {
-            let added = kv.encoded_bytes();
             // The common case: the key fits even if it replaces nothing. It is appended to the
             // leaf's unsorted inserts, counted as a new key until sorting in corrects the bytes.
             if n.key_bytes + added <= split_bytes {
@@ -765,7 +784,10 @@ impl Btrees {
         let mut depth = path.len();
         while depth > 0 {
             let seq = *path.get(depth - 1).ok_or_else(|| missing_node(0))?;
-            let node = self.nodes.remove(&seq).ok_or_else(|| missing_node(seq))?;
+            let mut node = self.nodes.remove(&seq).ok_or_else(|| missing_node(seq))?;
+            if let Some(spare) = node.spare.take() {
+                replaced.push((spare.ptrs, false));
+            }
             let (left, right) = self.split_node(node, hot, reserved, replaced)?;
             let (l_ptr, l_max, r_ptr, r_max, level) =
                 (left.ptr(), left.hdr.max_key, right.ptr(), right.hdr.max_key, left.hdr.level);
@@ -859,9 +881,12 @@ impl Btrees {
     /// Writes every dirty node, level by level from the leaves up. After each level the
     /// devices are flushed, and only then do parents record the children's new
     /// `sectors_written` (and new places, after a rewrite): a pointer never claims sectors that
-    /// are not durable. Returns how many node writes were made.
+    /// are not durable. Returns how many node writes were made. A node that must be written
+    /// anew (compacted) and finds no place left stays dirty while the rest are written; the
+    /// allocator's `operation_blocked` error is then returned after them.
     pub fn write_dirty(&mut self) -> Result<usize> {
         let mut writes = 0;
+        let mut blocked: Option<Error> = None;
         for level in 0..=MAX_LEVEL {
             let mut dirty: Vec<u64> =
                 self.nodes.iter().filter(|(_, n)| n.dirty && n.hdr.level == level).map(|(&s, _)| s).collect();
@@ -871,8 +896,18 @@ impl Btrees {
             dirty.sort_unstable();
             let mut written = Vec::with_capacity(dirty.len());
             for seq in dirty {
-                written.push(self.write_node(seq)?);
-                writes += 1;
+                match self.write_node(seq) {
+                    Ok(s) => {
+                        written.push(s);
+                        writes += 1;
+                    }
+                    // A node that must be written anew and finds no place stays dirty; the
+                    // others are written, and their parents updated, all the same.
+                    Err(e) if e.matches(ErrCode::OperationBlocked) => {
+                        blocked.get_or_insert(e);
+                    }
+                    Err(e) => return Err(e),
+                }
             }
             self.io.flush()?;
             for seq in written {
@@ -882,7 +917,10 @@ impl Btrees {
         // Written nodes are clean, so evictable: scan again.
         self.evict_scan_above = 0;
         self.maybe_evict();
-        Ok(writes)
+        match blocked {
+            Some(e) => Err(e),
+            None => Ok(writes),
+        }
     }
 
     /// Points the parent of node `seq` at the node as it now is on disk.
@@ -927,7 +965,12 @@ impl Btrees {
         }
         self.io.write(&node.ptrs, at, &bset)?;
         let sectors = node.sectors_written + (bset.len() as u64 / crate::bkey::ptr::SECTOR_BYTES) as u32;
-        self.node_mut(seq)?.mark_written(sectors);
+        let n = self.node_mut(seq)?;
+        n.mark_written(sectors);
+        // The bset fitted after all (the reservation counts overwritten keys twice).
+        if let Some(spare) = n.spare.take() {
+            self.alloc.release_unused(vec![spare])?;
+        }
         Ok(seq)
     }
 
@@ -958,8 +1001,14 @@ impl Btrees {
             let n = self.node(seq)?;
             (n.hdr.btree, n.hdr.level)
         };
-        let mut locs = self.alloc.alloc_nodes(1, btree, level)?;
-        let loc = Self::take_location(&mut locs, btree)?;
+        let spare = self.node_mut(seq)?.spare.take();
+        let loc = match spare {
+            Some(loc) => loc,
+            None => {
+                let mut locs = self.alloc.alloc_nodes(1, btree, level)?;
+                Self::take_location(&mut locs, btree)?
+            }
+        };
         let new_seq = self.new_seq();
         let mut node = self.nodes.remove(&seq).ok_or_else(|| missing_node(seq))?;
         let old_ptrs = std::mem::replace(&mut node.ptrs, loc.ptrs);

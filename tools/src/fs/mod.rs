@@ -586,7 +586,18 @@ impl FlushTarget for FsShared {
         let found = t.get(btree, key.pos)?;
         let (topology_errors, first) = t.topology_errors_of(btree);
         check(Found { key: found.as_ref(), topology_errors, first_topology_error: first.as_deref() })?;
-        t.insert(btree, key.clone(), seq).map_err(|e| self.check_fatal(e))?;
+        // Journal reclaim's flush may use the last buckets (the reclaim watermark, as bcachefs
+        // flushes the key cache) and never waits for more.
+        let saved = self.nodes.as_ref().map(|n| {
+            let old = n.watermark();
+            n.set_watermark(allocator::Watermark::Reclaim);
+            old
+        });
+        let inserted = t.insert(btree, key.clone(), seq);
+        if let (Some(n), Some(old)) = (&self.nodes, saved) {
+            n.set_watermark(old);
+        }
+        inserted.map_err(|e| write_back::reclaim_blocked(e).unwrap_or_else(|e| self.check_fatal(e)))?;
         self.ensure_wb_pin(seq)
     }
 }

@@ -8,7 +8,7 @@
 //! before the pin is dropped: the first entry whose `last_seq` no longer covers the written
 //! updates also carries roots that contain them.
 
-use fs_core::error::Result;
+use fs_core::error::{ErrCode, Error, Result};
 use fs_core::sync::Weak;
 use journal::{Journal, PinFlush};
 
@@ -44,7 +44,18 @@ impl FsShared {
         self.health.check_rw()?;
         for _ in 0..MAX_SETTLE_ROUNDS {
             let mut t = self.btrees.lock();
-            self.write_round(&mut t, &journal)?;
+            // Nodes written anew here are journal reclaim's interior updates: they may use the
+            // last buckets, as bcachefs's do.
+            let saved = self.nodes.as_ref().map(|n| {
+                let old = n.watermark();
+                n.set_watermark(allocator::Watermark::Reclaim);
+                old
+            });
+            let round = self.write_round(&mut t, &journal);
+            if let (Some(n), Some(old)) = (&self.nodes, saved) {
+                n.set_watermark(old);
+            }
+            round?;
             if t.dirty_nodes() == 0 && self.alloc.as_ref().is_none_or(|a| a.pending_updates() == 0) {
                 // Nothing applied is unwritten: the pin has nothing left to hold. The roots
                 // set above go out with the next entry, the first one whose last_seq moves.
@@ -69,10 +80,10 @@ impl FsShared {
         journal: &journal::Journal,
     ) -> Result<usize> {
         journal.flush_with(CommitFlags::RECLAIM.wm)?;
-        let n = t.write_dirty().map_err(|e| self.check_fatal(e))?;
+        let written = t.write_dirty();
         journal.set_roots(root_entries(t));
         self.publish_locked(t, journal).map_err(|e| self.check_fatal(e))?;
-        Ok(n)
+        written.map_err(|e| reclaim_blocked(e).unwrap_or_else(|e| self.check_fatal(e)))
     }
 
     /// A new filesystem's first alloc keys (its superblock and journal buckets) and freespace
@@ -98,6 +109,18 @@ impl FsShared {
             t.write_dirty().map_err(|e| self.check_fatal(e))?;
         }
         Err(self.check_fatal(not_settling()))
+    }
+}
+
+/// Journal reclaim never waits on the allocator (it is what frees journal space, and waiting
+/// could wait on itself): an update of its own that is refused for want of buckets becomes
+/// `journal_reclaim_would_deadlock`, which leaves the pin for a later round, as bcachefs's
+/// commits with `BCH_TRANS_COMMIT_journal_reclaim` do. `Err` gives back any other error.
+pub(crate) fn reclaim_blocked(e: Error) -> std::result::Result<Error, Error> {
+    if e.matches(ErrCode::OperationBlocked) && !e.matches(ErrCode::JournalResBlocked) {
+        Ok(Error::new(ErrCode::JournalReclaimWouldDeadlock, format!("waits on the allocator: {e}")))
+    } else {
+        Err(e)
     }
 }
 

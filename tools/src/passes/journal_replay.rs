@@ -102,7 +102,14 @@ fn replay(
                     if done % REPLAY_WRITE_BACK_KEYS == 0
                         || (done % PUBLISH_CHECK_KEYS == 0 && trans.publish_due())
                     {
-                        trans.write_dirty()?;
+                        match trans.write_dirty() {
+                            // A node to be written anew found no place: it stays dirty for
+                            // the next round, as write-back leaves it.
+                            Err(e) if e.matches(ErrCode::JournalReclaimWouldDeadlock) => {}
+                            r => {
+                                r?;
+                            }
+                        }
                     }
                 }
                 Err(e) if e.matches(ErrCode::OperationBlocked) => queued.push(i),
