@@ -57,6 +57,11 @@ pub struct Ticket {
 }
 
 impl Ticket {
+    /// When it was taken, on the wait list's clock: the moment the request was refused.
+    pub fn at(&self) -> Duration {
+        self.at
+    }
+
     /// The options generation the request was built from.
     pub fn generation(&self) -> u64 {
         self.generation

@@ -129,7 +129,8 @@ impl AllocWaiter<'_> {
         }
         let spec = nodes.request_now_for_this_thread();
         let devs = nodes.request_devs(&spec);
-        let parked_since = *self.parked_since.get_or_insert_with(|| waits.elapsed());
+        // Blocked since the refusal: the write-back and journal flush above count too.
+        let parked_since = *self.parked_since.get_or_insert(ticket.at());
         let stuck_after = fs.opts.with(Options::allocator_stuck_timeout);
         let mut budget = self.next_interval(stuck_after);
         loop {
