@@ -105,7 +105,7 @@ impl Files {
     fn delete_inode(fs: &mut Fs, inum: u64, extents: &[Bkey]) -> Result<()> {
         let capacity = fs.transaction_capacity();
         let mut batch: Vec<(BtreeId, Bkey)> = Vec::new();
-        let mut freed: Vec<Vec<ExtentPtr>> = Vec::new();
+        let mut freed: Vec<(Vec<ExtentPtr>, u32)> = Vec::new();
         let mut buckets: BTreeSet<(u8, u64)> = BTreeSet::new();
         let mut bytes = 0;
         for k in extents {
@@ -123,7 +123,7 @@ impl Files {
             bytes += update_bytes(&whiteout);
             buckets = more;
             batch.push(whiteout);
-            freed.push(ptrs);
+            freed.push((ptrs, k.size));
         }
         if !batch.is_empty() {
             fs.commit_with_sectors(batch, &dropped(&freed))?;
@@ -276,6 +276,131 @@ impl Files {
         Ok(())
     }
 
+    /// Appends up to `buckets` whole buckets of zeros to `inum`, one replica each, on devices
+    /// of `target` at `watermark`: cold data as a bulk copy or copygc leaves it, one extent per
+    /// bucket. The data is written as a device discard (the range then reads as zeros) and the
+    /// extents carry the zeros' checksum, so reads check it as any other data. Each
+    /// transaction carries up to `per_trans` extents with the inode and the buckets' accounting.
+    ///
+    /// Stops early when no device of the target can give a bucket at `watermark` (a bucket
+    /// placed elsewhere is given back); returns how many buckets it filled.
+    pub fn write_cold(
+        &mut self,
+        fs: &mut Fs,
+        inum: u64,
+        target: &str,
+        watermark: Watermark,
+        buckets: u64,
+        per_trans: usize,
+    ) -> Result<u64> {
+        self.write_cold_counted(fs, inum, target, watermark, buckets, per_trans).map_err(|(_, e)| e)
+    }
+
+    /// [`Files::write_cold`], whose error also says how many buckets were written before it.
+    pub fn write_cold_counted(
+        &mut self,
+        fs: &mut Fs,
+        inum: u64,
+        target: &str,
+        watermark: Watermark,
+        buckets: u64,
+        per_trans: usize,
+    ) -> std::result::Result<u64, (u64, Error)> {
+        let mut done = 0u64;
+        self.cold_inner(fs, inum, target, watermark, buckets, per_trans, &mut done).map_err(|e| (done, e))
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn cold_inner(
+        &mut self,
+        fs: &mut Fs,
+        inum: u64,
+        target: &str,
+        watermark: Watermark,
+        buckets: u64,
+        per_trans: usize,
+        done: &mut u64,
+    ) -> Result<u64> {
+        let alloc =
+            fs.alloc().cloned().ok_or_else(|| Error::new(ErrCode::Erofs, "filesystem opened read-only"))?;
+        let req =
+            AllocRequest { nr_replicas: 1, target: target.to_owned(), data_type: DataType::User, watermark };
+        let mut inode = Self::inode_or_enoent(fs, inum)?;
+        while *done < buckets {
+            let mut updates = Vec::new();
+            let mut added = Vec::new();
+            let mut full = false;
+            while added.len() < per_trans.max(1) && *done + (added.len() as u64) < buckets {
+                let got = match alloc.alloc_buckets(&req) {
+                    Ok(got) => got,
+                    Err(e) if e.matches(ErrCode::FreelistEmpty) => {
+                        full = true;
+                        break;
+                    }
+                    Err(e) => return Err(e),
+                };
+                let Some(&b) = got.first() else { break };
+                let in_target =
+                    fs.set().sb.members.get(usize::from(b.dev)).is_some_and(|m| m.in_target(target));
+                if !in_target {
+                    for g in &got {
+                        alloc.release_bucket(g.dev, g.bucket)?;
+                    }
+                    full = true;
+                    break;
+                }
+                let bucket_bytes = fs.bucket_size(b.dev);
+                let sectors = u32::try_from(bucket_bytes / SECTOR_BYTES).map_err(|_| {
+                    Error::new(ErrCode::InvalidArgument, "bucket too large for one extent").dev(b.dev)
+                })?;
+                let dev = fs.device(b.dev).ok_or_else(|| {
+                    Error::new(ErrCode::InsufficientDevices, "data device missing").dev(b.dev)
+                })?;
+                dev.discard(b.bucket * bucket_bytes, bucket_bytes)?;
+                let end = inode.sectors + u64::from(sectors);
+                let ptr =
+                    ExtentPtr { dev: b.dev, bucket_gen: b.bucket_gen, offset: b.bucket * u64::from(sectors) };
+                let e = Extent { crc32c: zeros_crc32c(bucket_bytes), ptrs: vec![ptr] };
+                let mut key = Bkey::new(Bpos::new(inum, end, 0), KeyType::Extent, e.encode());
+                key.size = sectors;
+                inode.sectors = end;
+                inode.size = end * SECTOR_BYTES;
+                updates.push((BtreeId::Extents, key));
+                added.push((e.ptrs, i64::from(sectors)));
+            }
+            if added.is_empty() {
+                break;
+            }
+            updates.push((BtreeId::Inodes, Bkey::new(inode_pos(inum), KeyType::Inode, inode.encode())));
+            let sectors: Vec<(&[ExtentPtr], i64)> = added.iter().map(|(p, n)| (p.as_slice(), *n)).collect();
+            if let Err(e) = fs.commit_with_sectors(updates, &sectors) {
+                // Not committed: the buckets go back, unwritten.
+                for (ptrs, _) in &added {
+                    for p in ptrs {
+                        alloc.release_bucket(p.dev, p.offset / (fs.bucket_size(p.dev) / SECTOR_BYTES))?;
+                    }
+                }
+                return Err(e);
+            }
+            *done += added.len() as u64;
+            if full {
+                break;
+            }
+        }
+        Ok(*done)
+    }
+
+    /// Sets the modification time of `inum` (a `touch`): one inode update, nothing else.
+    pub fn touch(fs: &mut Fs, inum: u64, mtime_ns: u64) -> Result<()> {
+        let mut inode = Self::inode_or_enoent(fs, inum)?;
+        inode.mtime_ns = mtime_ns;
+        fs.commit_updates(vec![(
+            BtreeId::Inodes,
+            Bkey::new(inode_pos(inum), KeyType::Inode, inode.encode()),
+        )])?;
+        Ok(())
+    }
+
     /// Reads chunk `chunk` of `inum` from the first replica whose data matches its checksum.
     pub fn read(fs: &mut Fs, inum: u64, chunk: u64) -> Result<Option<Vec<u8>>> {
         let Some(k) = fs.get(BtreeId::Extents, extent_pos(inum, chunk))? else { return Ok(None) };
@@ -315,9 +440,9 @@ impl Files {
         let mut updates = Vec::with_capacity(gone.len() + 1);
         let mut freed = Vec::with_capacity(gone.len());
         for k in &gone {
-            freed.push(Extent::decode(&k.val)?.ptrs);
+            freed.push((Extent::decode(&k.val)?.ptrs, k.size));
             updates.push((BtreeId::Extents, Bkey::whiteout(k.pos)));
-            inode.sectors = inode.sectors.saturating_sub(u64::from(CHUNK_SECTORS));
+            inode.sectors = inode.sectors.saturating_sub(u64::from(k.size));
         }
         inode.size = inode.size.min(chunks * CHUNK_BYTES as u64);
         updates.push((BtreeId::Inodes, Bkey::new(inode_pos(inum), KeyType::Inode, inode.encode())));
@@ -358,7 +483,7 @@ impl Files {
                 return Self::delete_inode(fs, target, &extents);
             }
             for k in &extents {
-                freed.push(Extent::decode(&k.val)?.ptrs);
+                freed.push((Extent::decode(&k.val)?.ptrs, k.size));
             }
             updates = all;
         } else {
@@ -399,6 +524,21 @@ impl Files {
 }
 
 /// The sector changes of dropping whole-chunk extents with these pointers.
-fn dropped(freed: &[Vec<ExtentPtr>]) -> Vec<(&[ExtentPtr], i64)> {
-    freed.iter().map(|ptrs| (ptrs.as_slice(), -i64::from(CHUNK_SECTORS))).collect()
+/// The accounting of extents deleted: each `(pointers, sectors)` gives its sectors back.
+fn dropped(freed: &[(Vec<ExtentPtr>, u32)]) -> Vec<(&[ExtentPtr], i64)> {
+    freed.iter().map(|(ptrs, sectors)| (ptrs.as_slice(), -i64::from(*sectors))).collect()
+}
+
+/// The crc32c of `len` zero bytes, computed a MiB at a time.
+fn zeros_crc32c(len: u64) -> u32 {
+    const PIECE: usize = 1 << 20;
+    let zeros = vec![0u8; PIECE.min(usize::try_from(len).unwrap_or(PIECE))];
+    let mut crc = 0;
+    let mut left = len;
+    while left > 0 {
+        let n = usize::try_from(left).unwrap_or(PIECE).min(zeros.len());
+        crc = crc32c::crc32c_append(crc, zeros.get(..n).unwrap_or_default());
+        left -= n as u64;
+    }
+    crc
 }

@@ -273,3 +273,331 @@ fn duplicate_alloc_pointer(set: &DeviceSet, nodes: &[NodeInfo], seed: u64) -> Re
         parent.min_key, parent.max_key, victim.min_key, victim.max_key, left.min_key, left.max_key
     ))
 }
+
+// ---------------------------------------------------------------------------------------------
+// #1108: btree splits in journal replay that find no second metadata device.
+
+/// The report's device names: four hard disks and the NVMe pair vde, vdf.
+const NVME_1108: [&str; 2] = ["vde", "vdf"];
+/// Figures of the report, at scale 1: vde's buckets and need_discard count, vdf's free and
+/// need_discard counts. vdf's size is not in the report; it is chosen to leave a few buckets of
+/// metadata and cold data beside those.
+const VDE_BUCKETS: u64 = 41522;
+const VDE_NEED_DISCARD: u64 = 9416;
+const VDF_FREE: u64 = 5109;
+const VDF_NEED_DISCARD: u64 = 41681;
+const VDF_BUCKETS: u64 = 47000;
+/// Hard disks: their size is not in the report either. Large enough that v1.37.5's
+/// filesystem-wide rewind buffer (4% of all capacity) covers every need_discard bucket of the
+/// NVMe pair, which is why the running filesystem never gave them back.
+const HDD_BYTES: u64 = 2 * TIB;
+const BUCKET_1108: u64 = 4 << 20;
+/// Cold data goes in files of at most this many buckets (4 GiB), extents of a bucket each.
+const COLD_FILE_BUCKETS: u64 = 1024;
+/// Extents per transaction in the cold-data steps.
+const COLD_PER_TRANS: usize = 32;
+/// Files whose inodes the churn step updates, round after round.
+const CHURN_FILES: u64 = 20_000;
+
+/// Which #1108 image set to build.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Variant1108 {
+    /// As reported: vde holds 9416 need_discard buckets, emptied before the journal's last
+    /// reclaim, so a profile that discards during recovery gets them back.
+    Reported,
+    /// vde holds no emptied bucket at all (the data stays): nothing for discards to free on
+    /// it, so only fewer metadata replicas let the split go ahead.
+    NoDiscard,
+}
+
+impl Variant1108 {
+    pub fn name(self) -> &'static str {
+        match self {
+            Variant1108::Reported => "reported",
+            Variant1108::NoDiscard => "no-discard",
+        }
+    }
+}
+
+/// What `bcsim repro 1108` builds.
+#[derive(Clone, Debug)]
+pub struct Opts1108 {
+    pub dir: PathBuf,
+    /// Divides every size and count (1: the report's figures).
+    pub scale: u64,
+    pub seed: u64,
+    pub variant: Variant1108,
+}
+
+/// What was built.
+#[derive(Debug)]
+pub struct Built1108 {
+    pub images: Vec<PathBuf>,
+    pub steps: Vec<Step>,
+}
+
+/// Builds the #1108 image set in `o.dir`, calling `say` as each step is applied.
+///
+/// Everything goes through bcsim's own filesystem, mounted as the reporter's kernel
+/// (`behavior=v1.37.5`): files, cold data, deletions, write-back, journal flushes; the last
+/// step stops it dead. No step writes an image byte itself.
+pub fn build_1108(o: &Opts1108, say: &mut dyn FnMut(&Step)) -> Result<Built1108> {
+    use fs_core::opts::{OptContext, parse_opts};
+
+    if o.scale == 0 || o.scale > 64 {
+        return Err(Error::new(ErrCode::InvalidArgument, format!("--scale {} is not in 1..=64", o.scale)));
+    }
+    std::fs::create_dir_all(&o.dir).map_err(|e| {
+        io_error(e, ErrCode::IoWrite, "cannot create the image directory").path(o.dir.display().to_string())
+    })?;
+    let mut steps = Vec::new();
+    let mut step = |name: &'static str, detail: String| {
+        let s = Step { name, detail };
+        say(&s);
+        steps.push(s);
+    };
+    let sc = |n: u64| (n / o.scale).max(1);
+
+    let specs = layout_1108(&o.dir, o.scale);
+    let paths: Vec<PathBuf> = specs.iter().map(|s| s.path.clone()).collect();
+    let mut opts = Options::default();
+    opts.set_text(OptId::MetadataReplicas, "2")?;
+    opts.set_text(OptId::MetadataTarget, "ssd")?;
+    opts.set_text(OptId::ForegroundTarget, "hdd")?;
+    let uuid = Uuid::from_rng(&mut Rng::new(o.seed ^ 0x1108));
+    let formatted = format_images(&specs, &opts, Some(uuid), true)?;
+    step(
+        "format",
+        format!(
+            "6 members: 4 hdd of {} (data_allowed user), vde of {} buckets and vdf of {} ({} each); \
+             metadata_replicas=2 on ssd, user data on hdd; uuid {}",
+            fs_core::size::format_size(HDD_BYTES / o.scale),
+            sc(VDE_BUCKETS),
+            sc(VDF_BUCKETS),
+            fs_core::size::format_size(BUCKET_1108),
+            formatted.uuid
+        ),
+    );
+
+    let set = open_device_set(&paths, true)?;
+    crate::control::refuse_if_mounted(set.sb.uuid, "repro 1108")?;
+    let mopts = MountOpts {
+        opts: parse_opts("behavior=v1.37.5", OptContext::Mount)?,
+        reclaim: crate::recovery::ReclaimMode::Manual,
+        ..MountOpts::default()
+    };
+    let cfg = BtreeConfig { seq_seed: Some(o.seed), ..BtreeConfig::default() };
+    let mut fs = crate::recovery::mount_with(set, &mopts, cfg)?.fs;
+    let files = crate::files::Files::new(&mut fs)?;
+    let mut b = Builder1108 { fs, files, cold_files: 0 };
+
+    let ops = crate::workload::generate(o.seed, 400);
+    for (i, op) in ops.iter().enumerate() {
+        crate::workload::run_op(&mut b.fs, &mut b.files, op)
+            .map_err(|e| e.prefix(format_args!("operation {} ({op:?})", i + 1)))?;
+    }
+    b.fs.fsync()?;
+    step(
+        "files",
+        format!("seeded file workload (seed {}), {} operations, on the hard disks", o.seed, ops.len()),
+    );
+    let inums = b.many_files(CHURN_FILES)?;
+    b.fs.fsync()?;
+    step("many-files", format!("{CHURN_FILES} empty files created in /meta"));
+
+    let emptied = [("vde", sc(VDE_NEED_DISCARD)), ("vdf", sc(VDF_NEED_DISCARD))];
+    match o.variant {
+        Variant1108::Reported => {
+            step("emptied-data", b.emptied(&emptied)?);
+            b.fs.reclaim()?;
+            let seq = b.fs.fsync()?;
+            step(
+                "journal-reclaimed",
+                format!(
+                    "everything written back, journal flushed at seq {seq}: the deletions are behind \
+                     its last_seq; v1.37.5's filesystem-wide rewind buffer keeps their buckets"
+                ),
+            );
+        }
+        Variant1108::NoDiscard => {
+            // vde keeps no emptied bucket: the data that would have been deleted stays.
+            step("emptied-data", format!("{}; vde: none, its data stays", b.emptied(&emptied[1..])?));
+            b.fs.reclaim()?;
+            b.fs.fsync()?;
+        }
+    }
+
+    let (_, vde_cold) = b.cold("vde", allocator::Watermark::Copygc, u64::MAX, 0)?;
+    let vdf_free = b.usage("vdf")?.free;
+    let (_, vdf_cold) =
+        b.cold("vdf", allocator::Watermark::Normal, vdf_free.saturating_sub(sc(VDF_FREE)), sc(VDF_FREE))?;
+    let seq = b.fs.fsync()?;
+    let (e, f) = (b.usage("vde")?, b.usage("vdf")?);
+    let cold_detail = format!(
+        "{vde_cold} buckets of data moved onto vde at the copygc watermark (as copygc writes), \
+         {vdf_cold} onto vdf; journal flushed at seq {seq}. vde: free {} need_discard {}; vdf: free {} need_discard {}",
+        e.free, e.need_discard, f.free, f.need_discard
+    );
+    step("cold-data", cold_detail);
+    let (rounds, updates, err) = b.churn(&inums)?;
+    let seq = b.fs.fsync()?;
+    let (e, f) = (b.usage("vde")?, b.usage("vdf")?);
+    step(
+        "btree-churn",
+        format!(
+            "{rounds} rounds of touching the {CHURN_FILES} files ({updates} inode updates), each \
+             followed by journal reclaim at the reclaim watermark, until reclaim was refused ({}); journal \
+             flushed at seq {seq}. vde: free {} btree {} need_discard {}; vdf: free {} btree {}",
+            err.as_ref().map_or("none", |e| e.code().name()),
+            e.free,
+            e.btree,
+            e.need_discard,
+            f.free,
+            f.btree
+        ),
+    );
+    let _ = (
+        "cold-data",
+        format!(
+            "{vde_cold} buckets of data moved onto vde at the copygc watermark (as copygc writes), \
+             {vdf_cold} onto vdf; journal flushed at seq {seq}; the btree nodes these updates \
+             dirtied are not written yet. vde: free {} need_discard {}; vdf: free {} need_discard {}",
+            e.free, e.need_discard, f.free, f.need_discard
+        ),
+    );
+    drop(b);
+    step("power-lost", "the machine stops: the dirty btree nodes are never written".to_owned());
+    Ok(Built1108 { images: paths, steps })
+}
+
+/// The six members of #1108 in `dir`, sizes divided by `scale`.
+fn layout_1108(dir: &std::path::Path, scale: u64) -> Vec<ImageSpec> {
+    let mut specs = Vec::new();
+    for i in 0..4 {
+        let mut s = ImageSpec::new(dir.join(format!("hdd{i}.img")));
+        s.size = Some(HDD_BYTES / scale);
+        s.bucket_size = Some(BUCKET_1108);
+        s.label = format!("hdd.hdd{i}");
+        s.data_allowed = fs_core::sb::DataAllowed::USER;
+        specs.push(s);
+    }
+    for (name, nbuckets) in NVME_1108.iter().zip([VDE_BUCKETS, VDF_BUCKETS]) {
+        let mut s = ImageSpec::new(dir.join(format!("{name}.img")));
+        s.size = Some((nbuckets / scale).max(1) * BUCKET_1108);
+        s.bucket_size = Some(BUCKET_1108);
+        s.label = format!("ssd.{name}");
+        specs.push(s);
+    }
+    specs
+}
+
+/// The mounted filesystem the #1108 steps run on.
+struct Builder1108 {
+    fs: crate::fs::Fs,
+    files: crate::files::Files,
+    cold_files: u64,
+}
+
+impl Builder1108 {
+    fn dev(name: &str) -> u8 {
+        if name == "vdf" { 5 } else { 4 }
+    }
+
+    fn usage(&self, name: &str) -> Result<allocator::DevUsage> {
+        self.fs
+            .alloc()
+            .and_then(|a| a.dev_usage(Self::dev(name)))
+            .ok_or_else(|| Error::internal(format!("no bucket counts of {name}")))
+    }
+
+    /// Cold files holding up to `want` buckets on `name`, written at `watermark`, leaving at
+    /// least `keep_free` buckets free; returns the files' names and the buckets written.
+    fn cold(
+        &mut self,
+        name: &str,
+        watermark: allocator::Watermark,
+        want: u64,
+        keep_free: u64,
+    ) -> Result<(Vec<String>, u64)> {
+        let mut names = Vec::new();
+        let mut done = 0u64;
+        while done < want {
+            let room = self.usage(name)?.free.saturating_sub(keep_free);
+            if room == 0 {
+                break;
+            }
+            self.cold_files += 1;
+            let file = format!("cold-{name}-{}", self.cold_files);
+            let inum = self.files.create(&mut self.fs, crate::files::ROOT_INO, &file, false)?;
+            names.push(file);
+            let n = (want - done).min(COLD_FILE_BUCKETS).min(room);
+            // Near the end a bucket at a time, so that the node buckets the commits take
+            // count before the next one.
+            let per = if room < 2 * COLD_PER_TRANS as u64 { 1 } else { COLD_PER_TRANS };
+            let got = self.files.write_cold(&mut self.fs, inum, &format!("ssd.{name}"), watermark, n, per)?;
+            done += got;
+            if got == 0 {
+                break;
+            }
+        }
+        Ok((names, done))
+    }
+
+    /// Step `many-files`: `n` empty files in `/meta`, one transaction each.
+    fn many_files(&mut self, n: u64) -> Result<Vec<u64>> {
+        let dir = self.files.create(&mut self.fs, crate::files::ROOT_INO, "meta", true)?;
+        (0..n).map(|i| self.files.create(&mut self.fs, dir, &format!("f{i:08}"), false)).collect()
+    }
+
+    /// Step `btree-churn`: rounds of touching every file of `inums`, each round followed by
+    /// journal reclaim. The key cache holds the inode updates; reclaim flushes them into the
+    /// inodes btree at the reclaim watermark, each flush a bset appended to a leaf, and a leaf
+    /// whose space is used up is written anew in a new slot, its old slot freed. A bucket all
+    /// of whose slots are freed becomes need_discard, and v1.37.5's filesystem-wide rewind
+    /// buffer keeps it so: free buckets on the NVMe pair turn into need_discard ones. It ends
+    /// when reclaim can no longer write a leaf anew (no second device for its place) and a
+    /// round brought vde's free count no lower; the last round's updates are then only in the
+    /// journal and the key cache. Returns the rounds, the updates, and reclaim's refusal.
+    fn churn(&mut self, inums: &[u64]) -> Result<(u64, u64, Option<Error>)> {
+        let mut rounds = 0u64;
+        let mut updates = 0u64;
+        let mut last_free = u64::MAX;
+        loop {
+            rounds += 1;
+            for &inum in inums {
+                crate::files::Files::touch(&mut self.fs, inum, rounds)?;
+                updates += 1;
+            }
+            let refused = match self.fs.reclaim() {
+                Ok(()) => None,
+                Err(e) if e.matches(ErrCode::JournalReclaimWouldDeadlock) => Some(e),
+                Err(e) => return Err(e),
+            };
+            let free = self.usage("vde")?.free;
+            if refused.is_some() && free == last_free {
+                return Ok((rounds, updates, refused));
+            }
+            if rounds >= 10_000 {
+                return Err(Error::internal("btree churn never wedged"));
+            }
+            last_free = free;
+        }
+    }
+
+    /// Step `emptied-data`: cold data written on each device and deleted again, leaving its
+    /// buckets need_discard.
+    fn emptied(&mut self, what: &[(&str, u64)]) -> Result<String> {
+        let mut detail = Vec::new();
+        for &(name, want) in what {
+            let (names, done) = self.cold(name, allocator::Watermark::Normal, want, 0)?;
+            if done < want {
+                return Err(Error::internal(format!("{name} took {done} of {want} buckets of data")));
+            }
+            for n in &names {
+                self.files.unlink(&mut self.fs, crate::files::ROOT_INO, n)?;
+            }
+            detail.push(format!("{name}: {done} buckets written in {} files, then deleted", names.len()));
+        }
+        Ok(detail.join("; "))
+    }
+}

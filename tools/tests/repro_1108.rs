@@ -1,0 +1,196 @@
+//! `bcsim repro 1108` and what each behaviour profile does with the sets it builds, through the
+//! built binary: the reporter's kernel (v1.37.5) prints the allocator stuck report and waits
+//! for ever; v1.39 and fixed discard vde's emptied buckets as they go read-write and finish
+//! replay; on the set where vde has nothing to discard, fixed finishes once `set-fs-option
+//! --metadata_replicas=1` reaches the parked update through the control socket.
+//!
+//! Sets are built at `--scale 16` (the report's bucket counts divided by 16). A mount is
+//! followed line by line on its stderr, never by sleeping; a watchdog kills it if the line
+//! awaited never comes, so a broken wake fails the test instead of hanging it.
+
+// A failed unwrap or index in a test is that test failing, with its message.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::Child;
+use std::sync::mpsc;
+use std::time::Duration;
+
+use common::{bcsim, ok, spawn_piped};
+
+const IMAGES: [&str; 6] = ["hdd0.img", "hdd1.img", "hdd2.img", "hdd3.img", "vde.img", "vdf.img"];
+/// Far longer than any wait here takes; only a hang reaches it.
+const WATCHDOG: Duration = Duration::from_secs(300);
+
+fn build(dir: &Path, variant: &str) {
+    let out = ok(&["repro", "1108", "--dir", "set", "--scale", "16", "--variant", variant], dir);
+    for name in ["format", "emptied-data", "cold-data", "btree-churn", "power-lost"] {
+        assert!(out.contains(&format!(" {name}: ")), "step {name} missing: {out}");
+    }
+}
+
+/// A fresh copy of the built set in `dir/name`, so that each mount starts from the crash.
+fn copy_set(dir: &Path, name: &str) {
+    std::fs::create_dir_all(dir.join(name)).unwrap();
+    for img in IMAGES {
+        // The hard disks are sparse files of 128 GiB: copy their holes as holes.
+        let st = std::process::Command::new("cp")
+            .arg("--sparse=always")
+            .arg(dir.join("set").join(img))
+            .arg(dir.join(name).join(img))
+            .status()
+            .unwrap();
+        assert!(st.success(), "cp {img} failed");
+    }
+}
+
+/// A mount running in the background, its stderr read line by line.
+struct Running {
+    child: Child,
+    lines: mpsc::Receiver<String>,
+}
+
+impl Running {
+    fn start(dir: &Path, args: &[&str]) -> Running {
+        let mut all = vec!["mount"];
+        all.extend_from_slice(args);
+        all.extend_from_slice(&IMAGES);
+        let mut child = spawn_piped(&all, dir);
+        let stderr = BufReader::new(child.stderr.take().unwrap());
+        let (tx, lines) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in stderr.lines() {
+                let Ok(line) = line else { break };
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        Running { child, lines }
+    }
+
+    /// Lines up to and including the first containing `needle`.
+    fn until(&mut self, needle: &str) -> Vec<String> {
+        let mut seen = Vec::new();
+        let deadline = std::time::Instant::now() + WATCHDOG;
+        loop {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(line) => {
+                    let hit = line.contains(needle);
+                    seen.push(line);
+                    if hit {
+                        return seen;
+                    }
+                }
+                Err(e) => panic!("no line with {needle:?} ({e}); got:\n{}", seen.join("\n")),
+            }
+        }
+    }
+}
+
+impl Running {
+    /// Reads stderr to its end (the mount exits), failing at the first line containing
+    /// `never`; returns the exit code and everything printed.
+    fn finish(mut self, never: &str) -> (i32, String) {
+        let mut seen = Vec::new();
+        let deadline = std::time::Instant::now() + WATCHDOG;
+        loop {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(line) => {
+                    assert!(!line.contains(never), "{line}; before it:\n{}", seen.join("\n"));
+                    seen.push(line);
+                }
+                Err(mpsc::RecvTimeoutError::Disconnected) => break,
+                Err(e) => panic!("the mount neither ended nor printed ({e}); got:\n{}", seen.join("\n")),
+            }
+        }
+        let mut stdout = String::new();
+        std::io::Read::read_to_string(&mut self.child.stdout.take().unwrap(), &mut stdout).unwrap();
+        let code = self.child.wait().unwrap().code().unwrap_or(-1);
+        (code, format!("{stdout}{}", seen.join("\n")))
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The reported set: v1.37.5 reports the stuck allocator for vde (nothing free, its emptied
+/// buckets waiting for a discard that recovery never runs) and keeps waiting; v1.39 and fixed
+/// discard them as the filesystem goes read-write, the parked split goes ahead, and the mount
+/// finishes; the filesystem then checks clean.
+#[test]
+fn reported_set_hangs_v1_37_5_and_discards_free_it_in_v1_39_and_fixed() {
+    let d = tempfile::tempdir().unwrap();
+    build(d.path(), "reported");
+
+    copy_set(d.path(), "old");
+    let mut m = Running::start(&d.path().join("old"), &["-o", "behavior=v1.37.5,allocator_stuck_timeout=1"]);
+    let first = m.until("Allocator stuck? Waited for");
+    let waited: u64 = first
+        .last()
+        .unwrap()
+        .split("Waited for ")
+        .nth(1)
+        .unwrap()
+        .split(' ')
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(waited >= 1, "reported before allocator_stuck_timeout: {first:?}");
+    let report = m.until("the kernel waits here forever");
+    let text = report.join("\n");
+    let vde = report.iter().find(|l| l.contains("(ssd.vde)")).unwrap();
+    assert!(vde.contains(" free 0 ") && vde.contains("btree 2"), "{vde}");
+    let nd: u64 = vde.split("need_discard ").nth(1).unwrap().split(' ').next().unwrap().parse().unwrap();
+    assert!(nd >= 9416 / 16, "vde's emptied buckets are not waiting: {vde}");
+    assert!(text.contains("request: replicas 2 target ssd watermark reclaim"), "{text}");
+    assert!(m.child.try_wait().unwrap().is_none(), "v1.37.5 did not keep waiting");
+    drop(m);
+
+    for profile in ["v1.39", "fixed"] {
+        copy_set(d.path(), profile);
+        let dir = d.path().join(profile);
+        let opts = format!("behavior={profile},allocator_stuck_timeout=1");
+        let (code, all) = Running::start(&dir, &["-o", &opts]).finish("Allocator stuck?");
+        assert_eq!(code, 0, "{profile}: {all}");
+        assert!(all.contains("discard: dev 4: "), "{profile}: vde was not discarded: {all}");
+        assert!(all.contains("keys wait for the allocator"), "{profile}: replay never waited: {all}");
+        let fsck = bcsim(&[&["fsck", "-n"][..], &IMAGES].concat(), &dir);
+        assert_eq!(fsck.code, 0, "{profile}: fsck -n after the mount: {}{}", fsck.stdout, fsck.stderr);
+    }
+}
+
+/// The no-discard set: fixed parks the split and reports it (vde has nothing to discard);
+/// `set-fs-option --metadata_replicas=1` from another process reaches it through the control
+/// socket, it is rebuilt for one replica, and the held mount completes; the new replica count
+/// is in the superblock after unmount.
+#[test]
+fn no_discard_set_completes_in_fixed_after_set_fs_option() {
+    let d = tempfile::tempdir().unwrap();
+    build(d.path(), "no-discard");
+    copy_set(d.path(), "fixed");
+    let dir = d.path().join("fixed");
+    let mut m = Running::start(&dir, &["--hold", "-o", "behavior=fixed,allocator_stuck_timeout=1"]);
+    let report = m.until("waiting on: buckets freed");
+    assert!(report.iter().any(|l| l.contains("(ssd.vde)") && l.contains(" free 0 ")), "{report:?}");
+    let set = ok(&[&["set-fs-option", "--metadata_replicas=1"][..], &IMAGES].concat(), &dir);
+    assert!(set.contains("set on the running mount"), "{set}");
+    m.until("holding until");
+    ok(&[&["umount"][..], &IMAGES].concat(), &dir);
+    let status = m.child.wait().unwrap();
+    assert_eq!(status.code(), Some(0));
+    let opts = ok(&["show-options", "vde.img"], &dir);
+    assert!(opts.contains("metadata_replicas") && opts.contains('1'), "{opts}");
+    let fsck = bcsim(&[&["fsck", "-n"][..], &IMAGES].concat(), &dir);
+    assert_eq!(fsck.code, 0, "fsck -n after the mount: {}{}", fsck.stdout, fsck.stderr);
+}
