@@ -451,6 +451,11 @@ impl RecoveryCtx {
     /// sealed), so that a failed fsck or mount does not leave a mountable filesystem marked
     /// unclean. One whose replay did not finish keeps its journal for the next mount to replay.
     pub(crate) fn seal_after_error(&mut self) {
+        // The replay range stays in the journal for the next mount: its pin goes with this
+        // one, nothing written (the journal is going away).
+        if let Some(p) = self.replay_pin.take() {
+            p.abandon();
+        }
         let Some(fs) = self.fs.take() else { return };
         if self.unclean && !self.replay_done {
             return;
