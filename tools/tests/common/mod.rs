@@ -23,12 +23,16 @@ pub fn ok(args: &[&str], dir: &Path) -> String {
 
 /// Runs the built `bcsim` with `args` in `dir`.
 pub fn bcsim(args: &[&str], dir: &Path) -> Out {
-    let out = Command::new(env!("CARGO_BIN_EXE_bcsim"))
-        .args(args)
-        .current_dir(dir)
-        .env("XDG_RUNTIME_DIR", dir)
-        .output()
-        .unwrap();
+    run_bcsim(Command::new(env!("CARGO_BIN_EXE_bcsim")).args(args), dir)
+}
+
+/// [`bcsim`] under `timeout SECS`: a run past it exits 124, which the caller calls a hang.
+pub fn bcsim_limited(args: &[&str], dir: &Path, secs: u32) -> Out {
+    run_bcsim(Command::new("timeout").arg(secs.to_string()).arg(env!("CARGO_BIN_EXE_bcsim")).args(args), dir)
+}
+
+fn run_bcsim(cmd: &mut Command, dir: &Path) -> Out {
+    let out = cmd.current_dir(dir).env("XDG_RUNTIME_DIR", dir).output().unwrap();
     Out {
         code: out.status.code().unwrap_or(-1),
         stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
