@@ -39,6 +39,9 @@ use fs_core::sync::Arc;
 
 use crate::write::Journal;
 
+/// The most callbacks one flush of the pins runs, whatever other threads add meanwhile.
+const MAX_FLUSHES: usize = 1 << 20;
+
 /// Whoever holds a pin: how to write back what the pin protects.
 pub trait PinFlush: Send + Sync {
     /// Writes back everything the pin at `seq` protects, then drops the pin or moves it past
@@ -225,9 +228,18 @@ impl Journal {
     pub fn flush_pins(&self, through: u64) -> Result<usize> {
         let _flusher = self.flush_lock.lock();
         // Each callback either removes its pin or moves it past `through`; the pins present at
-        // the start bound the work, with room for pins that callbacks add as they write back.
-        let bound = self.lock().pins.len() * 2 + 64;
-        for done in 0..bound {
+        // the start bound the work, with room for pins that callbacks add as they write back
+        // and for those that other threads add meanwhile (each counted twice).
+        let (at_start, first_id) = {
+            let st = self.lock();
+            (st.pins.len(), st.pins.next_id)
+        };
+        let mut done = 0usize;
+        loop {
+            let added = usize::try_from(self.lock().pins.next_id - first_id).unwrap_or(usize::MAX);
+            if done >= (at_start + added).saturating_mul(2).saturating_add(64).min(MAX_FLUSHES) {
+                break;
+            }
             self.health.check_rw().map_err(|e| e.prefix("flushing journal pins"))?;
             let Some((key, flush)) = ({
                 let mut st = self.lock();
@@ -264,17 +276,21 @@ impl Journal {
                     self.health.fatal(&e);
                     return Err(e);
                 }
-                Ok(()) => {}
+                Ok(()) => done += 1,
             }
         }
         Err(Error::new(
             ErrCode::JournalStuck,
-            format!("journal pins at or below seq {through} did not settle in {bound} flushes"),
+            format!("journal pins at or below seq {through} did not settle in {done} flushes"),
         ))
     }
 
-    /// Flushes every pin that may be flushed: everything below the replay barrier.
+    /// Flushes every pin that may be flushed, up to the open entry's seq at the call: everything
+    /// committed so far below the replay barrier.
     pub fn flush_all_pins(&self) -> Result<usize> {
-        self.flush_pins(u64::MAX)
+        // Everything committed so far: pins that commits made after this call add (a discard
+        // worker's, say) belong to later work, and counting them would let a busy filesystem
+        // keep this from ever settling.
+        self.flush_pins(self.seq())
     }
 }

@@ -305,6 +305,18 @@ impl KeyCache {
 
     /// Drops every entry, once all are clean (after the pins are flushed): what holds a key
     /// the btree does not have yet cannot be dropped.
+    /// Drops every clean entry and returns how many; dirty ones stay (and keep their pins).
+    /// After journal replay: replay's entries, all written back, go, while updates that
+    /// threads running beside it (discard workers) made through the cache meanwhile stay.
+    pub fn drop_clean(&self) -> usize {
+        let mut entries = self.entries.lock();
+        let before = entries.len();
+        entries.retain(|_, e| e.state.lock().flags.contains(EntryFlags::DIRTY));
+        let dropped = before - entries.len();
+        self.nr_keys.fetch_sub(dropped, Ordering::AcqRel);
+        dropped
+    }
+
     pub fn clear(&self) -> Result<()> {
         let mut entries = self.entries.lock();
         let dirty = entries.values().filter(|e| e.state.lock().flags.contains(EntryFlags::DIRTY)).count();

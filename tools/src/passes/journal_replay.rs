@@ -37,7 +37,8 @@ pub(super) fn run(ctx: &mut RecoveryCtx) -> Result<()> {
     let shared = ctx.fs()?.shared().clone();
     let mut meter = Meter::new(ctx.progress, "journal replay", "keys");
     shared.set_rewind_seq(Some(rj.read.last_seq.max(1)));
-    let replayed = replay(&shared, &mut rj.keys, rj.read.last_seq.max(1), &mut ctx.log, &mut meter);
+    let mut live = Live { log: &mut ctx.log, printed: &mut ctx.log_printed, sink: ctx.live_log.as_ref() };
+    let replayed = replay(&shared, &mut rj.keys, rj.read.last_seq.max(1), &mut live, &mut meter);
     shared.set_rewind_seq(None);
     meter.finish();
     let replayed = replayed?;
@@ -57,9 +58,10 @@ pub(super) fn run(ctx: &mut RecoveryCtx) -> Result<()> {
     }
     journal.set_replay_barrier(None);
     journal.flush_all_pins()?;
-    // Its entries are all clean now: the run-time cache starts empty.
+    // Replay's entries are all clean now and go; updates the discard workers made through the
+    // cache meanwhile (from going read-write in v1.39 and fixed) stay, pinned, for reclaim.
     if let Some(cache) = shared.key_cache() {
-        cache.clear()?;
+        cache.drop_clean();
     }
     ctx.times.write_back = PhaseTime::until_now(ctx.t0, t_write_back);
     Ok(())
@@ -69,6 +71,19 @@ pub(super) fn run(ctx: &mut RecoveryCtx) -> Result<()> {
 fn commit_fixes_before_rw(ctx: &mut RecoveryCtx) -> Result<()> {
     let fixes = std::mem::take(&mut ctx.fixes_after_replay);
     ctx.commit_fixes(fixes)
+}
+
+/// The recovery log as replay writes it: lines said before a wait are out before it.
+struct Live<'a> {
+    log: &'a mut Vec<String>,
+    printed: &'a mut usize,
+    sink: Option<&'a crate::recovery::LiveLog>,
+}
+
+impl Live<'_> {
+    fn flush(&mut self) {
+        crate::recovery::flush_live(self.log, self.printed, self.sink);
+    }
 }
 
 /// Replays `keys`, whose seqs start at `first_seq`; returns how many keys were replayed.
@@ -81,7 +96,7 @@ fn replay(
     fs: &FsShared,
     keys: &mut JournalKeys,
     first_seq: u64,
-    log: &mut Vec<String>,
+    live: &mut Live<'_>,
     meter: &mut Meter,
 ) -> Result<usize> {
     let total = keys.len();
@@ -97,7 +112,7 @@ fn replay(
                     keys.mark_overwritten_at(i);
                     done += 1;
                     if done % PUBLISH_CHECK_KEYS == 0 {
-                        meter.tick(done, total, log);
+                        meter.tick(done, total, live.log);
                     }
                     if done % REPLAY_WRITE_BACK_KEYS == 0
                         || (done % PUBLISH_CHECK_KEYS == 0 && trans.publish_due())
@@ -119,10 +134,11 @@ fn replay(
         (trans.cached, trans.written_through)
     };
     if !queued.is_empty() {
-        log.push(format!(
+        live.log.push(format!(
             "journal_replay: {} keys wait for the allocator; replaying them in journal order",
             queued.len()
         ));
+        live.flush();
         // Stable: keys of one seq stay in btree order.
         queued.sort_by_key(|&i| keys.at(i).map_or(0, |k| k.seq));
         let mut trans = fs.replay_trans(Watermark::Reclaim, first_seq)?;
@@ -154,10 +170,10 @@ fn replay(
         cached += trans.cached;
         written_through += trans.written_through;
     }
-    meter.tick(done, total, log);
-    log.push(format!("journal_replay: {done} keys replayed"));
+    meter.tick(done, total, live.log);
+    live.log.push(format!("journal_replay: {done} keys replayed"));
     if cached + written_through > 0 {
-        log.push(format!(
+        live.log.push(format!(
             "journal_replay: {} alloc keys through the key cache: {cached} cached, {written_through} written through",
             cached + written_through
         ));
