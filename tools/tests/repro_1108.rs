@@ -1,8 +1,10 @@
 //! `bcsim repro 1108` and what each behaviour profile does with the sets it builds, through the
 //! built binary: the reporter's kernel (v1.37.5) prints the allocator stuck report and waits
-//! for ever; v1.39 and fixed discard vde's emptied buckets as they go read-write and finish
-//! replay; on the set where vde has nothing to discard, fixed finishes once `set-fs-option
-//! --metadata_replicas=1` reaches the parked update through the control socket.
+//! for ever, whatever option changes reach it, until the metadata device grows offline; v1.39
+//! and fixed discard vde's emptied buckets as they go read-write and finish replay; on the set
+//! where vde has nothing to discard, v1.39 needs the option set offline, and fixed finishes
+//! once `set-fs-option --metadata_replicas=1` reaches the parked update through the control
+//! socket, or with the option given at mount.
 //!
 //! Sets are built at `--scale 16` (the report's bucket counts divided by 16). A mount is
 //! followed line by line on its stderr, never by sleeping; a watchdog kills it if the line
@@ -59,16 +61,22 @@ impl Running {
         all.extend_from_slice(args);
         all.extend_from_slice(&IMAGES);
         let mut child = spawn_piped(&all, dir);
-        let stderr = BufReader::new(child.stderr.take().unwrap());
         let (tx, lines) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in stderr.lines() {
-                let Ok(line) = line else { break };
-                if tx.send(line).is_err() {
-                    break;
+        // stdout (the recovery log) and stderr (the running filesystem's lines) both feed the
+        // one channel; it closes when both have ended.
+        let stdout: Box<dyn std::io::Read + Send> = Box::new(child.stdout.take().unwrap());
+        let stderr: Box<dyn std::io::Read + Send> = Box::new(child.stderr.take().unwrap());
+        for stream in [stdout, stderr] {
+            let tx = tx.clone();
+            std::thread::spawn(move || {
+                for line in BufReader::new(stream).lines() {
+                    let Ok(line) = line else { break };
+                    if tx.send(line).is_err() {
+                        break;
+                    }
                 }
-            }
-        });
+            });
+        }
         Running { child, lines }
     }
 
@@ -109,10 +117,8 @@ impl Running {
                 Err(e) => panic!("the mount neither ended nor printed ({e}); got:\n{}", seen.join("\n")),
             }
         }
-        let mut stdout = String::new();
-        std::io::Read::read_to_string(&mut self.child.stdout.take().unwrap(), &mut stdout).unwrap();
         let code = self.child.wait().unwrap().code().unwrap_or(-1);
-        (code, format!("{stdout}{}", seen.join("\n")))
+        (code, seen.join("\n"))
     }
 }
 
@@ -193,4 +199,83 @@ fn no_discard_set_completes_in_fixed_after_set_fs_option() {
     assert!(opts.contains("metadata_replicas") && opts.contains('1'), "{opts}");
     let fsck = bcsim(&[&["fsck", "-n"][..], &IMAGES].concat(), &dir);
     assert_eq!(fsck.code, 0, "fsck -n after the mount: {}{}", fsck.stdout, fsck.stderr);
+}
+
+fn build_in(dir: &Path, variant: &str) -> std::path::PathBuf {
+    std::fs::create_dir_all(dir).unwrap();
+    build(dir, variant);
+    dir.to_path_buf()
+}
+
+/// v1.37.5 on both sets: `-o metadata_replicas=1` is refused with the kernel's message, the
+/// stuck report comes and the wait goes on; a live `set-fs-option --metadata_replicas=1` is
+/// accepted, wakes the waiter, and it keeps the two replicas it was built with (the report's
+/// chicken-and-egg). The reporter's way out works: grow vde offline, then mount.
+#[test]
+fn v1_37_5_waits_for_ever_until_vde_grows_offline() {
+    let d = tempfile::tempdir().unwrap();
+    for variant in ["reported", "no-discard"] {
+        let base = build_in(&d.path().join(variant), variant);
+        copy_set(&base, "hung");
+        let dir = base.join("hung");
+        let opts = "behavior=v1.37.5,allocator_stuck_timeout=1,metadata_replicas=1";
+        let mut m = Running::start(&dir, &["--hold", "-o", opts]);
+        m.until("metadata_replicas: option may no longer be specified at mount time; set via sysfs opts dir");
+        m.until("the kernel waits here forever");
+        let set = ok(&[&["set-fs-option", "--metadata_replicas=1"][..], &IMAGES].concat(), &dir);
+        assert!(set.contains("set on the running mount"), "{variant}: {set}");
+        m.until("but the waiting request keeps metadata_replicas=2 it was built with");
+        assert!(m.child.try_wait().unwrap().is_none(), "{variant}: v1.37.5 did not keep waiting");
+        drop(m);
+
+        copy_set(&base, "grown");
+        let dir = base.join("grown");
+        let size = std::fs::metadata(dir.join("vde.img")).unwrap().len() + (256 << 20);
+        ok(&["device", "resize", "vde.img", &size.to_string()], &dir);
+        let (code, all) = Running::start(&dir, &["-o", "behavior=v1.37.5,allocator_stuck_timeout=1"])
+            .finish("Allocator stuck?");
+        assert_eq!(code, 0, "{variant}: mount after growing vde: {all}");
+    }
+}
+
+/// v1.39 on the no-discard set: it waits (nothing to discard on vde) and a live option change
+/// does not reach the waiting request; set offline before the mount, the option is read when
+/// the request is built, and the mount finishes.
+#[test]
+fn v1_39_no_discard_needs_the_option_set_offline() {
+    let d = tempfile::tempdir().unwrap();
+    let base = build_in(d.path(), "no-discard");
+    copy_set(&base, "live");
+    let dir = base.join("live");
+    let mut m = Running::start(&dir, &["--hold", "-o", "behavior=v1.39,allocator_stuck_timeout=1"]);
+    m.until("Allocator stuck? Waited for");
+    ok(&[&["set-fs-option", "--metadata_replicas=1"][..], &IMAGES].concat(), &dir);
+    m.until("but the waiting request keeps metadata_replicas=2 it was built with");
+    drop(m);
+
+    copy_set(&base, "offline");
+    let dir = base.join("offline");
+    let set = ok(&[&["set-fs-option", "--metadata_replicas=1"][..], &IMAGES].concat(), &dir);
+    assert!(!set.contains("running mount"), "{set}");
+    let (code, all) =
+        Running::start(&dir, &["-o", "behavior=v1.39,allocator_stuck_timeout=1"]).finish("Allocator stuck?");
+    assert_eq!(code, 0, "{all}");
+}
+
+/// fixed on the no-discard set with `-o metadata_replicas=1`: a recovery option there, so the
+/// split never waits; the metadata it wrote with one replica is recorded, and fsck reports it.
+#[test]
+fn fixed_accepts_fewer_replicas_at_mount_and_fsck_reports_them() {
+    let d = tempfile::tempdir().unwrap();
+    let base = build_in(d.path(), "no-discard");
+    copy_set(&base, "m");
+    let dir = base.join("m");
+    let (code, all) =
+        Running::start(&dir, &["-o", "behavior=fixed,allocator_stuck_timeout=1,metadata_replicas=1"])
+            .finish("Allocator stuck?");
+    assert_eq!(code, 0, "{all}");
+    assert!(all.contains("metadata_replicas=1 for this mount, below the filesystem's 2"), "{all}");
+    let fsck = bcsim(&[&["fsck", "-n"][..], &IMAGES].concat(), &dir);
+    assert_eq!(fsck.code, 4, "fsck -n after a mount with fewer replicas: {}{}", fsck.stdout, fsck.stderr);
+    assert!(fsck.stdout.contains("replicas"), "{}", fsck.stdout);
 }

@@ -50,10 +50,25 @@ pub struct MountArgs {
 
 pub fn run(args: MountArgs) -> CmdResult {
     let failed_log = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    // The text log goes out as recovery writes it (a mount that hangs has said everything up to
+    // the hang); `printed` counts what has gone, so the end prints only the rest.
+    let printed = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let live_log = (!args.json).then(|| {
+        let printed = printed.clone();
+        bcsim::recovery::LiveLog(std::sync::Arc::new(move |line: &str| {
+            out::lines(std::iter::once(line));
+            out::flush();
+            printed.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }))
+    });
     let mut mopts = MountOpts {
         progress: Progress::stderr(),
         failed_log: Some(failed_log.clone()),
+        live_log,
         ..parse_mount_opts(&args.options)?
+    };
+    let rest = |lines: &[String]| -> Vec<String> {
+        lines.iter().skip(printed.load(std::sync::atomic::Ordering::Relaxed)).cloned().collect()
     };
     let set = open_device_set(&args.images, true)?;
     let control = Control::new(set.sb.uuid, set.sb.members.clone(), |line| {
@@ -67,7 +82,7 @@ pub fn run(args: MountArgs) -> CmdResult {
             control.set_phase(Phase::Unmounted(Err(e.to_string())));
             // The log up to the failure, as dmesg shows it before the error.
             if let Ok(lines) = failed_log.lock() {
-                out::lines(lines.iter());
+                out::lines(rest(&lines).iter());
             }
             return Err(e);
         }
@@ -82,7 +97,7 @@ pub fn run(args: MountArgs) -> CmdResult {
         .collect();
     if args.hold {
         if !args.json {
-            out::lines(&log);
+            out::lines(rest(&log));
         }
         out::flush();
         hold(&control, server.as_ref().map(Server::path))?;
@@ -102,7 +117,7 @@ pub fn run(args: MountArgs) -> CmdResult {
         }));
     } else {
         if !args.hold {
-            out::lines(&log);
+            out::lines(rest(&log));
         }
         outln!("clean shutdown complete");
     }

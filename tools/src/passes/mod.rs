@@ -205,6 +205,9 @@ pub struct RecoveryCtx {
     pub(crate) fs: Option<Fs>,
     /// Holds the replay range until replay is written back.
     pub(crate) replay_pin: Option<JournalPin>,
+    /// Where log lines go as they are written, and how many have gone.
+    pub(crate) live_log: Option<crate::recovery::LiveLog>,
+    pub(crate) log_printed: usize,
     /// Every node check_topology read, for check_allocations.
     pub(crate) topology: Vec<NodeInfo>,
     /// Keys in each btree's leaves, as check_topology counted them: the totals the long passes
@@ -318,6 +321,8 @@ impl RecoveryCtx {
             new_fs: false,
             fs: None,
             replay_pin: None,
+            live_log: None,
+            log_printed: 0,
             topology: Vec::new(),
             alloc_view: None,
             stop: None,
@@ -411,6 +416,11 @@ impl RecoveryCtx {
     }
 
     /// Decides, runs and records every pass of the table, in order.
+    /// Hands the log lines written since the last call to the live log, if there is one.
+    pub(crate) fn flush_log(&mut self) {
+        crate::recovery::flush_live(&self.log, &mut self.log_printed, self.live_log.as_ref());
+    }
+
     pub(crate) fn run_passes(&mut self) -> Result<()> {
         for &pass in RecoveryPass::ALL {
             let outcome = match implementation(pass) {
@@ -427,7 +437,10 @@ impl RecoveryCtx {
                     if !pass.flags().contains(PassFlags::SILENT) {
                         self.log.push(format!("starting {}", pass.name()));
                     }
-                    run(self).map_err(|e| e.prefix(pass.name()))?;
+                    self.flush_log();
+                    let ran = run(self).map_err(|e| e.prefix(pass.name()));
+                    self.flush_log();
+                    ran?;
                     PassOutcome::Ran
                 }
             };

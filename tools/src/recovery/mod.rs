@@ -44,6 +44,27 @@ pub enum ReclaimMode {
     Manual,
 }
 
+/// Where a mount's log lines go as they are written, as dmesg shows a kernel's: a mount that
+/// hangs has still said everything up to the hang.
+#[derive(Clone)]
+pub struct LiveLog(pub Arc<dyn Fn(&str) + Send + Sync>);
+
+impl std::fmt::Debug for LiveLog {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("LiveLog")
+    }
+}
+
+/// Hands the lines of `log` from `*printed` on to `live`.
+pub(crate) fn flush_live(log: &[String], printed: &mut usize, live: Option<&LiveLog>) {
+    if let Some(live) = live {
+        for line in log.get(*printed..).unwrap_or_default() {
+            (live.0)(line);
+        }
+        *printed = log.len();
+    }
+}
+
 /// What `mount` was asked for.
 #[derive(Clone, Debug, Default)]
 pub struct MountOpts {
@@ -55,6 +76,8 @@ pub struct MountOpts {
     /// Where a failed recovery leaves the log it wrote up to the failure, as dmesg keeps the
     /// lines before an error: the mount command prints them before the error.
     pub failed_log: Option<std::sync::Arc<std::sync::Mutex<Vec<String>>>>,
+    /// Where log lines go as they are written (`None`: only in the result).
+    pub live_log: Option<LiveLog>,
     /// The mount's control socket state: recovery attaches its live options, then its
     /// filesystem, so that options can be shown and set while it runs.
     pub control: Option<Arc<crate::control::Control>>,
@@ -211,6 +234,7 @@ pub fn parse_mount_opts(text: &str) -> Result<MountOpts> {
         reclaim: ReclaimMode::default(),
         progress: progress::Progress::default(),
         failed_log: None,
+        live_log: None,
         control: None,
         manual_wait_clock: false,
     })
@@ -293,6 +317,8 @@ pub(crate) fn recover(
     ctx.progress = mopts.progress;
     ctx.control = mopts.control.clone();
     ctx.manual_wait_clock = mopts.manual_wait_clock;
+    ctx.live_log = mopts.live_log.clone();
+    ctx.flush_log();
     ctx.fsck = fsck;
     // The superblock write that ends a writing run rewrites every copy.
     ctx.problems.extend(damaged);
