@@ -293,44 +293,17 @@ impl Files {
         buckets: u64,
         per_trans: usize,
     ) -> Result<u64> {
-        self.write_cold_counted(fs, inum, target, watermark, buckets, per_trans).map_err(|(_, e)| e)
-    }
-
-    /// [`Files::write_cold`], whose error also says how many buckets were written before it.
-    pub fn write_cold_counted(
-        &mut self,
-        fs: &mut Fs,
-        inum: u64,
-        target: &str,
-        watermark: Watermark,
-        buckets: u64,
-        per_trans: usize,
-    ) -> std::result::Result<u64, (u64, Error)> {
-        let mut done = 0u64;
-        self.cold_inner(fs, inum, target, watermark, buckets, per_trans, &mut done).map_err(|e| (done, e))
-    }
-
-    #[allow(clippy::too_many_arguments)]
-    fn cold_inner(
-        &mut self,
-        fs: &mut Fs,
-        inum: u64,
-        target: &str,
-        watermark: Watermark,
-        buckets: u64,
-        per_trans: usize,
-        done: &mut u64,
-    ) -> Result<u64> {
         let alloc =
             fs.alloc().cloned().ok_or_else(|| Error::new(ErrCode::Erofs, "filesystem opened read-only"))?;
         let req =
             AllocRequest { nr_replicas: 1, target: target.to_owned(), data_type: DataType::User, watermark };
         let mut inode = Self::inode_or_enoent(fs, inum)?;
-        while *done < buckets {
+        let mut done = 0u64;
+        while done < buckets {
             let mut updates = Vec::new();
             let mut added = Vec::new();
             let mut full = false;
-            while added.len() < per_trans.max(1) && *done + (added.len() as u64) < buckets {
+            while added.len() < per_trans.max(1) && done + (added.len() as u64) < buckets {
                 let got = match alloc.alloc_buckets(&req) {
                     Ok(got) => got,
                     Err(e) if e.matches(ErrCode::FreelistEmpty) => {
@@ -382,12 +355,12 @@ impl Files {
                 }
                 return Err(e);
             }
-            *done += added.len() as u64;
+            done += added.len() as u64;
             if full {
                 break;
             }
         }
-        Ok(*done)
+        Ok(done)
     }
 
     /// Sets the modification time of `inum` (a `touch`): one inode update, nothing else.

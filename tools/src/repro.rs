@@ -456,15 +456,6 @@ pub fn build_1108(o: &Opts1108, say: &mut dyn FnMut(&Step)) -> Result<Built1108>
             f.btree
         ),
     );
-    let _ = (
-        "cold-data",
-        format!(
-            "{vde_cold} buckets of data moved onto vde at the copygc watermark (as copygc writes), \
-             {vdf_cold} onto vdf; journal flushed at seq {seq}; the btree nodes these updates \
-             dirtied are not written yet. vde: free {} need_discard {}; vdf: free {} need_discard {}",
-            e.free, e.need_discard, f.free, f.need_discard
-        ),
-    );
     drop(b);
     step("power-lost", "the machine stops: the dirty btree nodes are never written".to_owned());
     Ok(Built1108 { images: paths, steps })
