@@ -215,10 +215,12 @@ impl Files {
                 data_type: DataType::User,
                 watermark: Watermark::Normal,
             };
-            // No bucket free now: wait for the allocator (discards of buckets emptied so far),
-            // then try again; nothing freed means waiting would be forever.
+            // No bucket free now: discard what was emptied so far, then try once more. The
+            // retry does not depend on this thread's round freeing anything: a discard worker
+            // may have freed the buckets between the refusal and the round.
             let buckets = match alloc.alloc_buckets(&req) {
-                Err(e) if e.matches(ErrCode::FreelistEmpty) && fs.wait_on_allocator()? > 0 => {
+                Err(e) if e.matches(ErrCode::FreelistEmpty) => {
+                    fs.wait_on_allocator()?;
                     alloc.alloc_buckets(&req)?
                 }
                 r => r?,
