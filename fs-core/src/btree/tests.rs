@@ -432,6 +432,36 @@ fn blocked_insert_changes_nothing() {
     assert_eq!(contents(&mut t, BtreeId::Extents).len() as u64, i + 1);
 }
 
+/// A written leaf whose next bset would not fit reserves the node for its rewrite in the
+/// insert that fills it, so that insert can be refused (and changes nothing); what an aborted
+/// transaction puts back never asks the allocator, so an undo cannot be refused half-way.
+#[test]
+fn a_filled_written_leaf_reserves_its_rewrite_but_undo_never_allocates() {
+    let s = Setup::new(1, 1);
+    let mut t = s.open(Vec::new(), Behavior::Fixed);
+    t.insert(BtreeId::Extents, key(0, 0), 1).unwrap();
+    t.write_dirty().unwrap();
+    s.alloc.block(true);
+    // Overwrites of one key: the leaf's keys stay the same size, its unwritten bsets grow.
+    let mut v = 1;
+    let refused = loop {
+        match t.insert(BtreeId::Extents, key(0, v), 1) {
+            Ok(()) => v += 1,
+            Err(e) => break e,
+        }
+        assert!(v < 100_000, "a written leaf never reserved its rewrite");
+    };
+    assert!(refused.matches(ErrCode::OperationBlocked), "{refused}");
+    assert_eq!(contents(&mut t, BtreeId::Extents), vec![key(0, v - 1)], "the refused insert left its key");
+    t.insert_undo(BtreeId::Extents, key(0, v - 2), 1).unwrap();
+    t.insert_undo(BtreeId::Extents, Bkey::whiteout(key(0, 0).pos), 1).unwrap();
+    assert!(contents(&mut t, BtreeId::Extents).is_empty());
+    s.alloc.block(false);
+    t.insert(BtreeId::Extents, key(0, v), 1).unwrap();
+    t.write_dirty().unwrap();
+    assert_eq!(contents(&mut t, BtreeId::Extents), vec![key(0, v)]);
+}
+
 /// Lookups and inserts in key order reuse the last leaf a descent found; across splits,
 /// write-back, eviction and direction changes every answer must still be the model's.
 #[test]

@@ -577,7 +577,17 @@ impl Btrees {
     pub fn insert(&mut self, btree: BtreeId, key: Bkey, journal_seq: u64) -> Result<()> {
         key.validate()?;
         let (pos, kv) = KeyVal::from_key(key, true);
-        self.insert_entry(btree, pos, kv, journal_seq)
+        self.insert_entry(btree, pos, kv, journal_seq, true)
+    }
+
+    /// [`Btrees::insert`] of what an aborted transaction puts back (the key it overwrote, or a
+    /// whiteout where it added one). A leaf's next rewrite was reserved when the transaction
+    /// filled it, so this takes no reservation of its own: undoing must never wait for the
+    /// allocator, and a refused undo would leave half a transaction applied.
+    pub fn insert_undo(&mut self, btree: BtreeId, key: Bkey, journal_seq: u64) -> Result<()> {
+        key.validate()?;
+        let (pos, kv) = KeyVal::from_key(key, true);
+        self.insert_entry(btree, pos, kv, journal_seq, false)
     }
 
     /// [`Btrees::insert`] of a borrowed key, whose value is copied only into the leaf: journal
@@ -585,18 +595,27 @@ impl Btrees {
     pub fn insert_ref(&mut self, btree: BtreeId, key: KeyRef<'_>, journal_seq: u64) -> Result<()> {
         key.validate()?;
         let (pos, kv) = KeyVal::from_ref(key, true);
-        self.insert_entry(btree, pos, kv, journal_seq)
+        self.insert_entry(btree, pos, kv, journal_seq, true)
     }
 
     /// Inserts an entry. Refused for want of nodes (`operation_blocked`) or for a node that
-    /// cannot be read, it changes nothing, so the caller can wait and retry.
-    fn insert_entry(&mut self, btree: BtreeId, pos: Bpos, kv: KeyVal, journal_seq: u64) -> Result<()> {
+    /// cannot be read, it changes nothing, so the caller can wait and retry. `reserve`: a
+    /// written leaf this fills reserves a node for its rewrite first.
+    fn insert_entry(
+        &mut self,
+        btree: BtreeId,
+        pos: Bpos,
+        kv: KeyVal,
+        journal_seq: u64,
+        reserve: bool,
+    ) -> Result<()> {
         let Some(leaf) = self.leaf_for_insert(btree, pos, kv.is_deleted())? else { return Ok(()) };
         let split_bytes = self.split_bytes;
         let added = kv.encoded_bytes();
         let node_bytes = self.io.node_size();
         let n = self.node_mut(leaf)?;
-        if n.sectors_written > 0
+        if reserve
+            && n.sectors_written > 0
             && n.spare.is_none()
             && !n.needs_rewrite
             && u64::from(n.sectors_written) * crate::bkey::ptr::SECTOR_BYTES

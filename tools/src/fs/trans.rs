@@ -522,7 +522,7 @@ impl FsShared {
     /// still what the caller sees.
     fn undo(&self, t: &mut Btrees, undo: Undo, seq: u64, cause: Error) -> Error {
         for (btree, pos, old) in undo.into_iter().rev() {
-            if let Err(e) = t.insert(btree, old.unwrap_or_else(|| Bkey::whiteout(pos)), seq) {
+            if let Err(e) = t.insert_undo(btree, old.unwrap_or_else(|| Bkey::whiteout(pos)), seq) {
                 self.health.fatal(&e.prefix(format_args!("undoing a failed transaction ({cause})")));
                 break;
             }
