@@ -129,8 +129,9 @@ impl WaitList {
         }
     }
 
-    /// What a request refused now has seen. Take it under the lock that refused the request
-    /// (the allocator's), so that nothing that happens after the refusal is missed.
+    /// What a request refused now has seen. Take it before the attempt whose refusal then
+    /// waits on it (or under the lock that refused the request), so that nothing that happens
+    /// after the refusal is missed.
     pub fn ticket(&self) -> Ticket {
         let st = self.state.lock();
         Ticket { freed: st.freed.clone(), generation: st.generation, at: self.now(&st) }

@@ -131,8 +131,8 @@ impl Drop for Running {
 
 /// The reported set: v1.37.5 reports the stuck allocator for vde (nothing free, its emptied
 /// buckets waiting for a discard that recovery never runs) and keeps waiting; v1.39 and fixed
-/// discard them as the filesystem goes read-write, the parked split goes ahead, and the mount
-/// finishes; the filesystem then checks clean.
+/// discard them as the filesystem goes read-write, the split goes ahead without a stuck report,
+/// and the mount finishes; the filesystem then checks clean.
 #[test]
 fn reported_set_hangs_v1_37_5_and_discards_free_it_in_v1_39_and_fixed() {
     let d = tempfile::tempdir().unwrap();
@@ -169,8 +169,9 @@ fn reported_set_hangs_v1_37_5_and_discards_free_it_in_v1_39_and_fixed() {
         let opts = format!("behavior={profile},allocator_stuck_timeout=1");
         let (code, all) = Running::start(&dir, &["-o", &opts]).finish("Allocator stuck?");
         assert_eq!(code, 0, "{profile}: {all}");
+        // Whether the split found vde's buckets already discarded or waited for the worker
+        // depends on which thread runs first: both are the profile's behaviour.
         assert!(all.contains("discard: dev 4: "), "{profile}: vde was not discarded: {all}");
-        assert!(all.contains("keys wait for the allocator"), "{profile}: replay never waited: {all}");
         let fsck = bcsim(&[&["fsck", "-n"][..], &IMAGES].concat(), &dir);
         assert_eq!(fsck.code, 0, "{profile}: fsck -n after the mount: {}{}", fsck.stdout, fsck.stderr);
     }

@@ -2,8 +2,9 @@
 //! `bch2_btree_update_start`, as each behaviour profile does it.
 //!
 //! The update's thread first makes what was emptied durable (write back, journal flush). On a
-//! mount with discard workers it then kicks them and parks: a worker that discards a bucket on
-//! one of its devices wakes it. A filesystem without workers (stepped by hand) discards the
+//! mount with discard workers it then takes a ticket of the wait list, kicks the workers and
+//! retries once; refused again, it parks on that ticket: a worker that discarded a bucket on one
+//! of its devices since wakes it. A filesystem without workers (stepped by hand) discards the
 //! durable buckets itself ([`FsShared::wait_on_allocator`]) and retries at once if that freed
 //! something. Parked, it retries when it wakes:
 //!
@@ -27,7 +28,7 @@
 
 use std::time::Duration;
 
-use allocator::{BtreeNodeAlloc, NodeRequestSpec, Wake, Watermark};
+use allocator::{BtreeNodeAlloc, NodeRequestSpec, Ticket, Wake, Watermark};
 use fs_core::error::{ErrCode, Error, Result};
 use fs_core::opts::{Behavior, Options};
 use fs_core::sync::Arc;
@@ -58,6 +59,8 @@ pub(crate) struct AllocWaiter<'a> {
     /// The request as built (v1.37.5, v1.39), pinned for this thread until the update ends.
     pinned: Option<Arc<BtreeNodeAlloc>>,
     sync_rounds: u32,
+    /// The ticket taken at a refusal, before the retry whose refusal parks on it.
+    armed: Option<Ticket>,
     /// When it first parked, on the wait list's clock.
     parked_since: Option<Duration>,
     reports: u32,
@@ -84,6 +87,7 @@ impl FsShared {
             watermark,
             pinned,
             sync_rounds: 0,
+            armed: None,
             parked_since: None,
             reports: 0,
             last: None,
@@ -96,40 +100,24 @@ impl AllocWaiter<'_> {
     pub(crate) fn wait(&mut self, err: Error) -> Result<()> {
         let fs = self.fs;
         let (Some(waits), Some(nodes)) = (fs.waits.as_ref(), fs.nodes.as_ref()) else { return Err(err) };
-        // Taken before this thread's own round: whatever happens after it wakes the wait.
-        let ticket = waits.ticket();
-        let freed = if fs.threads_running() {
-            // The discard workers do the discarding: this thread makes what was emptied
-            // durable, kicks them, and parks; a worker that frees a bucket wakes it.
+        if !fs.threads_running() {
+            return self.sync_round(err);
+        }
+        // The discard workers do the discarding: this thread makes what was emptied durable,
+        // kicks them, and parks; a worker that frees a bucket wakes it. A worker may free
+        // buckets between the refusal and a ticket taken after it, and nothing would wake a
+        // wait on that ticket: so a refusal first only takes the ticket and retries, and the
+        // refusal after that parks on it (prepare to wait, check again, sleep).
+        let Some(ticket) = self.armed.take() else {
+            self.armed = Some(waits.ticket());
             fs.write_back()?;
             fs.journal_rw()?.flush()?;
             fs.kick_discards();
-            Vec::new()
-        } else {
-            fs.discard_round()?
+            return Ok(());
         };
-        if !freed.is_empty() {
-            let mut per_dev: std::collections::BTreeMap<u8, usize> = std::collections::BTreeMap::new();
-            for (dev, _) in &freed {
-                *per_dev.entry(*dev).or_default() += 1;
-            }
-            let list: Vec<String> = per_dev.iter().map(|(d, n)| format!("dev {d}: {n}")).collect();
-            fs.klog(&format!(
-                "allocator: btree update blocked; discarded {} buckets ({}), retrying",
-                freed.len(),
-                list.join(", ")
-            ));
-            self.sync_rounds += 1;
-            if self.sync_rounds <= MAX_SYNC_ROUNDS {
-                return Ok(());
-            }
-        }
-        if !fs.threads_running() {
-            return Err(err);
-        }
         let spec = nodes.request_now_for_this_thread();
         let devs = nodes.request_devs(&spec);
-        // Blocked since the refusal: the write-back and journal flush above count too.
+        // Blocked since the first refusal: the write-back and journal flush count too.
         let parked_since = *self.parked_since.get_or_insert(ticket.at());
         let stuck_after = fs.opts.with(Options::allocator_stuck_timeout);
         let mut budget = self.next_interval(stuck_after);
@@ -173,6 +161,27 @@ impl AllocWaiter<'_> {
                 }
             }
         }
+    }
+
+    /// A filesystem without threads: this thread discards the durable buckets itself and
+    /// retries if that freed something, a bounded number of times; else the update fails.
+    fn sync_round(&mut self, err: Error) -> Result<()> {
+        let freed = self.fs.discard_round()?;
+        if freed.is_empty() {
+            return Err(err);
+        }
+        let mut per_dev: std::collections::BTreeMap<u8, usize> = std::collections::BTreeMap::new();
+        for (dev, _) in &freed {
+            *per_dev.entry(*dev).or_default() += 1;
+        }
+        let list: Vec<String> = per_dev.iter().map(|(d, n)| format!("dev {d}: {n}")).collect();
+        self.fs.klog(&format!(
+            "allocator: btree update blocked; discarded {} buckets ({}), retrying",
+            freed.len(),
+            list.join(", ")
+        ));
+        self.sync_rounds += 1;
+        if self.sync_rounds <= MAX_SYNC_ROUNDS { Ok(()) } else { Err(err) }
     }
 
     /// How long until the next stuck report, as the profile has it (`Duration::MAX`: never).
