@@ -27,6 +27,7 @@
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
+use fs_core::dev::SharedDevice;
 use fs_core::error::{ErrCode, Error, Result};
 use fs_core::health::FsHealth;
 use fs_core::opts::{LiveOpts, OptId, Options};
@@ -49,6 +50,11 @@ pub struct JournalConfig {
     pub labels: BTreeMap<u8, String>,
     /// Each ring's device durability: the replicas a copy there counts as (1 if absent).
     pub durability: BTreeMap<u8, u8>,
+    /// Every device of the filesystem: a flush entry is written only once they are flushed, so
+    /// whatever an update in the entry points at (data written before it was committed) is
+    /// durable before the entry is (bcachefs's journal write carries REQ_PREFLUSH, and sends
+    /// an empty flush to every other member).
+    pub preflush: Vec<SharedDevice>,
 }
 
 impl JournalConfig {
@@ -500,6 +506,15 @@ impl Journal {
                 return Err(e);
             }
         };
+        if flush {
+            for dev in &self.cfg.preflush {
+                if let Err(e) = dev.flush() {
+                    let seq = st.seq;
+                    restore(st, jset);
+                    return Err(e.journal_seq(seq).prefix("flushing before a journal entry"));
+                }
+            }
+        }
         for &(ri, bi, off) in &targets {
             let Some(ring) = st.rings.get(ri) else { continue };
             let at = ring.byte_offset(bi, off);

@@ -38,6 +38,7 @@ fn journal(dev: &SharedDevice, health: Arc<FsHealth>) -> Journal {
         max_entry_bytes: 16 << 10,
         labels: BTreeMap::new(),
         durability: BTreeMap::new(),
+        preflush: Vec::new(),
     };
     Journal::new(vec![ring], cfg, 1, Arc::new(LiveOpts::new(Options::default())), health).unwrap()
 }

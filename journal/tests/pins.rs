@@ -37,6 +37,7 @@ fn journal_at(health: Arc<FsHealth>, first_seq: u64) -> Journal {
         max_entry_bytes: 16 << 10,
         labels: BTreeMap::new(),
         durability: BTreeMap::new(),
+        preflush: Vec::new(),
     };
     Journal::new(vec![ring], cfg, first_seq, Arc::new(LiveOpts::new(Options::default())), health).unwrap()
 }

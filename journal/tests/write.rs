@@ -31,6 +31,7 @@ fn cfg() -> JournalConfig {
         max_entry_bytes: 16 << 10,
         labels: BTreeMap::new(),
         durability: BTreeMap::new(),
+        preflush: Vec::new(),
     }
 }
 

@@ -861,6 +861,7 @@ fn bench_key_cache(n: u64) -> Result<serde_json::Value, String> {
             max_entry_bytes: 64 << 10,
             labels: Default::default(),
             durability: Default::default(),
+            preflush: Vec::new(),
         };
         let opts = Arc::new(LiveOpts::new(Options::default()));
         let j = Arc::new(Journal::new(vec![ring], cfg, 1, opts, Arc::new(FsHealth::new())).map_err(e)?);

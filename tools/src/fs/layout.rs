@@ -64,6 +64,7 @@ pub fn journal_config(set: &DeviceSet, block_size: u64) -> JournalConfig {
         max_entry_bytes: MAX_JOURNAL_ENTRY_BYTES.min(smallest_bucket as usize),
         labels: members(set).map(|(i, m)| (i, m.label.clone())).collect(),
         durability: members(set).map(|(i, m)| (i, m.durability)).collect(),
+        preflush: set.present().map(|m| m.dev.clone()).collect(),
     }
 }
 
