@@ -851,10 +851,11 @@ impl Merger {
 
     /// Copies lost from entries to replay: a bad copy of one, or fewer good copies than a
     /// later flush entry has. A flush entry is written once every earlier write is durable, so
-    /// an earlier entry short of copies lost one after it was written: damage, counted as
-    /// `journal_entry_copy_bad`. The newest entries, short because a crash cut their writes,
-    /// have no complete flush entry after them and are not counted. Copies on absent members
-    /// are not counted either way, and with members absent only bad copies are.
+    /// an earlier entry with a bad or missing copy lost it after it was written: damage,
+    /// counted as `journal_entry_copy_bad`. The newest entries, with no complete flush entry
+    /// after them, may have been cut by the crash mid-write: a bad copy of one is logged, a
+    /// missing one not, and neither is counted. Copies on absent members are not counted
+    /// either way, and with members absent only bad copies are.
     fn check_copies(&mut self, last_seq: u64, replay_end: u64, absent: &[u8]) {
         let present = |p: &&EntryPtr| !absent.contains(&p.dev);
         let mut lines = Vec::new();
@@ -863,24 +864,33 @@ impl Merger {
             let Some(j) = &slot.good else { continue };
             let good = slot.ptrs.iter().filter(present).count();
             for p in slot.bad.iter().filter(present) {
-                lines.push(format!(
-                    "journal entry {seq}: copy on dev {} bucket {} offset {} bad; read from another copy",
-                    p.dev, p.bucket, p.offset
+                let cut = if later_copies == 0 { " (written as the machine stopped)" } else { "" };
+                lines.push((
+                    format!(
+                        "journal entry {seq}: copy on dev {} bucket {} offset {} bad{cut}; read from another copy",
+                        p.dev, p.bucket, p.offset
+                    ),
+                    later_copies > 0,
                 ));
             }
             // With members absent, how many copies an entry had is not known.
             if slot.bad.is_empty() && absent.is_empty() && good < later_copies {
-                lines.push(format!(
-                    "journal entry {seq}: {good} good copies, a later flush entry has {later_copies}: a copy was lost"
+                lines.push((
+                    format!(
+                        "journal entry {seq}: {good} good copies, a later flush entry has {later_copies}: a copy was lost"
+                    ),
+                    true,
                 ));
             }
             if !j.no_flush() {
                 later_copies = later_copies.max(good);
             }
         }
-        for line in lines.into_iter().rev() {
+        for (line, damage) in lines.into_iter().rev() {
             self.log.push(line);
-            self.count(FsckErr::JournalEntryCopyBad);
+            if damage {
+                self.count(FsckErr::JournalEntryCopyBad);
+            }
         }
     }
 
