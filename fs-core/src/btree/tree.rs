@@ -904,11 +904,27 @@ impl Btrees {
     /// anew (compacted) and finds no place left stays dirty while the rest are written; the
     /// allocator's `operation_blocked` error is then returned after them.
     pub fn write_dirty(&mut self) -> Result<usize> {
+        self.write_dirty_in(0)
+    }
+
+    /// [`Btrees::write_dirty`] as part of journal entry `seq`: every bset written carries at
+    /// least `seq`, so that if the entry never becomes durable (a crash first), recovery
+    /// blacklists those bsets and the nodes read as they were before. The caller commits the
+    /// alloc keys of the nodes this allocates and frees, and the new roots, in that entry:
+    /// on disk the btrees and their alloc keys then change together.
+    pub fn write_dirty_in(&mut self, seq: u64) -> Result<usize> {
         let mut writes = 0;
         let mut blocked: Option<Error> = None;
         for level in 0..=MAX_LEVEL {
-            let mut dirty: Vec<u64> =
-                self.nodes.iter().filter(|(_, n)| n.dirty && n.hdr.level == level).map(|(&s, _)| s).collect();
+            let mut dirty: Vec<u64> = self
+                .nodes
+                .iter_mut()
+                .filter(|(_, n)| n.dirty && n.hdr.level == level)
+                .map(|(&s, n)| {
+                    n.journal_seq = n.journal_seq.max(seq);
+                    s
+                })
+                .collect();
             if dirty.is_empty() {
                 continue;
             }

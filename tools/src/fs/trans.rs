@@ -117,6 +117,9 @@ pub const ALLOC_UPDATE_BYTES: usize =
 /// The entry headers of a transaction's alloc keys: one entry per alloc btree.
 const ALLOC_ENTRIES_BYTES: usize = 3 * journal::format::ENTRY_HEADER_BYTES;
 
+/// Room a write-back round leaves in its entry for roots it creates (a btree's first root).
+const ROOTS_SLACK_BYTES: usize = 1024;
+
 /// Journal bytes the alloc keys of `buckets` buckets may take in one transaction.
 pub fn alloc_update_bytes(buckets: usize) -> usize {
     if buckets == 0 {
@@ -551,17 +554,22 @@ impl FsShared {
     /// node's bucket is stamped with this entry's seq, so it is discarded only once the entry
     /// is durable. The keys themselves dirty alloc btree nodes, which the next round of
     /// write-back writes and (if that allocates nodes) publishes in turn.
-    pub(crate) fn publish_locked(&self, t: &mut Btrees, journal: &journal::Journal) -> Result<()> {
-        let Some(alloc) = &self.alloc else { return Ok(()) };
+    pub(crate) fn publish_locked(
+        &self,
+        t: &mut Btrees,
+        journal: &journal::Journal,
+        res: journal::JournalRes,
+        reserved: usize,
+    ) -> Result<()> {
+        let Some(alloc) = &self.alloc else {
+            journal.cancel(res);
+            return Ok(());
+        };
         let pending = alloc.pending_updates();
         if pending == 0 {
+            journal.cancel(res);
             return Ok(());
         }
-        // The bound is tight enough to reserve; what is taken is measured exactly, since the
-        // bound can exceed an entry when the keys themselves would not.
-        let bound = alloc.pending_key_bytes().saturating_add(ALLOC_ENTRIES_BYTES);
-        let reserved = bound.min(journal.reservation_capacity());
-        let res = journal.reserve(reserved, CommitFlags::RECLAIM.wm)?;
         let seq = res.seq();
         let taken = alloc.take_updates_at(seq);
         let jentries = entries(&taken.updates);
@@ -589,6 +597,25 @@ impl FsShared {
         }
         journal.commit(res, jentries, self.now())?;
         Ok(())
+    }
+
+    /// The reservation a write-back round publishes into, taken before it writes: the alloc
+    /// keys waiting now, and at worst, for every dirty node, a rewrite that allocates one node
+    /// and frees another on each replica; at most what an entry takes beside the roots. What
+    /// is published is measured exactly, so the bound only has to be a bound.
+    pub(crate) fn reserve_publication(
+        &self,
+        t: &Btrees,
+        journal: &journal::Journal,
+    ) -> Result<(journal::JournalRes, usize)> {
+        let pending = self.alloc.as_ref().map_or(0, |a| a.pending_key_bytes());
+        let replicas = usize::try_from(self.opts.u64(fs_core::opts::OptId::MetadataReplicas)).unwrap_or(1);
+        let rewrites = t.dirty_nodes().saturating_mul(2 * replicas).saturating_mul(ALLOC_UPDATE_BYTES);
+        let bound = ALLOC_ENTRIES_BYTES.saturating_add(pending).saturating_add(rewrites);
+        // New roots may still join the entry's roots: leave them room.
+        let room = journal.reservation_capacity().saturating_sub(ROOTS_SLACK_BYTES);
+        let reserved = bound.min(room);
+        Ok((journal.reserve(reserved, CommitFlags::RECLAIM.wm)?, reserved))
     }
 
     /// Journal replay's transaction: see [`ReplayTrans`]. The replayed keys' seqs start at

@@ -71,18 +71,23 @@ impl FsShared {
 
 impl FsShared {
     /// One round of write-back under the btree lock: flushes the journal (no node may carry an
-    /// update of an entry that is not durable), writes every dirty node, sets the new roots and
-    /// publishes the alloc keys of the nodes allocated and freed into the entry that carries
-    /// them. Returns how many nodes it wrote.
+    /// update of an entry that is not durable), reserves the entry that will carry the round's
+    /// new roots and the alloc keys of the nodes it allocates and frees, writes every dirty
+    /// node with that entry's seq in its bset, sets the roots and publishes the alloc keys into
+    /// the entry. A crash before the entry is durable leaves bsets recovery blacklists: the
+    /// nodes on disk never point past what the alloc keys say (bcachefs's btree updates take
+    /// their journal reservation before they write, for the same reason). Returns how many
+    /// nodes it wrote.
     pub(crate) fn write_round(
         &self,
         t: &mut fs_core::btree::Btrees,
         journal: &journal::Journal,
     ) -> Result<usize> {
         journal.flush_with(CommitFlags::RECLAIM.wm)?;
-        let written = t.write_dirty();
+        let (res, reserved) = self.reserve_publication(t, journal).map_err(|e| self.check_fatal(e))?;
+        let written = t.write_dirty_in(res.seq());
         journal.set_roots(root_entries(t));
-        self.publish_locked(t, journal).map_err(|e| self.check_fatal(e))?;
+        self.publish_locked(t, journal, res, reserved).map_err(|e| self.check_fatal(e))?;
         written.map_err(|e| reclaim_blocked(e).unwrap_or_else(|e| self.check_fatal(e)))
     }
 

@@ -118,12 +118,15 @@ impl RecoveryJournal {
     }
 
     /// A test for the seqs whose bsets the btrees must ignore. It also notes every bset it is
-    /// asked about whose seq is past the newest entry found ([`RecoveryJournal::future_bsets`]).
+    /// asked about whose seq is past the newest entry found and past the entry that may have
+    /// been in flight at the crash ([`RecoveryJournal::future_bsets`]): write-back stamps its
+    /// bsets with the entry it is about to write, so bsets of that one are what any crash in a
+    /// write-back leaves, not lost entries.
     pub fn blacklisted(&self) -> Box<dyn Fn(u64) -> bool + Send + Sync> {
         let ranges = self.blacklist.clone();
         let future = self.future.clone();
         Box::new(move |seq| {
-            if seq > future.newest {
+            if seq > future.newest.saturating_add(journal::BLACKLIST_AHEAD) {
                 future.count.fetch_add(1, Ordering::Relaxed);
                 future.first.fetch_min(seq, Ordering::Relaxed);
             }
