@@ -13,6 +13,7 @@
 //!   listings.
 
 pub mod control;
+pub mod crash_states;
 pub mod device;
 pub mod dump;
 pub mod files;

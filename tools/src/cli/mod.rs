@@ -1,6 +1,7 @@
 //! Argument parsing and dispatch. Each command module parses its own flags, calls the library
 //! and prints; none of them decides anything about an image.
 
+mod crash_states;
 mod demo;
 mod device;
 mod dump;
@@ -57,6 +58,8 @@ enum Command {
     ShowOptions(options::ShowOptionsArgs),
     Umount(options::UmountArgs),
     Device(device::DeviceArgs),
+    #[command(name = "crash-states")]
+    CrashStates(crash_states::CrashStatesArgs),
 }
 
 /// What a command returns: an exit code on success paths, an error otherwise.
@@ -88,6 +91,7 @@ pub fn main() -> u8 {
         (Command::ShowOptions(args), _) => options::run_show(args),
         (Command::Umount(args), _) => options::run_umount(args),
         (Command::Device(args), _) => device::run(args),
+        (Command::CrashStates(args), _) => crash_states::run_cmd(args),
         (Command::Format(_), None) => Ok(exit::USAGE),
     };
     // A failed write to stdout fails a command that otherwise succeeded; a command that failed
