@@ -474,7 +474,8 @@ fn layout_1108(dir: &std::path::Path, scale: u64) -> Vec<ImageSpec> {
     }
     for (name, nbuckets) in NVME_1108.iter().zip([VDE_BUCKETS, VDF_BUCKETS]) {
         let mut s = ImageSpec::new(dir.join(format!("{name}.img")));
-        s.size = Some((nbuckets / scale).max(1) * BUCKET_1108);
+        // The backup superblock sits past the last bucket: room for it beyond nbuckets.
+        s.size = Some((nbuckets / scale).max(1) * BUCKET_1108 + fs_core::sb::SB_MAX_BYTES);
         s.bucket_size = Some(BUCKET_1108);
         s.label = format!("ssd.{name}");
         specs.push(s);
