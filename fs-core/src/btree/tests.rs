@@ -433,8 +433,9 @@ fn blocked_insert_changes_nothing() {
 }
 
 /// A written leaf whose next bset would not fit reserves the node for its rewrite in the
-/// insert that fills it, so that insert can be refused (and changes nothing); what an aborted
-/// transaction puts back never asks the allocator, so an undo cannot be refused half-way.
+/// insert that fills it, so that insert can be refused (and changes nothing); a deletion that
+/// finds nothing reserves nothing; what an aborted transaction puts back never asks the
+/// allocator, so an undo cannot be refused half-way.
 #[test]
 fn a_filled_written_leaf_reserves_its_rewrite_but_undo_never_allocates() {
     let s = Setup::new(1, 1);
@@ -453,6 +454,11 @@ fn a_filled_written_leaf_reserves_its_rewrite_but_undo_never_allocates() {
     };
     assert!(refused.matches(ErrCode::OperationBlocked), "{refused}");
     assert_eq!(contents(&mut t, BtreeId::Extents), vec![key(0, v - 1)], "the refused insert left its key");
+    // Deleting keys the leaf does not hold changes nothing, so it neither fills the leaf nor
+    // reserves a node (which would stay with a leaf that stays clean): never refused.
+    for i in 1..200 {
+        t.delete(BtreeId::Extents, key(i, 0).pos, 1).unwrap();
+    }
     t.insert_undo(BtreeId::Extents, key(0, v - 2), 1).unwrap();
     t.insert_undo(BtreeId::Extents, Bkey::whiteout(key(0, 0).pos), 1).unwrap();
     assert!(contents(&mut t, BtreeId::Extents).is_empty());

@@ -614,6 +614,12 @@ impl Btrees {
         let added = kv.encoded_bytes();
         let node_bytes = self.io.node_size();
         let n = self.node_mut(leaf)?;
+        // Deleting a key the leaf does not hold changes nothing (the leaf holds everything its
+        // disk copy has): no bytes to write, no rewrite to reserve. A reservation taken here
+        // would stay with a clean leaf, its node counted in the alloc keys and never written.
+        if kv.is_deleted() && n.leaf_mut().is_some_and(|m| m.get(&pos).is_none()) {
+            return Ok(());
+        }
         if reserve
             && n.sectors_written > 0
             && n.spare.is_none()
