@@ -25,6 +25,7 @@ pub fn journal() -> Arc<Journal> {
         max_entry_bytes: 16 << 10,
         labels: BTreeMap::new(),
         durability: BTreeMap::new(),
+        preflush: Vec::new(),
     };
     let opts = Arc::new(LiveOpts::new(Options::default()));
     Arc::new(Journal::new(vec![ring], cfg, 1, opts, Arc::new(FsHealth::new())).expect("journal"))
