@@ -303,6 +303,26 @@ impl Journal {
         Ok(JournalRes { seq: st.seq, bytes, done: false })
     }
 
+    /// Grows `res` to `bytes`, in its own entry: for a committer that reserved before it knew
+    /// exactly what it commits and must not move to another entry. Refused with
+    /// `transaction_too_big` when the entry has no room left for it.
+    pub fn grow(&self, res: &mut JournalRes, bytes: usize, wm: JournalWatermark) -> Result<()> {
+        let mut st = self.lock();
+        self.check_running(&st)?;
+        let extra = bytes.saturating_sub(res.bytes);
+        let total = st.open_bytes + st.reserved_bytes + extra;
+        if res.seq != st.seq || total > self.max_entry_bytes(&st) {
+            return Err(Error::new(
+                ErrCode::TransactionTooBig,
+                format!("journal entry {} has no room for {extra} more reserved bytes", res.seq),
+            ));
+        }
+        self.choose_rings(&st, total.next_multiple_of(self.cfg.block_size.max(1) as usize) as u64, wm)?;
+        st.reserved_bytes += extra;
+        res.bytes += extra;
+        Ok(())
+    }
+
     /// Adds the reservation's entries to the open entry; returns their seq. `now` starts the
     /// flush delay of an entry that held nothing yet.
     pub fn commit(&self, mut res: JournalRes, entries: Vec<JsetEntry>, now: Instant) -> Result<u64> {

@@ -574,7 +574,10 @@ impl FsShared {
         let taken = alloc.take_updates_at(seq);
         let jentries = entries(&taken.updates);
         let bytes: usize = jentries.iter().map(JsetEntry::encoded_bytes).sum();
-        if bytes > reserved {
+        // More than the bound at the start of the round: buckets a discard worker freed
+        // meanwhile wait here too. The entry is the one the round's bsets carry: grow in it.
+        let mut res = res;
+        if bytes > reserved && journal.grow(&mut res, bytes, CommitFlags::RECLAIM.wm).is_err() {
             alloc.untake(taken);
             journal.cancel(res);
             return Err(Error::new(
