@@ -25,6 +25,7 @@ pub mod passes;
 pub mod recovery;
 pub mod report;
 pub mod repro;
+pub mod sim;
 pub mod workload;
 
 use fs_core::error::{Error, ExitClass};

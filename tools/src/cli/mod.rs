@@ -15,6 +15,7 @@ mod out;
 mod repro;
 mod run;
 mod show_super;
+mod sim;
 
 use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 
@@ -60,6 +61,7 @@ enum Command {
     Device(device::DeviceArgs),
     #[command(name = "crash-states")]
     CrashStates(crash_states::CrashStatesArgs),
+    Sim(sim::SimArgs),
 }
 
 /// What a command returns: an exit code on success paths, an error otherwise.
@@ -92,6 +94,7 @@ pub fn main() -> u8 {
         (Command::Umount(args), _) => options::run_umount(args),
         (Command::Device(args), _) => device::run(args),
         (Command::CrashStates(args), _) => crash_states::run_cmd(args),
+        (Command::Sim(args), _) => sim::run(args),
         (Command::Format(_), None) => Ok(exit::USAGE),
     };
     // A failed write to stdout fails a command that otherwise succeeded; a command that failed

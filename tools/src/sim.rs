@@ -1,0 +1,528 @@
+//! `bcsim sim`: a seeded fault swarm, in the manner of FoundationDB's simulation and
+//! TigerBeetle's VOPR.
+//!
+//! Each seed draws a filesystem (1 to 4 in-memory devices, replica counts, a behaviour profile)
+//! and a workload with fsyncs, and runs it in rounds. Every device sits behind the
+//! fault-injecting wrapper with a volatile write cache. In a round the filesystem is mounted,
+//! runs a stretch of the workload (sometimes changing `data_replicas` at run time, sometimes
+//! with writes failing with EIO now and then, sometimes with the power cut after some writes:
+//! every write and flush from then on fails), and crashes: each unflushed write lands whole,
+//! lands torn or is lost. Sometimes bits of stored data flip on one device while it is down.
+//!
+//! After every crash the filesystem must mount, hold a prefix of the operations that includes
+//! every fsync that returned, and check clean with `fsck -n` once `fsck -y` has repaired what
+//! the injected damage broke; the allocator's state must equal its btrees. Damage may make a
+//! mount or a read fail, but only with an error: contents that silently differ, a panic, or a
+//! seed that runs past its step or time budget are failures. Everything is drawn from the seed
+//! and the filesystem runs without background threads, so `bcsim sim --seeds S..S` replays a
+//! failing seed exactly.
+
+use std::ops::Range;
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::time::{Duration, Instant};
+
+use fs_core::bpos::{Bpos, BtreeId};
+use fs_core::dev::{
+    CrashMode, FaultKind, FaultOp, FaultRule, FaultyDevice, MemDevice, SharedDevice, Trigger,
+};
+use fs_core::error::{ErrCode, Error, Result};
+use fs_core::format::DeviceSpec;
+use fs_core::opts::{OptId, OptValue, Options};
+use fs_core::rng::Rng;
+use fs_core::sb::DeviceSet;
+use fs_core::sync::{Arc, AtomicU64, Mutex, Ordering};
+use serde_json::{Value, json};
+
+use crate::files::Files;
+use crate::fsck::{FixMode, FsckOpts, fsck};
+use crate::images::format_devices;
+use crate::recovery::{MountOpts, ReclaimMode, mount};
+use crate::workload::{Op, generate, matching_prefixes, run_op};
+
+/// Size of each in-memory device.
+const DEV_BYTES: u64 = 16 << 20;
+/// A seed running longer than this is a failure (a hang, or something close to one).
+const SEED_TIME_BUDGET: Duration = Duration::from_secs(60);
+/// Operations a seed may run in all, re-runs after a crash included.
+const SEED_STEP_BUDGET: usize = 2000;
+
+/// What one seed drew and what came of it. Equal for equal seeds, on any machine.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SeedResult {
+    pub seed: u64,
+    pub devices: usize,
+    pub metadata_replicas: u64,
+    pub data_replicas: u64,
+    pub profile: &'static str,
+    pub rounds: usize,
+    pub ops_run: usize,
+    pub crashes: usize,
+    pub bits_flipped: usize,
+    pub eio_rounds: usize,
+    /// Rounds whose crash came in the middle of an operation: from some write on, nothing
+    /// more reaches the devices.
+    pub power_cuts: usize,
+    /// Damage reported (a mount or read failing with an error, fsck problems repaired).
+    pub reported: usize,
+    /// The first failure, with the round it came in.
+    pub failure: Option<String>,
+}
+
+impl SeedResult {
+    pub fn to_json(&self) -> Value {
+        json!({
+            "seed": self.seed, "devices": self.devices,
+            "metadata_replicas": self.metadata_replicas, "data_replicas": self.data_replicas,
+            "profile": self.profile, "rounds": self.rounds, "ops_run": self.ops_run,
+            "crashes": self.crashes, "bits_flipped": self.bits_flipped, "eio_rounds": self.eio_rounds,
+            "power_cuts": self.power_cuts,
+            "reported": self.reported, "failure": self.failure,
+        })
+    }
+
+    pub fn from_json(v: &Value) -> Result<SeedResult> {
+        let bad = |what: &str| {
+            Error::new(ErrCode::InvalidArgument, format!("sim result: missing or bad \"{what}\""))
+        };
+        let num = |k: &str| v.get(k).and_then(Value::as_u64).ok_or_else(|| bad(k));
+        let size = |k: &str| num(k).and_then(|n| usize::try_from(n).map_err(|_| bad(k)));
+        let profile = match v.get("profile").and_then(Value::as_str) {
+            Some("v1.37.5") => "v1.37.5",
+            Some("v1.39") => "v1.39",
+            Some("fixed") => "fixed",
+            _ => return Err(bad("profile")),
+        };
+        Ok(SeedResult {
+            seed: num("seed")?,
+            devices: size("devices")?,
+            metadata_replicas: num("metadata_replicas")?,
+            data_replicas: num("data_replicas")?,
+            profile,
+            rounds: size("rounds")?,
+            ops_run: size("ops_run")?,
+            crashes: size("crashes")?,
+            bits_flipped: size("bits_flipped")?,
+            eio_rounds: size("eio_rounds")?,
+            power_cuts: size("power_cuts")?,
+            reported: size("reported")?,
+            failure: match v.get("failure") {
+                None | Some(Value::Null) => None,
+                Some(Value::String(s)) => Some(s.clone()),
+                Some(_) => return Err(bad("failure")),
+            },
+        })
+    }
+}
+
+/// `I/N`: this machine runs the seeds whose offset in the range is `I` modulo `N`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Shard {
+    pub index: u64,
+    pub count: u64,
+}
+
+impl std::str::FromStr for Shard {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Shard> {
+        let bad =
+            || Error::new(ErrCode::InvalidArgument, format!("'{s}' is not a shard: expected I/N with I < N"));
+        let (i, n) = s.split_once('/').ok_or_else(bad)?;
+        let (index, count) = (i.parse::<u64>().map_err(|_| bad())?, n.parse::<u64>().map_err(|_| bad())?);
+        if count == 0 || index >= count {
+            return Err(bad());
+        }
+        Ok(Shard { index, count })
+    }
+}
+
+/// The seeds of `range` that `shard` runs.
+pub fn shard_seeds(range: Range<u64>, shard: Option<Shard>) -> Vec<u64> {
+    let start = range.start;
+    range.filter(|s| shard.is_none_or(|sh| (s - start) % sh.count == sh.index)).collect()
+}
+
+/// Runs `seeds` on `threads` threads; `progress` is called with (done, total) as seeds finish.
+/// Results come back sorted by seed.
+pub fn run_seeds(seeds: &[u64], threads: usize, progress: &(dyn Fn(usize, usize) + Sync)) -> Vec<SeedResult> {
+    let next = Arc::new(AtomicU64::new(0));
+    let results = Arc::new(Mutex::new(Vec::with_capacity(seeds.len())));
+    let seeds: Arc<Vec<u64>> = Arc::new(seeds.to_vec());
+    // A pool of workers taking the next seed, not a protocol of the filesystem: scoped threads.
+    std::thread::scope(|scope| {
+        for _ in 0..threads.max(1) {
+            let (next, results, seeds) = (next.clone(), results.clone(), seeds.clone());
+            scope.spawn(move || {
+                loop {
+                    let i = usize::try_from(next.fetch_add(1, Ordering::Relaxed)).unwrap_or(usize::MAX);
+                    let Some(&seed) = seeds.get(i) else { break };
+                    let r = run_seed(seed);
+                    let done = {
+                        let mut all = results.lock();
+                        all.push(r);
+                        all.len()
+                    };
+                    progress(done, seeds.len());
+                }
+            });
+        }
+    });
+    let mut all = std::mem::take(&mut *results.lock());
+    all.sort_by_key(|r| r.seed);
+    all
+}
+
+/// One seed, start to end; a panic inside is caught and is the seed's failure.
+pub fn run_seed(seed: u64) -> SeedResult {
+    let mut r = draw(seed);
+    let started = Instant::now();
+    let outcome = catch_unwind(AssertUnwindSafe(|| rounds(seed, &mut r, started)));
+    r.failure = match outcome {
+        Ok(Ok(())) => None,
+        Ok(Err(why)) => Some(why),
+        Err(panic) => {
+            let msg = panic
+                .downcast_ref::<String>()
+                .cloned()
+                .or_else(|| panic.downcast_ref::<&str>().map(|s| (*s).to_owned()))
+                .unwrap_or_default();
+            Some(format!("round {}: panic: {msg}", r.rounds))
+        }
+    };
+    if r.failure.is_none() && started.elapsed() > SEED_TIME_BUDGET {
+        r.failure = Some(format!("ran {:?}, past its budget of {SEED_TIME_BUDGET:?}", started.elapsed()));
+    }
+    r
+}
+
+/// The filesystem a seed runs on.
+fn draw(seed: u64) -> SeedResult {
+    let mut rng = Rng::new(seed ^ 0x5eed_5eed);
+    let devices = 1 + rng.below(4) as usize;
+    let replicas = |rng: &mut Rng| 1 + rng.below(devices.min(2) as u64);
+    let metadata_replicas = replicas(&mut rng);
+    let data_replicas = replicas(&mut rng);
+    let profile = *rng.choose(&["v1.37.5", "v1.39", "fixed"]).unwrap_or(&"fixed");
+    SeedResult {
+        seed,
+        devices,
+        metadata_replicas,
+        data_replicas,
+        profile,
+        rounds: 0,
+        ops_run: 0,
+        crashes: 0,
+        bits_flipped: 0,
+        eio_rounds: 0,
+        power_cuts: 0,
+        reported: 0,
+        failure: None,
+    }
+}
+
+/// The seed's rounds; `Err` is its failure.
+fn rounds(seed: u64, r: &mut SeedResult, started: Instant) -> std::result::Result<(), String> {
+    let mut rng = Rng::new(seed);
+    let fail = |round: usize, what: String| format!("round {round}: {what}");
+    let devs = setup(seed, r).map_err(|e| fail(0, format!("format: {e}")))?;
+    let shared = || -> Vec<SharedDevice> { devs.iter().map(|d| d.clone() as SharedDevice).collect() };
+    let nr_rounds = 2 + rng.below(3) as usize;
+    let ops = generate(seed, 40 + rng.below(120) as usize);
+    let behavior =
+        fs_core::opts::parse_opts(&format!("behavior={}", r.profile), fs_core::opts::OptContext::Mount)
+            .map_err(|e| fail(0, e.to_string()))?;
+    let mopts = MountOpts { opts: behavior, reclaim: ReclaimMode::Manual, ..MountOpts::default() };
+    // The operations known durable, and how far the workload got.
+    let mut at = 0usize;
+    for round in 1..=nr_rounds {
+        r.rounds = round;
+        if started.elapsed() > SEED_TIME_BUDGET || r.ops_run > SEED_STEP_BUDGET {
+            return Err(fail(round, format!("past the seed's budget ({} operations run)", r.ops_run)));
+        }
+        let eio = rng.chance(0.25);
+        let cut = rng.chance(0.5);
+        let stop = (at + 1 + rng.below(ops.len() as u64) as usize).min(ops.len());
+        let (acked, begun) = {
+            let set = DeviceSet::open(shared()).map_err(|e| fail(round, format!("open: {e}")))?;
+            let m = mount(set, &mopts).map_err(|e| fail(round, format!("mount before the workload: {e}")))?;
+            let mut fs = m.fs;
+            let mut files = Files::new(&mut fs).map_err(|e| fail(round, format!("file layer: {e}")))?;
+            if eio {
+                r.eio_rounds += 1;
+                for d in &devs {
+                    d.add_rule(FaultRule {
+                        op: FaultOp::Write,
+                        range: None,
+                        trigger: Trigger::Probability(0.002),
+                        kind: FaultKind::Eio,
+                    });
+                }
+            }
+            if cut {
+                // The power goes after some writes: every write and flush from then on fails
+                // and never lands, on every device.
+                r.power_cuts += 1;
+                for d in &devs {
+                    let skip = rng.below(64);
+                    for op in [FaultOp::Write, FaultOp::Flush] {
+                        let trigger = Trigger::Nth { skip, count: u64::MAX };
+                        d.add_rule(FaultRule { op, range: None, trigger, kind: FaultKind::Eio });
+                    }
+                }
+            }
+            let change_at = rng.chance(0.3).then(|| at + rng.below((stop - at) as u64 + 1) as usize);
+            let mut acked = at;
+            let mut begun = at;
+            for (i, op) in ops.iter().enumerate().take(stop).skip(at) {
+                if Some(i) == change_at {
+                    let v = 1 + rng.below(r.devices.min(2) as u64);
+                    // Refused when the devices cannot give it; that is the option's business.
+                    let _ = fs.opts().set(OptId::DataReplicas, OptValue::U64(v));
+                }
+                begun = i + 1;
+                r.ops_run += 1;
+                match run_op(&mut fs, &mut files, op) {
+                    Ok(()) if *op == Op::Fsync => acked = i + 1,
+                    Ok(()) => {}
+                    // An injected write error: the operation failed, the filesystem may have
+                    // gone read-only; the round ends in a crash either way.
+                    Err(_) if eio || cut => break,
+                    Err(e) => return Err(fail(round, format!("operation {} ({op:?}): {e}", i + 1))),
+                }
+            }
+            drop(files);
+            drop(fs);
+            (acked, begun)
+        };
+        for d in &devs {
+            d.clear_rules();
+            let mode = if rng.chance(0.5) { CrashMode::TearUnflushed } else { CrashMode::DropUnflushed };
+            d.crash(mode).map_err(|e| fail(round, format!("crash: {e}")))?;
+        }
+        r.crashes += 1;
+        let mut damaged = false;
+        if rng.chance(0.2) {
+            let victim = rng.below(devs.len() as u64) as usize;
+            let n = 1 + rng.below(8) as usize;
+            if let Some(d) = devs.get(victim) {
+                r.bits_flipped +=
+                    d.flip_random_bits(0..DEV_BYTES, n).map_err(|e| fail(round, e.to_string()))?.len();
+                damaged = true;
+            }
+        }
+        match check(&shared, &mopts, &ops, acked, begun, damaged, r).map_err(|e| fail(round, e))? {
+            Some(held) => at = held,
+            None => break,
+        }
+    }
+    Ok(())
+}
+
+fn setup(seed: u64, r: &SeedResult) -> Result<Vec<Arc<FaultyDevice>>> {
+    let mem: Vec<SharedDevice> = (0..r.devices)
+        .map(|i| Arc::new(MemDevice::new(format!("sim{i}"), DEV_BYTES)) as SharedDevice)
+        .collect();
+    let mut opts = Options::default();
+    opts.set_text(OptId::BtreeNodeSize, "16k")?;
+    opts.set(OptId::MetadataReplicas, OptValue::U64(r.metadata_replicas))?;
+    opts.set(OptId::DataReplicas, OptValue::U64(r.data_replicas))?;
+    let specs: Vec<DeviceSpec> = mem.iter().map(|d| DeviceSpec::new(d.clone())).collect();
+    format_devices(&specs, &opts, Some(fs_core::uuid::Uuid::from_rng(&mut Rng::new(seed))))?;
+    Ok(mem
+        .into_iter()
+        .enumerate()
+        .map(|(i, d)| {
+            let f = FaultyDevice::new(d, seed.wrapping_add(i as u64));
+            f.set_volatile_cache(true);
+            Arc::new(f)
+        })
+        .collect())
+}
+
+/// The checks after a crash. Returns how many operations the filesystem now holds, or `None`
+/// when injected damage took some of them (reported, as it must be): the files no longer follow
+/// the workload, and the seed ends there.
+fn check(
+    shared: &dyn Fn() -> Vec<SharedDevice>,
+    mopts: &MountOpts,
+    ops: &[Op],
+    acked: usize,
+    begun: usize,
+    damaged: bool,
+    r: &mut SeedResult,
+) -> std::result::Result<Option<usize>, String> {
+    let open = || DeviceSet::open(shared()).map_err(|e| format!("open: {e}"));
+    let fsck_as = |mode| {
+        let o = FsckOpts {
+            mode,
+            force: true,
+            mount: MountOpts { reclaim: ReclaimMode::Manual, ..MountOpts::default() },
+        };
+        fsck(open()?, &o).map_err(|e| format!("fsck: {e}"))
+    };
+    // What the files hold, or whether damage made the mount or a read fail.
+    let mut broken = None;
+    let (held, failed) = match mount(open()?, mopts) {
+        Ok(m) => {
+            let mut fs = m.fs;
+            let held = matching_prefixes(&mut fs, ops, acked, begun);
+            let invariants = alloc_invariants(&fs);
+            fs.unmount().map_err(|e| format!("unmount after the check: {e}"))?;
+            if let Err(e) = invariants {
+                // Damage may break it, but fsck must then say so (checked below).
+                if !damaged {
+                    return Err(format!("allocator state differs from its btrees: {e}"));
+                }
+                broken = Some(e.to_string());
+            }
+            match held {
+                Ok(p) => (p.last().copied(), false),
+                Err(_) if damaged => (None, true),
+                Err(e) => return Err(format!("reading the files after the crash: {e}")),
+            }
+        }
+        Err(e) if damaged && !e.matches(ErrCode::Internal) => (None, true),
+        Err(e) => return Err(format!("mount after the crash: {e}")),
+    };
+    let first = fsck_as(FixMode::No)?;
+    if held.is_none() && !damaged {
+        return Err(format!("the files match no prefix of the operations in {acked}..={begun}"));
+    }
+    if held.is_none() && !failed && first.problems.is_empty() {
+        return Err(format!(
+            "the files match no prefix of the operations in {acked}..={begun} and nothing reported damage"
+        ));
+    }
+    if let (Some(e), true) = (&broken, first.problems.is_empty()) {
+        return Err(format!(
+            "allocator state differs from its btrees after damage, and fsck -n found nothing: {e}"
+        ));
+    }
+    if failed {
+        r.reported += 1;
+    }
+    if let Some(p) = first.problems.first() {
+        if !damaged {
+            return Err(format!(
+                "fsck -n after a crash: {} problems, first: {}",
+                first.problems.len(),
+                p.msg
+            ));
+        }
+        r.reported += 1;
+        fsck_as(FixMode::Yes)?;
+        let again = fsck_as(FixMode::No)?;
+        if let Some(p) = again.problems.first() {
+            return Err(format!(
+                "fsck -n after fsck -y: {} problems, first: {}",
+                again.problems.len(),
+                p.msg
+            ));
+        }
+    }
+    Ok(held)
+}
+
+/// The allocator's buckets against the alloc, freespace and need_discard btrees.
+fn alloc_invariants(fs: &crate::fs::Fs) -> Result<()> {
+    let Some(alloc) = fs.alloc() else { return Ok(()) };
+    let all = |b| fs.list(b, Bpos::MIN, Bpos::MAX);
+    let keys = all(BtreeId::Alloc)?
+        .iter()
+        .map(|k| Ok((k.pos, fs_core::bkey::AllocV4::decode(&k.val)?)))
+        .collect::<Result<_>>()?;
+    let freespace = all(BtreeId::Freespace)?
+        .iter()
+        .flat_map(|k| {
+            (k.pos.offset.saturating_sub(u64::from(k.size))..k.pos.offset)
+                .map(move |b| Bpos::new(k.pos.inode, b, 0))
+        })
+        .collect();
+    let need_discard = all(BtreeId::NeedDiscard)?.iter().map(|k| k.pos).collect();
+    alloc
+        .check_invariants(&keys, &freespace, &need_discard)
+        .map_err(|e| Error::new(ErrCode::BucketAccounting, e))
+}
+
+/// What a run or a merge of runs found.
+#[derive(Clone, Debug, Default)]
+pub struct SimReport {
+    pub results: Vec<SeedResult>,
+}
+
+impl SimReport {
+    pub fn failures(&self) -> impl Iterator<Item = &SeedResult> {
+        self.results.iter().filter(|r| r.failure.is_some())
+    }
+
+    /// A total over the seeds.
+    pub fn total(&self, of: fn(&SeedResult) -> usize) -> usize {
+        self.results.iter().map(of).sum()
+    }
+
+    pub fn to_json(&self) -> Value {
+        let failures: Vec<Value> = self
+            .failures()
+            .map(|r| json!({"seed": r.seed, "failure": r.failure, "replay": format!("bcsim sim --seeds {0}..{0}", r.seed)}))
+            .collect();
+        json!({
+            "seeds": self.results.len(),
+            "failed": failures.len(),
+            "crashes": self.total(|r| r.crashes),
+            "ops_run": self.total(|r| r.ops_run),
+            "bits_flipped": self.total(|r| r.bits_flipped),
+            "reported": self.total(|r| r.reported),
+            "failures": failures,
+            "results": self.results.iter().map(SeedResult::to_json).collect::<Vec<_>>(),
+        })
+    }
+
+    /// Reads a report [`SimReport::to_json`] wrote.
+    pub fn from_json(v: &Value) -> Result<SimReport> {
+        let results = v
+            .get("results")
+            .and_then(Value::as_array)
+            .ok_or_else(|| Error::new(ErrCode::InvalidArgument, "sim result: no \"results\" array"))?
+            .iter()
+            .map(SeedResult::from_json)
+            .collect::<Result<Vec<_>>>()?;
+        Ok(SimReport { results })
+    }
+
+    /// Several shards' reports as one: every seed once, in order. A seed two reports disagree
+    /// on is refused (the shards did not run the same build).
+    pub fn merge(parts: Vec<SimReport>) -> Result<SimReport> {
+        let mut by_seed: std::collections::BTreeMap<u64, SeedResult> = std::collections::BTreeMap::new();
+        for r in parts.into_iter().flat_map(|p| p.results) {
+            match by_seed.get(&r.seed) {
+                Some(old) if *old != r => {
+                    return Err(Error::new(
+                        ErrCode::InvalidArgument,
+                        format!("seed {} has two different results: the shards ran different builds", r.seed),
+                    ));
+                }
+                _ => {
+                    by_seed.insert(r.seed, r);
+                }
+            }
+        }
+        Ok(SimReport { results: by_seed.into_values().collect() })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shards_partition_the_range() {
+        let all = shard_seeds(10..31, None);
+        let mut parts: Vec<u64> =
+            (0..3).flat_map(|i| shard_seeds(10..31, Some(Shard { index: i, count: 3 }))).collect();
+        parts.sort_unstable();
+        assert_eq!(parts, all);
+        for bad in ["", "1", "3/3", "a/2", "1/0", "-1/2"] {
+            assert!(bad.parse::<Shard>().is_err(), "{bad}");
+        }
+        assert_eq!("2/5".parse::<Shard>().ok(), Some(Shard { index: 2, count: 5 }));
+    }
+}
