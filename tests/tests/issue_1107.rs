@@ -1,5 +1,5 @@
-//! The #1107 image set through the library: built by `bcsim repro`'s code, repaired by fsck,
-//! and checked against the workload that made it.
+//! The #1107 image set through the library: built by `bcsim repro`'s code, mounted in each
+//! profile before any repair, repaired by fsck, and checked against the workload that made it.
 
 // A failed unwrap or index in a test is that test failing, with its message.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
@@ -9,6 +9,47 @@ use bcsim::images::open_device_set;
 use bcsim::recovery::{mount, parse_mount_opts};
 use bcsim::repro::{Opts1107, Variant1107, build_1107};
 use bcsim::workload::{generate, matching_prefixes};
+use fs_core::error::ErrCode;
+
+/// A mount of the set before any repair, per profile. bcachefs indexes cached nodes by seq and
+/// checks a cached node's header against the node's own key (`b->key`), so in v1.37.5 and v1.39
+/// alloc_read's walk reaches the left neighbour through the duplicated pointer with nothing
+/// logged, cannot leave it forward (its key ends before the range), and stops typed, naming the
+/// leaf it reached, where bcachefs's iterator would loop. The fixed profile compares the header
+/// with the lookup's pointer too and refuses the node: the header line and the scheduled
+/// check_topology are in the log. No profile gets as far as going read-write.
+#[test]
+fn unrepaired_set_stops_at_alloc_read_per_profile() {
+    let dir = tempfile::tempdir().unwrap();
+    let o =
+        Opts1107 { dir: dir.path().to_path_buf(), keys: 4000, seed: 1107, variant: Variant1107::Reported };
+    let built = build_1107(&o, &mut |_| {}).unwrap();
+    for behavior in ["v1.37.5", "v1.39", "fixed"] {
+        let mut mopts = parse_mount_opts(&format!("degraded,behavior={behavior}")).unwrap();
+        let log = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        mopts.failed_log = Some(log.clone());
+        let Err(e) = mount(open_device_set(&built.images, true).unwrap(), &mopts) else {
+            panic!("{behavior}: the unrepaired set mounted");
+        };
+        let log = log.lock().unwrap().clone();
+        let case = format!("{behavior}: {e}\n{log:#?}");
+        assert_eq!(e.code(), ErrCode::BtreeNeedTopologyRepair, "{case}");
+        assert!(e.to_string().starts_with("alloc_read: "), "{case}");
+        assert!(log.iter().any(|l| l.starts_with("Journal keys: ")), "{case}");
+        assert!(!log.iter().any(|l| l == "going read-write"), "{case}");
+        let header_lines =
+            log.iter().filter(|l| l.starts_with("btree node header doesn't match ptr")).count();
+        if behavior == "fixed" {
+            assert!(e.to_string().contains("header doesn't match ptr: btree=alloc level=0"), "{case}");
+            assert_eq!(header_lines, 1, "{case}");
+            assert!(log.iter().any(|l| l.starts_with("check_topology scheduled: btree alloc")), "{case}");
+        } else {
+            assert!(e.to_string().contains("leaf walk does not advance"), "{case}");
+            assert!(e.to_string().contains("the leaf reached for "), "{case}");
+            assert_eq!(header_lines, 0, "{case}");
+        }
+    }
+}
 
 /// After `fsck -y`, the set mounts degraded and holds the workload's files exactly as after
 /// some prefix of its operations that includes every fsynced one: the damage costs alloc keys,
@@ -33,4 +74,38 @@ fn repaired_set_keeps_every_fsynced_file() {
         built.ops_run
     );
     fs.unmount().unwrap();
+}
+
+/// A mount whose fsck passes may fix (`-o degraded,fsck,fix_errors=yes`) drops the duplicated
+/// pointer in check_topology, then logs the report's next steps in the report's order:
+/// check_allocations' "missing in alloc btree" (eleven times, the last followed by bcachefs's
+/// ratelimit line, as `bch2_fsck_err` prints them), then "going read-write". Journal replay's alloc keys then go
+/// through the key cache with no coherency failure: the topology was repaired before.
+#[test]
+fn repairing_mount_logs_missing_alloc_keys_before_going_rw() {
+    for behavior in ["v1.37.5", "fixed"] {
+        // A set of its own per profile: the first mount repairs what it mounts.
+        let dir = tempfile::tempdir().unwrap();
+        let o = Opts1107 {
+            dir: dir.path().to_path_buf(),
+            keys: 4000,
+            seed: 1107,
+            variant: Variant1107::Reported,
+        };
+        let built = build_1107(&o, &mut |_| {}).unwrap();
+        let mopts = parse_mount_opts(&format!("degraded,fsck,fix_errors=yes,behavior={behavior}")).unwrap();
+        let m = mount(open_device_set(&built.images, true).unwrap(), &mopts).unwrap();
+        let log = m.log.clone();
+        let at = |want: &dyn Fn(&str) -> bool| log.iter().position(|l| want(l));
+        let missing = log.iter().filter(|l| l.ends_with("but missing in alloc btree, fixing")).count();
+        assert_eq!(missing, 11, "{behavior}: {log:#?}");
+        let dropped = at(&|l| l.contains("its pointer leads to another node") && l.ends_with(", fixing"));
+        let first_missing = at(&|l| l.ends_with("missing in alloc btree, fixing"));
+        let ratelimit = at(&|l| l == "Ratelimiting new instances of previous error");
+        let rw = at(&|l| l == "going read-write");
+        assert!(dropped.is_some() && dropped < first_missing, "{behavior}: {log:#?}");
+        assert!(first_missing < ratelimit && ratelimit < rw, "{behavior}: {log:#?}");
+        assert!(m.problems.iter().filter(|p| p.msg.ends_with("missing in alloc btree")).count() > missing);
+        m.fs.unmount().unwrap();
+    }
 }

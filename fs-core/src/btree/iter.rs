@@ -102,7 +102,10 @@ impl Btrees {
                 }
                 return Ok(());
             };
-            let (max_key, entries) = leaf;
+            // A leaf is left by its own key (`b->key`): bcachefs's iterator reads the node's
+            // keys from `pos` on and then moves past that key's max_key.
+            let (key, entries) = leaf;
+            let max_key = key.max_key;
             let mut bt = entries
                 .range(pos..=max_key)
                 .filter(|(_, kv)| !kv.is_deleted())
@@ -133,7 +136,7 @@ impl Btrees {
                 return Ok(());
             }
             if max_key < pos {
-                return Err(Btrees::walk_error(btree, pos));
+                return Err(Btrees::walk_error(btree, pos, key));
             }
             pos = max_key.successor();
         }

@@ -185,9 +185,24 @@ pub struct NodeHeader {
     pub seq: u64,
 }
 
+/// The range of a cached node's own key, as bcachefs keeps it beside the node (`b->key`): the
+/// pointer the node was read through, or made with. It is not the pointer of a later lookup:
+/// the node cache is indexed by the pointer's seq alone, so a lookup through another pointer
+/// carrying the same seq finds this node, key and all.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct NodeKey {
+    pub min_key: Bpos,
+    pub max_key: Bpos,
+}
+
 #[derive(Clone, Debug)]
 pub struct Node {
+    /// The header as held in memory (`b->data`): what the node's next write puts on disk.
     pub hdr: NodeHeader,
+    /// The node's own key (`b->key`). A read checks the header against it, so the two agree
+    /// until something changes the header in memory; `btree_check_header` compares them on
+    /// every cached lookup, and an iterator leaves a leaf by this key's max_key.
+    pub key: NodeKey,
     /// Where the node lives, one pointer per replica.
     pub ptrs: Vec<ExtentPtr>,
     pub keys: NodeKeys,
@@ -219,6 +234,7 @@ impl Node {
             if hdr.level == 0 { NodeKeys::Leaf(Leaf::default()) } else { NodeKeys::Interior(PosMap::new()) };
         Node {
             hdr,
+            key: NodeKey { min_key: hdr.min_key, max_key: hdr.max_key },
             ptrs,
             keys,
             sectors_written: 0,

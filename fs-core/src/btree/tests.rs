@@ -369,9 +369,100 @@ fn header_mismatch_on_cached_node_per_profile() {
         if behavior != Behavior::Fixed {
             assert!(!log.iter().any(|l| l.contains("check_topology scheduled")), "{log:?}");
         }
-        // With header checks off (before check_allocations) nothing is checked.
+        // With header checks off (before check_allocations) bcachefs checks nothing; the fixed
+        // profile still compares the header with the pointer of the lookup.
         t.set_check_headers(false);
-        assert!(t.get(BtreeId::Alloc, pos).is_ok());
+        assert_eq!(t.get(BtreeId::Alloc, pos).is_ok(), behavior != Behavior::Fixed, "{behavior:?}");
+    }
+}
+
+/// Every key of `btree` as a whole-btree walk (`for_each_key`) yields them.
+fn walked(t: &mut Btrees, btree: BtreeId) -> Result<Vec<Bpos>> {
+    let mut out = Vec::new();
+    t.for_each_key(btree, None, |k| {
+        out.push(k.pos);
+        Ok(())
+    })?;
+    Ok(out)
+}
+
+/// A leaf whose header changes in memory after a correct read (#1107's bad headers): bcachefs
+/// leaves a leaf by the node's own key (`b->key`), which the change does not touch, so a walk in
+/// v1.37.5 and v1.39 still yields every key, the mismatch logged; it must not stop at the
+/// changed header's max_key. The fixed profile refuses the node.
+#[test]
+fn walk_leaves_a_leaf_by_its_key_not_its_header() {
+    for behavior in [Behavior::V1_37_5, Behavior::V1_39, Behavior::Fixed] {
+        let s = Setup::new(1, 1);
+        let (roots, all) = written_tree(&s);
+        let want: Vec<Bpos> = all.iter().map(|k| k.pos).collect();
+        let mut t = s.open(roots, behavior);
+        assert_eq!(walked(&mut t, BtreeId::Alloc).unwrap(), want);
+        // A leaf in the middle of the btree, with another after it.
+        assert!(t.corrupt_cached_header(BtreeId::Alloc, 0, all[500].pos).unwrap());
+        let r = walked(&mut t, BtreeId::Alloc);
+        let log = t.take_log();
+        assert!(
+            log.iter().any(|l| l.starts_with("btree node header doesn't match ptr: btree=alloc level=0")),
+            "{log:?}"
+        );
+        match behavior {
+            Behavior::V1_37_5 | Behavior::V1_39 => assert_eq!(r.unwrap(), want, "{behavior:?}"),
+            Behavior::Fixed => assert_eq!(r.unwrap_err().code(), ErrCode::BtreeNeedTopologyRepair),
+        }
+    }
+}
+
+/// A pointer carrying its left neighbour's seq, its own range kept, reaches the neighbour once
+/// that is cached through its own pointer: the node cache is indexed by seq. bcachefs compares
+/// the header with the node's own key, which matches, so v1.37.5 and v1.39 log nothing, with
+/// header checks on or off; their walk then cannot leave the neighbour forward (its key ends
+/// before the range) and stops typed, naming the leaf it reached, where bcachefs's iterator
+/// would loop. The fixed profile compares the header with the lookup's pointer too, at any
+/// time, and refuses the node with the header line.
+#[test]
+fn duplicated_pointer_to_a_cached_neighbour_per_profile() {
+    use crate::btree::node::duplicated_pointer_bset;
+    let s = Setup::new(1, 1);
+    let (roots, _) = written_tree(&s);
+    let mut t = s.open(roots.clone(), Behavior::Fixed);
+    let infos = t.node_infos(BtreeId::Alloc).unwrap();
+    let parent = infos.iter().find(|n| n.level == 1).unwrap().clone();
+    let leaves: Vec<_> = infos.iter().filter(|n| n.level == 0).cloned().collect();
+    assert!(leaves.len() >= 3, "{} leaves", leaves.len());
+    let (left, victim) = (&leaves[0], &leaves[1]);
+    let bset = duplicated_pointer_bset(&parent, left, victim);
+    let at = u64::from(parent.sectors_written) * crate::bkey::ptr::SECTOR_BYTES;
+    s.devs[0].write_at(&bset, parent.ptrs[0].byte_offset() + at).unwrap();
+
+    for behavior in [Behavior::V1_37_5, Behavior::V1_39, Behavior::Fixed] {
+        for check_headers in [false, true] {
+            let mut t = s.open(roots.clone(), behavior);
+            t.set_check_headers(check_headers);
+            let e = walked(&mut t, BtreeId::Alloc).unwrap_err();
+            assert_eq!(e.code(), ErrCode::BtreeNeedTopologyRepair, "{e}");
+            let log = t.take_log();
+            let case = format!("{behavior:?} check_headers={check_headers}: {e} {log:?}");
+            match behavior {
+                Behavior::V1_37_5 | Behavior::V1_39 => {
+                    assert_eq!(t.topology_errors(), 0, "{case}");
+                    assert!(log.is_empty(), "{case}");
+                    let reached = format!(
+                        "the leaf reached for {} is {}..{}",
+                        victim.min_key, left.min_key, left.max_key
+                    );
+                    assert!(e.to_string().contains(&reached), "{case}");
+                }
+                Behavior::Fixed => {
+                    assert_eq!(t.topology_errors(), 1, "{case}");
+                    assert!(e.to_string().contains("header doesn't match ptr"), "{case}");
+                    assert!(
+                        log.iter().any(|l| l.starts_with("check_topology scheduled: btree alloc")),
+                        "{case}"
+                    );
+                }
+            }
+        }
     }
 }
 

@@ -12,7 +12,7 @@ use std::collections::HashMap;
 use crate::bkey::{Bkey, BtreePtrV2, ExtentPtr, KeyRef};
 use crate::bpos::{Bpos, BtreeId};
 use crate::btree::io::NodeIo;
-use crate::btree::node::{Child, Expected, KeyVal, MAX_LEVEL, Node, NodeHeader, NodeKeys};
+use crate::btree::node::{Child, Expected, KeyVal, MAX_LEVEL, Node, NodeHeader, NodeKey, NodeKeys};
 use crate::btree::node_alloc::{NodeAllocator, NodeLocation};
 use crate::btree::pos_map::LeafMap;
 use crate::error::{ErrCode, Error, Result};
@@ -303,17 +303,19 @@ impl Btrees {
 
     /// The child of interior node `parent` covering `pos`, read into the cache if needed.
     fn child(&mut self, btree: BtreeId, parent: u64, pos: Bpos) -> Result<u64> {
-        self.child_in(btree, parent, pos, None)
+        self.child_in(btree, parent, pos, None, true)
     }
 
     /// [`Btrees::child`]; with `range`, narrows it to the positions for which `parent` leads to
-    /// the same child: above the previous child's max_key, up to this child's.
+    /// the same child: above the previous child's max_key, up to this child's. Without `check`,
+    /// a cached child's header is not checked (fsck's salvage compares it itself).
     fn child_in(
         &mut self,
         btree: BtreeId,
         parent: u64,
         pos: Bpos,
         range: Option<&mut (Bpos, Bpos)>,
+        check: bool,
     ) -> Result<u64> {
         let p = self.node(parent)?;
         let level = p.hdr.level.saturating_sub(1);
@@ -341,9 +343,13 @@ impl Btrees {
             seq: child.ptr.seq,
             sectors_written: child.ptr.sectors_written,
         };
+        // The cache is indexed by seq alone (`btree_ptr_hash_val`): a pointer carrying another
+        // node's seq finds that node here, whatever range the pointer claims.
         if let Some(cached) = self.nodes.get(&exp.seq) {
-            let hdr = cached.hdr;
-            self.check_header(&hdr, &exp)?;
+            let (hdr, key) = (cached.hdr, cached.key);
+            if check {
+                self.check_header(&hdr, key, &exp)?;
+            }
             return Ok(exp.seq);
         }
         let ptrs = child.ptr.ptrs.clone();
@@ -352,14 +358,24 @@ impl Btrees {
         Ok(exp.seq)
     }
 
-    /// `btree_check_header`: a cached node must still match the pointer that leads to it. On a
-    /// mismatch a topology error is recorded and logged; v1.37.5 then uses the node anyway, the
-    /// fixed profile refuses with `btree_need_topology_repair`.
-    fn check_header(&mut self, hdr: &NodeHeader, exp: &Expected) -> Result<()> {
-        if !self.check_headers {
-            return Ok(());
-        }
-        let Some((_, line)) = header_mismatch(hdr, exp) else { return Ok(()) };
+    /// `btree_check_header` on a cached node reached through the pointer `exp`.
+    ///
+    /// bcachefs (v1.37.5 and v1.39.2, `btree_check_header` in btree/cache.c) compares the
+    /// header in memory with the node's own key (`b->key`, here `key`), not with the pointer of
+    /// this lookup; and `btree_bad_header` does nothing before check_allocations has run
+    /// (`check_headers` off). On a mismatch it logs, raises a topology error and uses the node
+    /// anyway: a duplicated pointer that reaches a neighbour cached through its own pointer
+    /// passes unseen. The fixed profile also compares the header with the lookup's pointer, at
+    /// any time, and refuses a node that fails either comparison with
+    /// `btree_need_topology_repair`.
+    fn check_header(&mut self, hdr: &NodeHeader, key: NodeKey, exp: &Expected) -> Result<()> {
+        let own = Expected { min_key: key.min_key, max_key: key.max_key, ..*exp };
+        let against_key = if self.check_headers { header_mismatch(hdr, &own) } else { None };
+        let mismatch = match self.cfg.behavior {
+            Behavior::V1_37_5 | Behavior::V1_39 => against_key,
+            Behavior::Fixed => against_key.or_else(|| header_mismatch(hdr, exp)),
+        };
+        let Some((_, line)) = mismatch else { return Ok(()) };
         self.topology_errors += 1;
         let per_btree = self.topology_by_btree.entry(exp.btree).or_insert_with(|| (0, line.clone()));
         per_btree.0 += 1;
@@ -419,7 +435,7 @@ impl Btrees {
                 });
                 return Ok(Some(seq));
             }
-            seq = self.child_in(btree, seq, pos, Some(&mut range))?;
+            seq = self.child_in(btree, seq, pos, Some(&mut range), true)?;
         }
     }
 
@@ -506,28 +522,31 @@ impl Btrees {
             let found = n
                 .leaf_mut()
                 .and_then(|m| m.range(pos..).find(|(_, kv)| !kv.is_deleted()).map(|(p, kv)| kv.to_key(*p)));
-            let max_key = n.hdr.max_key;
-            if found.is_some() || max_key == Bpos::MAX {
+            // bcachefs's iterator leaves a leaf by the node's own key (`b->key`), not by its
+            // header's max_key.
+            let key = n.key;
+            if found.is_some() || key.max_key == Bpos::MAX {
                 self.maybe_evict();
                 return Ok(found);
             }
-            if max_key < pos {
-                return Err(Self::walk_error(btree, pos));
+            if key.max_key < pos {
+                return Err(Self::walk_error(btree, pos, key));
             }
-            pos = max_key.successor();
+            pos = key.max_key.successor();
         }
-        Err(Self::walk_error(btree, pos))
+        Err(Self::walk_bound_error(btree, pos))
     }
 
-    /// The leaf covering `pos`: its max_key and its entries (whiteouts included); `None` for
-    /// an empty btree. For walks that take a leaf's entries in one go.
-    pub(super) fn leaf_entries(&mut self, btree: BtreeId, pos: Bpos) -> Result<Option<(Bpos, &LeafMap)>> {
+    /// The leaf covering `pos`: its own key (`b->key`, by whose max_key a walk leaves it) and
+    /// its entries (whiteouts included); `None` for an empty btree. For walks that take a
+    /// leaf's entries in one go.
+    pub(super) fn leaf_entries(&mut self, btree: BtreeId, pos: Bpos) -> Result<Option<(NodeKey, &LeafMap)>> {
         self.maybe_evict();
         let Some(leaf) = self.leaf(btree, pos)? else { return Ok(None) };
         let n = self.node_mut(leaf)?;
-        let max_key = n.hdr.max_key;
+        let key = n.key;
         match n.leaf_mut() {
-            Some(m) => Ok(Some((max_key, &*m))),
+            Some(m) => Ok(Some((key, &*m))),
             None => Err(Error::new(ErrCode::BtreeNeedTopologyRepair, "descent ended above the leaves")
                 .btree(btree)
                 .pos(pos)),
@@ -542,17 +561,19 @@ impl Btrees {
             let found = n.leaf_mut().and_then(|m| {
                 m.range(..=pos).rev().find(|(_, kv)| !kv.is_deleted()).map(|(p, kv)| kv.to_key(*p))
             });
-            let min_key = n.hdr.min_key;
+            // Backwards, bcachefs's iterator leaves a leaf by its header's min_key
+            // (`b->data->min_key`).
+            let (min_key, n_key) = (n.hdr.min_key, n.key);
             if found.is_some() || min_key == Bpos::MIN {
                 self.maybe_evict();
                 return Ok(found);
             }
             if min_key > pos {
-                return Err(Self::walk_error(btree, pos));
+                return Err(Self::walk_error(btree, pos, n_key));
             }
             pos = min_key.predecessor();
         }
-        Err(Self::walk_error(btree, pos))
+        Err(Self::walk_bound_error(btree, pos))
     }
 
     /// A walk across leaves visits each leaf at most once; more steps than there can be leaves
@@ -561,10 +582,26 @@ impl Btrees {
         (self.io.node_size() as usize).saturating_mul(1 << 20)
     }
 
-    pub(super) fn walk_error(btree: BtreeId, pos: Bpos) -> Error {
+    /// A walk that reached, for `pos`, a leaf whose own key `key` does not cover it: leaving
+    /// the leaf by its key would not move the walk forward. bcachefs's iterator (v1.37.5,
+    /// v1.39.2: `__bch2_btree_iter_peek`) has no bound there and descends to the same leaf again
+    /// for ever; bcsim stops with a topology error naming both.
+    pub(super) fn walk_error(btree: BtreeId, pos: Bpos, key: NodeKey) -> Error {
         Error::new(
             ErrCode::BtreeNeedTopologyRepair,
-            "leaf walk does not advance: node ranges overlap or leave gaps",
+            format!(
+                "leaf walk does not advance: node ranges overlap or leave gaps: the leaf reached for {pos} is {}..{}",
+                key.min_key, key.max_key
+            ),
+        )
+        .btree(btree)
+        .pos(pos)
+    }
+
+    fn walk_bound_error(btree: BtreeId, pos: Bpos) -> Error {
+        Error::new(
+            ErrCode::BtreeNeedTopologyRepair,
+            "leaf walk does not advance: node ranges overlap or leave gaps: more leaves walked than a btree can hold",
         )
         .btree(btree)
         .pos(pos)
@@ -1147,7 +1184,7 @@ impl Btrees {
             let children: Vec<(Bpos, BtreePtrV2)> =
                 children.iter().map(|(&k, c)| (k, c.ptr.clone())).collect();
             for (max_key, ptr) in children {
-                let error = match self.child(btree, seq, max_key) {
+                let error = match self.child_in(btree, seq, max_key, None, false) {
                     Ok(child) => match self.mismatch(btree, level, child, &ptr, max_key)? {
                         None => {
                             stack.push(child);
@@ -1263,9 +1300,10 @@ impl Btrees {
         seq
     }
 
-    /// Fault injection for scenarios: makes the cached node at `level` covering `pos` claim a
-    /// different max_key, as the nodes in #1107 were found to after being read correctly.
-    /// Returns false if no such node is cached.
+    /// Fault injection for scenarios: makes the header in memory of the cached node at `level`
+    /// covering `pos` claim a different max_key, as the nodes in #1107 were found to after being
+    /// read correctly; the node's own key (`b->key`) stays. Returns false if no such node is
+    /// cached.
     pub fn corrupt_cached_header(&mut self, btree: BtreeId, level: u8, pos: Bpos) -> Result<bool> {
         self.last_leaf = None;
         let path = self.path(btree, pos, level)?;

@@ -231,6 +231,8 @@ pub struct RecoveryCtx {
     pub(crate) control: Option<Arc<crate::control::Control>>,
     /// See [`crate::recovery::MountOpts::manual_wait_clock`].
     pub(crate) manual_wait_clock: bool,
+    /// How many fsck errors of each type a mount has logged, for the ratelimit.
+    pub(crate) fsck_errs_logged: BTreeMap<FsckErr, u64>,
 }
 
 /// The btrees as a pass reads them: through the journal keys until replay has run.
@@ -331,6 +333,7 @@ impl RecoveryCtx {
             fixes_after_replay: Vec::new(),
             control: None,
             manual_wait_clock: false,
+            fsck_errs_logged: BTreeMap::new(),
         }
     }
 
@@ -391,10 +394,13 @@ impl RecoveryCtx {
         }
     }
 
-    /// Records what a pass found; returns the repairs this run makes.
+    /// Records what a pass found; returns the repairs this run makes. A mount also logs each
+    /// finding as bcachefs logs an fsck error (see [`RecoveryCtx::log_fsck_err`]); fsck lists
+    /// them in its report instead.
     pub(crate) fn record(&mut self, findings: Vec<Finding>) -> Vec<(BtreeId, Bkey)> {
         let mut fixes = Vec::new();
         for f in findings {
+            let fixable = f.fix.is_some();
             let fixed = match f.fix {
                 Some(updates) if self.may_fix(f.err) => {
                     fixes.extend(updates);
@@ -402,9 +408,35 @@ impl RecoveryCtx {
                 }
                 _ => false,
             };
+            if matches!(self.mode, Mode::Mount { .. }) {
+                self.log_fsck_err(f.err, &f.msg, fixable, fixed);
+            }
             self.problems.push(Problem { err: f.err, msg: f.msg, fixed, count: 1 });
         }
         fixes
+    }
+
+    /// Logs an fsck error found by a mount, as `bch2_fsck_err` (init/error.c, v1.37.5) prints
+    /// it: the message and what is done about it (", fixing", ", not fixing", or
+    /// " (repair unimplemented)"). Once `FSCK_ERR_RATELIMIT_NR` (10) errors of a type have been
+    /// printed, the next one is printed followed by "Ratelimiting new instances of previous
+    /// error", and later ones are not printed.
+    fn log_fsck_err(&mut self, err: FsckErr, msg: &str, fixable: bool, fixed: bool) {
+        const FSCK_ERR_RATELIMIT_NR: u64 = 10;
+        let seen = self.fsck_errs_logged.entry(err).or_default();
+        *seen += 1;
+        if *seen > FSCK_ERR_RATELIMIT_NR + 1 {
+            return;
+        }
+        let action = match (fixable, fixed) {
+            (true, true) => ", fixing",
+            (true, false) => ", not fixing",
+            (false, _) => " (repair unimplemented)",
+        };
+        self.log.push(format!("{msg}{action}"));
+        if *seen == FSCK_ERR_RATELIMIT_NR + 1 {
+            self.log.push("Ratelimiting new instances of previous error".to_owned());
+        }
     }
 
     /// Commits repairs found after the filesystem may write.
@@ -419,6 +451,19 @@ impl RecoveryCtx {
     /// Hands the log lines written since the last call to the live log, if there is one.
     pub(crate) fn flush_log(&mut self) {
         crate::recovery::flush_live(&self.log, &mut self.log_printed, self.live_log.as_ref());
+    }
+
+    /// Moves what the btrees logged during a pass (topology errors such as `btree node header
+    /// doesn't match ptr`, nodes read from another replica) into the run's log when the pass
+    /// ends, failed or not; bcachefs prints them as they happen. check_topology takes its own
+    /// first, to report them.
+    fn take_btree_log(&mut self) {
+        let lines = match (&self.fs, &mut self.btrees) {
+            (Some(fs), _) => fs.btrees().take_log(),
+            (None, Some(t)) => t.take_log(),
+            (None, None) => Vec::new(),
+        };
+        self.log.extend(lines);
     }
 
     pub(crate) fn run_passes(&mut self) -> Result<()> {
@@ -439,6 +484,7 @@ impl RecoveryCtx {
                     }
                     self.flush_log();
                     let ran = run(self).map_err(|e| e.prefix(pass.name()));
+                    self.take_btree_log();
                     self.flush_log();
                     ran?;
                     PassOutcome::Ran
