@@ -30,6 +30,12 @@
 //! by a client, as `bcsim set-fs-option` does). The wait list is wired to the options as a
 //! mount wires it.
 //!
+//! `crash-states [OPS]` (default 200): `bcsim crash-states` on 4 devices with reorder 1, seed 1:
+//! the states checked per second (target: 100).
+//!
+//! `sim [SEEDS]` (default 1000): `bcsim sim` over seeds 0..SEEDS on 2 threads: seeds per second
+//! (target: 50).
+//!
 //! `alloc-info`: what alloc info costs as devices grow. On 8 sparse images of 4 GiB and of
 //! 1 TiB (`metadata_replicas=2`, default bucket sizes), each step in its own process: format,
 //! the first mount (open and unmount), the same small workload (300 operations, seed 1,
@@ -992,6 +998,40 @@ fn bench_alloc_wait(n: u64) -> Result<serde_json::Value, String> {
     Ok(json!({ "bench": "alloc-wait", "runs": out }))
 }
 
+/// Crash states checked per second: `n` operations on 4 devices, reorder 1, seed 1.
+fn bench_crash_states(n: u64) -> Result<serde_json::Value, String> {
+    use bcsim::crash_states::{CrashOpts, run};
+    let o = CrashOpts {
+        seed: 1,
+        ops: usize::try_from(n).map_err(|e| e.to_string())?,
+        devices: 4,
+        reorder: 1,
+        dev_bytes: 32 << 20,
+        limit: None,
+        only: None,
+    };
+    let (_, r) = run(&o, &mut |_, _| {}).map_err(|e| e.to_string())?;
+    Ok(json!({
+        "bench": "crash-states", "ops": o.ops, "devices": o.devices, "reorder": o.reorder,
+        "writes": r.writes, "flushes": r.flushes, "states": r.checked, "failures": r.failures.len(),
+        "record_secs": r.record_secs, "check_secs": r.check_secs, "states_per_sec": r.states_per_sec(),
+    }))
+}
+
+/// Seeds of the fault swarm per second on 2 threads: seeds 0..n.
+fn bench_sim(n: u64) -> Result<serde_json::Value, String> {
+    use bcsim::sim::{SimReport, run_seeds, shard_seeds};
+    let seeds = shard_seeds(0..n, None);
+    let t = std::time::Instant::now();
+    let report = SimReport { results: run_seeds(&seeds, 2, &|_, _| {}) };
+    let secs = t.elapsed().as_secs_f64();
+    Ok(json!({
+        "bench": "sim", "seeds": seeds.len(), "threads": 2, "secs": secs,
+        "seeds_per_sec": seeds.len() as f64 / secs.max(1e-9),
+        "crashes": report.total(|r| r.crashes), "failures": report.failures().count(),
+    }))
+}
+
 fn main() -> std::process::ExitCode {
     let args: Vec<String> = std::env::args().collect();
     let which = args.get(1).map_or("format", String::as_str);
@@ -1016,13 +1056,15 @@ fn main() -> std::process::ExitCode {
         "alloc-info" => bench_alloc_info(),
         "key-cache" => bench_key_cache(n_arg(2, 1_000_000)),
         "alloc-wait" => bench_alloc_wait(n_arg(2, 2000)),
+        "crash-states" => bench_crash_states(n_arg(2, 200)),
+        "sim" => bench_sim(n_arg(2, 1000)),
         "alloc-info-step" => alloc_info_step(
             args.get(2).map_or("", String::as_str),
             Path::new(args.get(3).map_or("", String::as_str)),
             n_arg(4, 4 << 30),
         ),
         other => Err(format!(
-            "unknown benchmark '{other}': expected format, btree, recovery, alloc-info, key-cache or alloc-wait"
+            "unknown benchmark '{other}': expected format, btree, recovery, alloc-info, key-cache, alloc-wait, crash-states or sim"
         )),
     };
     match result {
