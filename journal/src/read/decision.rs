@@ -16,12 +16,14 @@
 //!
 //! After an unclean shutdown the mount blacklists `[replay_end + 1, newest + 1 + BLACKLIST_AHEAD)`
 //! with `newest = max(newest_seq, replay_end)`: every seq past the replay range that any copy
-//! claims may have reached btree nodes without its entry becoming durable, and so may the entry
-//! that was open at the crash, whose seq no copy shows.
+//! claims may have reached btree nodes without its entry becoming durable, and so may the
+//! entries after it, whose seqs no copy shows: bsets written before the entry they belong to
+//! (write-back stamps its bsets with the entry it is about to write).
 
-/// Seqs blacklisted after an unclean shutdown beyond the newest seq found: the open entry at
-/// the crash had the next seq and may have reached btree nodes.
-pub const BLACKLIST_AHEAD: u64 = 1;
+/// Seqs blacklisted after an unclean shutdown beyond the newest seq found, as bcachefs skips
+/// them (`journal_start.cur_seq += JOURNAL_BUF_NR * 4` in `bch2_fs_recovery`, v1.37.5 and
+/// v1.39.2): btree writes may reference entries that were never written.
+pub const BLACKLIST_AHEAD: u64 = 64;
 
 /// Where a seq stands with respect to replay (the table in the module docs).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -131,16 +133,17 @@ mod tests {
     }
 
     /// The blacklist after a crash starts right after the replay end and covers the newest seq
-    /// found and BLACKLIST_AHEAD more; with nothing found past the replay end, just those.
+    /// found and BLACKLIST_AHEAD (64, as bcachefs) more; with nothing found past the replay
+    /// end, just those.
     #[test]
-    fn blacklist_after_covers_newest_and_one_ahead() {
+    fn blacklist_after_covers_newest_and_the_seqs_ahead() {
         let read = [(2, 3)];
         let d = ReplayDecision { last_seq: 4, replay_end: 10, newest_seq: 12, blacklist: &read };
-        assert_eq!(d.blacklist_after(), (11, 14));
-        assert_eq!(d.btree_blacklist(), vec![(2, 3), (11, 14)]);
+        assert_eq!(d.blacklist_after(), (11, 13 + 64));
+        assert_eq!(d.btree_blacklist(), vec![(2, 3), (11, 13 + 64)]);
         let d = ReplayDecision { newest_seq: 10, ..d };
-        assert_eq!(d.blacklist_after(), (11, 12));
+        assert_eq!(d.blacklist_after(), (11, 11 + 64));
         let empty = ReplayDecision { last_seq: 0, replay_end: 0, newest_seq: 0, blacklist: &[] };
-        assert_eq!(empty.blacklist_after(), (1, 2));
+        assert_eq!(empty.blacklist_after(), (1, 1 + 64));
     }
 }

@@ -117,21 +117,21 @@ impl RecoveryJournal {
         roots.into_values().collect()
     }
 
-    /// A test for the seqs whose bsets the btrees must ignore: the blacklisted ranges, and
-    /// every seq past the newest entry found (its entry is not in the journal, so neither is
-    /// anything that says the bset's keys and pointers happened). Bsets past the entry that may
-    /// have been in flight at the crash are also noted ([`RecoveryJournal::future_bsets`]):
-    /// write-back stamps its bsets with the entry it is about to write, so bsets of that one
-    /// are what any crash in a write-back leaves; later ones mean entries were lost.
+    /// A test for the seqs whose bsets the btrees must ignore: the blacklisted ranges, which
+    /// reach [`journal::BLACKLIST_AHEAD`] seqs past the newest entry found. It also notes every
+    /// bset it is asked about whose seq is past the one entry that may have been in flight at
+    /// the crash ([`RecoveryJournal::future_bsets`]): write-back stamps its bsets with the entry
+    /// it is about to write, so bsets of that one are what any crash in a write-back leaves,
+    /// and later ones mean entries were lost.
     pub fn blacklisted(&self) -> Box<dyn Fn(u64) -> bool + Send + Sync> {
         let ranges = self.blacklist.clone();
         let future = self.future.clone();
         Box::new(move |seq| {
-            if seq > future.newest.saturating_add(journal::BLACKLIST_AHEAD) {
+            if seq > future.newest.saturating_add(1) {
                 future.count.fetch_add(1, Ordering::Relaxed);
                 future.first.fetch_min(seq, Ordering::Relaxed);
             }
-            seq > future.newest || in_ranges(&ranges, seq)
+            in_ranges(&ranges, seq)
         })
     }
 
