@@ -237,7 +237,8 @@ fn usage_errors_exit_16_and_help_exits_0() {
     }
 }
 
-/// The main job: format the default set, run and crash a workload, recover, fsck clean.
+/// The main job: format the default set, run and crash a workload, recover, fsck clean; then
+/// #1107 and #1108 in each profile, one verdict line each.
 #[test]
 fn demo_formats_runs_crashes_recovers_and_checks() {
     let d = tmp();
@@ -251,6 +252,19 @@ fn demo_formats_runs_crashes_recovers_and_checks() {
     // The journal went to the metadata target (the ssd pair), not the hdds.
     assert!(out.stdout.contains("hdd0.img): 0 copies"), "{}", out.stdout);
     assert!(!out.stdout.contains("nvme0.img): 0 copies"), "{}", out.stdout);
+    // #1107 and #1108, a verdict line per profile.
+    let line =
+        |start: &str| out.stdout.lines().find(|l| l.trim_start().starts_with(start)).unwrap_or_default();
+    for p in ["v1.37.5 ", "v1.39 ", "fixed "] {
+        assert!(line(p).contains("[btree_need_topology_repair] (exit 8)"), "#1107 {p}: {}", out.stdout);
+    }
+    assert!(line("fsck -y -o degraded").ends_with("mounts (exit 0)"), "{}", out.stdout);
+    assert!(line("reported   v1.37.5").contains("allocator stuck in journal replay"), "{}", out.stdout);
+    assert!(line("reported   v1.39").contains("mounts (exit 0) after discard: dev 4"), "{}", out.stdout);
+    assert!(line("reported   fixed").contains("mounts (exit 0) after discard: dev 4"), "{}", out.stdout);
+    assert!(line("no-discard v1.39").contains("may no longer be specified"), "{}", out.stdout);
+    assert!(line("no-discard v1.39").contains("allocator stuck"), "{}", out.stdout);
+    assert!(line("no-discard fixed").ends_with("mounts (exit 0)"), "{}", out.stdout);
     // Sparse: 6.5 TiB of images take metadata and a little data only.
     use std::os::unix::fs::MetadataExt;
     let used: u64 = std::fs::read_dir(d.path().join("set"))
@@ -603,7 +617,15 @@ fn writing_commands_finish_their_work_when_stdout_closes() {
 fn demo_finishes_when_stdout_closes() {
     let d = tmp();
     quiet(&bcsim_reader_gone(&["demo", "--dir", "set"], d.path()), 0);
-    assert_eq!(std::fs::read_dir(d.path().join("set")).unwrap().count(), 8);
+    let names: Vec<String> = std::fs::read_dir(d.path().join("set"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(names.iter().filter(|n| n.ends_with(".img")).count(), 8, "{names:?}");
+    // The issues' image sets, each in its own directory.
+    for set in ["1107", "1108-reported", "1108-no-discard"] {
+        assert!(names.iter().any(|n| n == set), "{names:?}");
+    }
 }
 
 /// Runs the built `bcsim` with `file` as its stdout.

@@ -3,6 +3,7 @@
 
 mod crash_states;
 mod demo;
+mod demo_issues;
 mod device;
 mod dump;
 mod format;
