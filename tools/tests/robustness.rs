@@ -52,8 +52,13 @@ fn json(dir: &Path, args: &[&str]) -> serde_json::Value {
 
 /// `(dev, byte offset)` of each replica of the root node of the extents btree.
 fn node_ptrs(dir: &Path) -> Vec<(u64, u64)> {
-    let nodes = json(dir, &["list", "--nodes", "--json", "a.img", "b.img"]);
-    let node = nodes.as_array().unwrap().iter().find(|n| n["btree"] == "extents").unwrap();
+    node_ptrs_of(dir, "extents")
+}
+
+/// `(dev, byte offset)` of each replica of the root node of `btree`.
+fn node_ptrs_of(dir: &Path, btree: &str) -> Vec<(u64, u64)> {
+    let nodes = json(dir, &["list", "--nodes", "--json", "-b", btree, "a.img", "b.img"]);
+    let node = nodes.as_array().unwrap().iter().find(|n| n["btree"] == btree).unwrap();
     node["ptrs"]
         .as_array()
         .unwrap()
@@ -64,8 +69,20 @@ fn node_ptrs(dir: &Path) -> Vec<(u64, u64)> {
 
 /// Copies of the newest journal entry: `(dev, byte offset)`.
 fn newest_journal(dir: &Path) -> Vec<(u64, u64)> {
+    journal_copies(dir, |n| n - 1)
+}
+
+/// Copies of the entry in the middle of the replayed ones: `(dev, byte offset)`.
+fn middle_journal(dir: &Path) -> Vec<(u64, u64)> {
+    journal_copies(dir, |n| n / 2)
+}
+
+/// Copies of the replayed entry at index `which(number of entries)`.
+fn journal_copies(dir: &Path, which: fn(usize) -> usize) -> Vec<(u64, u64)> {
     let entries = json(dir, &["list-journal", "--json", "a.img", "b.img"]);
-    let newest = entries.as_array().unwrap().last().unwrap().clone();
+    let all = entries.as_array().unwrap();
+    assert!(all.len() >= 3, "the base set replays too few entries: {}", all.len());
+    let newest = all[which(all.len())].clone();
     newest["copies"]
         .as_array()
         .unwrap()
@@ -76,6 +93,35 @@ fn newest_journal(dir: &Path) -> Vec<(u64, u64)> {
 
 fn image(dir: &Path, dev: u64) -> PathBuf {
     dir.join(BOTH[dev as usize])
+}
+
+/// Swaps the `len` bytes at `a` and at `b` of `path`: two nodes each in the other's place, as
+/// a misdirected write or a firmware remap leaves them.
+fn swap(path: &Path, a: u64, b: u64, len: usize) {
+    let f = std::fs::OpenOptions::new().read(true).write(true).open(path).unwrap();
+    let (mut x, mut y) = (vec![0u8; len], vec![0u8; len]);
+    f.read_exact_at(&mut x, a).unwrap();
+    f.read_exact_at(&mut y, b).unwrap();
+    f.write_all_at(&y, a).unwrap();
+    f.write_all_at(&x, b).unwrap();
+}
+
+/// The root nodes of the extents and dirents btrees swapped on the first `replicas` devices.
+fn swap_roots(d: &Path, replicas: usize) -> Vec<String> {
+    let node = usize::try_from(
+        fs_core::size::parse_size(
+            json(d, &["show-super", "--json", "a.img"])["options"]["btree_node_size"].as_str().unwrap(),
+        )
+        .unwrap(),
+    )
+    .unwrap();
+    let (x, y) = (node_ptrs_of(d, "extents"), node_ptrs_of(d, "dirents"));
+    for &(dev, a) in x.iter().take(replicas) {
+        let &(_, b) =
+            y.iter().find(|(dev_b, _)| *dev_b == dev).expect("both roots have a replica on each device");
+        swap(&image(d, dev), a, b, node);
+    }
+    both()
 }
 
 fn write(path: &Path, offset: u64, bytes: &[u8]) {
@@ -151,6 +197,8 @@ const DAMAGES: &[Damage] = &[
             both()
         },
     },
+    Damage { name: "two btree nodes swapped, one replica", apply: |d| swap_roots(d, 1) },
+    Damage { name: "two btree nodes swapped, every replica", apply: |d| swap_roots(d, 2) },
     Damage {
         name: "a zeroed 4 KiB block at 1 MiB, every image",
         apply: |d| {
@@ -197,6 +245,23 @@ const DAMAGES: &[Damage] = &[
         name: "newest journal entry damaged, every copy",
         apply: |d| {
             for (dev, at) in newest_journal(d) {
+                flip(&image(d, dev), at + 100, 0xff);
+            }
+            both()
+        },
+    },
+    Damage {
+        name: "a middle journal entry damaged, one copy",
+        apply: |d| {
+            let (dev, at) = middle_journal(d)[0];
+            flip(&image(d, dev), at + 100, 0xff);
+            both()
+        },
+    },
+    Damage {
+        name: "a middle journal entry damaged, every copy",
+        apply: |d| {
+            for (dev, at) in middle_journal(d) {
                 flip(&image(d, dev), at + 100, 0xff);
             }
             both()
