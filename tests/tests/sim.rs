@@ -8,17 +8,25 @@ use bcsim::sim::{Shard, SimReport, run_seeds, shard_seeds};
 
 const SEEDS: std::ops::Range<u64> = 0..150;
 
-/// Every seed of the window mounts after each crash, holds every fsynced operation, keeps its
-/// allocator equal to its btrees, and checks clean (after fsck -y where damage was injected).
+/// Every seed of the window mounts after each crash (degraded once a device vanished), holds
+/// every fsynced operation, keeps its allocator equal to its btrees, and checks clean (after
+/// fsck -y where damage was injected).
 #[test]
 fn a_window_of_seeds_passes() {
     let seeds = shard_seeds(SEEDS, None);
     let report = SimReport { results: run_seeds(&seeds, 2, &|_, _| {}) };
     let crashes = report.total(|r| r.crashes);
     let flipped = report.total(|r| r.bits_flipped);
-    eprintln!("sim: {} seeds, {crashes} crashes, {flipped} bits flipped", report.results.len());
+    let (cuts, vanished) = (report.total(|r| r.power_cuts), report.total(|r| r.vanished));
+    eprintln!(
+        "sim: {} seeds, {crashes} crashes, {cuts} power cuts, {flipped} bits flipped, {vanished} devices vanished",
+        report.results.len()
+    );
     assert_eq!(report.results.len(), seeds.len());
-    assert!(crashes >= seeds.len() && flipped > 0, "the window injected too little to be a test");
+    assert!(
+        crashes >= seeds.len() && flipped > 0 && cuts > 0 && vanished > 0,
+        "the window injected too little to be a test"
+    );
     let failed: Vec<String> = report
         .failures()
         .map(|r| {

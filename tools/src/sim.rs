@@ -7,7 +7,9 @@
 //! runs a stretch of the workload (sometimes changing `data_replicas` at run time, sometimes
 //! with writes failing with EIO now and then, sometimes with the power cut after some writes:
 //! every write and flush from then on fails), and crashes: each unflushed write lands whole,
-//! lands torn or is lost. Sometimes bits of stored data flip on one device while it is down.
+//! lands torn or is lost. Sometimes bits of stored data flip on one device while it is down;
+//! sometimes, where every replica has another, a device stops answering for good and the
+//! filesystem runs degraded from then on.
 //!
 //! After every crash the filesystem must mount, hold a prefix of the operations that includes
 //! every fsync that returned, and check clean with `fsck -n` once `fsck -y` has repaired what
@@ -62,6 +64,8 @@ pub struct SeedResult {
     /// Rounds whose crash came in the middle of an operation: from some write on, nothing
     /// more reaches the devices.
     pub power_cuts: usize,
+    /// A device that stopped answering at a crash; the filesystem runs degraded from then on.
+    pub vanished: usize,
     /// Damage reported (a mount or read failing with an error, fsck problems repaired).
     pub reported: usize,
     /// The first failure, with the round it came in.
@@ -75,7 +79,7 @@ impl SeedResult {
             "metadata_replicas": self.metadata_replicas, "data_replicas": self.data_replicas,
             "profile": self.profile, "rounds": self.rounds, "ops_run": self.ops_run,
             "crashes": self.crashes, "bits_flipped": self.bits_flipped, "eio_rounds": self.eio_rounds,
-            "power_cuts": self.power_cuts,
+            "power_cuts": self.power_cuts, "vanished": self.vanished,
             "reported": self.reported, "failure": self.failure,
         })
     }
@@ -104,6 +108,7 @@ impl SeedResult {
             bits_flipped: size("bits_flipped")?,
             eio_rounds: size("eio_rounds")?,
             power_cuts: size("power_cuts")?,
+            vanished: size("vanished")?,
             reported: size("reported")?,
             failure: match v.get("failure") {
                 None | Some(Value::Null) => None,
@@ -214,6 +219,7 @@ fn draw(seed: u64) -> SeedResult {
         bits_flipped: 0,
         eio_rounds: 0,
         power_cuts: 0,
+        vanished: 0,
         reported: 0,
         failure: None,
     }
@@ -224,13 +230,25 @@ fn rounds(seed: u64, r: &mut SeedResult, started: Instant) -> std::result::Resul
     let mut rng = Rng::new(seed);
     let fail = |round: usize, what: String| format!("round {round}: {what}");
     let devs = setup(seed, r).map_err(|e| fail(0, format!("format: {e}")))?;
-    let shared = || -> Vec<SharedDevice> { devs.iter().map(|d| d.clone() as SharedDevice).collect() };
+    // A device that vanished is left out of every later mount, which is then degraded.
+    let absent: std::cell::Cell<Option<usize>> = std::cell::Cell::new(None);
+    let shared = || -> Vec<SharedDevice> {
+        devs.iter()
+            .enumerate()
+            .filter(|(i, _)| Some(*i) != absent.get())
+            .map(|(_, d)| d.clone() as SharedDevice)
+            .collect()
+    };
+    let mut replicas_changed = false;
     let nr_rounds = 2 + rng.below(3) as usize;
     let ops = generate(seed, 40 + rng.below(120) as usize);
-    let behavior =
-        fs_core::opts::parse_opts(&format!("behavior={}", r.profile), fs_core::opts::OptContext::Mount)
+    let opts_for = |o: String| -> std::result::Result<MountOpts, String> {
+        let opts = fs_core::opts::parse_opts(&o, fs_core::opts::OptContext::Mount)
             .map_err(|e| fail(0, e.to_string()))?;
-    let mopts = MountOpts { opts: behavior, reclaim: ReclaimMode::Manual, ..MountOpts::default() };
+        Ok(MountOpts { opts, reclaim: ReclaimMode::Manual, ..MountOpts::default() })
+    };
+    let whole = opts_for(format!("behavior={}", r.profile))?;
+    let degraded = opts_for(format!("degraded,behavior={}", r.profile))?;
     // The operations known durable, and how far the workload got.
     let mut at = 0usize;
     for round in 1..=nr_rounds {
@@ -238,12 +256,13 @@ fn rounds(seed: u64, r: &mut SeedResult, started: Instant) -> std::result::Resul
         if started.elapsed() > SEED_TIME_BUDGET || r.ops_run > SEED_STEP_BUDGET {
             return Err(fail(round, format!("past the seed's budget ({} operations run)", r.ops_run)));
         }
+        let mopts = if absent.get().is_some() { &degraded } else { &whole };
         let eio = rng.chance(0.25);
         let cut = rng.chance(0.5);
         let stop = (at + 1 + rng.below(ops.len() as u64) as usize).min(ops.len());
         let (acked, begun) = {
             let set = DeviceSet::open(shared()).map_err(|e| fail(round, format!("open: {e}")))?;
-            let m = mount(set, &mopts).map_err(|e| fail(round, format!("mount before the workload: {e}")))?;
+            let m = mount(set, mopts).map_err(|e| fail(round, format!("mount before the workload: {e}")))?;
             let mut fs = m.fs;
             let mut files = Files::new(&mut fs).map_err(|e| fail(round, format!("file layer: {e}")))?;
             if eio {
@@ -274,6 +293,7 @@ fn rounds(seed: u64, r: &mut SeedResult, started: Instant) -> std::result::Resul
             let mut begun = at;
             for (i, op) in ops.iter().enumerate().take(stop).skip(at) {
                 if Some(i) == change_at {
+                    replicas_changed = true;
                     let v = 1 + rng.below(r.devices.min(2) as u64);
                     // Refused when the devices cannot give it; that is the option's business.
                     let _ = fs.opts().set(OptId::DataReplicas, OptValue::U64(v));
@@ -309,7 +329,20 @@ fn rounds(seed: u64, r: &mut SeedResult, started: Instant) -> std::result::Resul
                 damaged = true;
             }
         }
-        match check(&shared, &mopts, &ops, acked, begun, damaged, r).map_err(|e| fail(round, e))? {
+        // A device stops answering, where every replica has another: two of each on three or
+        // more devices, and no run-time change that may have written single copies.
+        let can_vanish = absent.get().is_none()
+            && !damaged
+            && !replicas_changed
+            && r.devices >= 3
+            && r.metadata_replicas >= 2
+            && r.data_replicas >= 2;
+        if can_vanish && rng.chance(0.3) {
+            absent.set(Some(rng.below(r.devices as u64) as usize));
+            r.vanished += 1;
+        }
+        let mopts = if absent.get().is_some() { &degraded } else { &whole };
+        match check(&shared, mopts, &ops, acked, begun, damaged, r).map_err(|e| fail(round, e))? {
             Some(held) => at = held,
             None => break,
         }
@@ -355,7 +388,11 @@ fn check(
         let o = FsckOpts {
             mode,
             force: true,
-            mount: MountOpts { reclaim: ReclaimMode::Manual, ..MountOpts::default() },
+            mount: MountOpts {
+                opts: mopts.opts.clone(),
+                reclaim: ReclaimMode::Manual,
+                ..MountOpts::default()
+            },
         };
         fsck(open()?, &o).map_err(|e| format!("fsck: {e}"))
     };
