@@ -505,6 +505,8 @@ impl SimReport {
             "seeds": self.results.len(),
             "failed": failures.len(),
             "crashes": self.total(|r| r.crashes),
+            "power_cuts": self.total(|r| r.power_cuts),
+            "vanished": self.total(|r| r.vanished),
             "ops_run": self.total(|r| r.ops_run),
             "bits_flipped": self.total(|r| r.bits_flipped),
             "reported": self.total(|r| r.reported),
