@@ -240,6 +240,7 @@ fn rounds(seed: u64, r: &mut SeedResult, started: Instant) -> std::result::Resul
             .collect()
     };
     let mut replicas_changed = false;
+    let mut ever_damaged = false;
     let nr_rounds = 2 + rng.below(3) as usize;
     let ops = generate(seed, 40 + rng.below(120) as usize);
     let opts_for = |o: String| -> std::result::Result<MountOpts, String> {
@@ -327,12 +328,15 @@ fn rounds(seed: u64, r: &mut SeedResult, started: Instant) -> std::result::Resul
                 r.bits_flipped +=
                     d.flip_random_bits(0..DEV_BYTES, n).map_err(|e| fail(round, e.to_string()))?.len();
                 damaged = true;
+                ever_damaged = true;
             }
         }
         // A device stops answering, where every replica has another: two of each on three or
-        // more devices, and no run-time change that may have written single copies.
+        // more devices, no run-time change that may have written single copies, and no flipped
+        // bits so far (a bad replica nothing has read yet stays bad: fsck checks metadata, and
+        // nothing here scrubs data).
         let can_vanish = absent.get().is_none()
-            && !damaged
+            && !ever_damaged
             && !replicas_changed
             && r.devices >= 3
             && r.metadata_replicas >= 2
@@ -396,10 +400,14 @@ fn check(
         };
         fsck(open()?, &o).map_err(|e| format!("fsck: {e}"))
     };
-    // What the files hold, or whether damage made the mount or a read fail.
+    // What the files hold, or whether damage made the mount or a read fail, or the mount's log
+    // name a checksum error (as the kernel's log names one: a journal entry's only copy found
+    // bad reads like a write the crash cut short, and only the log can say otherwise).
     let mut broken = None;
+    let mut logged = false;
     let (held, failed) = match mount(open()?, mopts) {
         Ok(m) => {
+            logged = m.log.iter().any(|l| l.contains("checksum"));
             let mut fs = m.fs;
             let held = matching_prefixes(&mut fs, ops, acked, begun);
             let invariants = alloc_invariants(&fs);
@@ -424,7 +432,7 @@ fn check(
     if held.is_none() && !damaged {
         return Err(format!("the files match no prefix of the operations in {acked}..={begun}"));
     }
-    if held.is_none() && !failed && first.problems.is_empty() {
+    if held.is_none() && !failed && !logged && first.problems.is_empty() {
         return Err(format!(
             "the files match no prefix of the operations in {acked}..={begun} and nothing reported damage"
         ));
@@ -434,7 +442,7 @@ fn check(
             "allocator state differs from its btrees after damage, and fsck -n found nothing: {e}"
         ));
     }
-    if failed {
+    if failed || (held.is_none() && logged) {
         r.reported += 1;
     }
     if let Some(p) = first.problems.first() {
