@@ -43,29 +43,3 @@ pub fn fsck_n(devs: &[SharedDevice]) -> FsckReport {
     assert!(report.checked);
     report
 }
-
-/// The alloc, freespace and need_discard btrees of a mounted filesystem as
-/// `Allocator::check_invariants` takes them: alloc keys decoded, every bucket a freespace range
-/// key covers, need_discard positions.
-pub fn alloc_records(
-    fs: &Fs,
-) -> (
-    std::collections::BTreeMap<fs_core::bpos::Bpos, fs_core::bkey::AllocV4>,
-    std::collections::BTreeSet<fs_core::bpos::Bpos>,
-    std::collections::BTreeSet<fs_core::bpos::Bpos>,
-) {
-    use fs_core::bpos::{Bpos, BtreeId};
-    let all = |b| fs.list(b, Bpos::MIN, Bpos::MAX).unwrap();
-    let alloc = all(BtreeId::Alloc)
-        .iter()
-        .map(|k| (k.pos, fs_core::bkey::AllocV4::decode(&k.val).unwrap()))
-        .collect();
-    let freespace = all(BtreeId::Freespace)
-        .iter()
-        .flat_map(|k| {
-            (k.pos.offset - u64::from(k.size)..k.pos.offset).map(move |b| Bpos::new(k.pos.inode, b, 0))
-        })
-        .collect();
-    let need_discard = all(BtreeId::NeedDiscard).iter().map(|k| k.pos).collect();
-    (alloc, freespace, need_discard)
-}

@@ -73,9 +73,8 @@ fn commit_unmount_reopen_and_alloc_btrees_agree() {
     assert!(got.iter().zip(model.values()).all(|(a, b)| a == b), "seed {seed:#x}: keys differ after reopen");
 
     // The persisted allocator record matches the allocator rebuilt from it.
-    let (alloc_keys, freespace, need_discard) = bcsim_tests::alloc_records(&fs);
-    let alloc = fs.alloc().cloned().unwrap();
-    alloc.check_invariants(&alloc_keys, &freespace, &need_discard).unwrap();
+    fs.check_alloc_invariants().unwrap();
+    let alloc_keys = fs.alloc_records().unwrap().alloc;
 
     // Every node of every btree: replicas on distinct devices, in btree buckets.
     for btree in [BtreeId::Extents, BtreeId::Alloc, BtreeId::Freespace] {

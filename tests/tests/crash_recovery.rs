@@ -54,9 +54,7 @@ fn set(devs: &[Arc<FaultyDevice>]) -> DeviceSet {
 }
 
 fn check_alloc(fs: &mut Fs, seed: u64) {
-    let (alloc, freespace, need_discard) = bcsim_tests::alloc_records(fs);
-    let a = fs.alloc().cloned().unwrap();
-    if let Err(e) = a.check_invariants(&alloc, &freespace, &need_discard) {
+    if let Err(e) = fs.check_alloc_invariants() {
         panic!("seed {seed}: allocator and alloc btrees disagree after recovery: {e}");
     }
 }

@@ -2,7 +2,8 @@
 //!
 //! A seeded file workload runs on in-memory devices whose writes and flushes are recorded in
 //! one global order (each flush names its device: it makes only that device's earlier writes
-//! durable). From the log, the states a crash can leave are enumerated, as CrashMonkey and
+//! durable). The fault-injecting wrapper's own log is kept per device; a crash state is cut
+//! from the order across devices, so this records through a wrapper of its own. From the log, the states a crash can leave are enumerated, as CrashMonkey and
 //! ALICE do:
 //!
 //! - **prefix** `p<k>`: every write before log position `k` landed, nothing after;
@@ -36,6 +37,7 @@ use fs_core::sync::{Arc, Mutex};
 use crate::files::Files;
 use crate::fsck::{FixMode, FsckOpts, fsck};
 use crate::images::format_devices;
+use crate::passes::none_found;
 use crate::recovery::{MountOpts, ReclaimMode, mount};
 use crate::workload::{Op, generate, matching_prefixes, run_op};
 
@@ -395,18 +397,10 @@ pub fn check_state(rec: &Recorded, id: &StateId) -> Result<std::result::Result<(
         let set = |what: &str| DeviceSet::open(shared()).map_err(|e| format!("{what}: {e}"));
         let before =
             fsck(set("opening for fsck -n")?, &check).map_err(|e| format!("fsck -n before mount: {e}"))?;
-        if let Some(p) = before.problems.first() {
-            return Err(format!(
-                "fsck -n before mount: {} problems, first: {}",
-                before.problems.len(),
-                p.msg
-            ));
-        }
+        none_found(&before.problems, "fsck -n before mount")?;
         let mopts = MountOpts { reclaim: ReclaimMode::Manual, ..MountOpts::default() };
         let m = mount(set("opening for mount")?, &mopts).map_err(|e| format!("mount: {e}"))?;
-        if let Some(p) = m.problems.first() {
-            return Err(format!("recovery repaired {} problems, first: {}", m.problems.len(), p.msg));
-        }
+        none_found(&m.problems, "recovery repaired")?;
         let mut fs = m.fs;
         let matching =
             matching_prefixes(&mut fs, &rec.ops, acked, begun).map_err(|e| format!("reading: {e}"))?;
@@ -416,13 +410,7 @@ pub fn check_state(rec: &Recorded, id: &StateId) -> Result<std::result::Result<(
         fs.unmount().map_err(|e| format!("unmount: {e}"))?;
         let after =
             fsck(set("opening for fsck -n")?, &check).map_err(|e| format!("fsck -n after unmount: {e}"))?;
-        if let Some(p) = after.problems.first() {
-            return Err(format!(
-                "fsck -n after unmount: {} problems, first: {}",
-                after.problems.len(),
-                p.msg
-            ));
-        }
+        none_found(&after.problems, "fsck -n after unmount")?;
         Ok(())
     })();
     Ok(verdict)

@@ -23,7 +23,6 @@ use std::ops::Range;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::time::{Duration, Instant};
 
-use fs_core::bpos::{Bpos, BtreeId};
 use fs_core::dev::{
     CrashMode, FaultKind, FaultOp, FaultRule, FaultyDevice, MemDevice, SharedDevice, Trigger,
 };
@@ -38,6 +37,7 @@ use serde_json::{Value, json};
 use crate::files::Files;
 use crate::fsck::{FixMode, FsckOpts, fsck};
 use crate::images::format_devices;
+use crate::passes::none_found;
 use crate::recovery::{MountOpts, ReclaimMode, mount};
 use crate::workload::{Op, generate, matching_prefixes, run_op};
 
@@ -410,7 +410,7 @@ fn check(
             logged = m.log.iter().any(|l| l.contains("checksum"));
             let mut fs = m.fs;
             let held = matching_prefixes(&mut fs, ops, acked, begun);
-            let invariants = alloc_invariants(&fs);
+            let invariants = fs.check_alloc_invariants();
             fs.unmount().map_err(|e| format!("unmount after the check: {e}"))?;
             if let Err(e) = invariants {
                 // Damage may break it, but fsck must then say so (checked below).
@@ -445,47 +445,15 @@ fn check(
     if failed || (held.is_none() && logged) {
         r.reported += 1;
     }
-    if let Some(p) = first.problems.first() {
+    if !first.problems.is_empty() {
         if !damaged {
-            return Err(format!(
-                "fsck -n after a crash: {} problems, first: {}",
-                first.problems.len(),
-                p.msg
-            ));
+            none_found(&first.problems, "fsck -n after a crash")?;
         }
         r.reported += 1;
         fsck_as(FixMode::Yes)?;
-        let again = fsck_as(FixMode::No)?;
-        if let Some(p) = again.problems.first() {
-            return Err(format!(
-                "fsck -n after fsck -y: {} problems, first: {}",
-                again.problems.len(),
-                p.msg
-            ));
-        }
+        none_found(&fsck_as(FixMode::No)?.problems, "fsck -n after fsck -y")?;
     }
     Ok(held)
-}
-
-/// The allocator's buckets against the alloc, freespace and need_discard btrees.
-fn alloc_invariants(fs: &crate::fs::Fs) -> Result<()> {
-    let Some(alloc) = fs.alloc() else { return Ok(()) };
-    let all = |b| fs.list(b, Bpos::MIN, Bpos::MAX);
-    let keys = all(BtreeId::Alloc)?
-        .iter()
-        .map(|k| Ok((k.pos, fs_core::bkey::AllocV4::decode(&k.val)?)))
-        .collect::<Result<_>>()?;
-    let freespace = all(BtreeId::Freespace)?
-        .iter()
-        .flat_map(|k| {
-            (k.pos.offset.saturating_sub(u64::from(k.size))..k.pos.offset)
-                .map(move |b| Bpos::new(k.pos.inode, b, 0))
-        })
-        .collect();
-    let need_discard = all(BtreeId::NeedDiscard)?.iter().map(|k| k.pos).collect();
-    alloc
-        .check_invariants(&keys, &freespace, &need_discard)
-        .map_err(|e| Error::new(ErrCode::BucketAccounting, e))
 }
 
 /// What a run or a merge of runs found.

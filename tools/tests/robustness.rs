@@ -137,6 +137,15 @@ fn flip(path: &Path, offset: u64, mask: u8) {
     f.write_all_at(&b, offset).unwrap();
 }
 
+/// Flips the bits of `mask` at `offset` into each of `copies` (`(dev, byte offset)`); the set
+/// is then given whole.
+fn flip_copies(d: &Path, copies: &[(u64, u64)], offset: u64, mask: u8) -> Vec<String> {
+    for &(dev, at) in copies {
+        flip(&image(d, dev), at + offset, mask);
+    }
+    both()
+}
+
 fn seeded_bytes(seed: u64, len: usize) -> Vec<u8> {
     let mut x = seed | 1;
     (0..len)
@@ -165,20 +174,11 @@ const DAMAGES: &[Damage] = &[
     },
     Damage {
         name: "a bit flipped in a btree node, one replica",
-        apply: |d| {
-            let (dev, at) = node_ptrs(d)[0];
-            flip(&image(d, dev), at + 700, 0x10);
-            both()
-        },
+        apply: |d| flip_copies(d, &node_ptrs(d)[..1], 700, 0x10),
     },
     Damage {
         name: "a bit flipped in a btree node, every replica",
-        apply: |d| {
-            for (dev, at) in node_ptrs(d) {
-                flip(&image(d, dev), at + 700, 0x10);
-            }
-            both()
-        },
+        apply: |d| flip_copies(d, &node_ptrs(d), 700, 0x10),
     },
     Damage {
         name: "a btree node zeroed, one replica",
@@ -235,37 +235,19 @@ const DAMAGES: &[Damage] = &[
     },
     Damage {
         name: "newest journal entry damaged, one copy",
-        apply: |d| {
-            let (dev, at) = newest_journal(d)[0];
-            flip(&image(d, dev), at + 100, 0xff);
-            both()
-        },
+        apply: |d| flip_copies(d, &newest_journal(d)[..1], 100, 0xff),
     },
     Damage {
         name: "newest journal entry damaged, every copy",
-        apply: |d| {
-            for (dev, at) in newest_journal(d) {
-                flip(&image(d, dev), at + 100, 0xff);
-            }
-            both()
-        },
+        apply: |d| flip_copies(d, &newest_journal(d), 100, 0xff),
     },
     Damage {
         name: "a middle journal entry damaged, one copy",
-        apply: |d| {
-            let (dev, at) = middle_journal(d)[0];
-            flip(&image(d, dev), at + 100, 0xff);
-            both()
-        },
+        apply: |d| flip_copies(d, &middle_journal(d)[..1], 100, 0xff),
     },
     Damage {
         name: "a middle journal entry damaged, every copy",
-        apply: |d| {
-            for (dev, at) in middle_journal(d) {
-                flip(&image(d, dev), at + 100, 0xff);
-            }
-            both()
-        },
+        apply: |d| flip_copies(d, &middle_journal(d), 100, 0xff),
     },
     Damage {
         name: "an image truncated to half",

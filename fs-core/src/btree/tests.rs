@@ -413,18 +413,13 @@ fn walk_leaves_a_leaf_by_its_key_not_its_header() {
     }
 }
 
-/// A pointer carrying its left neighbour's seq, its own range kept, reaches the neighbour once
-/// that is cached through its own pointer: the node cache is indexed by seq. bcachefs compares
-/// the header with the node's own key, which matches, so v1.37.5 and v1.39 log nothing, with
-/// header checks on or off; their walk then cannot leave the neighbour forward (its key ends
-/// before the range) and stops typed, naming the leaf it reached, where bcachefs's iterator
-/// would loop. The fixed profile compares the header with the lookup's pointer too, at any
-/// time, and refuses the node with the header line.
-#[test]
-fn duplicated_pointer_to_a_cached_neighbour_per_profile() {
+/// The alloc btree of [`written_tree`] with the pointer of its second leaf given the first
+/// leaf's seq and location, its own range kept: a bset appended to the interior node, as the
+/// #1107 image set has it. Returns the roots, every key, the first leaf (reached twice) and the
+/// leaf the pointer lost.
+fn with_duplicated_pointer(s: &Setup) -> (Vec<Root>, Vec<Bkey>, NodeInfo, NodeInfo) {
     use crate::btree::node::duplicated_pointer_bset;
-    let s = Setup::new(1, 1);
-    let (roots, _) = written_tree(&s);
+    let (roots, all) = written_tree(s);
     let mut t = s.open(roots.clone(), Behavior::Fixed);
     let infos = t.node_infos(BtreeId::Alloc).unwrap();
     let parent = infos.iter().find(|n| n.level == 1).unwrap().clone();
@@ -434,6 +429,20 @@ fn duplicated_pointer_to_a_cached_neighbour_per_profile() {
     let bset = duplicated_pointer_bset(&parent, left, victim);
     let at = u64::from(parent.sectors_written) * crate::bkey::ptr::SECTOR_BYTES;
     s.devs[0].write_at(&bset, parent.ptrs[0].byte_offset() + at).unwrap();
+    (roots, all, left.clone(), victim.clone())
+}
+
+/// A pointer carrying its left neighbour's seq, its own range kept, reaches the neighbour once
+/// that is cached through its own pointer: the node cache is indexed by seq. bcachefs compares
+/// the header with the node's own key, which matches, so v1.37.5 and v1.39 log nothing, with
+/// header checks on or off; their walk then cannot leave the neighbour forward (its key ends
+/// before the range) and stops typed, naming the leaf it reached, where bcachefs's iterator
+/// would loop. The fixed profile compares the header with the lookup's pointer too, at any
+/// time, and refuses the node with the header line.
+#[test]
+fn duplicated_pointer_to_a_cached_neighbour_per_profile() {
+    let s = Setup::new(1, 1);
+    let (roots, _, left, victim) = with_duplicated_pointer(&s);
 
     for behavior in [Behavior::V1_37_5, Behavior::V1_39, Behavior::Fixed] {
         for check_headers in [false, true] {
@@ -948,18 +957,8 @@ fn node_encoding_is_pinned() {
 /// points to; the neighbour keeps its place and its keys, and every other key stays.
 #[test]
 fn duplicated_pointer_is_dropped_and_the_neighbour_kept() {
-    use crate::btree::node::duplicated_pointer_bset;
     let s = Setup::new(1, 1);
-    let (roots, all) = written_tree(&s);
-    let mut t = s.open(roots.clone(), Behavior::Fixed);
-    let infos = t.node_infos(BtreeId::Alloc).unwrap();
-    let parent = infos.iter().find(|n| n.level == 1).unwrap().clone();
-    let leaves: Vec<_> = infos.iter().filter(|n| n.level == 0).cloned().collect();
-    assert!(leaves.len() >= 3, "{} leaves", leaves.len());
-    let (left, victim) = (&leaves[0], &leaves[1]);
-    let bset = duplicated_pointer_bset(&parent, left, victim);
-    let at = u64::from(parent.sectors_written) * crate::bkey::ptr::SECTOR_BYTES;
-    s.devs[0].write_at(&bset, parent.ptrs[0].byte_offset() + at).unwrap();
+    let (roots, all, left, victim) = with_duplicated_pointer(&s);
 
     let in_victim = |k: &&Bkey| k.pos >= victim.min_key && k.pos <= victim.max_key;
     let want: Vec<Bkey> = all.iter().filter(|k| !in_victim(k)).cloned().collect();

@@ -422,6 +422,36 @@ impl Fs {
         self.shared.alloc.as_ref()
     }
 
+    /// The alloc, freespace and need_discard btrees as [`Allocator::check_invariants`] takes
+    /// them: alloc keys decoded, every bucket a freespace range key covers, need_discard
+    /// positions.
+    pub fn alloc_records(&self) -> Result<AllocRecords> {
+        let all = |b| self.list(b, Bpos::MIN, Bpos::MAX);
+        let alloc = all(BtreeId::Alloc)?
+            .iter()
+            .map(|k| Ok((k.pos, AllocV4::decode(&k.val)?)))
+            .collect::<Result<_>>()?;
+        let freespace = all(BtreeId::Freespace)?
+            .iter()
+            .flat_map(|k| {
+                (k.pos.offset.saturating_sub(u64::from(k.size))..k.pos.offset)
+                    .map(move |b| Bpos::new(k.pos.inode, b, 0))
+            })
+            .collect();
+        let need_discard = all(BtreeId::NeedDiscard)?.iter().map(|k| k.pos).collect();
+        Ok(AllocRecords { alloc, freespace, need_discard })
+    }
+
+    /// The allocator's state against its btrees ([`Fs::alloc_records`]); `bucket_accounting`
+    /// names the first difference. Nothing to check on a filesystem opened read-only.
+    pub fn check_alloc_invariants(&self) -> Result<()> {
+        let Some(alloc) = self.alloc() else { return Ok(()) };
+        let r = self.alloc_records()?;
+        alloc
+            .check_invariants(&r.alloc, &r.freespace, &r.need_discard)
+            .map_err(|e| Error::new(ErrCode::BucketAccounting, e))
+    }
+
     pub fn journal(&self) -> Option<&Arc<Journal>> {
         self.shared.journal.as_ref()
     }
@@ -535,6 +565,15 @@ impl Fs {
         };
         discards.and(reclaim)
     }
+}
+
+/// What the alloc btrees hold, in the shape the allocator's invariant check takes.
+#[derive(Clone, Debug, Default)]
+pub struct AllocRecords {
+    pub alloc: std::collections::BTreeMap<Bpos, AllocV4>,
+    /// Every bucket some freespace range key covers.
+    pub freespace: std::collections::BTreeSet<Bpos>,
+    pub need_discard: std::collections::BTreeSet<Bpos>,
 }
 
 impl Drop for Fs {

@@ -558,7 +558,7 @@ impl FsShared {
         &self,
         t: &mut Btrees,
         journal: &journal::Journal,
-        res: journal::JournalRes,
+        mut res: journal::JournalRes,
         reserved: usize,
     ) -> Result<()> {
         let Some(alloc) = &self.alloc else {
@@ -576,7 +576,6 @@ impl FsShared {
         let bytes: usize = jentries.iter().map(JsetEntry::encoded_bytes).sum();
         // More than the bound at the start of the round: buckets a discard worker freed
         // meanwhile wait here too. The entry is the one the round's bsets carry: grow in it.
-        let mut res = res;
         if bytes > reserved && journal.grow(&mut res, bytes, CommitFlags::RECLAIM.wm).is_err() {
             alloc.untake(taken);
             journal.cancel(res);

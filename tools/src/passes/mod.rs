@@ -74,6 +74,15 @@ impl Mode {
     }
 }
 
+/// `Ok` when `problems` is empty, else one line: `{what}: N problems, first: ...`. For the
+/// campaigns, whose checks require a clean check or recovery.
+pub fn none_found(problems: &[Problem], what: &str) -> std::result::Result<(), String> {
+    match problems.first() {
+        None => Ok(()),
+        Some(p) => Err(format!("{what}: {} problems, first: {}", problems.len(), p.msg)),
+    }
+}
+
 /// One error found.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Problem {
