@@ -170,6 +170,31 @@ impl<'a> Reader<'a> {
     }
 }
 
+/// Recomputes the checksum of a record laid out as the superblock, a jset and a bset are: a
+/// crc32c in bytes `[0, 4)` of everything after it up to the record's length, which is the u32
+/// at bytes `[4, 8)`. Returns false, changing nothing, when `buf` is shorter than that length
+/// or the length does not cover its own field.
+///
+/// For fuzzing and hand-made damage: edited bytes then reach the checks behind the checksum,
+/// as a bug that wrote a wrong record with a good checksum would.
+pub fn reseal_record(buf: &mut [u8]) -> bool {
+    let len = buf.get(4..8).and_then(|b| b.try_into().ok()).map(u32::from_le_bytes);
+    len.is_some_and(|len| reseal_fixed(buf, len as usize))
+}
+
+/// [`reseal_record`] for a record of fixed length `len` (a btree node header).
+pub fn reseal_fixed(buf: &mut [u8], len: usize) -> bool {
+    let Some(covered) = buf.get(4..len) else { return false };
+    let csum = crc32c::crc32c(covered).to_le_bytes();
+    match buf.get_mut(..4) {
+        Some(dst) => {
+            dst.copy_from_slice(&csum);
+            true
+        }
+        None => false,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

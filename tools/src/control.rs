@@ -240,27 +240,20 @@ impl Control {
         set.write_super()
     }
 
-    /// Answers one request line.
-    fn answer(&self, line: &str) -> Value {
-        let line = line.trim();
-        let (verb, rest) = line.split_once(' ').map_or((line, ""), |(v, r)| (v, r.trim()));
-        let result = match verb {
-            "status" => Ok(json!({
+    /// Answers one request.
+    fn answer(&self, request: Result<Request<'_>>) -> Value {
+        let result = request.and_then(|r| match r {
+            Request::Status => Ok(json!({
                 "uuid": self.uuid.to_string(),
                 "pid": std::process::id(),
                 "phase": self.phase().name(),
             })),
-            "show" => self.show(),
-            "set" => self
-                .set_options(rest)
+            Request::Show => self.show(),
+            Request::Set(text) => self
+                .set_options(text)
                 .map(|(generation, warnings)| json!({ "generation": generation, "warnings": warnings })),
-            "umount" => Ok(self.umount_and_wait()),
-            "" => Err(Error::new(ErrCode::ControlRequestInvalid, "empty request")),
-            _ => Err(Error::new(
-                ErrCode::ControlRequestInvalid,
-                format!("unknown request '{}' (known: status, show, set, umount)", truncate(verb, 64)),
-            )),
-        };
+            Request::Umount => Ok(self.umount_and_wait()),
+        });
         match result {
             Ok(mut v) => {
                 if let Some(o) = v.as_object_mut() {
@@ -477,14 +470,16 @@ fn serve(stream: UnixStream, control: &Control) {
     let _ = stream.set_read_timeout(Some(REQUEST_TIMEOUT));
     let _ = stream.set_write_timeout(Some(REQUEST_TIMEOUT));
     let answer = match read_request(&stream) {
-        Ok(line) => control.answer(&line),
+        Ok(line) => control.answer(parse_request(&line)),
         Err(e) => error_answer(&e),
     };
     let mut w = &stream;
     let _ = writeln!(w, "{answer}");
 }
 
-fn read_request(stream: &UnixStream) -> Result<String> {
+/// The request line a client sent, without its newline: at most [`MAX_REQUEST`] bytes, within
+/// [`REQUEST_TIMEOUT`].
+fn read_request(stream: &UnixStream) -> Result<Vec<u8>> {
     let mut reader = BufReader::new(stream.take(MAX_REQUEST as u64 + 1));
     let mut buf = Vec::new();
     match reader.read_until(b'\n', &mut buf) {
@@ -499,14 +494,45 @@ fn read_request(stream: &UnixStream) -> Result<String> {
     }
     if buf.last() == Some(&b'\n') {
         buf.pop();
-    } else if buf.len() > MAX_REQUEST {
+    }
+    Ok(buf)
+}
+
+/// One request of the protocol.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Request<'a> {
+    Status,
+    Show,
+    /// `set NAME=VALUE[,NAME=VALUE...]`: the text after the verb.
+    Set(&'a str),
+    Umount,
+}
+
+/// Parses a request line (without its newline): UTF-8 text of at most [`MAX_REQUEST`] bytes,
+/// a verb, and for `set` the options. Anything else is a `control_request_invalid` error whose
+/// message says what was wrong.
+pub fn parse_request(line: &[u8]) -> Result<Request<'_>> {
+    if line.len() > MAX_REQUEST {
         return Err(Error::new(
             ErrCode::ControlRequestInvalid,
             format!("request longer than {MAX_REQUEST} bytes"),
         ));
     }
-    String::from_utf8(buf)
-        .map_err(|_| Error::new(ErrCode::ControlRequestInvalid, "request is not UTF-8 text"))
+    let line = std::str::from_utf8(line)
+        .map_err(|_| Error::new(ErrCode::ControlRequestInvalid, "request is not UTF-8 text"))?
+        .trim();
+    let (verb, rest) = line.split_once(' ').map_or((line, ""), |(v, r)| (v, r.trim()));
+    match verb {
+        "status" => Ok(Request::Status),
+        "show" => Ok(Request::Show),
+        "set" => Ok(Request::Set(rest)),
+        "umount" => Ok(Request::Umount),
+        "" => Err(Error::new(ErrCode::ControlRequestInvalid, "empty request")),
+        _ => Err(Error::new(
+            ErrCode::ControlRequestInvalid,
+            format!("unknown request '{}' (known: status, show, set, umount)", truncate(verb, 64)),
+        )),
+    }
 }
 
 /// True if a mount of filesystem `uuid` answers on its default control socket.

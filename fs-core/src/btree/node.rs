@@ -437,6 +437,21 @@ pub fn decode_node(
     Ok(node)
 }
 
+/// Recomputes the checksums of a node image: its header's and each bset's, walking the bsets
+/// as a read does until one's length does not fit. See [`crate::encode::reseal_record`].
+pub fn reseal_node(buf: &mut [u8]) {
+    crate::encode::reseal_fixed(buf, NODE_HEADER_BYTES);
+    let mut offset = HEADER_SECTORS as usize * SECTOR_BYTES as usize;
+    while let Some(rest) = buf.get_mut(offset..) {
+        let bytes = rest.first_chunk::<BSET_HEADER_BYTES>().map(|h| h.field::<BSET_OFF_BYTES, 4>());
+        let bytes = bytes.map_or(0, |b| u32::from_le_bytes(b) as usize);
+        if bytes < BSET_HEADER_BYTES || !crate::encode::reseal_record(rest) {
+            break;
+        }
+        offset += bytes.next_multiple_of(SECTOR_BYTES as usize);
+    }
+}
+
 /// The header of the node image at the start of `buf` if it is one of this filesystem's
 /// (magic, checksum and version good), whatever a pointer would expect there: for a scan of
 /// the devices for btree nodes.
@@ -550,7 +565,8 @@ fn decode_bset(buf: &[u8], exp: &Expected, within_written: bool) -> Result<Optio
     };
     let mut r = Reader::new(body, "bset", ErrCode::BtreeNodeReadErr);
     r.skip(BSET_OFF_KEYS)?;
-    let mut keys = Vec::with_capacity(nr_keys as usize);
+    // nr_keys is on-disk: reserve no more than the bset's bytes can hold.
+    let mut keys = Vec::with_capacity((nr_keys as usize).min(r.remaining() / crate::bkey::KEY_HEADER_BYTES));
     for _ in 0..nr_keys {
         keys.push(Bkey::decode(&mut r)?);
     }
