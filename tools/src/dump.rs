@@ -11,6 +11,7 @@
 //! name and size), then per image its runs of kept blocks, each `offset: u64 LE, len: u32 LE`
 //! and the bytes, ended by an offset of `u64::MAX`.
 
+use std::collections::HashSet;
 use std::fs::File;
 use std::io::{BufRead, BufReader, BufWriter, Read, Write};
 use std::path::{Path, PathBuf};
@@ -18,6 +19,8 @@ use std::path::{Path, PathBuf};
 use flate2::Compression;
 use flate2::read::GzDecoder;
 use flate2::write::GzEncoder;
+use fs_core::bkey::ptr::SECTOR_BYTES;
+use fs_core::bpos::BtreeId;
 use fs_core::btree::node::{BTREE_NODE_SALT, peek_header};
 use fs_core::error::{ErrCode, Error, Result, io_error};
 use fs_core::sb::{DeviceSet, SB_MAX_BYTES, SB_OFFSET_0, backup_offset, fs_magic};
@@ -108,18 +111,72 @@ pub fn copy_image(src: &Path, dst: &Path) -> Result<()> {
 
 /// Whether the block at `off` of member `dev` is metadata by place: a superblock copy or a
 /// journal bucket.
-fn metadata_by_place(set: &DeviceSet, dev: usize, size: u64, off: u64) -> bool {
+/// Which metadata a dump keeps.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Keep {
+    /// Every superblock copy, journal bucket and node-headed slot, reachable or not: a stale
+    /// node or a reclaimed entry is evidence too.
+    #[default]
+    All,
+    /// What a mount reads: the superblock copies, the journal buckets holding an entry the read
+    /// keeps (`last_seq` on, including those past the replay range), and the nodes the btrees
+    /// reach. A set after long churn shrinks to a fraction; its mounts and fscks behave the
+    /// same, while `list-journal -a` and scans for lost nodes see less. The set must open.
+    Live,
+}
+
+/// What [`Keep::Live`] keeps beside the superblocks, as (device, bucket) and (device, byte
+/// offset) pairs.
+struct LiveMetadata {
+    journal_buckets: HashSet<(usize, u64)>,
+    nodes: HashSet<(usize, u64)>,
+}
+
+fn live_metadata(paths: &[PathBuf]) -> Result<LiveMetadata> {
+    let set = open_device_set(paths, false)?;
+    let jr = crate::list_journal::read(&set, false)?;
+    let mut journal_buckets = HashSet::new();
+    for (ring, jdev) in jr.rings.iter().zip(crate::recovery::journal::journal_devices(&set)) {
+        for (&seq, &bucket) in ring.bucket_seqs.iter().zip(&jdev.buckets) {
+            if seq >= jr.last_seq {
+                journal_buckets.insert((usize::from(ring.dev), bucket));
+            }
+        }
+    }
+    let refuse = |e: Error| e.prefix("dump --live-only: the set does not open");
+    let mut view = crate::recovery::open_view(set, &crate::recovery::MountOpts::default()).map_err(refuse)?;
+    let mut nodes = HashSet::new();
+    for &btree in BtreeId::ALL {
+        for n in view.nodes(btree).map_err(refuse)? {
+            nodes.extend(n.ptrs.iter().map(|p| (usize::from(p.dev), p.offset * SECTOR_BYTES)));
+        }
+    }
+    Ok(LiveMetadata { journal_buckets, nodes })
+}
+
+fn metadata_by_place(set: &DeviceSet, live: Option<&LiveMetadata>, dev: usize, size: u64, off: u64) -> bool {
     let sb_copy = |at: u64| off + BLOCK > at && off < at + SB_MAX_BYTES;
     if sb_copy(SB_OFFSET_0) || sb_copy(backup_offset(size)) {
         return true;
     }
     let (Some(m), Some(member)) = (set.device(dev), set.sb.members.get(dev)) else { return false };
     let bucket_size = u64::from(member.bucket_size);
-    bucket_size > 0 && m.sb.journal.ranges.iter().any(|r| r.contains(&(off / bucket_size)))
+    if bucket_size == 0 {
+        return false;
+    }
+    let bucket = off / bucket_size;
+    match live {
+        Some(l) => l.journal_buckets.contains(&(dev, bucket)),
+        None => m.sb.journal.ranges.iter().any(|r| r.contains(&bucket)),
+    }
 }
 
-/// Writes the metadata of the images of one filesystem into `out`.
-pub fn dump(paths: &[PathBuf], out: &Path) -> Result<DumpReport> {
+/// Writes the metadata of the images of one filesystem into `out`, as much as `keep` says.
+pub fn dump(paths: &[PathBuf], out: &Path, keep: Keep) -> Result<DumpReport> {
+    let live = match keep {
+        Keep::All => None,
+        Keep::Live => Some(live_metadata(paths)?),
+    };
     let set = open_device_set(paths, false)?;
     let magic = fs_magic(&set.sb.uuid, BTREE_NODE_SALT);
     let node_size = set.sb.opts.btree_node_size().max(BLOCK);
@@ -172,7 +229,10 @@ pub fn dump(paths: &[PathBuf], out: &Path) -> Result<DumpReport> {
                         node
                     }
                 };
-                let keep = (is_node || metadata_by_place(&set, *dev, size, off)) && b.iter().any(|&x| x != 0);
+                let node_kept =
+                    is_node && live.as_ref().is_none_or(|l| l.nodes.contains(&(*dev, slot_start)));
+                let keep = (node_kept || metadata_by_place(&set, live.as_ref(), *dev, size, off))
+                    && b.iter().any(|&x| x != 0);
                 if keep {
                     kept_bytes += n as u64;
                     match &mut run {

@@ -15,17 +15,16 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader};
 use std::path::Path;
-use std::process::Child;
-use std::sync::mpsc;
-use std::time::Duration;
 
-use common::{bcsim, ok, spawn_piped};
+use common::{bcsim, ok};
 
-const IMAGES: [&str; 6] = ["hdd0.img", "hdd1.img", "hdd2.img", "hdd3.img", "vde.img", "vdf.img"];
-/// Far longer than any wait here takes; only a hang reaches it.
-const WATCHDOG: Duration = Duration::from_secs(300);
+use common::IMAGES_1108 as IMAGES;
+
+/// A mount of the set in `dir`, running in the background.
+fn mount(dir: &Path, args: &[&str]) -> common::Running {
+    common::Running::mount(dir, args, &IMAGES)
+}
 
 fn build(dir: &Path, variant: &str) {
     let out = ok(&["repro", "1108", "--dir", "set", "--scale", "16", "--variant", variant], dir);
@@ -49,86 +48,6 @@ fn copy_set(dir: &Path, name: &str) {
     }
 }
 
-/// A mount running in the background, its stderr read line by line.
-struct Running {
-    child: Child,
-    lines: mpsc::Receiver<String>,
-}
-
-impl Running {
-    fn start(dir: &Path, args: &[&str]) -> Running {
-        let mut all = vec!["mount"];
-        all.extend_from_slice(args);
-        all.extend_from_slice(&IMAGES);
-        let mut child = spawn_piped(&all, dir);
-        let (tx, lines) = mpsc::channel();
-        // stdout (the recovery log) and stderr (the running filesystem's lines) both feed the
-        // one channel; it closes when both have ended.
-        let stdout: Box<dyn std::io::Read + Send> = Box::new(child.stdout.take().unwrap());
-        let stderr: Box<dyn std::io::Read + Send> = Box::new(child.stderr.take().unwrap());
-        for stream in [stdout, stderr] {
-            let tx = tx.clone();
-            std::thread::spawn(move || {
-                for line in BufReader::new(stream).lines() {
-                    let Ok(line) = line else { break };
-                    if tx.send(line).is_err() {
-                        break;
-                    }
-                }
-            });
-        }
-        Running { child, lines }
-    }
-
-    /// Lines up to and including the first containing `needle`.
-    fn until(&mut self, needle: &str) -> Vec<String> {
-        let mut seen = Vec::new();
-        let deadline = std::time::Instant::now() + WATCHDOG;
-        loop {
-            let left = deadline.saturating_duration_since(std::time::Instant::now());
-            match self.lines.recv_timeout(left) {
-                Ok(line) => {
-                    let hit = line.contains(needle);
-                    seen.push(line);
-                    if hit {
-                        return seen;
-                    }
-                }
-                Err(e) => panic!("no line with {needle:?} ({e}); got:\n{}", seen.join("\n")),
-            }
-        }
-    }
-}
-
-impl Running {
-    /// Reads stderr to its end (the mount exits), failing at the first line containing
-    /// `never`; returns the exit code and everything printed.
-    fn finish(mut self, never: &str) -> (i32, String) {
-        let mut seen = Vec::new();
-        let deadline = std::time::Instant::now() + WATCHDOG;
-        loop {
-            let left = deadline.saturating_duration_since(std::time::Instant::now());
-            match self.lines.recv_timeout(left) {
-                Ok(line) => {
-                    assert!(!line.contains(never), "{line}; before it:\n{}", seen.join("\n"));
-                    seen.push(line);
-                }
-                Err(mpsc::RecvTimeoutError::Disconnected) => break,
-                Err(e) => panic!("the mount neither ended nor printed ({e}); got:\n{}", seen.join("\n")),
-            }
-        }
-        let code = self.child.wait().unwrap().code().unwrap_or(-1);
-        (code, seen.join("\n"))
-    }
-}
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 /// The reported set: v1.37.5 reports the stuck allocator for vde (nothing free, its emptied
 /// buckets waiting for a discard that recovery never runs) and keeps waiting; v1.39 and fixed
 /// discard them as the filesystem goes read-write, the split goes ahead without a stuck report,
@@ -138,43 +57,10 @@ fn reported_set_hangs_v1_37_5_and_discards_free_it_in_v1_39_and_fixed() {
     let d = tempfile::tempdir().unwrap();
     build(d.path(), "reported");
 
-    copy_set(d.path(), "old");
-    let mut m = Running::start(&d.path().join("old"), &["-o", "behavior=v1.37.5,allocator_stuck_timeout=1"]);
-    let first = m.until("Allocator stuck? Waited for");
-    let waited: u64 = first
-        .last()
-        .unwrap()
-        .split("Waited for ")
-        .nth(1)
-        .unwrap()
-        .split(' ')
-        .next()
-        .unwrap()
-        .parse()
-        .unwrap();
-    assert!(waited >= 1, "reported before allocator_stuck_timeout: {first:?}");
-    let report = m.until("the kernel waits here forever");
-    let text = report.join("\n");
-    let vde = report.iter().find(|l| l.contains("(ssd.vde)")).unwrap();
-    assert!(vde.contains(" free 0 ") && vde.contains("btree 2"), "{vde}");
-    let nd: u64 = vde.split("need_discard ").nth(1).unwrap().split(' ').next().unwrap().parse().unwrap();
-    assert!(nd >= 9416 / 16, "vde's emptied buckets are not waiting: {vde}");
-    assert!(text.contains("request: replicas 2 target ssd watermark reclaim"), "{text}");
-    assert!(m.child.try_wait().unwrap().is_none(), "v1.37.5 did not keep waiting");
-    drop(m);
-
-    for profile in ["v1.39", "fixed"] {
-        copy_set(d.path(), profile);
-        let dir = d.path().join(profile);
-        let opts = format!("behavior={profile},allocator_stuck_timeout=1");
-        let (code, all) = Running::start(&dir, &["-o", &opts]).finish("Allocator stuck?");
-        assert_eq!(code, 0, "{profile}: {all}");
-        // Whether the split found vde's buckets already discarded or waited for the worker
-        // depends on which thread runs first: both are the profile's behaviour.
-        assert!(all.contains("discard: dev 4: "), "{profile}: vde was not discarded: {all}");
-        let fsck = bcsim(&[&["fsck", "-n"][..], &IMAGES].concat(), &dir);
-        assert_eq!(fsck.code, 0, "{profile}: fsck -n after the mount: {}{}", fsck.stdout, fsck.stderr);
-    }
+    common::reported_1108_behaves(16, &|name| {
+        copy_set(d.path(), name);
+        d.path().join(name)
+    });
 }
 
 /// The no-discard set: fixed parks the split and reports it (vde has nothing to discard);
@@ -187,7 +73,7 @@ fn no_discard_set_completes_in_fixed_after_set_fs_option() {
     build(d.path(), "no-discard");
     copy_set(d.path(), "fixed");
     let dir = d.path().join("fixed");
-    let mut m = Running::start(&dir, &["--hold", "-o", "behavior=fixed,allocator_stuck_timeout=1"]);
+    let mut m = mount(&dir, &["--hold", "-o", "behavior=fixed,allocator_stuck_timeout=1"]);
     let report = m.until("waiting on: buckets freed");
     assert!(report.iter().any(|l| l.contains("(ssd.vde)") && l.contains(" free 0 ")), "{report:?}");
     let set = ok(&[&["set-fs-option", "--metadata_replicas=1"][..], &IMAGES].concat(), &dir);
@@ -220,7 +106,7 @@ fn v1_37_5_waits_for_ever_until_vde_grows_offline() {
         copy_set(&base, "hung");
         let dir = base.join("hung");
         let opts = "behavior=v1.37.5,allocator_stuck_timeout=1,metadata_replicas=1";
-        let mut m = Running::start(&dir, &["--hold", "-o", opts]);
+        let mut m = mount(&dir, &["--hold", "-o", opts]);
         m.until("metadata_replicas: option may no longer be specified at mount time; set via sysfs opts dir");
         m.until("the kernel waits here forever");
         let set = ok(&[&["set-fs-option", "--metadata_replicas=1"][..], &IMAGES].concat(), &dir);
@@ -233,8 +119,8 @@ fn v1_37_5_waits_for_ever_until_vde_grows_offline() {
         let dir = base.join("grown");
         let size = std::fs::metadata(dir.join("vde.img")).unwrap().len() + (256 << 20);
         ok(&["device", "resize", "vde.img", &size.to_string()], &dir);
-        let (code, all) = Running::start(&dir, &["-o", "behavior=v1.37.5,allocator_stuck_timeout=1"])
-            .finish("Allocator stuck?");
+        let (code, all) =
+            mount(&dir, &["-o", "behavior=v1.37.5,allocator_stuck_timeout=1"]).finish("Allocator stuck?");
         assert_eq!(code, 0, "{variant}: mount after growing vde: {all}");
     }
 }
@@ -248,7 +134,7 @@ fn v1_39_no_discard_needs_the_option_set_offline() {
     let base = build_in(d.path(), "no-discard");
     copy_set(&base, "live");
     let dir = base.join("live");
-    let mut m = Running::start(&dir, &["--hold", "-o", "behavior=v1.39,allocator_stuck_timeout=1"]);
+    let mut m = mount(&dir, &["--hold", "-o", "behavior=v1.39,allocator_stuck_timeout=1"]);
     m.until("Allocator stuck? Waited for");
     ok(&[&["set-fs-option", "--metadata_replicas=1"][..], &IMAGES].concat(), &dir);
     m.until("but the waiting request keeps metadata_replicas=2 it was built with");
@@ -259,7 +145,7 @@ fn v1_39_no_discard_needs_the_option_set_offline() {
     let set = ok(&[&["set-fs-option", "--metadata_replicas=1"][..], &IMAGES].concat(), &dir);
     assert!(!set.contains("running mount"), "{set}");
     let (code, all) =
-        Running::start(&dir, &["-o", "behavior=v1.39,allocator_stuck_timeout=1"]).finish("Allocator stuck?");
+        mount(&dir, &["-o", "behavior=v1.39,allocator_stuck_timeout=1"]).finish("Allocator stuck?");
     assert_eq!(code, 0, "{all}");
 }
 
@@ -271,9 +157,8 @@ fn fixed_accepts_fewer_replicas_at_mount_and_fsck_reports_them() {
     let base = build_in(d.path(), "no-discard");
     copy_set(&base, "m");
     let dir = base.join("m");
-    let (code, all) =
-        Running::start(&dir, &["-o", "behavior=fixed,allocator_stuck_timeout=1,metadata_replicas=1"])
-            .finish("Allocator stuck?");
+    let (code, all) = mount(&dir, &["-o", "behavior=fixed,allocator_stuck_timeout=1,metadata_replicas=1"])
+        .finish("Allocator stuck?");
     assert_eq!(code, 0, "{all}");
     assert!(all.contains("metadata_replicas=1 for this mount, below the filesystem's 2"), "{all}");
     let fsck = bcsim(&[&["fsck", "-n"][..], &IMAGES].concat(), &dir);

@@ -4,7 +4,7 @@ use std::path::PathBuf;
 
 use clap::Args;
 
-use bcsim::dump::{dump, undump};
+use bcsim::dump::{Keep, dump, undump};
 use bcsim::exit;
 
 use super::CmdResult;
@@ -14,13 +14,18 @@ use super::out::outln;
 ///
 /// Keeps the superblock copies, the journal buckets and every btree node found (reachable or
 /// not) of each image given; file data is left out and reads back as zeros after `undump`.
-/// Holes of sparse images are skipped without being read. Missing members are left out. Never
-/// writes to the images.
+/// With --live-only, only what a mount reads. Holes of sparse images are skipped without being
+/// read. Missing members are left out. Never writes to the images.
 #[derive(Args)]
 pub struct DumpArgs {
     /// The dump file to write (gzip)
     #[arg(short = 'o', value_name = "FILE", required = true)]
     out: PathBuf,
+    /// Keep only what a mount reads: the journal buckets holding entries from last_seq on and
+    /// the nodes the btrees reach (stale nodes and reclaimed journal entries read back as
+    /// zeros). The set must open; mounts and fscks of the restored set behave the same.
+    #[arg(long)]
+    live_only: bool,
     /// Image files of one filesystem
     #[arg(required = true, value_name = "IMAGE")]
     images: Vec<PathBuf>,
@@ -41,7 +46,8 @@ pub struct UndumpArgs {
 }
 
 pub fn run_dump(args: DumpArgs) -> CmdResult {
-    let r = dump(&args.images, &args.out)?;
+    let keep = if args.live_only { Keep::Live } else { Keep::All };
+    let r = dump(&args.images, &args.out, keep)?;
     outln!(
         "{}: {} images, {} bytes of metadata in {} bytes",
         args.out.display(),
