@@ -5,7 +5,7 @@
 //! and a workload with fsyncs, and runs it in rounds. Every device sits behind the
 //! fault-injecting wrapper with a volatile write cache. In a round the filesystem is mounted,
 //! runs a stretch of the workload (sometimes changing `data_replicas` at run time, sometimes
-//! with writes failing with EIO now and then, sometimes with the power cut after some writes:
+//! with writes, or writes and reads, failing with EIO now and then, sometimes with the power cut after some writes:
 //! every write and flush from then on fails), and crashes: each unflushed write lands whole,
 //! lands torn or is lost. Sometimes bits of stored data flip on one device while it is down;
 //! sometimes, where every replica has another, a device stops answering for good and the
@@ -61,6 +61,8 @@ pub struct SeedResult {
     pub crashes: usize,
     pub bits_flipped: usize,
     pub eio_rounds: usize,
+    /// Of the EIO rounds, those in which reads fail now and then too.
+    pub read_eio_rounds: usize,
     /// Rounds whose crash came in the middle of an operation: from some write on, nothing
     /// more reaches the devices.
     pub power_cuts: usize,
@@ -79,7 +81,7 @@ impl SeedResult {
             "metadata_replicas": self.metadata_replicas, "data_replicas": self.data_replicas,
             "profile": self.profile, "rounds": self.rounds, "ops_run": self.ops_run,
             "crashes": self.crashes, "bits_flipped": self.bits_flipped, "eio_rounds": self.eio_rounds,
-            "power_cuts": self.power_cuts, "vanished": self.vanished,
+            "read_eio_rounds": self.read_eio_rounds, "power_cuts": self.power_cuts, "vanished": self.vanished,
             "reported": self.reported, "failure": self.failure,
         })
     }
@@ -107,6 +109,7 @@ impl SeedResult {
             crashes: size("crashes")?,
             bits_flipped: size("bits_flipped")?,
             eio_rounds: size("eio_rounds")?,
+            read_eio_rounds: size("read_eio_rounds")?,
             power_cuts: size("power_cuts")?,
             vanished: size("vanished")?,
             reported: size("reported")?,
@@ -218,6 +221,7 @@ fn draw(seed: u64) -> SeedResult {
         crashes: 0,
         bits_flipped: 0,
         eio_rounds: 0,
+        read_eio_rounds: 0,
         power_cuts: 0,
         vanished: 0,
         reported: 0,
@@ -259,23 +263,48 @@ fn rounds(seed: u64, r: &mut SeedResult, started: Instant) -> std::result::Resul
         }
         let mopts = if absent.get().is_some() { &degraded } else { &whole };
         let eio = rng.chance(0.25);
+        let read_eio = eio && rng.chance(0.5);
         let cut = rng.chance(0.5);
         let stop = (at + 1 + rng.below(ops.len() as u64) as usize).min(ops.len());
-        let (acked, begun) = {
+        let (acked, begun) = 'round: {
             let set = DeviceSet::open(shared()).map_err(|e| fail(round, format!("open: {e}")))?;
-            let m = mount(set, mopts).map_err(|e| fail(round, format!("mount before the workload: {e}")))?;
-            let mut fs = m.fs;
-            let mut files = Files::new(&mut fs).map_err(|e| fail(round, format!("file layer: {e}")))?;
-            if eio {
-                r.eio_rounds += 1;
+            let eio_on = |op, p| {
                 for d in &devs {
                     d.add_rule(FaultRule {
-                        op: FaultOp::Write,
+                        op,
                         range: None,
-                        trigger: Trigger::Probability(0.002),
+                        trigger: Trigger::Probability(p),
                         kind: FaultKind::Eio,
                     });
                 }
+            };
+            if read_eio {
+                // From the mount on: the journal read and the node reads of recovery meet them.
+                r.read_eio_rounds += 1;
+                eio_on(FaultOp::Read, 0.003);
+            }
+            // A read that failed may fail the mount or the file layer's first reads, with an
+            // error; nothing ran.
+            let read_failed = |e: &Error| read_eio && !e.matches(ErrCode::Internal);
+            let mut fs = match mount(set, mopts) {
+                Ok(m) => m.fs,
+                Err(e) if read_failed(&e) => {
+                    r.reported += 1;
+                    break 'round (at, at);
+                }
+                Err(e) => return Err(fail(round, format!("mount before the workload: {e}"))),
+            };
+            let mut files = match Files::new(&mut fs) {
+                Ok(files) => files,
+                Err(e) if read_failed(&e) => {
+                    r.reported += 1;
+                    break 'round (at, at);
+                }
+                Err(e) => return Err(fail(round, format!("file layer: {e}"))),
+            };
+            if eio {
+                r.eio_rounds += 1;
+                eio_on(FaultOp::Write, 0.002);
             }
             if cut {
                 // The power goes after some writes: every write and flush from then on fails
@@ -481,6 +510,8 @@ impl SimReport {
             "seeds": self.results.len(),
             "failed": failures.len(),
             "crashes": self.total(|r| r.crashes),
+            "eio_rounds": self.total(|r| r.eio_rounds),
+            "read_eio_rounds": self.total(|r| r.read_eio_rounds),
             "power_cuts": self.total(|r| r.power_cuts),
             "vanished": self.total(|r| r.vanished),
             "ops_run": self.total(|r| r.ops_run),
