@@ -1,8 +1,8 @@
 //! The robustness matrix: each class of image damage against each command, through the built
 //! binary, on a small two-device filesystem (`metadata_replicas=2`) that a seeded workload has
 //! filled, unmounted, and filled some more before the power went (so mount and fsck replay its
-//! journal). Every cell starts from
-//! a fresh copy of that set.
+//! journal). Every cell starts from a fresh copy of that set; the last rows run the commands on
+//! the committed #1107 and #1108 sets instead.
 //!
 //! Hard defects fail the test wherever they appear: a panic, a hang (a run past its time
 //! limit), an exit status outside fsck(8)'s 0/1/4/8, an operational error that is not one
@@ -106,15 +106,16 @@ fn swap(path: &Path, a: u64, b: u64, len: usize) {
     f.write_all_at(&x, b).unwrap();
 }
 
+/// The set's btree node size in bytes.
+fn node_size(d: &Path) -> usize {
+    let opts = json(d, &["show-super", "--json", "a.img"]);
+    usize::try_from(fs_core::size::parse_size(opts["options"]["btree_node_size"].as_str().unwrap()).unwrap())
+        .unwrap()
+}
+
 /// The root nodes of the extents and dirents btrees swapped on the first `replicas` devices.
 fn swap_roots(d: &Path, replicas: usize) -> Vec<String> {
-    let node = usize::try_from(
-        fs_core::size::parse_size(
-            json(d, &["show-super", "--json", "a.img"])["options"]["btree_node_size"].as_str().unwrap(),
-        )
-        .unwrap(),
-    )
-    .unwrap();
+    let node = node_size(d);
     let (x, y) = (node_ptrs_of(d, "extents"), node_ptrs_of(d, "dirents"));
     for &(dev, a) in x.iter().take(replicas) {
         let &(_, b) =
@@ -158,6 +159,67 @@ fn seeded_bytes(seed: u64, len: usize) -> Vec<u8> {
         .collect()
 }
 
+/// `(dev, byte offset)` of each replica of the first leaf of the alloc btree.
+fn alloc_leaf_ptrs(dir: &Path) -> Vec<(u64, u64)> {
+    let nodes = json(dir, &["list", "--nodes", "--json", "-b", "alloc", "a.img", "b.img"]);
+    let leaf = nodes.as_array().unwrap().iter().find(|n| n["btree"] == "alloc" && n["level"] == 0).unwrap();
+    leaf["ptrs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| (p["dev"].as_u64().unwrap(), p["offset_sectors"].as_u64().unwrap() * 512))
+        .collect()
+}
+
+/// In each replica of the first alloc leaf, the alloc key of a bucket holding user data says the
+/// bucket is free, and the node's checksums are recomputed: what a bug that wrote a
+/// wrong alloc key leaves, which no checksum catches.
+fn alloc_key_rewritten(d: &Path) -> Vec<String> {
+    use fs_core::bkey::alloc::{AllocV4, DataType};
+    use fs_core::bkey::{Bkey, KEY_HEADER_BYTES, KeyType};
+    use fs_core::encode::Reader;
+    for (dev, at) in alloc_leaf_ptrs(d) {
+        let f = std::fs::OpenOptions::new().read(true).write(true).open(image(d, dev)).unwrap();
+        let mut node = vec![0u8; node_size(d)];
+        f.read_exact_at(&mut node, at).unwrap();
+        // Every bset of the node (sector-aligned after the header sector, each of the node's
+        // seq); the newest version of a user bucket's key is the last one found.
+        let node_seq = &node[16..24].to_vec();
+        let mut bset = 512;
+        let mut found = None;
+        while bset + 32 <= node.len() && &node[bset + 8..bset + 16] == node_seq {
+            let bytes = u32::from_le_bytes(node[bset + 4..bset + 8].try_into().unwrap()) as usize;
+            let nr_keys = u32::from_le_bytes(node[bset + 24..bset + 28].try_into().unwrap());
+            let keys_at = bset + fs_core::btree::node::BSET_HEADER_BYTES;
+            let mut r = Reader::new(&node[keys_at..], "bset", fs_core::error::ErrCode::BtreeNodeReadErr);
+            for _ in 0..nr_keys {
+                let start = r.pos();
+                let k = Bkey::decode(&mut r).unwrap();
+                if k.ty == KeyType::AllocV4 && AllocV4::decode(&k.val).unwrap().data_type == DataType::User {
+                    found = Some(keys_at + start + KEY_HEADER_BYTES);
+                }
+            }
+            bset += bytes.next_multiple_of(512);
+        }
+        let val_at = found.expect("the first alloc leaf holds a user bucket's alloc key");
+        let mut a = AllocV4::decode(&node[val_at..val_at + fs_core::bkey::alloc::ALLOC_V4_BYTES]).unwrap();
+        a.data_type = DataType::Free;
+        a.dirty_sectors = 0;
+        node[val_at..val_at + fs_core::bkey::alloc::ALLOC_V4_BYTES].copy_from_slice(&a.encode());
+        fs_core::btree::node::reseal_node(&mut node);
+        f.write_all_at(&node, at).unwrap();
+    }
+    both()
+}
+
+/// The committed image set of an issue restored in `d` (beside the base set, which the
+/// commands are then not given): its images as `bcsim repro` built them.
+fn issue_set(d: &Path, name: &str) -> Vec<String> {
+    let dump = Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("../tests/images/{name}/{name}.dump"));
+    let out = ok(&["undump", dump.to_str().unwrap(), "--dir", "issue"], d);
+    out.lines().map(|l| l.trim().to_owned()).collect()
+}
+
 fn sb_copies(dir: &Path) -> (u64, u64) {
     let v = json(dir, &["show-super", "--json", "a.img"]);
     (v["copies"][0].as_u64().unwrap(), v["copies"][1].as_u64().unwrap())
@@ -196,6 +258,19 @@ const DAMAGES: &[Damage] = &[
             }
             both()
         },
+    },
+    Damage {
+        name: "an alloc btree leaf zeroed, every replica",
+        apply: |d| {
+            for (dev, at) in alloc_leaf_ptrs(d) {
+                write(&image(d, dev), at, &[0u8; 4096]);
+            }
+            both()
+        },
+    },
+    Damage {
+        name: "an alloc key rewritten wrong, checksums good, every replica",
+        apply: alloc_key_rewritten,
     },
     Damage { name: "two btree nodes swapped, one replica", apply: |d| swap_roots(d, 1) },
     Damage { name: "two btree nodes swapped, every replica", apply: |d| swap_roots(d, 2) },
@@ -268,6 +343,11 @@ const DAMAGES: &[Damage] = &[
         },
     },
     Damage { name: "the same image twice", apply: |_| vec!["a.img".to_owned(), "a.img".to_owned()] },
+    Damage {
+        name: "the #1107 set as `repro 1107` leaves it (a member failed)",
+        apply: |d| issue_set(d, "issue-1107"),
+    },
+    Damage { name: "the #1108 set as `repro 1108` leaves it", apply: |d| issue_set(d, "issue-1108") },
 ];
 
 /// Runs the built bcsim with a time limit; a run past it is a hang.
