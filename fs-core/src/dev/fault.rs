@@ -53,6 +53,10 @@ pub enum FaultKind {
     /// Reads only: the caller gets its data with one random bit flipped; the stored data stays
     /// intact, as with a transient transfer error.
     BitFlipOnRead,
+    /// Reads only: a bad sector. Reads overlapping the rule's range fail as with `Eio` until a
+    /// write covers the whole range, which remaps it as a disk does with a pending sector: the
+    /// rule is then gone, and reads return what that write stored.
+    BadSector,
 }
 
 /// One fault to inject.
@@ -75,7 +79,7 @@ impl FaultRule {
             (self.op, self.kind),
             (_, FaultKind::Eio)
                 | (FaultOp::Write, FaultKind::TornWrite)
-                | (FaultOp::Read, FaultKind::BitFlipOnRead)
+                | (FaultOp::Read, FaultKind::BitFlipOnRead | FaultKind::BadSector)
         )
     }
 
@@ -351,6 +355,11 @@ impl FaultyDevice {
         self.state.lock().rules.clear();
     }
 
+    /// Keeps only the rules `keep` is true for (bad sectors, say, which outlive a crash).
+    pub fn retain_rules(&self, keep: impl Fn(&FaultRule) -> bool) {
+        self.state.lock().rules.retain(|r| keep(&r.rule));
+    }
+
     /// Turns the volatile write cache on or off. While on, writes wait in a pending list until
     /// `flush` (or are lost or torn by `crash`). Turning it off takes full effect once the pending
     /// writes are flushed or crashed away: until then new writes queue behind them, so that no
@@ -502,7 +511,7 @@ impl BlockDevice for FaultyDevice {
         let mut st = self.state.lock();
         st.stats.reads = st.stats.reads.saturating_add(1);
         let flip = match st.decide(FaultOp::Read, offset, buf.len()) {
-            Some(FaultKind::Eio) => {
+            Some(FaultKind::Eio | FaultKind::BadSector) => {
                 return Err(Error::new(ErrCode::IoRead, format!("injected read error: {} bytes", buf.len()))
                     .path(self.name())
                     .offset(offset));
@@ -532,6 +541,13 @@ impl BlockDevice for FaultyDevice {
         check_range(self.name(), offset, buf.len(), self.inner.size(), ErrCode::IoWrite)?;
         let mut st = self.state.lock();
         st.stats.writes = st.stats.writes.saturating_add(1);
+        let end = offset.saturating_add(buf.len() as u64);
+        // A write over a whole bad sector remaps it (whether or not this write then fails).
+        st.rules.retain(|r| {
+            let covered =
+                r.rule.range.as_ref().is_some_and(|range| offset <= range.start && range.end <= end);
+            !(r.rule.kind == FaultKind::BadSector && covered)
+        });
         match st.decide(FaultOp::Write, offset, buf.len()) {
             Some(FaultKind::Eio) => {
                 Err(Error::new(ErrCode::IoWrite, format!("injected write error: {} bytes", buf.len()))
@@ -992,6 +1008,24 @@ mod tests {
         let dev = faulty(1, 1 << 12);
         assert!(dev.flip_random_bits(0..2, 17).is_err());
         assert!(dev.flip_random_bits(4000..5000, 1).is_err());
+    }
+
+    /// A bad sector fails every overlapping read, and only those, until a write covers all of
+    /// it: a write over part of it leaves it bad, one over all of it remaps it and its data
+    /// reads back.
+    #[test]
+    fn bad_sector_fails_reads_until_a_write_covers_it() {
+        let dev = faulty(3, 1 << 14);
+        dev.write_at(&[7u8; 1 << 14], 0).unwrap();
+        dev.add_rule(rule(FaultOp::Read, Some(4096..8192), Trigger::Always, FaultKind::BadSector));
+        assert!(dev.read_at(&mut [0u8; 4096], 0).is_ok());
+        assert!(dev.read_at(&mut [0u8; 16], 8000).is_err());
+        dev.write_at(&[9u8; 2048], 4096).unwrap();
+        assert!(dev.read_at(&mut [0u8; 16], 4096).is_err(), "a partial write remapped the sector");
+        dev.write_at(&[5u8; 8192], 2048).unwrap();
+        let mut buf = [0u8; 16];
+        dev.read_at(&mut buf, 6000).unwrap();
+        assert_eq!(buf, [5u8; 16]);
     }
 
     /// Stats count every operation seen, injected failures included.

@@ -36,11 +36,26 @@ pub fn read_super_at(dev: &dyn BlockDevice, offset: u64) -> Result<Superblock> {
             format!("no room for a superblock at byte {offset}: device is {size} bytes"),
         ));
     }
-    let len = SB_MAX_BYTES.min(size - offset);
-    let mut buf = vec![0u8; len as usize];
+    // As bcachefs does: a first block, then the rest of what its length field claims (within
+    // the reserved area), so a read never touches the unused part of the area.
+    let room = SB_MAX_BYTES.min(size - offset);
+    let mut buf = vec![0u8; SB_BLOCK.min(room) as usize];
     dev.read_at(&mut buf, offset)?;
+    let claimed = buf.get(4..8).and_then(|b| b.try_into().ok()).map_or(0, u32::from_le_bytes);
+    let want = u64::from(claimed).next_multiple_of(SB_BLOCK).min(room);
+    if want > buf.len() as u64 {
+        let have = buf.len();
+        buf.resize(want as usize, 0);
+        if let Some(rest) = buf.get_mut(have..) {
+            dev.read_at(rest, offset + have as u64)?;
+        }
+    }
     Superblock::decode(&buf)
 }
+
+/// Superblock copies are read and written in blocks of this size; the first block read holds
+/// the header and the copy's length.
+const SB_BLOCK: u64 = 4096;
 
 /// Reads every copy and picks the newest valid one. Fails with `no_valid_superblock` if none is
 /// valid, and with `device_truncated` if the device is shorter than the superblock says.
@@ -148,7 +163,10 @@ fn no_valid_copy(name: &str, results: Vec<(u64, Result<Superblock>)>) -> Error {
 /// Writes both copies of `sb` to `dev` (at `sb.offsets`), flushing after each: at most one copy
 /// is ever in flight, so a crash or torn write can damage only one and the other stays valid.
 pub fn write_super(dev: &dyn BlockDevice, sb: &Superblock) -> Result<()> {
-    let bytes = sb.encode()?;
+    // Whole blocks, as the first read takes them: a rewrite covers every block a read of the
+    // copy touches (and so remaps a bad sector there, as a disk does).
+    let mut bytes = sb.encode()?;
+    bytes.resize((bytes.len() as u64).next_multiple_of(SB_BLOCK) as usize, 0);
     for &offset in &sb.offsets {
         dev.write_at(&bytes, offset)
             .and_then(|()| dev.flush())
