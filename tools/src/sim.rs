@@ -5,11 +5,13 @@
 //! and a workload with fsyncs, and runs it in rounds. Every device sits behind the
 //! fault-injecting wrapper with a volatile write cache. In a round the filesystem is mounted,
 //! runs a stretch of the workload (sometimes changing `data_replicas` at run time, sometimes
-//! with writes, or writes and reads, failing with EIO now and then, sometimes with the power cut after some writes:
-//! every write and flush from then on fails), and crashes: each unflushed write lands whole,
-//! lands torn or is lost. Sometimes bits of stored data flip on one device while it is down;
-//! sometimes, where every replica has another, a device stops answering for good and the
-//! filesystem runs degraded from then on.
+//! with writes, or writes and reads, failing with EIO now and then, sometimes with the power
+//! cut after some writes: every write and flush from then on fails), and crashes: each
+//! unflushed write lands whole, lands torn or is lost. Sometimes bits of stored data flip on one
+//! device while it is down, or a bad sector appears (reads of its 4 KiB fail until a write
+//! covers it); sometimes, where every replica has another, a device stops answering for good
+//! and the filesystem runs degraded from then on. After a repair of such damage the seed goes
+//! on from what the files then hold, if that is still a prefix of the operations.
 //!
 //! After every crash the filesystem must mount, hold a prefix of the operations that includes
 //! every fsync that returned, and check clean with `fsck -n` once `fsck -y` has repaired what
@@ -63,6 +65,8 @@ pub struct SeedResult {
     pub eio_rounds: usize,
     /// Of the EIO rounds, those in which reads fail now and then too.
     pub read_eio_rounds: usize,
+    /// Bad sectors: 4 KiB of a device whose reads fail for the rest of the seed.
+    pub bad_sectors: usize,
     /// Rounds whose crash came in the middle of an operation: from some write on, nothing
     /// more reaches the devices.
     pub power_cuts: usize,
@@ -81,7 +85,7 @@ impl SeedResult {
             "metadata_replicas": self.metadata_replicas, "data_replicas": self.data_replicas,
             "profile": self.profile, "rounds": self.rounds, "ops_run": self.ops_run,
             "crashes": self.crashes, "bits_flipped": self.bits_flipped, "eio_rounds": self.eio_rounds,
-            "read_eio_rounds": self.read_eio_rounds, "power_cuts": self.power_cuts, "vanished": self.vanished,
+            "read_eio_rounds": self.read_eio_rounds, "bad_sectors": self.bad_sectors, "power_cuts": self.power_cuts, "vanished": self.vanished,
             "reported": self.reported, "failure": self.failure,
         })
     }
@@ -110,6 +114,7 @@ impl SeedResult {
             bits_flipped: size("bits_flipped")?,
             eio_rounds: size("eio_rounds")?,
             read_eio_rounds: size("read_eio_rounds")?,
+            bad_sectors: size("bad_sectors")?,
             power_cuts: size("power_cuts")?,
             vanished: size("vanished")?,
             reported: size("reported")?,
@@ -222,6 +227,7 @@ fn draw(seed: u64) -> SeedResult {
         bits_flipped: 0,
         eio_rounds: 0,
         read_eio_rounds: 0,
+        bad_sectors: 0,
         power_cuts: 0,
         vanished: 0,
         reported: 0,
@@ -245,6 +251,9 @@ fn rounds(seed: u64, r: &mut SeedResult, started: Instant) -> std::result::Resul
     };
     let mut replicas_changed = false;
     let mut ever_damaged = false;
+    // A bad sector: 4 KiB of one device that fail every read from the crash that made them
+    // until a write covers them.
+    let mut bad_sector = false;
     let nr_rounds = 2 + rng.below(3) as usize;
     let ops = generate(seed, 40 + rng.below(120) as usize);
     let opts_for = |o: String| -> std::result::Result<MountOpts, String> {
@@ -285,7 +294,7 @@ fn rounds(seed: u64, r: &mut SeedResult, started: Instant) -> std::result::Resul
             }
             // A read that failed may fail the mount or the file layer's first reads, with an
             // error; nothing ran.
-            let read_failed = |e: &Error| read_eio && !e.matches(ErrCode::Internal);
+            let read_failed = |e: &Error| (read_eio || bad_sector) && !e.matches(ErrCode::Internal);
             let mut fs = match mount(set, mopts) {
                 Ok(m) => m.fs,
                 Err(e) if read_failed(&e) => {
@@ -344,12 +353,30 @@ fn rounds(seed: u64, r: &mut SeedResult, started: Instant) -> std::result::Resul
             (acked, begun)
         };
         for d in &devs {
-            d.clear_rules();
+            // The round's faults end with it; a bad sector stays until a write remaps it.
+            d.retain_rules(|rule| rule.kind == FaultKind::BadSector);
             let mode = if rng.chance(0.5) { CrashMode::TearUnflushed } else { CrashMode::DropUnflushed };
             d.crash(mode).map_err(|e| fail(round, format!("crash: {e}")))?;
         }
         r.crashes += 1;
-        let mut damaged = false;
+        if !bad_sector && rng.chance(0.05) {
+            let victim = rng.below(devs.len() as u64) as usize;
+            let at = rng.below(DEV_BYTES / 4096) * 4096;
+            if let Some(d) = devs.get(victim) {
+                d.add_rule(FaultRule {
+                    op: FaultOp::Read,
+                    range: Some(at..at + 4096),
+                    trigger: Trigger::Always,
+                    kind: FaultKind::BadSector,
+                });
+                bad_sector = true;
+                r.bad_sectors += 1;
+                ever_damaged = true;
+            }
+        }
+        // Reads of the bad sector fail until a write covers it, which this seed cannot see:
+        // damage is allowed from its crash on.
+        let mut damaged = bad_sector;
         if rng.chance(0.2) {
             let victim = rng.below(devs.len() as u64) as usize;
             let n = 1 + rng.below(8) as usize;
@@ -481,6 +508,14 @@ fn check(
         r.reported += 1;
         fsck_as(FixMode::Yes)?;
         none_found(&fsck_as(FixMode::No)?.problems, "fsck -n after fsck -y")?;
+        if damaged {
+            // The repair may have dropped what it could not read (reported above): the files
+            // go on from what they hold now, if that is still a prefix of the operations.
+            let mut fs = mount(open()?, mopts).map_err(|e| format!("mount after fsck -y: {e}"))?.fs;
+            let now = matching_prefixes(&mut fs, ops, acked, begun).ok().and_then(|p| p.last().copied());
+            fs.unmount().map_err(|e| format!("unmount after fsck -y: {e}"))?;
+            return Ok(now.filter(|_| held.is_some()));
+        }
     }
     Ok(held)
 }
@@ -512,6 +547,7 @@ impl SimReport {
             "crashes": self.total(|r| r.crashes),
             "eio_rounds": self.total(|r| r.eio_rounds),
             "read_eio_rounds": self.total(|r| r.read_eio_rounds),
+            "bad_sectors": self.total(|r| r.bad_sectors),
             "power_cuts": self.total(|r| r.power_cuts),
             "vanished": self.total(|r| r.vanished),
             "ops_run": self.total(|r| r.ops_run),

@@ -18,7 +18,8 @@ use super::{CmdResult, print_json};
 /// and a file workload with fsyncs, and runs it in rounds that end in a crash: unflushed writes
 /// land, tear or vanish; some rounds see write errors (and in half of those, read errors from
 /// the mount on), run-time option changes, a power cut in the middle of an operation, or bits
-/// of stored data flipping, and where every replica has another a device may stop answering
+/// of stored data flipping, or a bad sector (reads of 4 KiB failing until a write covers
+/// them), and where every replica has another a device may stop answering
 /// for good (the filesystem then runs degraded). After each crash the filesystem must mount,
 /// hold every fsynced operation, match its allocator to its btrees, and check clean after fsck -y repairs injected
 /// damage; damage may fail a mount or a read only with an error. Panics and seeds past their
@@ -108,7 +109,7 @@ pub fn run(args: SimArgs) -> CmdResult {
         let n = report.results.len();
         if args.merge.is_empty() {
             outln!(
-                "sim: {n} seeds in {secs:.2}s ({:.1} seeds/s, {} threads): {} crashes ({} power cuts), {} EIO rounds ({} with reads), {} operations, {} bits flipped, {} devices vanished, {} damage reports",
+                "sim: {n} seeds in {secs:.2}s ({:.1} seeds/s, {} threads): {} crashes ({} power cuts), {} EIO rounds ({} with reads), {} operations, {} bits flipped, {} bad sectors, {} devices vanished, {} damage reports",
                 n as f64 / secs.max(1e-9),
                 args.threads,
                 report.total(|r| r.crashes),
@@ -117,6 +118,7 @@ pub fn run(args: SimArgs) -> CmdResult {
                 report.total(|r| r.read_eio_rounds),
                 report.total(|r| r.ops_run),
                 report.total(|r| r.bits_flipped),
+                report.total(|r| r.bad_sectors),
                 report.total(|r| r.vanished),
                 report.total(|r| r.reported)
             );
