@@ -9,8 +9,8 @@
 //! cut after some writes: every write and flush from then on fails), and crashes: each
 //! unflushed write lands whole, lands torn or is lost. Sometimes bits of stored data flip on one
 //! device while it is down, or a bad sector appears (reads of its 4 KiB fail until a write
-//! covers it); sometimes, where every replica has another, a device stops answering for good
-//! and the filesystem runs degraded from then on. After a repair of such damage the seed goes
+//! covers it); sometimes, where every replica has another, a device stops answering and the
+//! filesystem runs degraded, until at a later crash the device may answer again, stale. After a repair of such damage the seed goes
 //! on from what the files then hold, if that is still a prefix of the operations.
 //!
 //! After every crash the filesystem must mount, hold a prefix of the operations that includes
@@ -72,6 +72,8 @@ pub struct SeedResult {
     pub power_cuts: usize,
     /// A device that stopped answering at a crash; the filesystem runs degraded from then on.
     pub vanished: usize,
+    /// A vanished device that came back, stale, at a later crash.
+    pub returned: usize,
     /// Damage reported (a mount or read failing with an error, fsck problems repaired).
     pub reported: usize,
     /// The first failure, with the round it came in.
@@ -85,7 +87,7 @@ impl SeedResult {
             "metadata_replicas": self.metadata_replicas, "data_replicas": self.data_replicas,
             "profile": self.profile, "rounds": self.rounds, "ops_run": self.ops_run,
             "crashes": self.crashes, "bits_flipped": self.bits_flipped, "eio_rounds": self.eio_rounds,
-            "read_eio_rounds": self.read_eio_rounds, "bad_sectors": self.bad_sectors, "power_cuts": self.power_cuts, "vanished": self.vanished,
+            "read_eio_rounds": self.read_eio_rounds, "bad_sectors": self.bad_sectors, "power_cuts": self.power_cuts, "vanished": self.vanished, "returned": self.returned,
             "reported": self.reported, "failure": self.failure,
         })
     }
@@ -117,6 +119,7 @@ impl SeedResult {
             bad_sectors: size("bad_sectors")?,
             power_cuts: size("power_cuts")?,
             vanished: size("vanished")?,
+            returned: size("returned")?,
             reported: size("reported")?,
             failure: match v.get("failure") {
                 None | Some(Value::Null) => None,
@@ -230,6 +233,7 @@ fn draw(seed: u64) -> SeedResult {
         bad_sectors: 0,
         power_cuts: 0,
         vanished: 0,
+        returned: 0,
         reported: 0,
         failure: None,
     }
@@ -400,6 +404,11 @@ fn rounds(seed: u64, r: &mut SeedResult, started: Instant) -> std::result::Resul
         if can_vanish && rng.chance(0.3) {
             absent.set(Some(rng.below(r.devices as u64) as usize));
             r.vanished += 1;
+        } else if absent.get().is_some() && rng.chance(0.3) {
+            // It answers again, as it was when it went: everything written since is missing
+            // from it.
+            absent.set(None);
+            r.returned += 1;
         }
         let mopts = if absent.get().is_some() { &degraded } else { &whole };
         match check(&shared, mopts, &ops, acked, begun, damaged, r).map_err(|e| fail(round, e))? {
@@ -550,6 +559,7 @@ impl SimReport {
             "bad_sectors": self.total(|r| r.bad_sectors),
             "power_cuts": self.total(|r| r.power_cuts),
             "vanished": self.total(|r| r.vanished),
+            "returned": self.total(|r| r.returned),
             "ops_run": self.total(|r| r.ops_run),
             "bits_flipped": self.total(|r| r.bits_flipped),
             "reported": self.total(|r| r.reported),

@@ -19,8 +19,9 @@ use super::{CmdResult, print_json};
 /// land, tear or vanish; some rounds see write errors (and in half of those, read errors from
 /// the mount on), run-time option changes, a power cut in the middle of an operation, or bits
 /// of stored data flipping, or a bad sector (reads of 4 KiB failing until a write covers
-/// them), and where every replica has another a device may stop answering
-/// for good (the filesystem then runs degraded). After each crash the filesystem must mount,
+/// them), and where every replica has another a device may stop answering, and come back
+/// later as it was when it went (the filesystem runs degraded while it is away). After each
+/// crash the filesystem must mount,
 /// hold every fsynced operation, match its allocator to its btrees, and check clean after fsck -y repairs injected
 /// damage; damage may fail a mount or a read only with an error. Panics and seeds past their
 /// budget are failures. Each failure prints `bcsim sim --seeds S..S`, which replays it exactly.
@@ -109,7 +110,7 @@ pub fn run(args: SimArgs) -> CmdResult {
         let n = report.results.len();
         if args.merge.is_empty() {
             outln!(
-                "sim: {n} seeds in {secs:.2}s ({:.1} seeds/s, {} threads): {} crashes ({} power cuts), {} EIO rounds ({} with reads), {} operations, {} bits flipped, {} bad sectors, {} devices vanished, {} damage reports",
+                "sim: {n} seeds in {secs:.2}s ({:.1} seeds/s, {} threads): {} crashes ({} power cuts), {} EIO rounds ({} with reads), {} operations, {} bits flipped, {} bad sectors, {} devices vanished ({} came back), {} damage reports",
                 n as f64 / secs.max(1e-9),
                 args.threads,
                 report.total(|r| r.crashes),
@@ -120,6 +121,7 @@ pub fn run(args: SimArgs) -> CmdResult {
                 report.total(|r| r.bits_flipped),
                 report.total(|r| r.bad_sectors),
                 report.total(|r| r.vanished),
+                report.total(|r| r.returned),
                 report.total(|r| r.reported)
             );
         } else {
