@@ -109,8 +109,6 @@ pub fn copy_image(src: &Path, dst: &Path) -> Result<()> {
     Ok(())
 }
 
-/// Whether the block at `off` of member `dev` is metadata by place: a superblock copy or a
-/// journal bucket.
 /// Which metadata a dump keeps.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum Keep {
@@ -154,6 +152,8 @@ fn live_metadata(paths: &[PathBuf]) -> Result<LiveMetadata> {
     Ok(LiveMetadata { journal_buckets, nodes })
 }
 
+/// Whether the block at `off` of member `dev` is metadata by place: a superblock copy or a
+/// journal bucket (with `live`, one holding entries a mount reads).
 fn metadata_by_place(set: &DeviceSet, live: Option<&LiveMetadata>, dev: usize, size: u64, off: u64) -> bool {
     let sb_copy = |at: u64| off + BLOCK > at && off < at + SB_MAX_BYTES;
     if sb_copy(SB_OFFSET_0) || sb_copy(backup_offset(size)) {

@@ -10,8 +10,9 @@
 //! unflushed write lands whole, lands torn or is lost. Sometimes bits of stored data flip on one
 //! device while it is down, or a bad sector appears (reads of its 4 KiB fail until a write
 //! covers it); sometimes, where every replica has another, a device stops answering and the
-//! filesystem runs degraded, until at a later crash the device may answer again, stale. After a repair of such damage the seed goes
-//! on from what the files then hold, if that is still a prefix of the operations.
+//! filesystem runs degraded, until at a later crash the device may answer again, stale. After
+//! a repair of such damage the seed goes on from what the files then hold, if that is still a
+//! prefix of the operations.
 //!
 //! After every crash the filesystem must mount, hold a prefix of the operations that includes
 //! every fsync that returned, and check clean with `fsck -n` once `fsck -y` has repaired what
@@ -87,7 +88,8 @@ impl SeedResult {
             "metadata_replicas": self.metadata_replicas, "data_replicas": self.data_replicas,
             "profile": self.profile, "rounds": self.rounds, "ops_run": self.ops_run,
             "crashes": self.crashes, "bits_flipped": self.bits_flipped, "eio_rounds": self.eio_rounds,
-            "read_eio_rounds": self.read_eio_rounds, "bad_sectors": self.bad_sectors, "power_cuts": self.power_cuts, "vanished": self.vanished, "returned": self.returned,
+            "read_eio_rounds": self.read_eio_rounds, "bad_sectors": self.bad_sectors,
+            "power_cuts": self.power_cuts, "vanished": self.vanished, "returned": self.returned,
             "reported": self.reported, "failure": self.failure,
         })
     }
@@ -291,6 +293,7 @@ fn rounds(seed: u64, r: &mut SeedResult, started: Instant) -> std::result::Resul
                     });
                 }
             };
+            r.eio_rounds += usize::from(eio);
             if read_eio {
                 // From the mount on: the journal read and the node reads of recovery meet them.
                 r.read_eio_rounds += 1;
@@ -316,7 +319,6 @@ fn rounds(seed: u64, r: &mut SeedResult, started: Instant) -> std::result::Resul
                 Err(e) => return Err(fail(round, format!("file layer: {e}"))),
             };
             if eio {
-                r.eio_rounds += 1;
                 eio_on(FaultOp::Write, 0.002);
             }
             if cut {
@@ -346,9 +348,9 @@ fn rounds(seed: u64, r: &mut SeedResult, started: Instant) -> std::result::Resul
                 match run_op(&mut fs, &mut files, op) {
                     Ok(()) if *op == Op::Fsync => acked = i + 1,
                     Ok(()) => {}
-                    // An injected write error: the operation failed, the filesystem may have
+                    // An injected I/O error: the operation failed, the filesystem may have
                     // gone read-only; the round ends in a crash either way.
-                    Err(_) if eio || cut => break,
+                    Err(_) if eio || cut || bad_sector => break,
                     Err(e) => return Err(fail(round, format!("operation {} ({op:?}): {e}", i + 1))),
                 }
             }
