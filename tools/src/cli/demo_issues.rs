@@ -164,7 +164,7 @@ pub fn run(dir: &Path) -> Result<()> {
         verdict(&after)
     );
     outln!(
-        "  (the report's header mismatches and BUG are not reached: a duplicated pointer on disk cannot lead there, see docs/REPRO-1107.md)"
+        "  (the report's header mismatches and BUG are not reached: the one path found needs a pointer repair bcsim does not model, then a node write and an eviction no image can hold; see docs/REPRO-1107.md)"
     );
 
     outln!(
