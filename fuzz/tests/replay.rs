@@ -70,8 +70,9 @@ fn truncated_and_flipped_seeds_are_refused_cleanly() {
     }
 }
 
-/// Rebuilds the seed corpora: a superblock, journal entries, btree nodes and key values of a
-/// small filesystem after a seeded file workload, and request lines of the control protocol.
+/// Rebuilds the seed corpora (`seed-*`): a superblock, journal entries, btree nodes and key
+/// values of a small filesystem after a seeded file workload, and request lines of the control
+/// protocol.
 #[test]
 #[ignore = "rewrites the committed seed corpora"]
 fn regenerate_seed_corpora() {
@@ -169,9 +170,14 @@ fn regenerate_seed_corpora() {
     }
 
     for t in TARGETS {
+        // The seeds only: what campaigns found (`found-*`) stays.
         let d = dir("corpus", t.name);
-        let _ = std::fs::remove_dir_all(&d);
         std::fs::create_dir_all(&d).unwrap();
+        for old in inputs("corpus", t.name) {
+            if old.file_name().is_some_and(|n| n.to_string_lossy().starts_with("seed-")) {
+                std::fs::remove_file(old).unwrap();
+            }
+        }
         let got = seeds.get(t.name).map_or(&[][..], Vec::as_slice);
         assert!(!got.is_empty(), "no seed found for {}", t.name);
         for (i, bytes) in got.iter().enumerate() {
