@@ -58,6 +58,17 @@ const ISSUE_1108: IssueSet = IssueSet {
     ],
 };
 
+/// The no-discard #1108 set (vde keeps its data, so nothing on it can be discarded), built and
+/// dumped as the reported one. Its fixed-profile mount is checked by
+/// [`common::no_discard_1108_completes_after_set`].
+const ISSUE_1108_NO_DISCARD: IssueSet = IssueSet {
+    name: "issue-1108-no-discard",
+    build: &["repro", "1108", "--dir", ".", "--scale", "64", "--variant", "no-discard"],
+    dump: &["dump", "--live-only"],
+    images: &IMAGES_1108,
+    script: &[("expect.list-journal", &["list-journal", "-H"]), ("expect.fsck-nf", &["fsck", "-nf"])],
+};
+
 impl IssueSet {
     fn dir(&self) -> PathBuf {
         Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/images").join(self.name)
@@ -171,6 +182,7 @@ fn mask(text: &str) -> String {
 fn regenerate() {
     ISSUE_1107.regenerate();
     ISSUE_1108.regenerate();
+    ISSUE_1108_NO_DISCARD.regenerate();
 }
 
 /// The #1107 set, restored from its dump: every profile's mount, then fsck -y, fsck -nf and a
@@ -202,4 +214,14 @@ fn mask_hides_uuids_and_durations_only() {
         mask("bcsim (62eb82e4-c3a0-4f53-bcb7-55b6e3deee6b): read in 40.26ms, 7331 keys (1.5s) 4µs dev 3"),
         "bcsim (UUID): read in T, 7331 keys (T) T dev 3"
     );
+}
+
+/// The no-discard #1108 set, restored from its dump: the journal's headers and `fsck -nf` as
+/// recorded, then fixed parks the split until `set-fs-option --metadata_replicas=1` reaches it.
+#[test]
+fn issue_1108_no_discard_set_waits_for_the_option() {
+    ISSUE_1108_NO_DISCARD.check_script();
+    let work = tempfile::tempdir().unwrap();
+    ISSUE_1108_NO_DISCARD.undump_into(work.path());
+    common::no_discard_1108_completes_after_set(work.path());
 }

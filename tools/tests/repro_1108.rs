@@ -72,20 +72,7 @@ fn no_discard_set_completes_in_fixed_after_set_fs_option() {
     let d = tempfile::tempdir().unwrap();
     build(d.path(), "no-discard");
     copy_set(d.path(), "fixed");
-    let dir = d.path().join("fixed");
-    let mut m = mount(&dir, &["--hold", "-o", "behavior=fixed,allocator_stuck_timeout=1"]);
-    let report = m.until("waiting on: buckets freed");
-    assert!(report.iter().any(|l| l.contains("(ssd.vde)") && l.contains(" free 0 ")), "{report:?}");
-    let set = ok(&[&["set-fs-option", "--metadata_replicas=1"][..], &IMAGES].concat(), &dir);
-    assert!(set.contains("set on the running mount"), "{set}");
-    m.until("holding until");
-    ok(&[&["umount"][..], &IMAGES].concat(), &dir);
-    let status = m.child.wait().unwrap();
-    assert_eq!(status.code(), Some(0));
-    let opts = ok(&["show-options", "vde.img"], &dir);
-    assert!(opts.contains("metadata_replicas") && opts.contains('1'), "{opts}");
-    let fsck = bcsim(&[&["fsck", "-n"][..], &IMAGES].concat(), &dir);
-    assert_eq!(fsck.code, 0, "fsck -n after the mount: {}{}", fsck.stdout, fsck.stderr);
+    common::no_discard_1108_completes_after_set(&d.path().join("fixed"));
 }
 
 fn build_in(dir: &Path, variant: &str) -> std::path::PathBuf {

@@ -254,3 +254,25 @@ pub fn reported_1108_behaves(scale: u64, fresh: &dyn Fn(&str) -> std::path::Path
         assert_eq!(fsck.code, 0, "{profile}: fsck -n after the mount: {}{}", fsck.stdout, fsck.stderr);
     }
 }
+
+/// The no-discard #1108 set in `dir`, held by a fixed-profile mount: the split parks and is
+/// reported (vde has nothing to discard); `set-fs-option --metadata_replicas=1` from another
+/// process reaches it through the control socket, it is rebuilt for one replica, and the held
+/// mount completes; the new replica count is in the superblock after unmount, and the set
+/// checks clean.
+pub fn no_discard_1108_completes_after_set(dir: &Path) {
+    let mut m =
+        Running::mount(dir, &["--hold", "-o", "behavior=fixed,allocator_stuck_timeout=1"], &IMAGES_1108);
+    let report = m.until("waiting on: buckets freed");
+    assert!(report.iter().any(|l| l.contains("(ssd.vde)") && l.contains(" free 0 ")), "{report:?}");
+    let set = ok(&[&["set-fs-option", "--metadata_replicas=1"][..], &IMAGES_1108].concat(), dir);
+    assert!(set.contains("set on the running mount"), "{set}");
+    m.until("holding until");
+    ok(&[&["umount"][..], &IMAGES_1108].concat(), dir);
+    let status = m.child.wait().unwrap();
+    assert_eq!(status.code(), Some(0));
+    let opts = ok(&["show-options", "vde.img"], dir);
+    assert!(opts.contains("metadata_replicas") && opts.contains('1'), "{opts}");
+    let fsck = bcsim(&[&["fsck", "-n"][..], &IMAGES_1108].concat(), dir);
+    assert_eq!(fsck.code, 0, "fsck -n after the mount: {}{}", fsck.stdout, fsck.stderr);
+}
