@@ -73,17 +73,25 @@ impl Ring {
     /// bucket's first block, so new entries extend the ring instead of starting over at bucket
     /// 0 (which would leave older entries ahead of newer ones). Entries already there are
     /// treated as no longer needed (everything up to the caller's replay range is written back).
+    ///
+    /// A bucket whose first block cannot be read is skipped, as bcachefs's journal read skips
+    /// a bucket it fails to read rather than failing recovery; its error is returned beside the
+    /// ring for the caller to log.
     pub fn resume(
         dev_idx: u8,
         dev: SharedDevice,
         bucket_size: u64,
         buckets: Vec<u64>,
         magic: u64,
-    ) -> Result<Ring> {
+    ) -> Result<(Ring, Vec<Error>)> {
         let mut newest: Option<(u64, usize)> = None;
+        let mut unreadable = Vec::new();
         let mut block = vec![0u8; crate::format::JSET_HEADER_BYTES];
         for (i, &b) in buckets.iter().enumerate() {
-            dev.read_at(&mut block, b.saturating_mul(bucket_size)).map_err(|e| e.dev(dev_idx))?;
+            if let Err(e) = dev.read_at(&mut block, b.saturating_mul(bucket_size)) {
+                unreadable.push(e.dev(dev_idx).bucket(b));
+                continue;
+            }
             if let Some(seq) = crate::format::peek_seq(&block, magic) {
                 if newest.is_none_or(|(s, _)| seq > s) {
                     newest = Some((seq, i));
@@ -92,7 +100,7 @@ impl Ring {
         }
         let n = buckets.len();
         let cur = newest.map_or(0, |(_, i)| (i + 1) % n.max(1));
-        Ring::new(dev_idx, dev, bucket_size, buckets, cur, vec![0; n])
+        Ok((Ring::new(dev_idx, dev, bucket_size, buckets, cur, vec![0; n])?, unreadable))
     }
 
     pub(crate) fn next_index(&self) -> usize {
@@ -122,5 +130,50 @@ impl Ring {
 
     pub(crate) fn byte_offset(&self, idx: usize, offset: u64) -> u64 {
         self.buckets.get(idx).copied().unwrap_or(0).saturating_mul(self.bucket_size).saturating_add(offset)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::indexing_slicing)]
+
+    use fs_core::dev::{BlockDevice, FaultKind, FaultOp, FaultRule, FaultyDevice, MemDevice, Trigger};
+    use fs_core::sync::Arc;
+
+    use super::*;
+    use crate::format::JsetHeader;
+
+    const MAGIC: u64 = 0x5eed;
+    const BUCKET: u64 = 4096;
+
+    /// Four journal buckets whose first entries carry seqs 5, 9, 7 and nothing, behind a fault
+    /// wrapper.
+    fn ring_device() -> Arc<FaultyDevice> {
+        let mem = Arc::new(MemDevice::new("mem0", 4 * BUCKET));
+        for (b, seq) in [(0u64, 5u64), (1, 9), (2, 7)] {
+            let h = JsetHeader { magic: MAGIC, seq, ..JsetHeader::default() };
+            mem.write_at(&h.to_bytes(), b * BUCKET).unwrap();
+        }
+        Arc::new(FaultyDevice::new(mem, 1))
+    }
+
+    /// Resuming continues after the bucket with the newest seq; a bucket whose first block
+    /// cannot be read is skipped, its error returned, instead of failing the mount. With the
+    /// newest bucket unreadable, the ring continues after the newest one it could read.
+    #[test]
+    fn resume_skips_an_unreadable_bucket() {
+        let dev = ring_device();
+        let (ring, errs) = Ring::resume(0, dev.clone(), BUCKET, vec![0, 1, 2, 3], MAGIC).unwrap();
+        assert_eq!((ring.cur, errs.len()), (2, 0));
+        dev.add_rule(FaultRule {
+            op: FaultOp::Read,
+            range: Some(BUCKET..BUCKET + 512),
+            trigger: Trigger::Always,
+            kind: FaultKind::Eio,
+        });
+        let (ring, errs) = Ring::resume(0, dev, BUCKET, vec![0, 1, 2, 3], MAGIC).unwrap();
+        assert_eq!(ring.cur, 3, "after bucket 2 (seq 7), the newest readable");
+        assert_eq!(errs.len(), 1);
+        assert_eq!(errs[0].code(), fs_core::error::ErrCode::IoRead);
     }
 }

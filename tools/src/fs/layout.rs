@@ -34,10 +34,12 @@ pub fn device_inits(set: &DeviceSet) -> Vec<DeviceInit> {
         .collect()
 }
 
-/// Journal rings of the present devices, continuing after each ring's newest bucket.
-pub fn journal_rings(set: &DeviceSet) -> Result<Vec<Ring>> {
+/// Journal rings of the present devices, continuing after each ring's newest bucket; and a log
+/// line for each journal bucket that could not be read (skipped).
+pub fn journal_rings(set: &DeviceSet) -> Result<(Vec<Ring>, Vec<String>)> {
     let magic = fs_magic(&set.sb.uuid, JSET_SALT);
     let mut rings = Vec::new();
+    let mut log = Vec::new();
     for (i, m) in set.devices.iter().enumerate() {
         let Some(m) = m else { continue };
         let buckets: Vec<u64> = m.sb.journal.buckets().collect();
@@ -46,9 +48,12 @@ pub fn journal_rings(set: &DeviceSet) -> Result<Vec<Ring>> {
             continue;
         }
         let dev_idx = u8::try_from(i).map_err(|_| Error::internal(format!("member index {i} beyond 255")))?;
-        rings.push(Ring::resume(dev_idx, m.dev.clone(), u64::from(member.bucket_size), buckets, magic)?);
+        let (ring, unreadable) =
+            Ring::resume(dev_idx, m.dev.clone(), u64::from(member.bucket_size), buckets, magic)?;
+        rings.push(ring);
+        log.extend(unreadable.into_iter().map(|e| format!("journal read error, bucket skipped: {e}")));
     }
-    Ok(rings)
+    Ok((rings, log))
 }
 
 /// The journal's fixed configuration: its magic, the block size entries are padded to, the

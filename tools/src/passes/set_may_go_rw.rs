@@ -22,7 +22,9 @@ pub(super) fn run(ctx: &mut RecoveryCtx) -> Result<()> {
         Some(rj) => (rj.continue_rings(&set)?, rj.new_blacklist.1),
         None => {
             let after_clean = set.sb.clean.as_ref().map_or(0, |c| c.journal_seq) + 1;
-            (journal_rings(&set)?, ctx.next_seq.unwrap_or(after_clean).max(after_clean))
+            let (rings, log) = journal_rings(&set)?;
+            ctx.log.extend(log);
+            (rings, ctx.next_seq.unwrap_or(after_clean).max(after_clean))
         }
     };
     let journal = Journal::new(
