@@ -16,9 +16,8 @@ use std::sync::Arc;
 use bcsim::control::{Control, Request, parse_request};
 use fs_core::bkey::alloc::AllocV4;
 use fs_core::bkey::fs::{Dirent, Extent, Inode};
-use fs_core::bkey::ptr::{BtreePtrV2, pos_from_bytes};
-use fs_core::bpos::BtreeId;
-use fs_core::btree::node::{Expected, NODE_HEADER_BYTES, decode_node, reseal_node};
+use fs_core::bkey::ptr::BtreePtrV2;
+use fs_core::btree::node::{decode_node, header_expectation, header_magic, reseal_node};
 use fs_core::encode::reseal_record;
 use fs_core::opts::{LiveOpts, Options};
 use fs_core::sb::Superblock;
@@ -91,22 +90,12 @@ pub fn jset(data: &[u8]) {
 /// version).
 pub fn btree_node(data: &[u8]) {
     let buf = resealed(data, reseal_node);
-    let Some(h) = buf.get(..NODE_HEADER_BYTES) else { return };
-    let field = |at: usize, n: usize| h.get(at..at + n).unwrap_or_default();
-    let u64_at = |at: usize| field(at, 8).try_into().map_or(0, u64::from_le_bytes);
-    let pos_at = |at: usize| field(at, 24).try_into().map(|b| pos_from_bytes(&b));
-    let (Ok(min_key), Ok(max_key)) = (pos_at(32), pos_at(56)) else { return };
-    let sectors = buf.len() / 512;
-    let exp = Expected {
-        btree: field(24, 1).first().and_then(|&b| BtreeId::from_u8(b)).unwrap_or(BtreeId::Extents),
-        level: field(25, 1).first().copied().unwrap_or(0),
-        min_key,
-        max_key,
-        seq: u64_at(16),
-        sectors_written: if buf.last().is_some_and(|b| b & 1 == 1) { sectors as u32 } else { 0 },
-    };
+    let (Some(mut exp), Some(magic)) = (header_expectation(&buf), header_magic(&buf)) else { return };
+    if buf.last().is_some_and(|b| b & 1 == 1) {
+        exp.sectors_written = (buf.len() / 512) as u32;
+    }
     // Some seqs blacklisted, as after an unclean shutdown.
-    let _ = decode_node(&buf, u64_at(8), &exp, &|seq| seq % 7 == 3);
+    let _ = decode_node(&buf, magic, &exp, &|seq| seq % 7 == 3);
 }
 
 fn decode_value(ty: fs_core::bkey::KeyType, val: &[u8]) {

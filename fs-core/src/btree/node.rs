@@ -456,16 +456,27 @@ pub fn reseal_node(buf: &mut [u8]) {
 /// (magic, checksum and version good), whatever a pointer would expect there: for a scan of
 /// the devices for btree nodes.
 pub fn peek_header(buf: &[u8], magic: u64) -> Option<NodeHeader> {
+    decode_header(buf, magic, &header_expectation(buf)?).ok()
+}
+
+/// What a pointer to the node image at the start of `buf` would have to expect for its header
+/// to match: the header's own btree, level, range and seq (`sectors_written` unknown, 0).
+/// `None` if `buf` is shorter than a header or names no btree. Nothing is checked.
+pub fn header_expectation(buf: &[u8]) -> Option<Expected> {
     let h = buf.first_chunk::<NODE_HEADER_BYTES>()?;
-    let exp = Expected {
+    Some(Expected {
         btree: BtreeId::from_u8(u8::from_le_bytes(h.field::<NODE_OFF_BTREE_ID, 1>()))?,
         level: u8::from_le_bytes(h.field::<NODE_OFF_LEVEL, 1>()),
         min_key: pos_from_bytes(&h.field::<NODE_OFF_MIN_KEY, POS_BYTES>()),
         max_key: pos_from_bytes(&h.field::<NODE_OFF_MAX_KEY, POS_BYTES>()),
         seq: u64::from_le_bytes(h.field::<NODE_OFF_SEQ, 8>()),
         sectors_written: 0,
-    };
-    decode_header(buf, magic, &exp).ok()
+    })
+}
+
+/// The magic the node image at the start of `buf` carries, checked or not.
+pub fn header_magic(buf: &[u8]) -> Option<u64> {
+    buf.first_chunk::<NODE_HEADER_BYTES>().map(|h| u64::from_le_bytes(h.field::<NODE_OFF_MAGIC, 8>()))
 }
 
 fn decode_header(buf: &[u8], magic: u64, exp: &Expected) -> Result<NodeHeader> {
