@@ -57,8 +57,14 @@ fn node_ptrs(dir: &Path) -> Vec<(u64, u64)> {
 
 /// `(dev, byte offset)` of each replica of the root node of `btree`.
 fn node_ptrs_of(dir: &Path, btree: &str) -> Vec<(u64, u64)> {
+    first_node_ptrs(dir, btree, |_| true)
+}
+
+/// `(dev, byte offset)` of each replica of the first node of `btree` that `which` picks, in the
+/// order `list --nodes` prints them.
+fn first_node_ptrs(dir: &Path, btree: &str, which: fn(&serde_json::Value) -> bool) -> Vec<(u64, u64)> {
     let nodes = json(dir, &["list", "--nodes", "--json", "-b", btree, "a.img", "b.img"]);
-    let node = nodes.as_array().unwrap().iter().find(|n| n["btree"] == btree).unwrap();
+    let node = nodes.as_array().unwrap().iter().find(|n| n["btree"] == btree && which(n)).unwrap();
     node["ptrs"]
         .as_array()
         .unwrap()
@@ -161,14 +167,7 @@ fn seeded_bytes(seed: u64, len: usize) -> Vec<u8> {
 
 /// `(dev, byte offset)` of each replica of the first leaf of the alloc btree.
 fn alloc_leaf_ptrs(dir: &Path) -> Vec<(u64, u64)> {
-    let nodes = json(dir, &["list", "--nodes", "--json", "-b", "alloc", "a.img", "b.img"]);
-    let leaf = nodes.as_array().unwrap().iter().find(|n| n["btree"] == "alloc" && n["level"] == 0).unwrap();
-    leaf["ptrs"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|p| (p["dev"].as_u64().unwrap(), p["offset_sectors"].as_u64().unwrap() * 512))
-        .collect()
+    first_node_ptrs(dir, "alloc", |n| n["level"] == 0)
 }
 
 /// In each replica of the first alloc leaf, the alloc key of a bucket holding user data says the
