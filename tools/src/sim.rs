@@ -302,21 +302,19 @@ fn rounds(seed: u64, r: &mut SeedResult, started: Instant) -> std::result::Resul
             // A read that failed may fail the mount or the file layer's first reads, with an
             // error; nothing ran.
             let read_failed = |e: &Error| (read_eio || bad_sector) && !e.matches(ErrCode::Internal);
-            let mut fs = match mount(set, mopts) {
-                Ok(m) => m.fs,
+            let started =
+                mount(set, mopts).map_err(|e| e.prefix("mount before the workload")).and_then(|m| {
+                    let mut fs = m.fs;
+                    let files = Files::new(&mut fs).map_err(|e| e.prefix("file layer"))?;
+                    Ok((fs, files))
+                });
+            let (mut fs, mut files) = match started {
+                Ok(started) => started,
                 Err(e) if read_failed(&e) => {
                     r.reported += 1;
                     break 'round (at, at);
                 }
-                Err(e) => return Err(fail(round, format!("mount before the workload: {e}"))),
-            };
-            let mut files = match Files::new(&mut fs) {
-                Ok(files) => files,
-                Err(e) if read_failed(&e) => {
-                    r.reported += 1;
-                    break 'round (at, at);
-                }
-                Err(e) => return Err(fail(round, format!("file layer: {e}"))),
+                Err(e) => return Err(fail(round, e.to_string())),
             };
             if eio {
                 eio_on(FaultOp::Write, 0.002);
