@@ -22,7 +22,7 @@ use fs_core::encode::reseal_record;
 use fs_core::opts::{LiveOpts, Options};
 use fs_core::sb::Superblock;
 use fs_core::uuid::Uuid;
-use journal::format::{JsetEntry, JsetRead, decode_jset};
+use journal::format::{JsetEntry, JsetHeader, JsetRead, decode_jset};
 
 /// A fuzz target: its name (the corpus directory and the fuzzer's argument) and its function.
 pub struct Target {
@@ -73,7 +73,7 @@ pub fn jset(data: &[u8]) {
     let buf = resealed(data, |b| {
         reseal_record(b);
     });
-    let magic = buf.get(8..16).and_then(|m| m.try_into().ok()).map_or(0, u64::from_le_bytes);
+    let magic = JsetHeader::read(&buf).map_or(0, |h| h.magic);
     let Ok(JsetRead::Good { jset, .. }) = decode_jset(&buf, magic) else { return };
     for entry in &jset.entries {
         if let JsetEntry::BtreeKeys { keys, .. } | JsetEntry::Overwrite { keys, .. } = entry {
