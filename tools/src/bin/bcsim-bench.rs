@@ -51,6 +51,7 @@ use std::time::{Duration, Instant};
 use bcsim::fs::Fs;
 use bcsim::images::{ImageSpec, format_images, open_device_set};
 use bcsim::recovery::{MountOpts, ReclaimMode, mount};
+use fs_core::bkey::alloc::{AllocV4, bucket_pos};
 use fs_core::bkey::{Bkey, KeyRef, KeyType};
 use fs_core::bpos::{Bpos, BtreeId};
 use fs_core::btree::BtreeConfig;
@@ -349,8 +350,10 @@ const REC_KEYS_PER_ADD: usize = 2048;
 const REC_ADDS_PER_FLUSH: u64 = 256;
 /// Positions whose replayed value the mount checks against the generator.
 const REC_VERIFY_SAMPLES: u64 = 2_000;
-/// Largest encoded key the generator makes (32-byte header, 16-byte value).
-const REC_MAX_KEY_BYTES: u64 = 48;
+/// Largest encoded key the generator makes (32-byte header, 24-byte alloc value).
+const REC_MAX_KEY_BYTES: u64 = 56;
+/// One position in this many is a bucket's alloc key (replayed through the key cache).
+const REC_ALLOC_EVERY: u64 = 50;
 /// Targets from the issue.
 const TARGET_TIME_VS_FLOOR: f64 = 3.0;
 const TARGET_KEYS_PER_SEC: f64 = 2_000_000.0;
@@ -364,9 +367,15 @@ fn mix64(mut z: u64) -> u64 {
 }
 
 /// The key journalled as update number `i`, to the position with index `k`: one position in
-/// five is an inode (8-byte value), the others extents spread over about a million inodes
-/// (16-byte value). The value carries `i`, so the newest update of a position is recognisable.
+/// five is an inode (8-byte value), one in fifty a bucket's alloc key, and the others extents
+/// spread over about a million inodes (16-byte value). The value carries `i`, so the newest
+/// update of a position is recognisable; an alloc key carries it coarsely, in the gen of a free
+/// bucket, which grows every 2^17 updates.
 fn rec_key(k: u64, i: u64) -> (BtreeId, Bkey) {
+    if let Some(pos) = rec_alloc_pos(k) {
+        let bucket_gen = u8::try_from(1 + (i >> 17)).unwrap_or(u8::MAX);
+        return (BtreeId::Alloc, Bkey::new(pos, KeyType::AllocV4, AllocV4::free(bucket_gen).encode()));
+    }
     if k % 5 == 4 {
         let pos = Bpos::new(0, 4096 + k, u32::MAX);
         return (BtreeId::Inodes, Bkey::new(pos, KeyType::Set, i.to_le_bytes()));
@@ -378,6 +387,21 @@ fn rec_key(k: u64, i: u64) -> (BtreeId, Bkey) {
     lo.copy_from_slice(&i.to_le_bytes());
     hi.copy_from_slice(&k.to_le_bytes());
     (BtreeId::Extents, Bkey::new(pos, KeyType::Set, val))
+}
+
+/// The bucket whose alloc key position `k` is, if it is one: buckets are taken from the top of
+/// each device down, round robin, far from the superblock, the journal and the buckets the
+/// btree nodes go to.
+fn rec_alloc_pos(k: u64) -> Option<Bpos> {
+    if k % REC_ALLOC_EVERY != 0 {
+        return None;
+    }
+    let j = k / REC_ALLOC_EVERY;
+    let devices = REC_DEVICES as u64;
+    // The device's buckets end before its backup superblock, as format lays them out.
+    let nbuckets = fs_core::sb::backup_offset(REC_DEV_BYTES) / REC_BUCKET_BYTES;
+    let bucket = nbuckets.checked_sub(1 + j / devices)?;
+    Some(bucket_pos(u8::try_from(j % devices).ok()?, bucket))
 }
 
 /// The journal's updates in journal order: `keys` updates over exactly `unique` positions, new
@@ -467,6 +491,15 @@ fn rec_setup(dir: &Path, keys: u64, unique: u64) -> Result<serde_json::Value, St
         return Err(format!("journal of {capacity} bytes cannot hold {keys} keys (about {needed} bytes)"));
     }
     let fs = open_manual(set, BtreeConfig::default()).map_err(e)?;
+    // The buckets the journal's alloc keys update have been used before: their alloc keys are
+    // in the btree, so replay's fills find them and the updates stay in the key cache.
+    let used: Vec<Bkey> = (0..unique)
+        .filter_map(rec_alloc_pos)
+        .map(|pos| Bkey::new(pos, KeyType::AllocV4, AllocV4::free(0).encode()))
+        .collect();
+    let alloc_keys_in_btree = used.len();
+    fs.commit_batched(BtreeId::Alloc, used).map_err(e)?;
+    fs.reclaim().map_err(e)?;
     let open_time = t.elapsed();
 
     let t = Instant::now();
@@ -481,12 +514,14 @@ fn rec_setup(dir: &Path, keys: u64, unique: u64) -> Result<serde_json::Value, St
         if batch.len() < REC_KEYS_PER_ADD && gen_keys.peek().is_some() {
             continue;
         }
-        let mut extents = Vec::new();
-        let mut inodes = Vec::new();
+        let mut by_btree =
+            [(BtreeId::Alloc, Vec::new()), (BtreeId::Extents, Vec::new()), (BtreeId::Inodes, Vec::new())];
         for (b, k) in batch.drain(..) {
-            if b == BtreeId::Inodes { inodes.push(k) } else { extents.push(k) }
+            if let Some((_, keys)) = by_btree.iter_mut().find(|(btree, _)| *btree == b) {
+                keys.push(k);
+            }
         }
-        let entries: Vec<JsetEntry> = [(BtreeId::Extents, extents), (BtreeId::Inodes, inodes)]
+        let entries: Vec<JsetEntry> = by_btree
             .into_iter()
             .filter(|(_, ks)| !ks.is_empty())
             .map(|(btree, keys)| JsetEntry::BtreeKeys { btree, level: 0, keys: keys.into() })
@@ -521,6 +556,7 @@ fn rec_setup(dir: &Path, keys: u64, unique: u64) -> Result<serde_json::Value, St
         "bucket_size_bytes": REC_BUCKET_BYTES,
         "metadata_replicas": REC_METADATA_REPLICAS,
         "journal_capacity_bytes": capacity,
+        "alloc_keys_in_btree": alloc_keys_in_btree,
         "format_seconds": secs(format_time),
         "open_seconds": secs(open_time),
         "journal_write_seconds": secs(journal_time),
@@ -683,6 +719,18 @@ fn get_f64(v: &serde_json::Value, key: &str) -> f64 {
     v.get(key).and_then(serde_json::Value::as_f64).unwrap_or(f64::NAN)
 }
 
+/// Encoded bytes of the compacted keys, from the generator's mix: alloc keys (24-byte values),
+/// inodes (8 bytes) and extents (16 bytes), each with a 32-byte header.
+fn rec_compacted_bytes(unique: u64) -> u64 {
+    (0..unique)
+        .map(|k| match rec_alloc_pos(k) {
+            Some(_) => 56,
+            None if k % 5 == 4 => 40,
+            None => 48,
+        })
+        .sum()
+}
+
 fn bench_recovery(keys: u64, unique: u64) -> Result<serde_json::Value, String> {
     if unique == 0 || unique > keys || keys > u64::from(u32::MAX) {
         return Err(format!("need 0 < UNIQUE <= KEYS < 2^32, got {keys} and {unique}"));
@@ -699,10 +747,7 @@ fn bench_recovery(keys: u64, unique: u64) -> Result<serde_json::Value, String> {
     eprintln!("bcsim-bench: recovery mount done, measuring the floor");
     let floor = run_child(&["recovery-phase", "floor", "-", &keys.to_string(), &unique.to_string()])?;
 
-    // Encoded bytes of the compacted keys, from the generator's mix (one position in five is an
-    // inode with an 8-byte value, the rest extents with 16 bytes).
-    let inodes = unique / 5;
-    let compacted_bytes = inodes * 40 + (unique - inodes) * 48;
+    let compacted_bytes = rec_compacted_bytes(unique);
     let total = get_f64(&mounted, "total_seconds");
     let floor_total = get_f64(&floor, "total_seconds");
     let rss_bytes = get_f64(&mounted, "peak_rss_kib") * 1024.0;
