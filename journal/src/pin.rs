@@ -10,7 +10,11 @@
 //! The rules, each enforced here:
 //! 1. Pins are flushed oldest first, one flusher at a time (the flush lock), and never at or past
 //!    the replay barrier: an entry not yet replayed is not fully in memory, so flushing its pins
-//!    would let `last_seq` pass updates that exist only in the journal.
+//!    would let `last_seq` pass updates that exist only in the journal. A pin whose owner writes
+//!    back in bulk ([`PinFlush::bulk`]: btree write-back, which writes every dirty node) goes
+//!    after the other pins due, whatever its seq: those flushes dirty nodes (a key cache entry
+//!    written into its leaf), and one bulk write then covers them all instead of one per seq.
+//!    The order among the pins due does not change what is written, only how often.
 //! 2. A callback runs with no journal lock held (it commits through the journal itself), for
 //!    one pin at a time, and never for a pin already given back. After it returns, its pin must
 //!    be gone or moved to a newer seq (which is flushed again if still within the target).
@@ -50,6 +54,12 @@ pub trait PinFlush: Send + Sync {
 
     /// What the owner is, for errors and logs ("btree write-back").
     fn name(&self) -> &'static str;
+
+    /// Whether the callback writes back everything its owner holds, not just what this pin
+    /// protects, so that it is best flushed after the other pins due (rule 1).
+    fn bulk(&self) -> bool {
+        false
+    }
 }
 
 /// The flush callback of a pin no reclaim may flush: the journal range recovery must replay is
@@ -146,10 +156,11 @@ impl PinTable {
         self.pins.contains_key(&key)
     }
 
-    /// The oldest pin at or below `through` that may be flushed now.
+    /// The pin at or below `through` to flush next: the oldest, bulk pins last (rule 1).
     pub(crate) fn next_to_flush(&self, through: u64) -> Option<((u64, u64), Arc<dyn PinFlush>)> {
         let limit = self.replay_barrier.map_or(through, |b| through.min(b.saturating_sub(1)));
-        let (&key, flush) = self.pins.range(..=(limit, u64::MAX)).next()?;
+        let mut due = self.pins.range(..=(limit, u64::MAX));
+        let (&key, flush) = due.clone().find(|(_, f)| !f.bulk()).or_else(|| due.next())?;
         Some((key, flush.clone()))
     }
 }

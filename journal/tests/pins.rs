@@ -1,5 +1,5 @@
-//! Journal pins and reservations: reclaim flushes pins oldest first through their owners'
-//! callbacks and so advances `last_seq`; a failing callback makes the filesystem emergency
+//! Journal pins and reservations: reclaim flushes pins oldest first (those that write back in
+//! bulk last) through their owners' callbacks and so advances `last_seq`; a failing callback makes the filesystem emergency
 //! read-only and keeps its pin; a callback that keeps its pin is an internal error; nothing at
 //! or past the replay barrier is flushed; an entry is never written while a reservation on it is
 //! outstanding; a leaked pin is caught by a debug assertion.
@@ -63,6 +63,8 @@ struct Owner {
     pin: Mutex<Option<JournalPin>>,
     on_flush: OnFlush,
     log: Arc<Mutex<Vec<u64>>>,
+    /// Says it writes back in bulk ([`PinFlush::bulk`]).
+    bulk: bool,
 }
 
 impl PinFlush for Owner {
@@ -80,10 +82,17 @@ impl PinFlush for Owner {
     fn name(&self) -> &'static str {
         "test owner"
     }
+    fn bulk(&self) -> bool {
+        self.bulk
+    }
 }
 
 fn owner(j: &Journal, seq: u64, on_flush: OnFlush, log: &Arc<Mutex<Vec<u64>>>) -> Arc<Owner> {
-    let o = Arc::new(Owner { pin: Mutex::new(None), on_flush, log: log.clone() });
+    owner_of(j, seq, on_flush, log, false)
+}
+
+fn owner_of(j: &Journal, seq: u64, on_flush: OnFlush, log: &Arc<Mutex<Vec<u64>>>, bulk: bool) -> Arc<Owner> {
+    let o = Arc::new(Owner { pin: Mutex::new(None), on_flush, log: log.clone(), bulk });
     *o.pin.lock() = Some(j.pin_add(seq, o.clone()).unwrap());
     o
 }
@@ -123,6 +132,26 @@ fn reclaim_flushes_oldest_first_and_advances_last_seq() {
     assert_eq!(j.flush_all_pins().unwrap(), 2);
     assert_eq!(j.last_seq(), j.seq(), "nothing pinned: last_seq is the open seq");
     assert!(owners.iter().all(|o| o.pin.lock().is_none()));
+}
+
+/// Rule 1: a pin that writes back in bulk goes after every other pin due, although its seq is
+/// the oldest, so that one bulk write covers what the others dirty; it still goes before the
+/// flush returns, and pins past `through` stay.
+#[test]
+fn a_bulk_pin_is_flushed_after_the_other_pins_due() {
+    let j = journal(Arc::new(FsHealth::new()));
+    let log = Arc::new(Mutex::new(Vec::new()));
+    let held = hold(&j);
+    let seqs: Vec<u64> = (0..4).map(|_| entry(&j)).collect();
+    let bulk = owner_of(&j, seqs[0], OnFlush::Release, &log, true);
+    let due: Vec<_> = [1, 2].iter().map(|&i| owner(&j, seqs[i], OnFlush::Release, &log)).collect();
+    let later = owner(&j, seqs[3], OnFlush::Release, &log);
+    j.pin_drop(held).unwrap();
+    assert_eq!(j.flush_pins(seqs[2]).unwrap(), 3);
+    assert_eq!(*log.lock(), vec![seqs[1], seqs[2], seqs[0]], "the bulk pin goes last");
+    assert!(bulk.pin.lock().is_none() && due.iter().all(|o| o.pin.lock().is_none()));
+    assert_eq!(j.last_seq(), seqs[3], "the pin past `through` stays");
+    release(&j, &later);
 }
 
 #[test]

@@ -32,6 +32,11 @@ impl PinFlush for WriteBackPin {
     fn name(&self) -> &'static str {
         "btree write-back"
     }
+
+    /// It writes every dirty node, whatever the seq.
+    fn bulk(&self) -> bool {
+        true
+    }
 }
 
 impl FsShared {
