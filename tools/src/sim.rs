@@ -75,6 +75,9 @@ pub struct SeedResult {
     pub vanished: usize,
     /// A vanished device that came back, stale, at a later crash.
     pub returned: usize,
+    /// A device whose writes and flushes all failed from some point in a round on (a drive
+    /// gone read-only at the end of its life), taken out at the round's crash.
+    pub write_dead: usize,
     /// Damage reported (a mount or read failing with an error, fsck problems repaired).
     pub reported: usize,
     /// The first failure, with the round it came in.
@@ -90,7 +93,7 @@ impl SeedResult {
             "crashes": self.crashes, "bits_flipped": self.bits_flipped, "eio_rounds": self.eio_rounds,
             "read_eio_rounds": self.read_eio_rounds, "bad_sectors": self.bad_sectors,
             "power_cuts": self.power_cuts, "vanished": self.vanished, "returned": self.returned,
-            "reported": self.reported, "failure": self.failure,
+            "write_dead": self.write_dead, "reported": self.reported, "failure": self.failure,
         })
     }
 
@@ -122,6 +125,7 @@ impl SeedResult {
             power_cuts: size("power_cuts")?,
             vanished: size("vanished")?,
             returned: size("returned")?,
+            write_dead: size("write_dead")?,
             reported: size("reported")?,
             failure: match v.get("failure") {
                 None | Some(Value::Null) => None,
@@ -212,6 +216,19 @@ pub fn run_seed(seed: u64) -> SeedResult {
     r
 }
 
+/// Whether a device may stop answering or writing with no fsynced data lost: every replica has
+/// another (two of each on three or more devices), no run-time change may have written single
+/// copies, no device is out already, and no bits were flipped so far (a bad replica nothing
+/// has read yet stays bad: fsck checks metadata, and nothing here scrubs data).
+fn redundant(r: &SeedResult, absent: Option<usize>, ever_damaged: bool, replicas_changed: bool) -> bool {
+    absent.is_none()
+        && !ever_damaged
+        && !replicas_changed
+        && r.devices >= 3
+        && r.metadata_replicas >= 2
+        && r.data_replicas >= 2
+}
+
 /// The filesystem a seed runs on.
 fn draw(seed: u64) -> SeedResult {
     let mut rng = Rng::new(seed ^ 0x5eed_5eed);
@@ -236,6 +253,7 @@ fn draw(seed: u64) -> SeedResult {
         power_cuts: 0,
         vanished: 0,
         returned: 0,
+        write_dead: 0,
         reported: 0,
         failure: None,
     }
@@ -244,6 +262,9 @@ fn draw(seed: u64) -> SeedResult {
 /// The seed's rounds; `Err` is its failure.
 fn rounds(seed: u64, r: &mut SeedResult, started: Instant) -> std::result::Result<(), String> {
     let mut rng = Rng::new(seed);
+    // Draws of the faults added since the first campaigns, apart, so that the rest of a seed
+    // draws what it always did.
+    let mut later_rng = Rng::new(seed ^ 0xdead_d15c);
     let fail = |round: usize, what: String| format!("round {round}: {what}");
     let devs = setup(seed, r).map_err(|e| fail(0, format!("format: {e}")))?;
     // A device that vanished is left out of every later mount, which is then degraded.
@@ -280,6 +301,9 @@ fn rounds(seed: u64, r: &mut SeedResult, started: Instant) -> std::result::Resul
         let eio = rng.chance(0.25);
         let read_eio = eio && rng.chance(0.5);
         let cut = rng.chance(0.5);
+        // A device whose writes die for good in this round, where the others can stand in.
+        let dying = (redundant(r, absent.get(), ever_damaged, replicas_changed) && later_rng.chance(0.1))
+            .then(|| later_rng.below(r.devices as u64) as usize);
         let stop = (at + 1 + rng.below(ops.len() as u64) as usize).min(ops.len());
         let (acked, begun) = 'round: {
             let set = DeviceSet::open(shared()).map_err(|e| fail(round, format!("open: {e}")))?;
@@ -319,6 +343,13 @@ fn rounds(seed: u64, r: &mut SeedResult, started: Instant) -> std::result::Resul
             if eio {
                 eio_on(FaultOp::Write, 0.002);
             }
+            if let Some(d) = dying.and_then(|i| devs.get(i)) {
+                let skip = later_rng.below(64);
+                for op in [FaultOp::Write, FaultOp::Flush] {
+                    let trigger = Trigger::Nth { skip, count: u64::MAX };
+                    d.add_rule(FaultRule { op, range: None, trigger, kind: FaultKind::Eio });
+                }
+            }
             if cut {
                 // The power goes after some writes: every write and flush from then on fails
                 // and never lands, on every device.
@@ -348,7 +379,7 @@ fn rounds(seed: u64, r: &mut SeedResult, started: Instant) -> std::result::Resul
                     Ok(()) => {}
                     // An injected I/O error: the operation failed, the filesystem may have
                     // gone read-only; the round ends in a crash either way.
-                    Err(_) if eio || cut || bad_sector => break,
+                    Err(_) if eio || cut || bad_sector || dying.is_some() => break,
                     Err(e) => return Err(fail(round, format!("operation {} ({op:?}): {e}", i + 1))),
                 }
             }
@@ -391,17 +422,14 @@ fn rounds(seed: u64, r: &mut SeedResult, started: Instant) -> std::result::Resul
                 ever_damaged = true;
             }
         }
-        // A device stops answering, where every replica has another: two of each on three or
-        // more devices, no run-time change that may have written single copies, and no flipped
-        // bits so far (a bad replica nothing has read yet stays bad: fsck checks metadata, and
-        // nothing here scrubs data).
-        let can_vanish = absent.get().is_none()
-            && !ever_damaged
-            && !replicas_changed
-            && r.devices >= 3
-            && r.metadata_replicas >= 2
-            && r.data_replicas >= 2;
-        if can_vanish && rng.chance(0.3) {
+        // The device whose writes died is taken out, if the others still hold a replica of
+        // everything (the round may have changed the replicas since); if not, its failure was
+        // a passing one (a controller reset), and the crash ended it with the round's other
+        // faults.
+        if let Some(i) = dying.filter(|_| redundant(r, absent.get(), ever_damaged, replicas_changed)) {
+            absent.set(Some(i));
+            r.write_dead += 1;
+        } else if redundant(r, absent.get(), ever_damaged, replicas_changed) && rng.chance(0.3) {
             absent.set(Some(rng.below(r.devices as u64) as usize));
             r.vanished += 1;
         } else if absent.get().is_some() && rng.chance(0.3) {
@@ -560,6 +588,7 @@ impl SimReport {
             "power_cuts": self.total(|r| r.power_cuts),
             "vanished": self.total(|r| r.vanished),
             "returned": self.total(|r| r.returned),
+            "write_dead": self.total(|r| r.write_dead),
             "ops_run": self.total(|r| r.ops_run),
             "bits_flipped": self.total(|r| r.bits_flipped),
             "reported": self.total(|r| r.reported),

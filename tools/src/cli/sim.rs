@@ -19,11 +19,11 @@ use super::{CmdResult, print_json};
 /// land, tear or vanish; some rounds see write errors (and in half of those, read errors from
 /// the mount on), run-time option changes, a power cut in the middle of an operation, or bits
 /// of stored data flipping, or a bad sector (reads of 4 KiB failing until a write covers
-/// them), and where every replica has another a device may stop answering, and come back
-/// later as it was when it went (the filesystem runs degraded while it is away). After each
-/// crash the filesystem must mount,
-/// hold every fsynced operation, match its allocator to its btrees, and check clean after fsck -y repairs injected
-/// damage; damage may fail a mount or a read only with an error. Panics and seeds past their
+/// them), and where every replica has another a device may stop answering, or die for writes
+/// in the middle of a round and be taken out at the crash, and come back later as it was when
+/// it went (the filesystem runs degraded while it is away). After each crash the filesystem
+/// must mount, hold every fsynced operation, match its allocator to its btrees, and check
+/// clean after fsck -y repairs injected damage; damage may fail a mount or a read only with an error. Panics and seeds past their
 /// budget are failures. Each failure prints `bcsim sim --seeds S..S`, which replays it exactly.
 ///
 /// To spread a campaign over machines, give each the same --seeds and its own --shard I/N
@@ -110,7 +110,7 @@ pub fn run(args: SimArgs) -> CmdResult {
         let n = report.results.len();
         if args.merge.is_empty() {
             outln!(
-                "sim: {n} seeds in {secs:.2}s ({:.1} seeds/s, {} threads): {} crashes ({} power cuts), {} EIO rounds ({} with reads), {} operations, {} bits flipped, {} bad sectors, {} devices vanished ({} came back), {} damage reports",
+                "sim: {n} seeds in {secs:.2}s ({:.1} seeds/s, {} threads): {} crashes ({} power cuts), {} EIO rounds ({} with reads), {} operations, {} bits flipped, {} bad sectors, {} devices vanished ({} came back), {} died for writes, {} damage reports",
                 n as f64 / secs.max(1e-9),
                 args.threads,
                 report.total(|r| r.crashes),
@@ -122,6 +122,7 @@ pub fn run(args: SimArgs) -> CmdResult {
                 report.total(|r| r.bad_sectors),
                 report.total(|r| r.vanished),
                 report.total(|r| r.returned),
+                report.total(|r| r.write_dead),
                 report.total(|r| r.reported)
             );
         } else {
