@@ -14,7 +14,7 @@ OUT=${OUT:-target/fuzz-out}
 MEM_MB=${MEM_MB:-1024}
 TARGETS=("$@")
 if [ ${#TARGETS[@]} -eq 0 ]; then
-    TARGETS=(superblock jset btree_node alloc_v4 btree_ptr_v2 inode dirent extent control_request)
+    TARGETS=(superblock jset btree_node alloc_v4 btree_ptr_v2 inode dirent extent control_request dump)
 fi
 export CARGO_TARGET_DIR=target/afl
 cargo afl build --release -p bcsim-fuzz --features afl --bin bcsim-fuzz >&2

@@ -1,5 +1,5 @@
-//! Fuzz targets: one per decoder that reads bytes bcsim does not control, the image formats and
-//! the control socket's requests.
+//! Fuzz targets: one per decoder that reads bytes bcsim does not control, the image formats,
+//! the dump files users share and the control socket's requests.
 //!
 //! A target takes any bytes and must return: a decoder may refuse them with a typed error, but
 //! never panic, hang or allocate without bound. Where a format carries checksums, the target
@@ -14,6 +14,7 @@
 use std::sync::Arc;
 
 use bcsim::control::{Control, Request, parse_request};
+use bcsim::dump::DumpReader;
 use fs_core::bkey::alloc::AllocV4;
 use fs_core::bkey::fs::{Dirent, Extent, Inode};
 use fs_core::bkey::ptr::BtreePtrV2;
@@ -41,6 +42,7 @@ pub const TARGETS: &[Target] = &[
     Target { name: "dirent", run: dirent },
     Target { name: "extent", run: extent },
     Target { name: "control_request", run: control_request },
+    Target { name: "dump", run: dump },
 ];
 
 /// The target called `name`.
@@ -138,6 +140,27 @@ pub fn dirent(data: &[u8]) {
 
 pub fn extent(data: &[u8]) {
     round_trip!(Extent, data);
+}
+
+/// A dump's content after its gzip layer (flate2's decoder, not bcsim's): the header, then
+/// each image's runs, written nowhere. Every piece the reader hands out must lie within its
+/// image, and no length in the input may make it allocate beyond its bound.
+pub fn dump(data: &[u8]) {
+    let mut r = DumpReader::new(data, "fuzz input");
+    let Ok(images) = r.header() else { return };
+    for (name, size) in images {
+        let mut within = |off: u64, bytes: &[u8]| {
+            assert!(
+                off.checked_add(bytes.len() as u64).is_some_and(|end| end <= size),
+                "{name}: {} bytes at {off} handed out past the image's {size}",
+                bytes.len()
+            );
+            Ok(())
+        };
+        if r.runs(size, &mut within).is_err() {
+            return;
+        }
+    }
 }
 
 /// A control-socket request line, answered by a mount's control state as far as it can be

@@ -158,6 +158,23 @@ fn regenerate_seed_corpora() {
             }
         }
     }
+    // A dump of the image, its content after the gzip layer: whole, and cut after its first
+    // runs (a campaign grows long inputs from short ones faster than the other way).
+    let tmp = tempfile::tempdir().unwrap();
+    let img = tmp.path().join("mem0.img");
+    std::fs::write(&img, &image).unwrap();
+    let dumped = tmp.path().join("mem0.dump");
+    bcsim::dump::dump(&[img], &dumped, bcsim::dump::Keep::All).unwrap();
+    let mut content = Vec::new();
+    std::io::Read::read_to_end(
+        &mut flate2::read::GzDecoder::new(std::fs::File::open(&dumped).unwrap()),
+        &mut content,
+    )
+    .unwrap();
+    for cut in [1024, 8192, content.len()] {
+        add("dump", content[..cut.min(content.len())].to_vec());
+    }
+
     for line in [
         "status",
         "show",

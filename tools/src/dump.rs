@@ -36,6 +36,9 @@ const MAX_HEADER_BYTES: u64 = 1 << 20;
 const MAX_IMAGES: usize = 64;
 const MAX_IMAGE_BYTES: u64 = 1 << 52;
 const END: u64 = u64::MAX;
+/// The longest run a dump writes (its length field is 32 bits) and the most an undump reads
+/// into memory at once, whatever a run's length says.
+const RUN_BYTES: usize = 1 << 20;
 
 /// What a dump wrote.
 #[derive(Debug)]
@@ -239,8 +242,11 @@ pub fn dump(paths: &[PathBuf], out: &Path, keep: Keep) -> Result<DumpReport> {
                         Some((_, bytes)) => bytes.extend_from_slice(b),
                         None => run = Some((off, b.to_vec())),
                     }
-                } else if let Some(r) = run.take() {
-                    write_run(&mut w, r).map_err(create)?;
+                }
+                if !keep || run.as_ref().is_some_and(|(_, bytes)| bytes.len() >= RUN_BYTES) {
+                    if let Some(r) = run.take() {
+                        write_run(&mut w, r).map_err(create)?;
+                    }
                 }
                 off += n as u64;
             }
@@ -258,50 +264,110 @@ pub fn dump(paths: &[PathBuf], out: &Path, keep: Keep) -> Result<DumpReport> {
 }
 
 fn write_run(w: &mut impl Write, (off, bytes): (u64, Vec<u8>)) -> std::io::Result<()> {
+    let len = u32::try_from(bytes.len()).map_err(|_| std::io::Error::other("a run longer than 4 GiB"))?;
     w.write_all(&off.to_le_bytes())?;
-    w.write_all(&(bytes.len() as u32).to_le_bytes())?;
+    w.write_all(&len.to_le_bytes())?;
     w.write_all(&bytes)
+}
+
+/// The reader of a dump's content (after the gzip layer): its header, then each image's runs.
+/// It believes nothing it reads: names, counts, sizes and runs are checked before use, and
+/// no length read makes it allocate more than [`RUN_BYTES`].
+pub struct DumpReader<R> {
+    r: R,
+    /// The dump's name, for errors.
+    name: String,
+}
+
+impl<R: BufRead> DumpReader<R> {
+    pub fn new(r: R, name: impl Into<String>) -> DumpReader<R> {
+        DumpReader { r, name: name.into() }
+    }
+
+    fn bad(&self, why: String) -> Error {
+        Error::new(ErrCode::InvalidDump, format!("not a bcsim dump: {why}")).path(self.name.clone())
+    }
+
+    fn line(&mut self) -> Result<String> {
+        let mut line = String::new();
+        match self.r.by_ref().take(MAX_HEADER_BYTES).read_line(&mut line) {
+            Ok(_) => Ok(line),
+            Err(e) => Err(self.bad(format!("header unreadable ({e})"))),
+        }
+    }
+
+    /// The header: each image's file name and size, in member order.
+    pub fn header(&mut self) -> Result<Vec<(String, u64)>> {
+        if self.line()?.trim_end() != MAGIC_LINE {
+            return Err(self.bad("no 'bcsim-dump 1' line".to_owned()));
+        }
+        let line = self.line()?;
+        let header: serde_json::Value =
+            serde_json::from_str(&line).map_err(|e| self.bad(format!("header: {e}")))?;
+        let list = header
+            .get("images")
+            .and_then(|v| v.as_array())
+            .ok_or_else(|| self.bad("no image list".to_owned()))?;
+        if list.len() > MAX_IMAGES {
+            return Err(self.bad(format!("{} images", list.len())));
+        }
+        let mut images = Vec::new();
+        for img in list {
+            let n = img.get("name").and_then(|v| v.as_str()).unwrap_or_default();
+            let size = img.get("size").and_then(serde_json::Value::as_u64).unwrap_or(0);
+            let plain = !n.is_empty() && n != "." && n != ".." && !n.contains('/') && !n.contains('\0');
+            if !plain || size == 0 || size > MAX_IMAGE_BYTES {
+                return Err(self.bad(format!("image entry {img}")));
+            }
+            images.push((n.to_owned(), size));
+        }
+        Ok(images)
+    }
+
+    fn read(&mut self, buf: &mut [u8]) -> Result<()> {
+        match self.r.read_exact(buf) {
+            Ok(()) => Ok(()),
+            Err(e) => Err(self.bad(format!("truncated ({e})"))),
+        }
+    }
+
+    /// The next image's runs, handed to `write` as (offset, bytes), in pieces of at most
+    /// [`RUN_BYTES`], each within the image's `size`.
+    pub fn runs(&mut self, size: u64, write: &mut dyn FnMut(u64, &[u8]) -> Result<()>) -> Result<()> {
+        let mut buf = Vec::new();
+        loop {
+            let mut off = [0u8; 8];
+            self.read(&mut off)?;
+            let off = u64::from_le_bytes(off);
+            if off == END {
+                return Ok(());
+            }
+            let mut len = [0u8; 4];
+            self.read(&mut len)?;
+            let len = u64::from(u32::from_le_bytes(len));
+            if off.checked_add(len).is_none_or(|e| e > size) {
+                return Err(self.bad(format!("a run at {off} of {len} bytes past the image's {size}")));
+            }
+            let mut at = off;
+            while at < off + len {
+                let n = (off + len - at).min(RUN_BYTES as u64) as usize;
+                buf.resize(n, 0);
+                self.read(&mut buf)?;
+                write(at, &buf)?;
+                at += n as u64;
+            }
+        }
+    }
 }
 
 /// Restores the images of dump `file` into `dir` (created if needed); refuses to replace an
 /// existing file. Returns the images written, in member order.
 pub fn undump(file: &Path, dir: &Path) -> Result<Vec<PathBuf>> {
     let name = file.display().to_string();
-    let bad =
-        |why: String| Error::new(ErrCode::InvalidDump, format!("not a bcsim dump: {why}")).path(name.clone());
     let f = File::open(file)
         .map_err(|e| io_error(e, ErrCode::IoRead, "cannot open the dump").path(name.clone()))?;
-    let mut r = BufReader::new(GzDecoder::new(f));
-    let mut line = String::new();
-    let read_line = |r: &mut BufReader<GzDecoder<File>>, line: &mut String| -> Result<()> {
-        line.clear();
-        r.by_ref()
-            .take(MAX_HEADER_BYTES)
-            .read_line(line)
-            .map_err(|e| bad(format!("header unreadable ({e})")))?;
-        Ok(())
-    };
-    read_line(&mut r, &mut line)?;
-    if line.trim_end() != MAGIC_LINE {
-        return Err(bad("no 'bcsim-dump 1' line".to_owned()));
-    }
-    read_line(&mut r, &mut line)?;
-    let header: serde_json::Value = serde_json::from_str(&line).map_err(|e| bad(format!("header: {e}")))?;
-    let list =
-        header.get("images").and_then(|v| v.as_array()).ok_or_else(|| bad("no image list".to_owned()))?;
-    if list.len() > MAX_IMAGES {
-        return Err(bad(format!("{} images", list.len())));
-    }
-    let mut images = Vec::new();
-    for img in list {
-        let n = img.get("name").and_then(|v| v.as_str()).unwrap_or_default();
-        let size = img.get("size").and_then(serde_json::Value::as_u64).unwrap_or(0);
-        let plain = !n.is_empty() && n != "." && n != ".." && !n.contains('/') && !n.contains('\0');
-        if !plain || size == 0 || size > MAX_IMAGE_BYTES {
-            return Err(bad(format!("image entry {img}")));
-        }
-        images.push((dir.join(n), size));
-    }
+    let mut r = DumpReader::new(BufReader::new(GzDecoder::new(f)), name);
+    let images: Vec<(PathBuf, u64)> = r.header()?.into_iter().map(|(n, size)| (dir.join(n), size)).collect();
     std::fs::create_dir_all(dir).map_err(|e| {
         io_error(e, ErrCode::IoWrite, "cannot create directory").path(dir.display().to_string())
     })?;
@@ -315,7 +381,7 @@ pub fn undump(file: &Path, dir: &Path) -> Result<Vec<PathBuf>> {
     let mut made: Vec<&Path> = Vec::new();
     let result = images.iter().try_for_each(|(path, size)| {
         made.push(path);
-        restore_image(&mut r, path, *size, &bad)
+        restore_image(&mut r, path, *size)
     });
     if let Err(e) = result {
         for p in made {
@@ -327,28 +393,66 @@ pub fn undump(file: &Path, dir: &Path) -> Result<Vec<PathBuf>> {
 }
 
 /// Writes one image of a dump from `r`: a sparse file of `size` bytes, then its runs.
-fn restore_image(r: &mut impl Read, path: &Path, size: u64, bad: &dyn Fn(String) -> Error) -> Result<()> {
+fn restore_image(r: &mut DumpReader<impl BufRead>, path: &Path, size: u64) -> Result<()> {
     use std::os::unix::fs::FileExt;
     let pname = path.display().to_string();
     let werr = |e| io_error(e, ErrCode::IoWrite, "cannot write image").path(pname.clone());
     let out = File::create(path).map_err(werr)?;
     out.set_len(size).map_err(werr)?;
-    loop {
-        let mut off = [0u8; 8];
-        r.read_exact(&mut off).map_err(|e| bad(format!("truncated ({e})")))?;
-        let off = u64::from_le_bytes(off);
-        if off == END {
-            break;
-        }
-        let mut len = [0u8; 4];
-        r.read_exact(&mut len).map_err(|e| bad(format!("truncated ({e})")))?;
-        let len = u64::from(u32::from_le_bytes(len));
-        if off.checked_add(len).is_none_or(|e| e > size) {
-            return Err(bad(format!("a run at {off} of {len} bytes past the image's {size}")));
-        }
-        let mut bytes = vec![0u8; len as usize];
-        r.read_exact(&mut bytes).map_err(|e| bad(format!("truncated ({e})")))?;
-        out.write_all_at(&bytes, off).map_err(werr)?;
-    }
+    r.runs(size, &mut |off, bytes| out.write_all_at(bytes, off).map_err(werr))?;
     out.sync_all().map_err(werr)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A dump's content with one image of `size` bytes and the given runs.
+    fn content(size: u64, runs: Vec<(u64, Vec<u8>)>) -> Vec<u8> {
+        let mut out =
+            format!("{MAGIC_LINE}\n{}\n", json!({"images": [{"name": "a.img", "size": size}]})).into_bytes();
+        for run in runs {
+            write_run(&mut out, run).unwrap();
+        }
+        out.extend_from_slice(&END.to_le_bytes());
+        out
+    }
+
+    /// The pieces a reader hands out for the one image of `data`, or its error.
+    fn pieces(data: &[u8]) -> Result<Vec<(u64, Vec<u8>)>> {
+        let mut r = DumpReader::new(data, "test");
+        let images = r.header()?;
+        assert_eq!(images.len(), 1);
+        let mut got = Vec::new();
+        r.runs(images[0].1, &mut |off, bytes| {
+            got.push((off, bytes.to_vec()));
+            Ok(())
+        })?;
+        Ok(got)
+    }
+
+    /// A run is read in pieces of at most `RUN_BYTES`, in order and complete: what a run's
+    /// length claims never sizes a buffer.
+    #[test]
+    fn a_long_run_is_read_in_bounded_pieces() {
+        let run: Vec<u8> = (0..(5 * RUN_BYTES / 2)).map(|i| (i % 251) as u8).collect();
+        let got = pieces(&content(16 << 20, vec![(4096, run.clone())])).unwrap();
+        assert_eq!(got.len(), 3);
+        assert!(got.iter().all(|(_, b)| b.len() <= RUN_BYTES));
+        assert!(got.windows(2).all(|w| w[0].0 + w[0].1.len() as u64 == w[1].0), "contiguous");
+        assert_eq!(got[0].0, 4096);
+        assert_eq!(got.iter().flat_map(|(_, b)| b.iter().copied()).collect::<Vec<u8>>(), run);
+    }
+
+    /// A run claiming 4 GiB that the input does not hold is refused as truncated once the
+    /// bytes run out, after handing out only what was there.
+    #[test]
+    fn a_run_longer_than_the_input_is_refused() {
+        let mut data = content(1 << 40, vec![(0, vec![7u8; 16])]);
+        // The run's length field (after the two header lines and the 8-byte offset).
+        let at = data.iter().rposition(|&b| b == b'\n').unwrap() + 1 + 8;
+        data[at..at + 4].copy_from_slice(&u32::MAX.to_le_bytes());
+        let e = pieces(&data).unwrap_err();
+        assert!(e.to_string().contains("truncated"), "{e}");
+    }
 }
