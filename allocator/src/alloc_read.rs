@@ -5,7 +5,10 @@
 //! layout or itself is a typed error naming its position, left for fsck to repair, never
 //! silently rewritten. A bucket without a key is unused: free, gen 0. Only the keys there are
 //! are read, so an empty terabyte costs next to nothing; the freespace keys on disk are taken to
-//! be the runs of free buckets the alloc keys leave (check_alloc_info checks that they are).
+//! be the runs of free buckets the alloc keys leave (check_alloc_info checks that they are),
+//! except that a free bucket they leave out is held back ([`Allocator::hold_unlisted`]): the
+//! alloc key may be the wrong one, and bcachefs, allocating from the freespace btree, would
+//! not hand that bucket out.
 //!
 //! Not persistent, so not rebuilt: the in-memory `written` mark (a bucket whose key says
 //! allocated with 0 sectors counts as never written: nothing durable points into it) and the
@@ -45,6 +48,21 @@ impl Allocator {
             }
         }
         Ok(alloc)
+    }
+
+    /// Holds back every bucket whose alloc key says free but which the freespace keys on disk
+    /// leave out: `listed` gives, per device, the bucket runs its freespace keys cover. Such a
+    /// bucket stays off the free list while it stays free, as in bcachefs, which allocates from
+    /// the freespace btree; fsck reports the disagreement and repairs it. Returns the buckets
+    /// held, as (device, bucket).
+    pub fn hold_unlisted(&self, listed: &BTreeMap<u8, Vec<std::ops::Range<u64>>>) -> Vec<(u8, u64)> {
+        let mut inner = self.lock();
+        let mut out = Vec::new();
+        for (&dev, d) in inner.devs.iter_mut() {
+            let runs = listed.get(&dev).map_or(&[][..], Vec::as_slice);
+            out.extend(d.hold_unlisted(runs).into_iter().map(|b| (dev, b)));
+        }
+        out
     }
 }
 

@@ -88,8 +88,11 @@ fn check_device(d: &Device) -> Result<(), String> {
     for (b, st) in d.buckets() {
         *counts.entry(st.data_type).or_default() += 1;
         let bad = |what: &str| Err(format!("dev {dev} bucket {b}: {what} ({st:?})"));
-        if d.is_free_listed(b) != (st.data_type == DataType::Free) {
+        if d.is_free_listed(b) != (st.data_type == DataType::Free && !d.is_held(b)) {
             return bad("free list membership disagrees with the data type");
+        }
+        if d.is_held(b) && st.data_type != DataType::Free {
+            return bad("held back but not free");
         }
         // An absent member's journal buckets are in its own superblock, which was not read:
         // its layout is not known, only what its alloc keys say.
@@ -125,10 +128,11 @@ fn check_device(d: &Device) -> Result<(), String> {
             return Err(format!("dev {dev}: {} {t} buckets counted, {want} present", d.count(t)));
         }
     }
-    if d.nr_free() != d.count(DataType::Free) {
+    if d.nr_free() + d.nr_held() != d.count(DataType::Free) {
         return Err(format!(
-            "dev {dev}: free list holds {}, {} buckets are free",
+            "dev {dev}: free list holds {} and {} are held back, {} buckets are free",
             d.nr_free(),
+            d.nr_held(),
             d.count(DataType::Free)
         ));
     }

@@ -149,6 +149,11 @@ pub(crate) struct Device {
     pub_nd: BucketSet,
     /// The freespace keys handed out so far, `end -> start`: each covers buckets `start..end`.
     runs: BTreeMap<u64, u64>,
+    /// Buckets whose alloc key says free but which the freespace keys on disk leave out (a
+    /// wrong alloc key behind good checksums): kept off the free list while they stay free,
+    /// as bcachefs, which allocates from the freespace btree, never finds them. fsck repairs
+    /// whichever of the two is wrong.
+    held: BucketSet,
     /// No freespace key was handed out yet (a new filesystem): the next take writes them all.
     runs_unwritten: bool,
     /// See [`DeviceInit::present`].
@@ -204,6 +209,7 @@ impl Device {
         let data_buckets = member.nbuckets.saturating_sub(first).saturating_sub(journal.nr());
         let nr_btree_reserve = nr_btree_reserve(u64::from(member.bucket_size), btree_node_size);
         let pub_nd = BucketSet::new(member.nbuckets);
+        let held = BucketSet::new(member.nbuckets);
         Ok(Device {
             dev,
             member,
@@ -215,6 +221,7 @@ impl Device {
             free,
             changed,
             runs: BTreeMap::new(),
+            held,
             runs_unwritten: true,
             present,
             alloc_cursor: first,
@@ -256,6 +263,35 @@ impl Device {
         }
         self.runs = self.pub_free.runs_in(0, upto).into_iter().map(|r| (r.end, r.start)).collect();
         self.runs_unwritten = false;
+    }
+
+    /// After [`Device::finish_read`]: holds back every bucket its alloc key calls free that
+    /// `listed`, the runs the freespace keys on disk cover, leaves out. Returns them.
+    pub(crate) fn hold_unlisted(&mut self, listed: &[std::ops::Range<u64>]) -> Vec<u64> {
+        let mut listed: Vec<std::ops::Range<u64>> = listed.to_vec();
+        listed.sort_by_key(|r| r.start);
+        let mut out = Vec::new();
+        for (&end, &start) in &self.runs {
+            let mut b = start;
+            for r in listed.iter().filter(|r| r.end > start && r.start < end) {
+                out.extend(b..r.start.max(b).min(end));
+                b = b.max(r.end);
+            }
+            out.extend(b..end);
+        }
+        for &b in &out {
+            self.free.remove(b);
+            self.held.insert(b);
+        }
+        out
+    }
+
+    pub(crate) fn is_held(&self, b: u64) -> bool {
+        self.held.contains(b)
+    }
+
+    pub(crate) fn nr_held(&self) -> u64 {
+        self.held.len()
     }
 
     fn note_published(&mut self, b: u64, persisted: &AllocV4) {
@@ -371,10 +407,15 @@ impl Device {
         if let Some(c) = self.counts.get_mut(new.data_type as usize) {
             *c += 1;
         }
+        // A held bucket stays off the free list for as long as it stays free.
+        let held = new.data_type == DataType::Free && self.held.contains(b);
+        if !held {
+            self.held.remove(b);
+        }
         if old.data_type == DataType::Free {
             self.free.remove(b);
         }
-        if new.data_type == DataType::Free {
+        if new.data_type == DataType::Free && !held {
             self.free.insert(b);
         }
         if old.persisted() != new.persisted() {
@@ -586,7 +627,8 @@ impl Device {
             nbuckets: self.nbuckets(),
             bucket_size: self.member.bucket_size,
             nr_btree_reserve: self.nr_btree_reserve,
-            free: self.count(DataType::Free),
+            // What the allocator may hand out: held buckets are not.
+            free: self.nr_free(),
             need_discard: self.count(DataType::NeedDiscard),
             sb: self.count(DataType::Sb),
             journal: self.count(DataType::Journal),
@@ -641,6 +683,7 @@ pub struct DevUsage {
     pub bucket_size: u32,
     /// Buckets held back for btree nodes (`nr_btree_reserve`).
     pub nr_btree_reserve: u64,
+    /// Free buckets the allocator may hand out (not those held back: see `Device::held`).
     pub free: u64,
     pub need_discard: u64,
     pub sb: u64,

@@ -205,3 +205,35 @@ fn bad_keys_are_refused() {
     a.release_bucket(0, 12).unwrap();
     assert_eq!(a.bucket(0, 12).unwrap().data_type, DataType::Free);
 }
+
+/// A bucket whose alloc key says free but that the freespace keys on disk leave out is held
+/// back: it counts as neither free nor allocatable, and allocation takes every other free
+/// bucket but never it (bcachefs allocates from the freespace btree).
+#[test]
+fn free_buckets_the_freespace_keys_leave_out_are_held_back() {
+    let user = AllocV4 { data_type: DataType::User, dirty_sectors: 8, ..AllocV4::free(0) };
+    let a = Allocator::from_alloc_keys(devices(), NODE_SIZE, [(bucket_pos(0, 10), user)]).unwrap();
+    let free_before = a.dev_usage(0).unwrap().free;
+    // Device 0's free runs are 4..10 and 11..96; the disk lists 4..8 and 20..96.
+    let whole = |n: u64| std::iter::once(0..n).collect::<Vec<_>>();
+    let listed = BTreeMap::from([(0u8, vec![20..96, 4..8]), (1, whole(80)), (2, whole(120))]);
+    let held = a.hold_unlisted(&listed);
+    let want: Vec<(u8, u64)> = [8, 9].into_iter().chain(11..20).map(|b| (0, b)).collect();
+    assert_eq!(held, want);
+    assert_eq!(a.dev_usage(0).unwrap().free, free_before - want.len() as u64);
+    let req = AllocRequest {
+        nr_replicas: 1,
+        target: "ssd.a".to_owned(),
+        data_type: DataType::User,
+        watermark: Watermark::Reclaim,
+    };
+    let mut got = Vec::new();
+    while let Ok(buckets) = a.alloc_buckets(&req) {
+        got.extend(buckets.into_iter().map(|b| (b.dev, b.bucket)));
+    }
+    // The target falls back to every device once ssd.a is out: count device 0's.
+    let from_dev0 = got.iter().filter(|b| b.0 == 0).count() as u64;
+    assert_eq!(from_dev0, free_before - want.len() as u64, "every other free bucket goes");
+    assert!(got.iter().all(|b| !want.contains(b)), "a held bucket was handed out");
+    assert!(want.iter().all(|&(d, b)| a.bucket(d, b).unwrap().data_type == DataType::Free));
+}

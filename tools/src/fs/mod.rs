@@ -24,6 +24,7 @@ pub mod reclaim;
 pub mod trans;
 pub mod write_back;
 
+use std::collections::BTreeMap;
 use std::time::Instant;
 
 use allocator::{Allocator, BtreeNodeAlloc, Clock, WaitList};
@@ -604,6 +605,22 @@ pub(crate) fn read_alloc_keys(
     t.for_each_key(BtreeId::Alloc, overlay, |k| {
         if k.ty == KeyType::AllocV4 {
             out.push((k.pos, AllocV4::decode(k.val).map_err(|e| e.btree(BtreeId::Alloc).pos(k.pos))?));
+        }
+        Ok(())
+    })?;
+    Ok(out)
+}
+
+/// The bucket runs the freespace keys cover, per device; through `overlay` when one is given.
+pub(crate) fn read_freespace_runs(
+    t: &mut Btrees,
+    overlay: Option<&dyn KeyOverlay>,
+) -> Result<BTreeMap<u8, Vec<std::ops::Range<u64>>>> {
+    let mut out: BTreeMap<u8, Vec<std::ops::Range<u64>>> = BTreeMap::new();
+    t.for_each_key(BtreeId::Freespace, overlay, |k| {
+        if let (KeyType::Set, Ok(dev)) = (k.ty, u8::try_from(k.pos.inode)) {
+            let end = k.pos.offset;
+            out.entry(dev).or_default().push(end.saturating_sub(u64::from(k.size))..end);
         }
         Ok(())
     })?;
