@@ -18,13 +18,15 @@ fn a_window_of_seeds_passes() {
     let crashes = report.total(|r| r.crashes);
     let flipped = report.total(|r| r.bits_flipped);
     let (cuts, vanished) = (report.total(|r| r.power_cuts), report.total(|r| r.vanished));
+    let write_dead = report.total(|r| r.write_dead);
     eprintln!(
-        "sim: {} seeds, {crashes} crashes, {cuts} power cuts, {flipped} bits flipped, {vanished} devices vanished",
+        "sim: {} seeds, {crashes} crashes, {cuts} power cuts, {flipped} bits flipped, {vanished} devices vanished, \
+         {write_dead} died for writes",
         report.results.len()
     );
     assert_eq!(report.results.len(), seeds.len());
     assert!(
-        crashes >= seeds.len() && flipped > 0 && cuts > 0 && vanished > 0,
+        crashes >= seeds.len() && flipped > 0 && cuts > 0 && vanished > 0 && write_dead > 0,
         "the window injected too little to be a test"
     );
     let failed: Vec<String> = report
