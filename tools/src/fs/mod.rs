@@ -540,7 +540,7 @@ impl Fs {
             .shared
             .journal_rw()
             .and_then(|j| j.flush_all_pins())
-            .and_then(|_| self.shared.write_back())
+            .and_then(|_| self.shared.write_back_all())
             .and_then(|()| self.shared.journal_rw()?.flush());
         let seq = match r {
             Ok(seq) => seq,

@@ -696,7 +696,7 @@ impl ReplayTrans<'_> {
     /// all of it again onto these roots.
     pub fn write_dirty(&mut self) -> Result<usize> {
         let journal = self.fs.journal_rw()?.clone();
-        self.fs.write_round(&mut self.btrees, &journal)
+        self.fs.write_round(&mut self.btrees, &journal).map(|(written, _)| written)
     }
 }
 

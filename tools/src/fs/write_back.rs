@@ -44,10 +44,26 @@ impl FsShared {
     /// nodes allocated and freed since the last publication in the same entry, until nothing is
     /// dirty or pending; then drops the write-back pin. Its commits are reclaim's: they may use
     /// the journal reserve and never wait on the allocator.
+    ///
+    /// Other threads may keep handing the allocator updates (discard workers emptying
+    /// thousands of buckets), which each round publishes, dirtying alloc leaves anew, so the
+    /// rounds need not settle. Once they have not, every node that was dirty before the last
+    /// round has been written by it, and what is dirty now carries that round's entry: the pin
+    /// moves there (or goes, if nothing is dirty), and reclaim comes back when it needs that
+    /// entry gone. Unmount, with those threads stopped, uses [`FsShared::write_back_all`].
     pub fn write_back(&self) -> Result<()> {
+        self.write_back_rounds(false)
+    }
+
+    /// [`FsShared::write_back`] that settles or fails: nothing dirty or pending is left.
+    pub(crate) fn write_back_all(&self) -> Result<()> {
+        self.write_back_rounds(true)
+    }
+
+    fn write_back_rounds(&self, settle: bool) -> Result<()> {
         let journal = self.journal_rw()?.clone();
         self.health.check_rw()?;
-        for _ in 0..MAX_SETTLE_ROUNDS {
+        for round_nr in 1..=MAX_SETTLE_ROUNDS {
             let mut t = self.btrees.lock();
             // Nodes written anew here are journal reclaim's interior updates: they may use the
             // last buckets, as bcachefs's do.
@@ -60,12 +76,26 @@ impl FsShared {
             if let (Some(n), Some(old)) = (&self.nodes, saved) {
                 n.set_watermark(old);
             }
-            round?;
-            if t.dirty_nodes() == 0 && self.alloc.as_ref().is_none_or(|a| a.pending_updates() == 0) {
+            let (_, entry) = round?;
+            let dirty = t.dirty_nodes();
+            let pending = self.alloc.as_ref().is_some_and(|a| a.pending_updates() > 0);
+            if dirty == 0 && !pending {
                 // Nothing applied is unwritten: the pin has nothing left to hold. The roots
                 // set above go out with the next entry, the first one whose last_seq moves.
                 if let Some(p) = self.wb_pin.lock().take() {
                     journal.pin_drop(p)?;
+                }
+                return Ok(());
+            }
+            if !settle && round_nr == MAX_SETTLE_ROUNDS {
+                // Under the btree lock still: no update comes between the check and the move.
+                let mut pin = self.wb_pin.lock();
+                if dirty == 0 {
+                    if let Some(p) = pin.take() {
+                        journal.pin_drop(p)?;
+                    }
+                } else if let Some(p) = pin.as_mut().filter(|p| p.seq() < entry) {
+                    journal.pin_update(p, entry)?;
                 }
                 return Ok(());
             }
@@ -82,18 +112,21 @@ impl FsShared {
     /// the entry. A crash before the entry is durable leaves bsets recovery blacklists: the
     /// nodes on disk never point past what the alloc keys say (bcachefs's btree updates take
     /// their journal reservation before they write, for the same reason). Returns how many
-    /// nodes it wrote.
+    /// nodes it wrote, and the seq of the entry it published into: what the publication
+    /// dirtied carries that seq.
     pub(crate) fn write_round(
         &self,
         t: &mut fs_core::btree::Btrees,
         journal: &journal::Journal,
-    ) -> Result<usize> {
+    ) -> Result<(usize, u64)> {
         journal.flush_with(CommitFlags::RECLAIM.wm)?;
         let (res, reserved) = self.reserve_publication(t, journal).map_err(|e| self.check_fatal(e))?;
-        let written = t.write_dirty_in(res.seq());
+        let entry = res.seq();
+        let written = t.write_dirty_in(entry);
         journal.set_roots(root_entries(t));
         self.publish_locked(t, journal, res, reserved).map_err(|e| self.check_fatal(e))?;
-        written.map_err(|e| reclaim_blocked(e).unwrap_or_else(|e| self.check_fatal(e)))
+        let written = written.map_err(|e| reclaim_blocked(e).unwrap_or_else(|e| self.check_fatal(e)))?;
+        Ok((written, entry))
     }
 
     /// A new filesystem's first alloc keys (its superblock and journal buckets) and freespace
