@@ -271,9 +271,14 @@ impl Device {
         let mut listed: Vec<std::ops::Range<u64>> = listed.to_vec();
         listed.sort_by_key(|r| r.start);
         let mut out = Vec::new();
+        // The runs are disjoint and in order: one walk along both lists.
+        let mut first = 0;
         for (&end, &start) in &self.runs {
+            while listed.get(first).is_some_and(|r| r.end <= start) {
+                first += 1;
+            }
             let mut b = start;
-            for r in listed.iter().filter(|r| r.end > start && r.start < end) {
+            for r in listed.iter().skip(first).take_while(|r| r.start < end) {
                 out.extend(b..r.start.max(b).min(end));
                 b = b.max(r.end);
             }

@@ -236,4 +236,10 @@ fn free_buckets_the_freespace_keys_leave_out_are_held_back() {
     assert_eq!(from_dev0, free_before - want.len() as u64, "every other free bucket goes");
     assert!(got.iter().all(|b| !want.contains(b)), "a held bucket was handed out");
     assert!(want.iter().all(|&(d, b)| a.bucket(d, b).unwrap().data_type == DataType::Free));
+
+    // Listed ranges that overlap each other and span a run's edge (damaged freespace keys).
+    let b = Allocator::from_alloc_keys(devices(), NODE_SIZE, [(bucket_pos(0, 10), user)]).unwrap();
+    let listed = BTreeMap::from([(0u8, vec![60..70, 2..12, 9..30]), (1, whole(80)), (2, whole(120))]);
+    let held: Vec<u64> = b.hold_unlisted(&listed).into_iter().map(|(_, b)| b).collect();
+    assert_eq!(held, (30..60).chain(70..96).collect::<Vec<u64>>());
 }
