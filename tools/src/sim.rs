@@ -262,8 +262,8 @@ fn draw(seed: u64) -> SeedResult {
 /// The seed's rounds; `Err` is its failure.
 fn rounds(seed: u64, r: &mut SeedResult, started: Instant) -> std::result::Result<(), String> {
     let mut rng = Rng::new(seed);
-    // Draws of the faults added since the first campaigns, apart, so that the rest of a seed
-    // draws what it always did.
+    // The write-dead fault draws from a generator of its own: the rest of a seed's draws do
+    // not depend on it.
     let mut later_rng = Rng::new(seed ^ 0xdead_d15c);
     let fail = |round: usize, what: String| format!("round {round}: {what}");
     let devs = setup(seed, r).map_err(|e| fail(0, format!("format: {e}")))?;
@@ -426,10 +426,11 @@ fn rounds(seed: u64, r: &mut SeedResult, started: Instant) -> std::result::Resul
         // everything (the round may have changed the replicas since); if not, its failure was
         // a passing one (a controller reset), and the crash ended it with the round's other
         // faults.
-        if let Some(i) = dying.filter(|_| redundant(r, absent.get(), ever_damaged, replicas_changed)) {
+        let may_lose = redundant(r, absent.get(), ever_damaged, replicas_changed);
+        if let Some(i) = dying.filter(|_| may_lose) {
             absent.set(Some(i));
             r.write_dead += 1;
-        } else if redundant(r, absent.get(), ever_damaged, replicas_changed) && rng.chance(0.3) {
+        } else if may_lose && rng.chance(0.3) {
             absent.set(Some(rng.below(r.devices as u64) as usize));
             r.vanished += 1;
         } else if absent.get().is_some() && rng.chance(0.3) {

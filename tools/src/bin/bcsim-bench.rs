@@ -719,16 +719,9 @@ fn get_f64(v: &serde_json::Value, key: &str) -> f64 {
     v.get(key).and_then(serde_json::Value::as_f64).unwrap_or(f64::NAN)
 }
 
-/// Encoded bytes of the compacted keys, from the generator's mix: alloc keys (24-byte values),
-/// inodes (8 bytes) and extents (16 bytes), each with a 32-byte header.
+/// Encoded bytes of the compacted keys: one key per position, as the generator makes it.
 fn rec_compacted_bytes(unique: u64) -> u64 {
-    (0..unique)
-        .map(|k| match rec_alloc_pos(k) {
-            Some(_) => 56,
-            None if k % 5 == 4 => 40,
-            None => 48,
-        })
-        .sum()
+    (0..unique).map(|k| rec_key(k, 0).1.encoded_bytes() as u64).sum()
 }
 
 fn bench_recovery(keys: u64, unique: u64) -> Result<serde_json::Value, String> {
