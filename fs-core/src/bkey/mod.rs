@@ -133,15 +133,18 @@ impl<'a> KeyRef<'a> {
     }
 
     /// Decodes one key in place; the reader's code is the caller's "invalid key" error.
+    ///
+    /// The fixed header is taken with one bounds check and its fields split out of the array:
+    /// journal read decodes every key of the journal twice, and per-field reads cost it a third
+    /// of its time.
     pub fn decode(r: &mut Reader<'a>) -> Result<KeyRef<'a>> {
-        let raw_ty = r.u8()?;
-        r.skip(1)?;
-        let val_bytes = usize::from(r.u16()?);
-        let size = r.u32()?;
-        let inode = r.u64()?;
-        let offset = r.u64()?;
-        let snapshot = r.u32()?;
-        r.skip(4)?;
+        let h = r.array::<KEY_HEADER_BYTES>()?;
+        let [raw_ty] = h.field::<0, 1>();
+        let val_bytes = usize::from(u16::from_le_bytes(h.field::<2, 2>()));
+        let size = u32::from_le_bytes(h.field::<4, 4>());
+        let inode = u64::from_le_bytes(h.field::<8, 8>());
+        let offset = u64::from_le_bytes(h.field::<16, 8>());
+        let snapshot = u32::from_le_bytes(h.field::<24, 4>());
         let ty =
             KeyType::from_u8(raw_ty).ok_or_else(|| r.error(format_args!("unknown key type {raw_ty}")))?;
         if val_bytes > MAX_VAL_BYTES {
