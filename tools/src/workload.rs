@@ -76,37 +76,115 @@ impl Model {
 pub fn generate(seed: u64, n: usize) -> Vec<Op> {
     let mut rng = Rng::new(seed);
     let mut model = Model::default();
+    let mut names = SortedNames::default();
     let mut ops = Vec::with_capacity(n);
     let mut counter = 0u64;
     while ops.len() < n {
-        let dirs: Vec<String> = std::iter::once(String::new()).chain(model.dirs.iter().cloned()).collect();
-        let files: Vec<String> = model.files.keys().cloned().collect();
-        let dir = rng.choose(&dirs).cloned().unwrap_or_default();
+        // A directory, the root first, in the model's order; then a file likewise (`pick`).
+        let d = rng.below(1 + model.dirs.len() as u64) as usize;
+        let dir = d.checked_sub(1).and_then(|d| model.dirs.iter().nth(d)).cloned().unwrap_or_default();
+        let has_files = names.len > 0;
         counter += 1;
         let op = match rng.below(100) {
             0..=7 if model.dirs.len() < 8 => Op::Mkdir { path: format!("{dir}/d{counter}") },
             0..=19 => Op::Create { path: format!("{dir}/f{counter}") },
-            20..=64 if !files.is_empty() => Op::Write {
-                path: rng.choose(&files).cloned().unwrap_or_default(),
-                chunk: rng.below(6),
-                seed: rng.next_u64(),
-            },
-            65..=71 if !files.is_empty() => {
-                Op::Truncate { path: rng.choose(&files).cloned().unwrap_or_default(), chunks: rng.below(4) }
+            20..=64 if has_files => {
+                Op::Write { path: names.pick(&mut rng), chunk: rng.below(6), seed: rng.next_u64() }
             }
-            72..=79 if !files.is_empty() => {
-                Op::Unlink { path: rng.choose(&files).cloned().unwrap_or_default() }
+            65..=71 if has_files => Op::Truncate { path: names.pick(&mut rng), chunks: rng.below(4) },
+            72..=79 if has_files => Op::Unlink { path: names.pick(&mut rng) },
+            80..=87 if has_files => {
+                Op::Rename { from: names.pick(&mut rng), to: format!("{dir}/r{counter}") }
             }
-            80..=87 if !files.is_empty() => Op::Rename {
-                from: rng.choose(&files).cloned().unwrap_or_default(),
-                to: format!("{dir}/r{counter}"),
-            },
             _ => Op::Fsync,
         };
         model.apply(&op);
+        names.apply(&op);
         ops.push(op);
     }
     ops
+}
+
+/// Names per block of [`SortedNames`] before a block is split.
+const NAME_BLOCK: usize = 512;
+
+/// The model's file names in sorted order, so that the generator can take the `i`-th as
+/// `model.files.keys()` yields it without collecting every name for every operation (which
+/// made a workload of n operations cost n² name copies). Sorted blocks of up to
+/// `2 * NAME_BLOCK` names, none empty: an insert or remove moves names within one block, and
+/// finding the `i`-th walks the block lengths.
+#[derive(Debug, Default)]
+struct SortedNames {
+    blocks: Vec<Vec<String>>,
+    len: usize,
+}
+
+impl SortedNames {
+    /// Keeps the names in step with [`Model::apply`] of the same operation.
+    fn apply(&mut self, op: &Op) {
+        match op {
+            Op::Create { path } => self.insert(path.clone()),
+            Op::Unlink { path } => {
+                self.remove(path);
+            }
+            Op::Rename { from, to } => {
+                if self.remove(from) {
+                    self.insert(to.clone());
+                }
+            }
+            Op::Mkdir { .. } | Op::Write { .. } | Op::Truncate { .. } | Op::Fsync => {}
+        }
+    }
+
+    /// The block that holds `name`, or would: the first whose last name is not below it.
+    fn block_of(&self, name: &str) -> usize {
+        self.blocks.partition_point(|b| b.last().is_some_and(|last| last.as_str() < name))
+    }
+
+    fn insert(&mut self, name: String) {
+        let at = self.block_of(&name).min(self.blocks.len().saturating_sub(1));
+        let Some(block) = self.blocks.get_mut(at) else {
+            self.blocks.push(vec![name]);
+            self.len += 1;
+            return;
+        };
+        let Err(i) = block.binary_search(&name) else { return };
+        block.insert(i, name);
+        self.len += 1;
+        if block.len() > 2 * NAME_BLOCK {
+            let tail = block.split_off(NAME_BLOCK);
+            self.blocks.insert(at + 1, tail);
+        }
+    }
+
+    /// True if `name` was there.
+    fn remove(&mut self, name: &str) -> bool {
+        let at = self.block_of(name);
+        let Some(block) = self.blocks.get_mut(at) else { return false };
+        let Ok(i) = block.binary_search_by(|n| n.as_str().cmp(name)) else { return false };
+        block.remove(i);
+        if block.is_empty() {
+            self.blocks.remove(at);
+        }
+        self.len -= 1;
+        true
+    }
+
+    fn get(&self, mut i: usize) -> Option<&String> {
+        for block in &self.blocks {
+            match block.get(i) {
+                Some(name) => return Some(name),
+                None => i -= block.len(),
+            }
+        }
+        None
+    }
+
+    /// A name drawn as `Rng::choose` draws from the sorted names; the caller checks there is
+    /// one.
+    fn pick(&self, rng: &mut Rng) -> String {
+        self.get(rng.below(self.len as u64) as usize).cloned().unwrap_or_default()
+    }
 }
 
 /// Resolves a path ("" is the root) to an inode number.
@@ -364,4 +442,74 @@ pub fn run_on_images_with(
         unflushed_writes_lost: lost,
         mount_log,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The generator as it was written first: every name collected for every operation. Seeds
+    /// name committed images and recorded outputs, so the faster generator must draw the same
+    /// operations from every seed.
+    fn generate_by_collecting(seed: u64, n: usize) -> Vec<Op> {
+        let mut rng = Rng::new(seed);
+        let mut model = Model::default();
+        let mut ops = Vec::with_capacity(n);
+        let mut counter = 0u64;
+        while ops.len() < n {
+            let dirs: Vec<String> =
+                std::iter::once(String::new()).chain(model.dirs.iter().cloned()).collect();
+            let files: Vec<String> = model.files.keys().cloned().collect();
+            let dir = rng.choose(&dirs).cloned().unwrap_or_default();
+            counter += 1;
+            let pick = |rng: &mut Rng| rng.choose(&files).cloned().unwrap_or_default();
+            let op = match rng.below(100) {
+                0..=7 if model.dirs.len() < 8 => Op::Mkdir { path: format!("{dir}/d{counter}") },
+                0..=19 => Op::Create { path: format!("{dir}/f{counter}") },
+                20..=64 if !files.is_empty() => {
+                    Op::Write { path: pick(&mut rng), chunk: rng.below(6), seed: rng.next_u64() }
+                }
+                65..=71 if !files.is_empty() => Op::Truncate { path: pick(&mut rng), chunks: rng.below(4) },
+                72..=79 if !files.is_empty() => Op::Unlink { path: pick(&mut rng) },
+                80..=87 if !files.is_empty() => {
+                    Op::Rename { from: pick(&mut rng), to: format!("{dir}/r{counter}") }
+                }
+                _ => Op::Fsync,
+            };
+            model.apply(&op);
+            ops.push(op);
+        }
+        ops
+    }
+
+    #[test]
+    fn the_generator_draws_what_collecting_every_name_drew() {
+        // 20000 operations hold thousands of files: blocks split and empty.
+        for seed in [0, 1, 1107, 0xdead_beef] {
+            println!("seed {seed}");
+            assert_eq!(generate(seed, 20000), generate_by_collecting(seed, 20000), "seed {seed}");
+        }
+    }
+
+    #[test]
+    fn sorted_names_keep_the_order_of_the_model() {
+        let mut names = SortedNames::default();
+        let mut model = BTreeSet::new();
+        let mut rng = Rng::new(7);
+        println!("seed 7");
+        for _ in 0..20000 {
+            let name = format!("n{}", rng.below(3000));
+            if rng.below(3) == 0 {
+                assert_eq!(names.remove(&name), model.remove(&name));
+            } else {
+                names.insert(name.clone());
+                model.insert(name);
+            }
+            assert_eq!(names.len, model.len());
+        }
+        let listed: Vec<&String> = (0..names.len).filter_map(|i| names.get(i)).collect();
+        assert_eq!(listed, model.iter().collect::<Vec<_>>());
+        assert!(names.blocks.iter().all(|b| !b.is_empty() && b.len() <= 2 * NAME_BLOCK));
+        assert!(names.blocks.len() > 1, "the test must split blocks");
+    }
 }
