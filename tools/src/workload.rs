@@ -399,6 +399,8 @@ pub fn run_on_images_with(
     crate::control::refuse_if_mounted(set.sb.uuid, "a workload run")?;
     for c in &caches {
         c.set_volatile_cache(true);
+        // Crashes are the cache's; the images are synced once, at the end.
+        c.set_host_sync(false);
     }
     // Reproducible: no reclaim thread, whose timer would write at different points each run;
     // reclaim steps after every operation on a clock that advances one millisecond per
@@ -433,6 +435,9 @@ pub fn run_on_images_with(
         }
     } else {
         fs.unmount()?;
+    }
+    for c in &caches {
+        c.sync_host()?;
     }
     Ok(RunReport {
         dir: dir.unwrap_or_else(|| "/".to_owned()),
