@@ -29,7 +29,9 @@ pub struct ReproArgs {
     #[arg(long, value_name = "DIR")]
     dir: PathBuf,
     /// 1107: journal keys the mount should read, about: the workload's length follows from it.
-    /// The report's recovery read 29M keys; the default keeps the build to seconds
+    /// Holds up to about 60000: beyond that the workload's key cache reclaim empties the
+    /// journal now and then, and the mount reads fewer (docs/REPRO-1107.md). The report's
+    /// recovery read 29M keys; the default keeps the build to seconds
     #[arg(long, value_name = "N", default_value_t = 6000)]
     keys: u64,
     /// 1108: divide every size and bucket count by N (1: the report's figures, about 15 s to
