@@ -237,6 +237,13 @@ impl Journal {
     /// (see the module rules). Returns how many callbacks ran. A failed callback is reported to
     /// the filesystem's health (emergency read-only) and returned; the pin stays.
     pub fn flush_pins(&self, through: u64) -> Result<usize> {
+        self.flush_pins_while(through, &|| true)
+    }
+
+    /// [`Journal::flush_pins`] that stops, before each callback, once `more` says enough has
+    /// been flushed: reclaim for a key cache past its threshold flushes the oldest pins until
+    /// the cache is back under it, not the whole journal (bcachefs's `min_key_cache`).
+    pub fn flush_pins_while(&self, through: u64, more: &dyn Fn() -> bool) -> Result<usize> {
         let _flusher = self.flush_lock.lock();
         // Each callback either removes its pin or moves it past `through`; the pins present at
         // the start bound the work, with room for pins that callbacks add as they write back
@@ -252,6 +259,9 @@ impl Journal {
                 break;
             }
             self.health.check_rw().map_err(|e| e.prefix("flushing journal pins"))?;
+            if !more() {
+                return Ok(done);
+            }
             let Some((key, flush)) = ({
                 let mut st = self.lock();
                 let next = st.pins.next_to_flush(through);

@@ -154,6 +154,27 @@ fn a_bulk_pin_is_flushed_after_the_other_pins_due() {
     release(&j, &later);
 }
 
+/// `flush_pins_while` flushes the oldest pins first and stops as soon as its condition says
+/// enough: reclaim for a key cache past its threshold leaves the newer pins, and with them the
+/// journal, where they are.
+#[test]
+fn flushing_while_a_condition_holds_stops_at_the_oldest_pins_it_needs() {
+    let j = journal(Arc::new(FsHealth::new()));
+    let log = Arc::new(Mutex::new(Vec::new()));
+    let held = hold(&j);
+    let seqs: Vec<u64> = (0..4).map(|_| entry(&j)).collect();
+    let owners: Vec<_> = seqs.iter().map(|&s| owner(&j, s, OnFlush::Release, &log)).collect();
+    j.pin_drop(held).unwrap();
+    let more = || log.lock().len() < 2;
+    assert_eq!(j.flush_pins_while(seqs[3], &more).unwrap(), 2);
+    assert_eq!(*log.lock(), vec![seqs[0], seqs[1]], "the oldest two, then it stops");
+    assert_eq!(j.last_seq(), seqs[2], "the newer pins stay");
+    assert!(owners[2].pin.lock().is_some() && owners[3].pin.lock().is_some());
+    for o in &owners[2..] {
+        release(&j, o);
+    }
+}
+
 #[test]
 fn failed_flush_goes_emergency_read_only_and_keeps_the_pin() {
     let health = Arc::new(FsHealth::new());

@@ -97,9 +97,17 @@ pub(crate) fn step(fs: &FsShared, now: Instant) -> Result<()> {
     // The journal may be durable further now: buckets emptied before may be discarded.
     fs.kick_discards();
     let cache = fs.key_cache();
-    let dirty_cache = cache.is_some_and(|c| c.pressure() != key_cache::Pressure::None);
-    if journal.wants_reclaim() || dirty_cache {
-        match journal.flush_pins(journal.seq().saturating_sub(1)) {
+    let through = journal.seq().saturating_sub(1);
+    let over = |c: &key_cache::KeyCache| c.pressure() != key_cache::Pressure::None;
+    let flushed = if journal.wants_reclaim() {
+        Some(journal.flush_pins(through))
+    } else {
+        // The oldest pins until the cache is back under its threshold: the journal keeps
+        // growing, as bcachefs's does, instead of starting again empty.
+        cache.filter(|c| over(c)).map(|c| journal.flush_pins_while(through, &|| over(c)))
+    };
+    if let Some(r) = flushed {
+        match r {
             // Not now: the reserve is gone until a foreground flush frees journal space.
             Err(e) if e.matches(fs_core::error::ErrCode::JournalReclaimWouldDeadlock) => {}
             r => {
