@@ -33,6 +33,9 @@ pub struct DeviceSpec {
     pub label: String,
     /// What the device may hold; without `journal` it gets no journal buckets.
     pub data_allowed: DataAllowed,
+    /// Journal bytes wanted at least, beyond bcachefs's rule (still within its caps and half
+    /// the device): image sets built to hold a very long journal ask for it. `None`: the rule.
+    pub journal_bytes: Option<u64>,
 }
 
 impl DeviceSpec {
@@ -43,6 +46,7 @@ impl DeviceSpec {
             durability: 1,
             label: String::new(),
             data_allowed: DataAllowed::all(),
+            journal_bytes: None,
         }
     }
 }
@@ -89,6 +93,15 @@ pub fn journal_buckets_for(nbuckets: u64, usable: u64, bucket_size: u64) -> u64 
     let min_for_bytes = MIN_JOURNAL_BYTES.div_ceil(bucket_size);
     let max = MAX_JOURNAL_BUCKETS.min(MAX_JOURNAL_BYTES / bucket_size).max(MIN_JOURNAL_BUCKETS);
     (nbuckets >> 8).max(min_for_bytes).clamp(MIN_JOURNAL_BUCKETS, max).min(usable / 2)
+}
+
+/// [`journal_buckets_for`], raised to `bytes` worth when given, within the same caps and never
+/// more than half of the usable buckets.
+pub fn journal_buckets_at_least(nbuckets: u64, usable: u64, bucket_size: u64, bytes: Option<u64>) -> u64 {
+    let bucket_size = bucket_size.max(1);
+    let max = MAX_JOURNAL_BUCKETS.min(MAX_JOURNAL_BYTES / bucket_size);
+    let wanted = bytes.map_or(0, |b| b.div_ceil(bucket_size)).min(max).min(usable / 2);
+    journal_buckets_for(nbuckets, usable, bucket_size).max(wanted)
 }
 
 /// Formats `devices` as one filesystem with `opts`. `uuid` fixes the filesystem uuid (random
@@ -218,7 +231,7 @@ fn layout_device(
     }
     OptId::Label.desc().parse(&spec.label).map_err(|e| e.path(name))?;
     let nr_journal = if spec.data_allowed.contains(DataAllowed::JOURNAL) {
-        journal_buckets_for(nbuckets, usable, bucket_size)
+        journal_buckets_at_least(nbuckets, usable, bucket_size, spec.journal_bytes)
     } else {
         0
     };
@@ -341,6 +354,20 @@ mod tests {
         assert_eq!(journal_buckets_for(100, 99, 64 << 10), 16, "1 MiB floor");
         assert_eq!(journal_buckets_for(20, 19, 2 * M), 8, "8 bucket floor");
         assert_eq!(journal_buckets_for(12, 11, 2 * M), 5, "half the device");
+    }
+
+    /// A journal asked to hold more grows to that, within the rule's caps and half the device;
+    /// asked for less than the rule gives, it keeps the rule's size.
+    #[test]
+    fn a_journal_asked_for_more_grows_within_the_caps() {
+        const M: u64 = 1 << 20;
+        let nvme = (262144, 262143, M);
+        let at_least = |bytes| journal_buckets_at_least(nvme.0, nvme.1, nvme.2, bytes);
+        assert_eq!(at_least(None), 1024, "the rule");
+        assert_eq!(at_least(Some(64 * M)), 1024, "less than the rule");
+        assert_eq!(at_least(Some(4096 * M + 1)), 4097);
+        assert_eq!(at_least(Some(1 << 40)), 8192, "8 GiB cap");
+        assert_eq!(journal_buckets_at_least(100, 99, 64 << 10, Some(1 << 30)), 49, "half the device");
     }
 
     /// The same uuid gives byte-identical images: fixtures and scenarios are reproducible.

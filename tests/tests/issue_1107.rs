@@ -6,10 +6,22 @@
 
 use bcsim::fsck::{FixMode, FsckOpts, fsck};
 use bcsim::images::open_device_set;
+use bcsim::recovery::progress::Progress;
 use bcsim::recovery::{mount, parse_mount_opts};
 use bcsim::repro::{Opts1107, Variant1107, build_1107};
 use bcsim::workload::{generate, matching_prefixes};
 use fs_core::error::ErrCode;
+
+/// The reported set, 4000 keys, built in `dir`.
+fn opts(dir: &std::path::Path, seed: u64) -> Opts1107 {
+    Opts1107 {
+        dir: dir.to_path_buf(),
+        keys: 4000,
+        seed,
+        variant: Variant1107::Reported,
+        progress: Progress::default(),
+    }
+}
 
 /// A mount of the set before any repair, per profile. bcachefs indexes cached nodes by seq and
 /// checks a cached node's header against the node's own key (`b->key`), so in v1.37.5 and v1.39
@@ -21,8 +33,7 @@ use fs_core::error::ErrCode;
 #[test]
 fn unrepaired_set_stops_at_alloc_read_per_profile() {
     let dir = tempfile::tempdir().unwrap();
-    let o =
-        Opts1107 { dir: dir.path().to_path_buf(), keys: 4000, seed: 1107, variant: Variant1107::Reported };
+    let o = opts(dir.path(), 1107);
     let built = build_1107(&o, &mut |_| {}).unwrap();
     for behavior in ["v1.37.5", "v1.39", "fixed"] {
         let mut mopts = parse_mount_opts(&format!("degraded,behavior={behavior}")).unwrap();
@@ -58,7 +69,7 @@ fn unrepaired_set_stops_at_alloc_read_per_profile() {
 fn repaired_set_keeps_every_fsynced_file() {
     let dir = tempfile::tempdir().unwrap();
     let seed = 1107;
-    let o = Opts1107 { dir: dir.path().to_path_buf(), keys: 4000, seed, variant: Variant1107::Reported };
+    let o = opts(dir.path(), seed);
     let built = build_1107(&o, &mut |_| {}).unwrap();
     let degraded = parse_mount_opts("degraded").unwrap();
     let fix = FsckOpts { mode: FixMode::Yes, force: true, mount: degraded.clone() };
@@ -86,12 +97,7 @@ fn repairing_mount_logs_missing_alloc_keys_before_going_rw() {
     for behavior in ["v1.37.5", "fixed"] {
         // A set of its own per profile: the first mount repairs what it mounts.
         let dir = tempfile::tempdir().unwrap();
-        let o = Opts1107 {
-            dir: dir.path().to_path_buf(),
-            keys: 4000,
-            seed: 1107,
-            variant: Variant1107::Reported,
-        };
+        let o = opts(dir.path(), 1107);
         let built = build_1107(&o, &mut |_| {}).unwrap();
         let mopts = parse_mount_opts(&format!("degraded,fsck,fix_errors=yes,behavior={behavior}")).unwrap();
         let m = mount(open_device_set(&built.images, true).unwrap(), &mopts).unwrap();

@@ -26,6 +26,8 @@ pub struct ImageSpec {
     pub durability: u8,
     pub label: String,
     pub data_allowed: DataAllowed,
+    /// See [`DeviceSpec::journal_bytes`].
+    pub journal_bytes: Option<u64>,
 }
 
 impl ImageSpec {
@@ -37,6 +39,7 @@ impl ImageSpec {
             durability: 1,
             label: String::new(),
             data_allowed: DataAllowed::all(),
+            journal_bytes: None,
         }
     }
 }
@@ -169,6 +172,7 @@ pub(crate) fn device_spec(spec: &ImageSpec, dev: SharedDevice) -> DeviceSpec {
         durability: spec.durability,
         label: spec.label.clone(),
         data_allowed: spec.data_allowed,
+        journal_bytes: spec.journal_bytes,
     }
 }
 

@@ -18,6 +18,7 @@ use journal::format::JsetHeader;
 
 use crate::images::{ImageSpec, format_images, open_device_set};
 use crate::list_journal::read as read_journal_all;
+use crate::recovery::progress::Progress;
 use crate::recovery::{MountOpts, open_view};
 use crate::workload::run_on_images_with;
 
@@ -64,6 +65,8 @@ pub struct Opts1107 {
     pub keys: u64,
     pub seed: u64,
     pub variant: Variant1107,
+    /// Where the workload reports its progress (a large `keys` runs for minutes).
+    pub progress: Progress,
 }
 
 /// A step as it is applied: its name (as docs/REPRO-1107.md lists it) and what it did.
@@ -95,12 +98,44 @@ const STALE_JOURNAL_DEVS: [u8; 5] = [0, 1, 2, 3, 4];
 /// Journal keys read at mount per 100 workload operations, about (measured: 2500 operations
 /// of seed 1107 leave 7331 keys to read, 2089 after compaction).
 const KEYS_PER_100_OPS: u64 = 293;
+/// Journal bytes each NVMe member is given per journal key asked for: a key and its share of
+/// its entry take about 60 bytes, and reclaim empties the journal once a ring is half full, so
+/// twice that, rounded up. It exceeds bcachefs's rule (1 GiB on these members) only past about
+/// 8M keys.
+const JOURNAL_BYTES_PER_KEY: u64 = 128;
+/// Image space the build takes per journal key asked for, about: mostly the workload's file
+/// data, twice replicated on the hard disks (measured: 16 GB for 3M keys).
+const IMAGE_BYTES_PER_KEY: u64 = 5500;
+
+/// Refuses a build that cannot fit in `dir`'s filesystem before it runs for minutes and fails
+/// on a full disk: `keys` asks for about `keys * IMAGE_BYTES_PER_KEY`.
+fn check_space(dir: &std::path::Path, keys: u64) -> Result<()> {
+    let needed = keys.saturating_mul(IMAGE_BYTES_PER_KEY);
+    let st = rustix::fs::statvfs(dir).map_err(|e| {
+        Error::new(ErrCode::IoRead, format!("cannot see the free space: {e}")).path(dir.display().to_string())
+    })?;
+    let free = st.f_bavail.saturating_mul(st.f_frsize);
+    if needed > free {
+        return Err(Error::new(
+            ErrCode::Enospc,
+            format!(
+                "--keys {keys} needs about {} GiB of image space (file data on the hard disk images), \
+                 {} GiB are free there",
+                needed.div_ceil(1 << 30),
+                free >> 30
+            ),
+        )
+        .path(dir.display().to_string()));
+    }
+    Ok(())
+}
 
 /// Builds the #1107 image set in `o.dir`, calling `say` as each step is applied.
 pub fn build_1107(o: &Opts1107, say: &mut dyn FnMut(&Step)) -> Result<Built1107> {
     std::fs::create_dir_all(&o.dir).map_err(|e| {
         io_error(e, ErrCode::IoWrite, "cannot create the image directory").path(o.dir.display().to_string())
     })?;
+    check_space(&o.dir, o.keys)?;
     let mut steps = Vec::new();
     let mut step = |name: &'static str, detail: String| {
         let s = Step { name, detail };
@@ -108,11 +143,13 @@ pub fn build_1107(o: &Opts1107, say: &mut dyn FnMut(&Step)) -> Result<Built1107>
         steps.push(s);
     };
 
+    let journal_bytes = o.keys.saturating_mul(JOURNAL_BYTES_PER_KEY);
     let specs: Vec<ImageSpec> = eight_member_layout()
         .into_iter()
         .map(|(name, size, label)| {
             let mut s = ImageSpec::new(o.dir.join(name));
             s.size = Some(size);
+            s.journal_bytes = label.starts_with("ssd.").then_some(journal_bytes);
             s.label = label;
             s
         })
@@ -122,10 +159,18 @@ pub fn build_1107(o: &Opts1107, say: &mut dyn FnMut(&Step)) -> Result<Built1107>
     opts.set_text(OptId::DataReplicas, "2")?;
     let uuid = Uuid::from_rng(&mut Rng::new(o.seed));
     let formatted = format_images(&specs, &opts, Some(uuid), true)?;
+    let nvme_journal = formatted
+        .devices
+        .iter()
+        .filter(|d| d.name.ends_with("nvme0.img"))
+        .map(|d| d.journal.nr().saturating_mul(u64::from(d.member.bucket_size)))
+        .sum::<u64>();
     step(
         "format",
         format!(
-            "8 members (6 hdd of 1 TiB, 2 nvme of 256 GiB), metadata_replicas=2 on ssd, data_replicas=2, uuid {}",
+            "8 members (6 hdd of 1 TiB, 2 nvme of 256 GiB, a journal of {} MiB on each nvme), \
+             metadata_replicas=2 on ssd, data_replicas=2, uuid {}",
+            nvme_journal >> 20,
             formatted.uuid
         ),
     );
@@ -135,7 +180,8 @@ pub fn build_1107(o: &Opts1107, say: &mut dyn FnMut(&Step)) -> Result<Built1107>
     let ops = usize::try_from(run.saturating_mul(6) / 5).unwrap_or(usize::MAX);
     let crash_after = usize::try_from(run).unwrap_or(usize::MAX).min(ops);
     let cfg = BtreeConfig { seq_seed: Some(o.seed), ..BtreeConfig::default() };
-    let run = run_on_images_with(&paths, ops, o.seed, Some(crash_after), &MountOpts::default(), cfg)?;
+    let mopts = MountOpts { progress: o.progress, ..MountOpts::default() };
+    let run = run_on_images_with(&paths, ops, o.seed, Some(crash_after), &mopts, cfg)?;
     step(
         "workload-and-crash",
         format!(

@@ -418,7 +418,9 @@ pub fn run_on_images_with(
         work = work.iter().map(|op| under(d, op)).collect();
     }
     let t0 = std::time::Instant::now();
+    let mut meter = crate::recovery::progress::Meter::new(mopts.progress, "workload", "operations");
     for (i, op) in work.iter().take(stop).enumerate() {
+        meter.tick(i, stop, &mut Vec::new());
         run_op(&mut fs, &mut files, op)
             .map_err(|e| e.prefix(format_args!("operation {} ({op:?})", i + 1)))?;
         fs.tick(t0 + std::time::Duration::from_millis(i as u64 + 1))?;

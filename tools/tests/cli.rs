@@ -1041,6 +1041,20 @@ fn repro_1107_builds_the_same_set_and_recovery_meets_its_damage() {
     assert_eq!(out.code, 0, "{}{}", out.stdout, out.stderr);
 }
 
+/// A #1107 build whose images could not fit is refused before anything is written: one line
+/// naming the space it needs and the space free, exit 8, and no image in the directory.
+#[test]
+fn repro_1107_refuses_a_build_that_cannot_fit() {
+    let d = tmp();
+    let out = bcsim(&["repro", "1107", "--dir", "big", "--keys", "1000000000000000"], d.path());
+    assert_eq!(out.code, 8, "{}{}", out.stdout, out.stderr);
+    let err: Vec<&str> = out.stderr.lines().collect();
+    assert_eq!(err.len(), 1, "{}", out.stderr);
+    assert!(err[0].contains("GiB of image space") && err[0].contains("[ENOSPC]"), "{}", out.stderr);
+    let left: Vec<_> = std::fs::read_dir(d.path().join("big")).unwrap().collect();
+    assert!(left.is_empty(), "{left:?}");
+}
+
 /// `dump --live-only` keeps what a mount reads and nothing else: after a run that rewrote nodes
 /// and reclaimed journal entries it is smaller than a full dump, and the restored set checks and
 /// mounts exactly as the original. A set that does not open is refused with one line, exit 8,

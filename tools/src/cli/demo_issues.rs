@@ -15,6 +15,7 @@ use bcsim::dump::copy_image;
 use bcsim::fsck::{FixMode, FsckOpts, fsck};
 use bcsim::images::open_device_set;
 use bcsim::recovery::MountOpts;
+use bcsim::recovery::progress::Progress;
 use bcsim::repro::{Opts1107, Opts1108, Variant1107, Variant1108, build_1107, build_1108};
 use fs_core::error::{ErrCode, Error, Result, io_error};
 use fs_core::opts::{OptContext, parse_opts};
@@ -144,7 +145,13 @@ fn verdict(e: &Ended) -> String {
 /// Builds the #1107 and #1108 sets in `dir` and prints one verdict line per profile.
 pub fn run(dir: &Path) -> Result<()> {
     outln!("\nbcachefs #1107 (bcsim repro 1107: 8 members, one failed; docs/REPRO-1107.md):");
-    let o = Opts1107 { dir: dir.join("1107"), keys: 6000, seed: 1107, variant: Variant1107::Reported };
+    let o = Opts1107 {
+        dir: dir.join("1107"),
+        keys: 6000,
+        seed: 1107,
+        variant: Variant1107::Reported,
+        progress: Progress::default(),
+    };
     let built = build_1107(&o, &mut |_| {})?;
     for profile in ["v1.37.5", "v1.39", "fixed"] {
         let e = mount_process(&format!("degraded,behavior={profile}"), &built.images, None)?;
