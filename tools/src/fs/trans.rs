@@ -167,13 +167,11 @@ impl FsShared {
     }
 
     /// A foreground commit that leaves the key cache past its throttle threshold flushes the
-    /// oldest pins below its own seq until the cache is under its reclaim threshold, before it
-    /// returns: it does the reclaim it would otherwise wait for.
+    /// pins below its own seq before it returns: it does the reclaim it would otherwise wait
+    /// for.
     fn throttle_on_key_cache(&self, seq: u64) -> Result<()> {
-        let Some(cache) = self.key_cache.as_ref() else { return Ok(()) };
-        if cache.pressure() == key_cache::Pressure::Throttle {
-            let more = || cache.pressure() != key_cache::Pressure::None;
-            match self.journal_rw()?.flush_pins_while(seq.saturating_sub(1), &more) {
+        if self.key_cache.as_ref().is_some_and(|c| c.pressure() == key_cache::Pressure::Throttle) {
+            match self.journal_rw()?.flush_pins(seq.saturating_sub(1)) {
                 // Not now: reclaim's reserve is gone; the next commit tries again.
                 Err(e) if e.matches(ErrCode::JournalReclaimWouldDeadlock) => {}
                 r => {
