@@ -162,9 +162,8 @@ pub fn build_1107(o: &Opts1107, say: &mut dyn FnMut(&Step)) -> Result<Built1107>
     let nvme_journal = formatted
         .devices
         .iter()
-        .filter(|d| d.name.ends_with("nvme0.img"))
-        .map(|d| d.journal.nr().saturating_mul(u64::from(d.member.bucket_size)))
-        .sum::<u64>();
+        .find(|d| d.name.ends_with("nvme0.img"))
+        .map_or(0, |d| d.journal.nr().saturating_mul(u64::from(d.member.bucket_size)));
     step(
         "format",
         format!(

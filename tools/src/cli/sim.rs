@@ -24,7 +24,8 @@ use super::{CmdResult, print_json};
 /// it went (the filesystem runs degraded while it is away). After each crash the filesystem
 /// must mount, hold every fsynced operation, match its allocator to its btrees, and check
 /// clean after fsck -y repairs injected damage; damage may fail a mount or a read only with an
-/// error. Panics and seeds past their budget are failures. Each failure prints `bcsim sim --seeds S..S`, which replays it exactly.
+/// error. Panics and seeds past their budget are failures. Each failure prints
+/// `bcsim sim --seeds S..S`, which replays it exactly.
 ///
 /// To spread a campaign over machines, give each the same --seeds and its own --shard I/N
 /// with --out, then `bcsim sim --merge results/*.json`; docs/CAMPAIGNS.md has examples for
