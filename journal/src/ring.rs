@@ -116,6 +116,18 @@ impl Ring {
             .count()
     }
 
+    /// The newest seq of the bucket half a ring ahead of the current one (bcachefs's
+    /// `journal_seq_to_flush`, per device): once the pins up to it are flushed, that bucket
+    /// and the ones before it can be reused, so the ring stays at most half full. A ring under
+    /// half full gives a seq below `last_seq`, which pins nothing.
+    pub(crate) fn seq_to_flush(&self) -> u64 {
+        let n = self.buckets.len();
+        if n == 0 {
+            return 0;
+        }
+        self.bucket_seq.get((self.cur + n / 2) % n).copied().unwrap_or(0)
+    }
+
     /// Where an entry of `bytes` (padded) would go: the current bucket, or the next one.
     /// `None` if that needs a bucket still holding needed entries, or more than the reserve.
     pub(crate) fn place(&self, bytes: u64, last_seq: u64, reserve: usize) -> Option<(usize, u64)> {

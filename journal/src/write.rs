@@ -475,11 +475,17 @@ impl Journal {
         st.opened_at.filter(|_| !st.open.is_empty()).map(|at| at + delay)
     }
 
-    /// True when a ring is more than half full: reclaim should flush pins.
-    pub fn wants_reclaim(&self) -> bool {
+    /// The seq through which reclaim must flush pins (bcachefs's `journal_seq_to_flush`): the
+    /// newest seq of the bucket half a ring ahead, the largest over the rings, so that every
+    /// ring stays at most half full. `None` when no pin is that old. Only the older half of the
+    /// journal is written back; the newer half keeps its pins.
+    ///
+    /// bcachefs also flushes the pins more than half its pin fifo (`JOURNAL_PIN`, 32768 seqs)
+    /// behind the open seq. bcsim has no pin fifo and does not: see docs/DESIGN.md.
+    pub fn seq_to_flush(&self) -> Option<u64> {
         let st = self.lock();
-        let last_seq = st.last_seq();
-        st.rings.iter().any(|r| r.free_buckets(last_seq) * 2 < r.buckets.len())
+        let seq = st.rings.iter().map(Ring::seq_to_flush).max()?;
+        (seq >= st.last_seq()).then_some(seq)
     }
 
     /// Makes everything committed so far durable (fsync): writes the open entry as a flush

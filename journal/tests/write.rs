@@ -279,3 +279,54 @@ fn too_few_replicas_are_refused_not_written() {
     let refs: Vec<&dyn BlockDevice> = one.iter().map(|d| d.as_ref()).collect();
     assert_eq!(scan(&refs, 4).len(), 1);
 }
+
+/// Reclaim's `seq_to_flush` (bcachefs's `journal_seq_to_flush`) asks for nothing while the ring
+/// is at most half full; past half, it names the newest seq of the bucket half a ring ahead,
+/// and flushing the pins up to it leaves the ring at most half full with the newer half still
+/// pinned.
+#[test]
+fn reclaim_flushes_the_older_half_of_a_ring_past_half_full() {
+    const NR: u64 = 8;
+    let devs = mem(1);
+    let j = journal(&devs, NR, 1, 1);
+    let now = Instant::now();
+    let mut pins = Vec::new();
+    // Ring index of the bucket holding each seq written so far (bucket b is at b * BUCKET).
+    let bucket_of = |seq: u64| -> u64 {
+        let at = scan(&[&*devs[0]], NR)[&seq][0].1;
+        at / BUCKET - 1
+    };
+    let mut i = 0;
+    let mut seen_under_half = false;
+    loop {
+        let seq = j.add(keys(200, i), JournalWatermark::Normal, now).unwrap();
+        pins.push((seq, pin(&j, seq)));
+        j.flush().unwrap();
+        i += 1;
+        let cur = bucket_of(seq);
+        let used = cur - bucket_of(pins[0].0) + 1;
+        if used * 2 <= NR {
+            assert_eq!(j.seq_to_flush(), None, "{used} of {NR} buckets used: nothing to flush");
+            seen_under_half = true;
+            continue;
+        }
+        // Past half: the newest seq of the bucket half a ring ahead of the current one.
+        let ahead = (cur + NR / 2) % NR;
+        let want = pins.iter().map(|p| p.0).filter(|&s| bucket_of(s) == ahead).max().unwrap();
+        assert_eq!(j.seq_to_flush(), Some(want), "{used} of {NR} buckets used");
+        let (older, newer): (Vec<_>, Vec<_>) = pins.into_iter().partition(|(s, _)| *s <= want);
+        pins = newer;
+        for (_, p) in older {
+            j.pin_drop(p).unwrap();
+        }
+        let used = cur - bucket_of(j.last_seq()) + 1;
+        assert!(used * 2 <= NR, "still {used} of {NR} buckets in use after flushing");
+        assert_eq!(j.seq_to_flush(), None);
+        assert!(!pins.is_empty(), "the newer half keeps its pins");
+        break;
+    }
+    assert!(seen_under_half);
+    for (_, p) in pins {
+        j.pin_drop(p).unwrap();
+    }
+}

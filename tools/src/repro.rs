@@ -99,8 +99,8 @@ const STALE_JOURNAL_DEVS: [u8; 5] = [0, 1, 2, 3, 4];
 /// of seed 1107 leave 7331 keys to read, 2089 after compaction).
 const KEYS_PER_100_OPS: u64 = 293;
 /// Journal bytes each NVMe member is given per journal key asked for: a key and its share of
-/// its entry take about 60 bytes, and reclaim empties the journal once a ring is half full, so
-/// twice that, rounded up. It exceeds bcachefs's rule (1 GiB on these members) only past about
+/// its entry take about 60 bytes, and reclaim keeps a ring at most half full, so twice that,
+/// rounded up. It exceeds bcachefs's rule (1 GiB on these members) only past about
 /// 8M keys.
 const JOURNAL_BYTES_PER_KEY: u64 = 128;
 /// Image space the build takes per journal key asked for, about: mostly the workload's file

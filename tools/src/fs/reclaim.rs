@@ -2,10 +2,11 @@
 //!
 //! It wakes when the open journal entry's `journal_flush_delay` ends, and at least every
 //! [`IDLE_WAKE`]. Each time it writes the open entry if its delay is over
-//! ([`journal::Journal::tick`]) and, when the journal is more than half full or the key cache
-//! is past its reclaim threshold, flushes journal pins, which writes back what they protect. A failure puts the filesystem into emergency
-//! read-only (the journal reports failed pin flushes itself) and ends the thread; stopping it
-//! hands that failure to whoever stops it.
+//! ([`journal::Journal::tick`]), flushes the pins of the older half of the journal when a ring
+//! is more than half full, and the oldest pins while the key cache is past its reclaim
+//! threshold; their callbacks write back what they protect. A failure puts the filesystem into
+//! emergency read-only (the journal reports failed pin flushes itself) and ends the thread;
+//! stopping it hands that failure to whoever stops it.
 //!
 //! A mount whose writes must come at the same points every run (a seeded workload, a crash
 //! test recording every write) runs without the thread and calls [`super::Fs::tick`] with a
@@ -99,21 +100,23 @@ pub(crate) fn step(fs: &FsShared, now: Instant) -> Result<()> {
     let cache = fs.key_cache();
     let through = journal.seq().saturating_sub(1);
     let over = |c: &key_cache::KeyCache| c.pressure() != key_cache::Pressure::None;
-    let flushed = if journal.wants_reclaim() {
-        Some(journal.flush_pins(through))
-    } else {
-        // The oldest pins until the cache is back under its threshold: the journal keeps
-        // growing, as bcachefs's does, instead of starting again empty.
-        cache.filter(|c| over(c)).map(|c| journal.flush_pins_while(through, &|| over(c)))
-    };
-    if let Some(r) = flushed {
-        match r {
-            // Not now: the reserve is gone until a foreground flush frees journal space.
-            Err(e) if e.matches(fs_core::error::ErrCode::JournalReclaimWouldDeadlock) => {}
-            r => {
-                r?;
-            }
+    // The pins of the older half of the journal, if a ring is past half full
+    // (`journal_seq_to_flush`); then the oldest pins until the key cache is back under its
+    // threshold (`min_key_cache`). The journal keeps growing, as bcachefs's does, instead of
+    // starting again empty.
+    let mut flushed = journal.seq_to_flush().map(|seq| journal.flush_pins(seq.min(through)));
+    if let Some(c) = cache.filter(|c| over(c))
+        && !flushed.as_ref().is_some_and(Result::is_err)
+    {
+        flushed = Some(journal.flush_pins_while(through, &|| over(c)));
+    }
+    match flushed {
+        // Not now: the reserve is gone until a foreground flush frees journal space.
+        Some(Err(e)) if e.matches(fs_core::error::ErrCode::JournalReclaimWouldDeadlock) => {}
+        Some(r) => {
+            r?;
         }
+        None => {}
     }
     if let Some(c) = cache {
         c.evict(KEY_CACHE_KEEP);
