@@ -141,6 +141,10 @@ impl State {
     }
 }
 
+/// The journal seqs bcachefs keeps pins for at once (its pin fifo, `JOURNAL_PIN`): reclaim
+/// flushes the pins of the older half once the open seq is half of it past them.
+pub const PIN_FIFO_SEQS: u64 = 32 * 1024;
+
 pub struct Journal {
     st: Mutex<State>,
     /// Signalled when a reservation completes, a pin goes, or an entry is written.
@@ -477,14 +481,13 @@ impl Journal {
 
     /// The seq through which reclaim must flush pins (bcachefs's `journal_seq_to_flush`): the
     /// newest seq of the bucket half a ring ahead, the largest over the rings, so that every
-    /// ring stays at most half full. `None` when no pin is that old. Only the older half of the
-    /// journal is written back; the newer half keeps its pins.
-    ///
-    /// bcachefs also flushes the pins more than half its pin fifo (`JOURNAL_PIN`, 32768 seqs)
-    /// behind the open seq. bcsim has no pin fifo and does not: see docs/DESIGN.md.
+    /// ring stays at most half full; and at least the seq half of [`PIN_FIFO_SEQS`] behind the
+    /// open one. `None` when no pin is that old. Only the older half of the journal is written
+    /// back; the newer half keeps its pins.
     pub fn seq_to_flush(&self) -> Option<u64> {
         let st = self.lock();
-        let seq = st.rings.iter().map(Ring::seq_to_flush).max()?;
+        let rings = st.rings.iter().map(Ring::seq_to_flush).max().unwrap_or(0);
+        let seq = rings.max(st.seq.saturating_sub(PIN_FIFO_SEQS / 2));
         (seq >= st.last_seq()).then_some(seq)
     }
 

@@ -330,3 +330,27 @@ fn reclaim_flushes_the_older_half_of_a_ring_past_half_full() {
         j.pin_drop(p).unwrap();
     }
 }
+
+/// The other half of `journal_seq_to_flush`: with the rings far from half full, a pin more
+/// than half of bcachefs's pin fifo (`JOURNAL_PIN`) behind the open seq is still due.
+#[test]
+fn reclaim_flushes_pins_half_a_pin_fifo_behind() {
+    const NR: u64 = 320;
+    let dev: SharedDevice = Arc::new(MemDevice::new("mem0", (NR + 1) * BUCKET));
+    let ring = Ring::empty(0, dev, BUCKET, (1..=NR).collect()).unwrap();
+    let cfg = JournalConfig { block_size: 512, ..cfg() };
+    let j = Journal::new(vec![ring], cfg, 1, opts(1), Arc::new(FsHealth::new())).unwrap();
+    let now = Instant::now();
+    let first = j.add(keys(1, 0), JournalWatermark::Normal, now).unwrap();
+    let held = pin(&j, first);
+    j.flush().unwrap();
+    let half = journal::write::PIN_FIFO_SEQS / 2;
+    while j.seq() < first + half {
+        assert_eq!(j.seq_to_flush(), None, "open seq {}", j.seq());
+        j.add(keys(1, j.seq()), JournalWatermark::Normal, now).unwrap();
+        j.flush().unwrap();
+    }
+    assert_eq!(j.seq_to_flush(), Some(first), "open seq {}", j.seq());
+    j.pin_drop(held).unwrap();
+    assert_eq!(j.seq_to_flush(), None);
+}

@@ -373,11 +373,12 @@ pub fn run_on_images(
     crash_after: Option<usize>,
     mopts: &crate::recovery::MountOpts,
 ) -> Result<RunReport> {
-    run_on_images_with(paths, ops, seed, crash_after, mopts, fs_core::btree::BtreeConfig::default())
+    run_on_images_with(paths, ops, seed, crash_after, mopts, fs_core::btree::BtreeConfig::default(), 1)
 }
 
-/// [`run_on_images`] with btree settings: a `seq_seed` makes the nodes it writes the same every
-/// run (for image sets built to be shared).
+/// [`run_on_images`] with btree settings (a `seq_seed` makes the nodes it writes the same every
+/// run, for image sets built to be shared), doing only every `fsync_every`-th fsync of the
+/// workload: the others are skipped, so each journal entry gathers that many times the keys.
 pub fn run_on_images_with(
     paths: &[std::path::PathBuf],
     ops: usize,
@@ -385,6 +386,7 @@ pub fn run_on_images_with(
     crash_after: Option<usize>,
     mopts: &crate::recovery::MountOpts,
     cfg: fs_core::btree::BtreeConfig,
+    fsync_every: usize,
 ) -> Result<RunReport> {
     use fs_core::dev::{CrashMode, FaultyDevice, SharedDevice};
     use std::sync::Arc;
@@ -419,14 +421,21 @@ pub fn run_on_images_with(
     }
     let t0 = std::time::Instant::now();
     let mut meter = crate::recovery::progress::Meter::new(mopts.progress, "workload", "operations");
+    let mut fsyncs = 0usize;
     for (i, op) in work.iter().take(stop).enumerate() {
         meter.tick(i, stop, &mut Vec::new());
-        run_op(&mut fs, &mut files, op)
-            .map_err(|e| e.prefix(format_args!("operation {} ({op:?})", i + 1)))?;
-        fs.tick(t0 + std::time::Duration::from_millis(i as u64 + 1))?;
-        if *op == Op::Fsync {
-            last_fsync_after = i + 1;
+        let skipped = *op == Op::Fsync && {
+            fsyncs += 1;
+            fsyncs % fsync_every.max(1) != 0
+        };
+        if !skipped {
+            run_op(&mut fs, &mut files, op)
+                .map_err(|e| e.prefix(format_args!("operation {} ({op:?})", i + 1)))?;
+            if *op == Op::Fsync {
+                last_fsync_after = i + 1;
+            }
         }
+        fs.tick(t0 + std::time::Duration::from_millis(i as u64 + 1))?;
     }
     let mut lost = 0;
     if crash_after.is_some() {
@@ -496,6 +505,41 @@ mod tests {
             println!("seed {seed}");
             assert_eq!(generate(seed, 20000), generate_by_collecting(seed, 20000), "seed {seed}");
         }
+    }
+
+    /// A workload told to do one fsync in `n` skips the others: the last fsync it reports is
+    /// the last n-th one, and the journal it leaves has fewer entries, each holding more keys.
+    #[test]
+    fn a_workload_doing_one_fsync_in_n_skips_the_others() {
+        const SEED: u64 = 3;
+        const OPS: usize = 400;
+        println!("seed {SEED}");
+        let fsyncs_at: Vec<usize> = generate(SEED, OPS)
+            .iter()
+            .enumerate()
+            .filter(|(_, op)| **op == Op::Fsync)
+            .map(|(i, _)| i + 1)
+            .collect();
+        let mut newest = Vec::new();
+        for every in [1, 3] {
+            let dir = tempfile::tempdir().unwrap();
+            let path = dir.path().join("a.img");
+            let spec =
+                crate::images::ImageSpec { size: Some(256 << 20), ..crate::images::ImageSpec::new(&path) };
+            crate::images::format_images(&[spec], &fs_core::opts::Options::default(), None, false).unwrap();
+            let paths = [path];
+            let mopts = crate::recovery::MountOpts::default();
+            let cfg = fs_core::btree::BtreeConfig::default();
+            let r = run_on_images_with(&paths, OPS, SEED, Some(OPS), &mopts, cfg, every).unwrap();
+            let want = fsyncs_at.iter().skip(every - 1).step_by(every).next_back().copied().unwrap();
+            assert_eq!(r.last_fsync_after, want, "one fsync in {every}");
+            let set = crate::images::open_device_set(&paths, true).unwrap();
+            let mounted = crate::recovery::mount_with(set, &mopts, cfg).unwrap();
+            newest.push(mounted.replayed.unwrap().1);
+            mounted.fs.unmount().unwrap();
+        }
+        assert!(fsyncs_at.len() > 20, "the workload must fsync often: {}", fsyncs_at.len());
+        assert!(newest[1] * 2 < newest[0], "entries with every fsync {}, one in 3 {}", newest[0], newest[1]);
     }
 
     #[test]
