@@ -193,6 +193,9 @@ pub fn run_seeds(seeds: &[u64], threads: usize, progress: &(dyn Fn(usize, usize)
     all
 }
 
+/// Keys an odd seed's replays replay between node write-backs (see [`run_seed`]).
+const SIM_REPLAY_WRITE_BACK_KEYS: usize = 64;
+
 /// One seed, start to end; a panic inside is caught and is the seed's failure.
 pub fn run_seed(seed: u64) -> SeedResult {
     let mut r = draw(seed);
@@ -286,7 +289,10 @@ fn rounds(seed: u64, r: &mut SeedResult, started: Instant) -> std::result::Resul
     let opts_for = |o: String| -> std::result::Result<MountOpts, String> {
         let opts = fs_core::opts::parse_opts(&o, fs_core::opts::OptContext::Mount)
             .map_err(|e| fail(0, e.to_string()))?;
-        Ok(MountOpts { opts, reclaim: ReclaimMode::Manual, ..MountOpts::default() })
+        // Odd seeds write nodes back during replay every few keys, as a recovery of millions of
+        // keys does every million: the commits that makes must win over the journal keys.
+        let replay_write_back_keys = (seed % 2 == 1).then_some(SIM_REPLAY_WRITE_BACK_KEYS);
+        Ok(MountOpts { opts, reclaim: ReclaimMode::Manual, replay_write_back_keys, ..MountOpts::default() })
     };
     let whole = opts_for(format!("behavior={}", r.profile))?;
     let degraded = opts_for(format!("degraded,behavior={}", r.profile))?;
@@ -489,6 +495,7 @@ fn check(
             mount: MountOpts {
                 opts: mopts.opts.clone(),
                 reclaim: ReclaimMode::Manual,
+                replay_write_back_keys: mopts.replay_write_back_keys,
                 ..MountOpts::default()
             },
         };

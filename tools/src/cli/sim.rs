@@ -21,7 +21,9 @@ use super::{CmdResult, print_json};
 /// of stored data flipping, or a bad sector (reads of 4 KiB failing until a write covers
 /// them), and where every replica has another a device may stop answering, or die for writes
 /// in the middle of a round and be taken out at the crash, and come back later as it was when
-/// it went (the filesystem runs degraded while it is away). After each crash the filesystem
+/// it went (the filesystem runs degraded while it is away). Odd seeds write btree nodes back
+/// every 64 keys of a journal replay, as a recovery of millions of keys does every million.
+/// After each crash the filesystem
 /// must mount, hold every fsynced operation, match its allocator to its btrees, and check
 /// clean after fsck -y repairs injected damage; damage may fail a mount or a read only with an
 /// error. Panics and seeds past their budget are failures. Each failure prints

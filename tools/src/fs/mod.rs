@@ -89,6 +89,9 @@ pub struct FsShared {
     threads: AtomicBool,
     /// See [`FsShared::rewind_seq`].
     rewind_seq: AtomicU64,
+    /// While journal replay runs: the positions commits have written since replay last looked
+    /// ([`FsShared::take_replay_overwrites`]).
+    replay_overwrites: Mutex<Option<Vec<(BtreeId, Bpos)>>>,
     /// Whether need_discard buckets are discarded yet: from going read-write (before journal
     /// replay) in v1.39 and fixed, only once recovery is done in v1.37.5.
     discards: AtomicBool,
@@ -145,6 +148,7 @@ impl FsShared {
             waits,
             threads: AtomicBool::new(false),
             rewind_seq: AtomicU64::new(u64::MAX),
+            replay_overwrites: Mutex::new(None),
             discards: AtomicBool::new(false),
             discard_kick: Arc::new(discard::DiscardKick::default()),
             klog_sink: Mutex::new(None),
@@ -191,6 +195,30 @@ impl FsShared {
 
     pub(crate) fn set_rewind_seq(&self, seq: Option<u64>) {
         self.rewind_seq.store(seq.unwrap_or(u64::MAX), Ordering::Release);
+    }
+
+    /// Starts (`true`) or ends recording the positions commits write while journal replay
+    /// runs; ending drops what was not taken.
+    pub(crate) fn record_replay_overwrites(&self, on: bool) {
+        *self.replay_overwrites.lock() = on.then(Vec::new);
+    }
+
+    /// The positions committed transactions have written since the last call, while replay
+    /// runs. Replay marks the journal keys there overwritten, as bcachefs's commits do during
+    /// replay (`bch2_drop_overwrites_from_journal`): a journal key is older than any commit
+    /// made after the journal was read, and replaying it later would put the older key back
+    /// over the newer one (the node alloc keys a write-back during replay publishes, for
+    /// buckets that were freed before the crash).
+    pub(crate) fn take_replay_overwrites(&self) -> Vec<(BtreeId, Bpos)> {
+        self.replay_overwrites.lock().as_mut().map(std::mem::take).unwrap_or_default()
+    }
+
+    /// Records the positions of a committed transaction's keys for replay (see
+    /// [`FsShared::take_replay_overwrites`]).
+    pub(crate) fn note_replay_overwrites(&self, updates: &[(BtreeId, Bkey)]) {
+        if let Some(v) = self.replay_overwrites.lock().as_mut() {
+            v.extend(updates.iter().map(|(btree, k)| (*btree, k.pos)));
+        }
     }
 
     /// What discards keep back, as the profile computes it: one filesystem-wide budget in

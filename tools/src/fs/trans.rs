@@ -440,7 +440,9 @@ impl FsShared {
         let mut all = std::mem::take(updates);
         all.extend(alloc_updates);
         // Fails only on more bytes than reserved: a wrong estimate, an internal error (fatal).
-        journal.commit(res, entries(&all), self.now())
+        let seq = journal.commit(res, entries(&all), self.now())?;
+        self.note_replay_overwrites(&all);
+        Ok(seq)
     }
 
     /// Accounts `sectors` in the allocator and puts the alloc keys of those buckets into the
@@ -598,6 +600,7 @@ impl FsShared {
             return Err(e);
         }
         journal.commit(res, jentries, self.now())?;
+        self.note_replay_overwrites(&taken.updates);
         Ok(())
     }
 

@@ -5,9 +5,11 @@
 //! the replay range is released, and the journal pins are flushed synchronously, as
 //! `__bch2_fs_recovery` does: everything replayed is written back before the mount goes on.
 
+use std::collections::HashSet;
 use std::time::Instant;
 
 use allocator::Watermark;
+use fs_core::bpos::{Bpos, BtreeId};
 use fs_core::error::{ErrCode, Result};
 use journal::JournalKeys;
 
@@ -30,7 +32,7 @@ const PUBLISH_CHECK_KEYS: usize = 4096;
 pub(super) fn run(ctx: &mut RecoveryCtx) -> Result<()> {
     let t_replay = Instant::now();
     let Some(mut rj) = ctx.journal.take() else {
-        commit_fixes_before_rw(ctx)?;
+        commit_fixes_before_rw(ctx, &HashSet::new())?;
         ctx.replay_done = true;
         return Ok(());
     };
@@ -38,7 +40,20 @@ pub(super) fn run(ctx: &mut RecoveryCtx) -> Result<()> {
     let mut meter = Meter::new(ctx.progress, "journal replay", "keys");
     shared.set_rewind_seq(Some(rj.read.last_seq.max(1)));
     let mut live = Live { log: &mut ctx.log, printed: &mut ctx.log_printed, sink: ctx.live_log.as_ref() };
-    let replayed = replay(&shared, &mut rj.keys, rj.read.last_seq.max(1), &mut live, &mut meter);
+    shared.record_replay_overwrites(true);
+    let every = ctx.replay_write_back_keys.unwrap_or(REPLAY_WRITE_BACK_KEYS).max(1);
+    let mut overwritten = HashSet::new();
+    let replayed = replay(
+        &shared,
+        &mut rj.keys,
+        rj.read.last_seq.max(1),
+        every,
+        &mut overwritten,
+        &mut live,
+        &mut meter,
+    );
+    overwritten.extend(shared.take_replay_overwrites());
+    shared.record_replay_overwrites(false);
     shared.set_rewind_seq(None);
     meter.finish();
     let replayed = replayed?;
@@ -50,7 +65,7 @@ pub(super) fn run(ctx: &mut RecoveryCtx) -> Result<()> {
     ctx.keys_kept = rj.keys.len();
     drop(rj);
     // The repairs are transactions: at positions the key cache holds, they go through it.
-    commit_fixes_before_rw(ctx)?;
+    commit_fixes_before_rw(ctx, &overwritten)?;
     let t_write_back = Instant::now();
     let journal = shared.journal_rw()?.clone();
     if let Some(p) = ctx.replay_pin.take() {
@@ -67,9 +82,21 @@ pub(super) fn run(ctx: &mut RecoveryCtx) -> Result<()> {
     Ok(())
 }
 
-/// Commits what passes found before the filesystem could write.
-fn commit_fixes_before_rw(ctx: &mut RecoveryCtx) -> Result<()> {
-    let fixes = std::mem::take(&mut ctx.fixes_after_replay);
+/// Commits what passes found before the filesystem could write, except where a commit during
+/// replay wrote the position since (`overwritten`). bcachefs commits such a repair into the
+/// journal keys before going read-write, and a later commit at its position marks it
+/// overwritten like any journal key: the repair was computed from an older state (a node
+/// alloc key check_allocations rebuilt, before a write-back during replay moved the node).
+fn commit_fixes_before_rw(ctx: &mut RecoveryCtx, overwritten: &HashSet<(BtreeId, Bpos)>) -> Result<()> {
+    let mut fixes = std::mem::take(&mut ctx.fixes_after_replay);
+    let found = fixes.len();
+    fixes.retain(|(btree, k)| !overwritten.contains(&(*btree, k.pos)));
+    if fixes.len() < found {
+        ctx.log.push(format!(
+            "journal_replay: {} of the repairs found before going read-write were overwritten by commits during replay",
+            found - fixes.len()
+        ));
+    }
     ctx.commit_fixes(fixes)
 }
 
@@ -86,16 +113,30 @@ impl Live<'_> {
     }
 }
 
-/// Replays `keys`, whose seqs start at `first_seq`; returns how many keys were replayed.
+/// Marks overwritten the journal keys at the positions transactions committed since the last
+/// look (the node alloc keys a write-back during replay publishes): a journal key is older than
+/// any commit made after the journal was read, so replaying it would put the older key back.
+fn mark_overwrites(fs: &FsShared, keys: &mut JournalKeys, overwritten: &mut HashSet<(BtreeId, Bpos)>) {
+    for (btree, pos) in fs.take_replay_overwrites() {
+        keys.mark_overwritten(btree, 0, pos);
+        overwritten.insert((btree, pos));
+    }
+}
+
+/// Replays `keys`, whose seqs start at `first_seq`, writing the dirty nodes back every
+/// `write_back_every` keys; returns how many keys were replayed. The positions commits wrote
+/// meanwhile go into `overwritten`.
 ///
 /// Keys are taken by index, not searched for, and their values copied from their records
 /// straight into the leaves; a key the btree refuses stays live in the journal keys, so the
 /// overlay shows it until it is replayed. Every `REPLAY_WRITE_BACK_KEYS` keys the dirty nodes
-/// are written.
+/// are written (`write_back_every`).
 fn replay(
     fs: &FsShared,
     keys: &mut JournalKeys,
     first_seq: u64,
+    write_back_every: usize,
+    overwritten: &mut HashSet<(BtreeId, Bpos)>,
     live: &mut Live<'_>,
     meter: &mut Meter,
 ) -> Result<usize> {
@@ -114,8 +155,7 @@ fn replay(
                     if done % PUBLISH_CHECK_KEYS == 0 {
                         meter.tick(done, total, live.log);
                     }
-                    if done % REPLAY_WRITE_BACK_KEYS == 0
-                        || (done % PUBLISH_CHECK_KEYS == 0 && trans.publish_due())
+                    if done % write_back_every == 0 || (done % PUBLISH_CHECK_KEYS == 0 && trans.publish_due())
                     {
                         match trans.write_dirty() {
                             // A node to be written anew found no place: it stays dirty for
@@ -125,6 +165,7 @@ fn replay(
                                 r?;
                             }
                         }
+                        mark_overwrites(fs, keys, overwritten);
                     }
                 }
                 Err(e) if e.matches(ErrCode::OperationBlocked) => queued.push(i),
@@ -143,6 +184,9 @@ fn replay(
         queued.sort_by_key(|&i| keys.at(i).map_or(0, |k| k.seq));
         let mut trans = fs.replay_trans(Watermark::Reclaim, first_seq)?;
         for &i in &queued {
+            // While an update waits on the allocator, the btree lock is free: reclaim's
+            // write-back may have committed meanwhile.
+            mark_overwrites(fs, keys, overwritten);
             let Some(k) = keys.at(i).filter(|k| !k.overwritten) else { continue };
             let (btree, pos) = (k.btree, k.key.pos);
             let mut waiter = None;

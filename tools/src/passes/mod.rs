@@ -201,6 +201,8 @@ pub struct RecoveryCtx {
     pub(crate) cfg: BtreeConfig,
     pub(crate) reclaim: ReclaimMode,
     pub(crate) progress: crate::recovery::progress::Progress,
+    /// See [`crate::recovery::MountOpts::replay_write_back_keys`].
+    pub(crate) replay_write_back_keys: Option<usize>,
     /// The journal of an unclean filesystem.
     pub(crate) journal: Option<RecoveryJournal>,
     /// Journal replay has run: the journal keys are in the btrees, no overlay any more.
@@ -322,6 +324,7 @@ impl RecoveryCtx {
             cfg,
             reclaim,
             progress: crate::recovery::progress::Progress::default(),
+            replay_write_back_keys: None,
             keys_per_btree: std::collections::BTreeMap::new(),
             pass_name: "",
             journal: None,

@@ -84,6 +84,9 @@ pub struct MountOpts {
     /// The clock of the wait list blocked btree updates park on: real time, or one that moves
     /// only when a test says (`WaitList::advance_to`), so that stuck timeouts need no sleeping.
     pub manual_wait_clock: bool,
+    /// Keys journal replay replays between node write-backs; `None`: 1 << 20. Tests make it
+    /// small, so that small journals exercise what only recoveries of millions of keys do.
+    pub replay_write_back_keys: Option<usize>,
 }
 
 impl MountOpts {
@@ -237,6 +240,7 @@ pub fn parse_mount_opts(text: &str) -> Result<MountOpts> {
         live_log: None,
         control: None,
         manual_wait_clock: false,
+        replay_write_back_keys: None,
     })
 }
 
@@ -315,6 +319,7 @@ pub(crate) fn recover(
     let damaged = damaged_sb_copies(&set, mode != Mode::Check);
     let mut ctx = RecoveryCtx::new(mode, set, live.clone(), cfg, mopts.reclaim, log);
     ctx.progress = mopts.progress;
+    ctx.replay_write_back_keys = mopts.replay_write_back_keys;
     ctx.control = mopts.control.clone();
     ctx.manual_wait_clock = mopts.manual_wait_clock;
     ctx.live_log = mopts.live_log.clone();
