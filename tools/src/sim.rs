@@ -38,6 +38,7 @@ use fs_core::sync::{Arc, AtomicU64, Mutex, Ordering};
 use serde_json::{Value, json};
 
 use crate::files::Files;
+use crate::fs::Fs;
 use crate::fsck::{FixMode, FsckOpts, fsck};
 use crate::images::format_devices;
 use crate::passes::none_found;
@@ -369,6 +370,7 @@ fn rounds(seed: u64, r: &mut SeedResult, started: Instant) -> std::result::Resul
                 }
             }
             let change_at = rng.chance(0.3).then(|| at + rng.below((stop - at) as u64 + 1) as usize);
+            let t0 = Instant::now();
             let mut acked = at;
             let mut begun = at;
             for (i, op) in ops.iter().enumerate().take(stop).skip(at) {
@@ -380,7 +382,11 @@ fn rounds(seed: u64, r: &mut SeedResult, started: Instant) -> std::result::Resul
                 }
                 begun = i + 1;
                 r.ops_run += 1;
-                match run_op(&mut fs, &mut files, op) {
+                // Journal reclaim steps after each operation, as a mount's reclaim thread runs
+                // it, on a clock of 10 ms an operation: the flush delay writes the open entry
+                // every 100 operations without an fsync.
+                let tick = |fs: &mut Fs| fs.tick(t0 + Duration::from_millis(10 * (i as u64 + 1)));
+                match run_op(&mut fs, &mut files, op).and_then(|()| tick(&mut fs)) {
                     Ok(()) if *op == Op::Fsync => acked = i + 1,
                     Ok(()) => {}
                     // An injected I/O error: the operation failed, the filesystem may have
