@@ -129,8 +129,8 @@ fn mark_overwrites(fs: &FsShared, keys: &mut JournalKeys, overwritten: &mut Hash
 ///
 /// Keys are taken by index, not searched for, and their values copied from their records
 /// straight into the leaves; a key the btree refuses stays live in the journal keys, so the
-/// overlay shows it until it is replayed. Every `REPLAY_WRITE_BACK_KEYS` keys the dirty nodes
-/// are written (`write_back_every`).
+/// overlay shows it until it is replayed. Every `write_back_every` keys
+/// (`REPLAY_WRITE_BACK_KEYS` unless a test says otherwise) the dirty nodes are written.
 fn replay(
     fs: &FsShared,
     keys: &mut JournalKeys,
