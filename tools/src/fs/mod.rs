@@ -122,6 +122,8 @@ pub struct Parts {
     pub btrees: Btrees,
     /// The clock of the wait list (read-write only).
     pub wait_clock: Clock,
+    /// The key cache's thresholds (read-write only).
+    pub key_cache: key_cache::Thresholds,
 }
 
 impl FsShared {
@@ -133,7 +135,7 @@ impl FsShared {
         Arc::new_cyclic(|me: &Weak<FsShared>| FsShared {
             key_cache: rw.then(|| {
                 let target: Weak<dyn FlushTarget> = me.clone();
-                KeyCache::new(behavior, target)
+                KeyCache::with_thresholds(behavior, target, p.key_cache)
             }),
             set: Mutex::new(p.set),
             opts: p.opts,
@@ -426,6 +428,7 @@ impl Fs {
             journal: None,
             btrees,
             wait_clock: Clock::Real(Instant::now()),
+            key_cache: key_cache::Thresholds::default(),
         };
         Fs::from_shared(FsShared::new(parts), ReclaimMode::Manual)
     }
