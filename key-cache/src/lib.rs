@@ -143,47 +143,14 @@ pub enum Pressure {
     Throttle,
 }
 
-/// Where a cache's pressure starts and how many entries it keeps (rule 6).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Thresholds {
-    /// Dirty entries, beyond half the entries, past which reclaim starts (bcachefs: 1024).
-    pub reclaim: usize,
-    /// Dirty entries, beyond three quarters of the entries, past which commits are throttled
-    /// (bcachefs: 4096).
-    pub throttle: usize,
-    /// Entries past which a sweep of the eviction clock drops clean ones.
-    pub keep: usize,
-}
-
-impl Default for Thresholds {
-    /// bcachefs's thresholds, and 65536 entries kept.
-    fn default() -> Self {
-        Thresholds { reclaim: 1024, throttle: 4096, keep: 1 << 16 }
-    }
-}
-
-impl Thresholds {
-    /// Dirty entries past which reclaim starts: `reclaim` + half the entries.
-    pub fn reclaim_at(&self, nr_keys: usize) -> usize {
-        self.reclaim + nr_keys / 2
-    }
-
-    /// Dirty entries past which commits are throttled: `throttle` + three quarters of the
-    /// entries.
-    pub fn throttle_at(&self, nr_keys: usize) -> usize {
-        self.throttle + nr_keys / 4 * 3
-    }
-}
-
-/// Dirty entries past which reclaim starts in bcachefs: 1024 + half the entries.
+/// Dirty entries past which reclaim starts: 1024 + half the entries.
 pub fn reclaim_threshold(nr_keys: usize) -> usize {
-    Thresholds::default().reclaim_at(nr_keys)
+    1024 + nr_keys / 2
 }
 
-/// Dirty entries past which commits are throttled in bcachefs: 4096 + three quarters of the
-/// entries.
+/// Dirty entries past which commits are throttled: 4096 + three quarters of the entries.
 pub fn throttle_threshold(nr_keys: usize) -> usize {
-    Thresholds::default().throttle_at(nr_keys)
+    4096 + nr_keys / 4 * 3
 }
 
 /// Where an update went.
@@ -236,7 +203,6 @@ pub struct KeyCache {
     nr_dirty: AtomicUsize,
     target: Weak<dyn FlushTarget>,
     me: Weak<KeyCache>,
-    thresholds: Thresholds,
 }
 
 /// The journal pin callback of one entry.
@@ -260,20 +226,9 @@ impl PinFlush for EntryPin {
 }
 
 impl KeyCache {
-    /// A cache of `behavior` whose flushes go to `target`, with bcachefs's thresholds.
+    /// A cache of `behavior` whose flushes go to `target`.
     pub fn new(behavior: Behavior, target: Weak<dyn FlushTarget>) -> Arc<KeyCache> {
-        KeyCache::with_thresholds(behavior, target, Thresholds::default())
-    }
-
-    /// [`KeyCache::new`] with other thresholds: small ones make a small workload meet the
-    /// pressure and eviction a large one meets.
-    pub fn with_thresholds(
-        behavior: Behavior,
-        target: Weak<dyn FlushTarget>,
-        thresholds: Thresholds,
-    ) -> Arc<KeyCache> {
         Arc::new_cyclic(|me| KeyCache {
-            thresholds,
             behavior,
             entries: Mutex::new(HashMap::new()),
             nr_keys: AtomicUsize::new(0),
@@ -281,10 +236,6 @@ impl KeyCache {
             target,
             me: me.clone(),
         })
-    }
-
-    pub fn thresholds(&self) -> Thresholds {
-        self.thresholds
     }
 
     /// Entries held.
@@ -313,9 +264,9 @@ impl KeyCache {
     /// Where the dirty entries stand against the thresholds (rule 6).
     pub fn pressure(&self) -> Pressure {
         let (dirty, nr) = (self.nr_dirty(), self.nr_keys());
-        if dirty > self.thresholds.throttle_at(nr) {
+        if dirty > throttle_threshold(nr) {
             Pressure::Throttle
-        } else if dirty > self.thresholds.reclaim_at(nr) {
+        } else if dirty > reclaim_threshold(nr) {
             Pressure::Reclaim
         } else {
             Pressure::None

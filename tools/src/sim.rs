@@ -197,9 +197,6 @@ pub fn run_seeds(seeds: &[u64], threads: usize, progress: &(dyn Fn(usize, usize)
 /// Keys an odd seed's replays replay between node write-backs (see [`run_seed`]).
 const SIM_REPLAY_WRITE_BACK_KEYS: usize = 64;
 
-/// The key cache thresholds of a third of the seeds (see [`run_seed`]).
-const SIM_KEY_CACHE: key_cache::Thresholds = key_cache::Thresholds { reclaim: 1, throttle: 2, keep: 4 };
-
 /// One seed, start to end; a panic inside is caught and is the seed's failure.
 pub fn run_seed(seed: u64) -> SeedResult {
     let mut r = draw(seed);
@@ -296,17 +293,7 @@ fn rounds(seed: u64, r: &mut SeedResult, started: Instant) -> std::result::Resul
         // Odd seeds write nodes back during replay every few keys, as a recovery of millions of
         // keys does every million: the commits that makes must win over the journal keys.
         let replay_write_back_keys = (seed % 2 == 1).then_some(SIM_REPLAY_WRITE_BACK_KEYS);
-        // A third of the seeds put the key cache under pressure after a few dirty entries,
-        // as thousands do in a large filesystem: reclaim flushes it, commits throttle, and the
-        // eviction clock sweeps.
-        let key_cache = (seed % 3 == 2).then_some(SIM_KEY_CACHE);
-        Ok(MountOpts {
-            opts,
-            reclaim: ReclaimMode::Manual,
-            replay_write_back_keys,
-            key_cache,
-            ..MountOpts::default()
-        })
+        Ok(MountOpts { opts, reclaim: ReclaimMode::Manual, replay_write_back_keys, ..MountOpts::default() })
     };
     let whole = opts_for(format!("behavior={}", r.profile))?;
     let degraded = opts_for(format!("degraded,behavior={}", r.profile))?;
@@ -515,7 +502,6 @@ fn check(
                 opts: mopts.opts.clone(),
                 reclaim: ReclaimMode::Manual,
                 replay_write_back_keys: mopts.replay_write_back_keys,
-                key_cache: mopts.key_cache,
                 ..MountOpts::default()
             },
         };

@@ -22,9 +22,7 @@ use super::{CmdResult, print_json};
 /// them), and where every replica has another a device may stop answering, or die for writes
 /// in the middle of a round and be taken out at the crash, and come back later as it was when
 /// it went (the filesystem runs degraded while it is away). Odd seeds write btree nodes back
-/// every 64 keys of a journal replay, as a recovery of millions of keys does every million,
-/// and a third of the seeds put the key cache under pressure from a few dirty entries (reclaim
-/// flushes it, commits throttle, the eviction clock sweeps), as thousands do in a large one.
+/// every 64 keys of a journal replay, as a recovery of millions of keys does every million.
 /// After each crash the filesystem
 /// must mount, hold every fsynced operation, match its allocator to its btrees, and check
 /// clean after fsck -y repairs injected damage; damage may fail a mount or a read only with an

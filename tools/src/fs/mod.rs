@@ -122,8 +122,6 @@ pub struct Parts {
     pub btrees: Btrees,
     /// The clock of the wait list (read-write only).
     pub wait_clock: Clock,
-    /// The key cache's thresholds (read-write only).
-    pub key_cache: key_cache::Thresholds,
 }
 
 impl FsShared {
@@ -135,7 +133,7 @@ impl FsShared {
         Arc::new_cyclic(|me: &Weak<FsShared>| FsShared {
             key_cache: rw.then(|| {
                 let target: Weak<dyn FlushTarget> = me.clone();
-                KeyCache::with_thresholds(behavior, target, p.key_cache)
+                KeyCache::new(behavior, target)
             }),
             set: Mutex::new(p.set),
             opts: p.opts,
@@ -428,7 +426,6 @@ impl Fs {
             journal: None,
             btrees,
             wait_clock: Clock::Real(Instant::now()),
-            key_cache: key_cache::Thresholds::default(),
         };
         Fs::from_shared(FsShared::new(parts), ReclaimMode::Manual)
     }

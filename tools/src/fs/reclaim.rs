@@ -86,6 +86,9 @@ fn run(s: &Shared, fs: &Weak<FsShared>) -> Result<()> {
     }
 }
 
+/// Clean key cache entries kept at most; a sweep of the eviction clock runs past it.
+pub(crate) const KEY_CACHE_KEEP: usize = 1 << 16;
+
 /// One round of reclaim: the flush delay, then pins if the journal is filling or the key cache
 /// holds more dirty entries than its reclaim threshold; then a sweep of the key cache's
 /// eviction clock if it holds too many entries.
@@ -116,7 +119,7 @@ pub(crate) fn step(fs: &FsShared, now: Instant) -> Result<()> {
         None => {}
     }
     if let Some(c) = cache {
-        c.evict(c.thresholds().keep);
+        c.evict(KEY_CACHE_KEEP);
     }
     Ok(())
 }

@@ -203,8 +203,6 @@ pub struct RecoveryCtx {
     pub(crate) progress: crate::recovery::progress::Progress,
     /// See [`crate::recovery::MountOpts::replay_write_back_keys`].
     pub(crate) replay_write_back_keys: Option<usize>,
-    /// See [`crate::recovery::MountOpts::key_cache`].
-    pub(crate) key_cache: Option<key_cache::Thresholds>,
     /// The journal of an unclean filesystem.
     pub(crate) journal: Option<RecoveryJournal>,
     /// Journal replay has run: the journal keys are in the btrees, no overlay any more.
@@ -327,7 +325,6 @@ impl RecoveryCtx {
             reclaim,
             progress: crate::recovery::progress::Progress::default(),
             replay_write_back_keys: None,
-            key_cache: None,
             keys_per_btree: std::collections::BTreeMap::new(),
             pass_name: "",
             journal: None,

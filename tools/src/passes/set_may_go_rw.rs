@@ -53,7 +53,6 @@ pub(super) fn run(ctx: &mut RecoveryCtx) -> Result<()> {
         journal: Some(std::sync::Arc::new(journal)),
         btrees,
         wait_clock: if ctx.manual_wait_clock { Clock::Manual } else { Clock::Real(Instant::now()) },
-        key_cache: ctx.key_cache.unwrap_or_default(),
     });
     if let Some(c) = &ctx.control {
         c.attach_fs(&shared);

@@ -87,9 +87,6 @@ pub struct MountOpts {
     /// Keys journal replay replays between node write-backs; `None`: 1 << 20. Tests make it
     /// small, so that small journals exercise what only recoveries of millions of keys do.
     pub replay_write_back_keys: Option<usize>,
-    /// The key cache's thresholds; `None`: bcachefs's. Tests make them small, as with
-    /// `replay_write_back_keys`.
-    pub key_cache: Option<key_cache::Thresholds>,
 }
 
 impl MountOpts {
@@ -244,7 +241,6 @@ pub fn parse_mount_opts(text: &str) -> Result<MountOpts> {
         control: None,
         manual_wait_clock: false,
         replay_write_back_keys: None,
-        key_cache: None,
     })
 }
 
@@ -324,7 +320,6 @@ pub(crate) fn recover(
     let mut ctx = RecoveryCtx::new(mode, set, live.clone(), cfg, mopts.reclaim, log);
     ctx.progress = mopts.progress;
     ctx.replay_write_back_keys = mopts.replay_write_back_keys;
-    ctx.key_cache = mopts.key_cache;
     ctx.control = mopts.control.clone();
     ctx.manual_wait_clock = mopts.manual_wait_clock;
     ctx.live_log = mopts.live_log.clone();
