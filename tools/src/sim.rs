@@ -333,9 +333,14 @@ fn rounds(seed: u64, r: &mut SeedResult, started: Instant) -> std::result::Resul
             // A read that failed may fail the mount or the file layer's first reads, with an
             // error; nothing ran.
             let read_failed = |e: &Error| (read_eio || bad_sector) && !e.matches(ErrCode::Internal);
+            // The clock journal reclaim steps on (see below). Stepped once before anything is
+            // committed, so that every entry is opened on it and the flush delay ends at the
+            // same operation on every run.
+            let t0 = Instant::now();
             let started =
                 mount(set, mopts).map_err(|e| e.prefix("mount before the workload")).and_then(|m| {
                     let mut fs = m.fs;
+                    fs.tick(t0).map_err(|e| e.prefix("journal reclaim before the workload"))?;
                     let files = Files::new(&mut fs).map_err(|e| e.prefix("file layer"))?;
                     Ok((fs, files))
                 });
@@ -370,7 +375,6 @@ fn rounds(seed: u64, r: &mut SeedResult, started: Instant) -> std::result::Resul
                 }
             }
             let change_at = rng.chance(0.3).then(|| at + rng.below((stop - at) as u64 + 1) as usize);
-            let t0 = Instant::now();
             let mut acked = at;
             let mut begun = at;
             for (i, op) in ops.iter().enumerate().take(stop).skip(at) {
