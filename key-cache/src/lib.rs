@@ -44,6 +44,8 @@
 //! no map lock and takes the btree lock with no entry lock held.
 
 use std::collections::HashMap;
+use std::collections::hash_map::DefaultHasher;
+use std::hash::BuildHasherDefault;
 
 use bitflags::bitflags;
 use fs_core::bkey::Bkey;
@@ -195,10 +197,14 @@ impl Entry {
     }
 }
 
+/// The entries by position, hashed with fixed keys, not per process: the eviction sweep goes
+/// in map order, and a seeded run must evict the same entries every time it runs.
+type EntryMap = HashMap<(BtreeId, Bpos), Arc<Entry>, BuildHasherDefault<DefaultHasher>>;
+
 /// The key cache of one filesystem.
 pub struct KeyCache {
     behavior: Behavior,
-    entries: Mutex<HashMap<(BtreeId, Bpos), Arc<Entry>>>,
+    entries: Mutex<EntryMap>,
     nr_keys: AtomicUsize,
     nr_dirty: AtomicUsize,
     target: Weak<dyn FlushTarget>,
@@ -230,7 +236,7 @@ impl KeyCache {
     pub fn new(behavior: Behavior, target: Weak<dyn FlushTarget>) -> Arc<KeyCache> {
         Arc::new_cyclic(|me| KeyCache {
             behavior,
-            entries: Mutex::new(HashMap::new()),
+            entries: Mutex::new(HashMap::default()),
             nr_keys: AtomicUsize::new(0),
             nr_dirty: AtomicUsize::new(0),
             target,
