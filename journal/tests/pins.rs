@@ -110,6 +110,15 @@ fn hold(j: &Journal) -> JournalPin {
     j.pin_add(j.seq(), Arc::new(journal::Unflushable("hold"))).unwrap()
 }
 
+/// `n` entries, each pinned by an owner that releases its pin when flushed, in seq order.
+fn pinned_entries(j: &Journal, n: usize, log: &Arc<Mutex<Vec<u64>>>) -> (Vec<u64>, Vec<Arc<Owner>>) {
+    let held = hold(j);
+    let seqs: Vec<u64> = (0..n).map(|_| entry(j)).collect();
+    let owners = seqs.iter().map(|&s| owner(j, s, OnFlush::Release, log)).collect();
+    j.pin_drop(held).unwrap();
+    (seqs, owners)
+}
+
 fn release(j: &Journal, o: &Owner) {
     if let Some(p) = o.pin.lock().take() {
         j.pin_drop(p).unwrap();
@@ -161,10 +170,7 @@ fn a_bulk_pin_is_flushed_after_the_other_pins_due() {
 fn flushing_while_a_condition_holds_stops_at_the_oldest_pins_it_needs() {
     let j = journal(Arc::new(FsHealth::new()));
     let log = Arc::new(Mutex::new(Vec::new()));
-    let held = hold(&j);
-    let seqs: Vec<u64> = (0..4).map(|_| entry(&j)).collect();
-    let owners: Vec<_> = seqs.iter().map(|&s| owner(&j, s, OnFlush::Release, &log)).collect();
-    j.pin_drop(held).unwrap();
+    let (seqs, owners) = pinned_entries(&j, 4, &log);
     let more = || log.lock().len() < 2;
     assert_eq!(j.flush_pins_while(seqs[3], &more).unwrap(), 2);
     assert_eq!(*log.lock(), vec![seqs[0], seqs[1]], "the oldest two, then it stops");
@@ -219,10 +225,7 @@ fn a_callback_that_keeps_its_pin_is_an_internal_error() {
 fn nothing_at_or_past_the_replay_barrier_is_flushed() {
     let j = journal(Arc::new(FsHealth::new()));
     let log = Arc::new(Mutex::new(Vec::new()));
-    let held = hold(&j);
-    let seqs: Vec<u64> = (0..3).map(|_| entry(&j)).collect();
-    let owners: Vec<_> = seqs.iter().map(|&s| owner(&j, s, OnFlush::Release, &log)).collect();
-    j.pin_drop(held).unwrap();
+    let (seqs, owners) = pinned_entries(&j, 3, &log);
     j.set_replay_barrier(Some(seqs[1]));
     assert_eq!(j.flush_all_pins().unwrap(), 1);
     assert_eq!(*log.lock(), vec![seqs[0]]);
@@ -279,10 +282,7 @@ fn a_leaked_pin_is_caught() {
 fn concurrent_flushers_run_each_callback_once() {
     let j = Arc::new(journal(Arc::new(FsHealth::new())));
     let log = Arc::new(Mutex::new(Vec::new()));
-    let held = hold(&j);
-    let seqs: Vec<u64> = (0..32).map(|_| entry(&j)).collect();
-    let _owners: Vec<_> = seqs.iter().map(|&s| owner(&j, s, OnFlush::Release, &log)).collect();
-    j.pin_drop(held).unwrap();
+    let (seqs, _owners) = pinned_entries(&j, 32, &log);
     let calls = Arc::new(AtomicU64::new(0));
     let threads: Vec<_> = (0..2)
         .map(|_| {
