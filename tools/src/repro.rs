@@ -100,13 +100,12 @@ const STALE_JOURNAL_DEVS: [u8; 5] = [0, 1, 2, 3, 4];
 const KEYS_PER_100_OPS: u64 = 293;
 /// Journal bytes each NVMe member is given per journal key asked for: a key and its share of
 /// its entry take about 60 bytes, and reclaim keeps a ring at most half full, so twice that,
-/// rounded up. It exceeds bcachefs's rule (1 GiB on these members) only past about
-/// 8M keys.
+/// rounded up. It exceeds bcachefs's rule (1 GiB on these members) only past about 8M keys.
 const JOURNAL_BYTES_PER_KEY: u64 = 128;
-/// Journal keys asked for per fsync the workload keeps, beyond the first: the workload fsyncs
-/// about every 8 operations, leaving about 28 keys per journal entry, and reclaim flushes the
-/// pins more than 16384 seqs old (half of bcachefs's pin fifo), so a larger `keys` does only
-/// every n-th fsync and keeps the journal it leaves under about 12000 entries.
+/// The workload does one fsync in `ceil(keys / KEYS_PER_FSYNC_THINNING)`. It fsyncs about every
+/// 8 operations, about 28 keys per journal entry, and reclaim flushes the pins more than 16384
+/// seqs old (half of bcachefs's pin fifo): so thinned, the journal a large `keys` leaves stays
+/// under about 12000 entries.
 const KEYS_PER_FSYNC_THINNING: u64 = 28 * 12_000;
 /// Image space the build takes per journal key asked for, about: mostly the workload's file
 /// data, twice replicated on the hard disks (measured: 16 GB for 3M keys).
