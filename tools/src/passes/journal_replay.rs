@@ -143,6 +143,8 @@ fn replay(
     let total = keys.len();
     let mut queued: Vec<usize> = Vec::new();
     let mut done = 0usize;
+    // The interval is set at run time: a count to compare with, not a division per key.
+    let mut next_write_back = write_back_every;
     let (mut cached, mut written_through) = {
         let mut trans = fs.replay_trans(Watermark::Btree, first_seq)?;
         for i in 0..keys.len() {
@@ -155,8 +157,11 @@ fn replay(
                     if done % PUBLISH_CHECK_KEYS == 0 {
                         meter.tick(done, total, live.log);
                     }
-                    if done % write_back_every == 0 || (done % PUBLISH_CHECK_KEYS == 0 && trans.publish_due())
-                    {
+                    let interval_over = done == next_write_back;
+                    if interval_over {
+                        next_write_back += write_back_every;
+                    }
+                    if interval_over || (done % PUBLISH_CHECK_KEYS == 0 && trans.publish_due()) {
                         match trans.write_dirty() {
                             // A node to be written anew found no place: it stays dirty for
                             // the next round, as write-back leaves it.
