@@ -53,6 +53,8 @@ macro_rules! fsck_errs {
 }
 
 const NONE: FsckFlags = FsckFlags::empty();
+// The flags are v1.37.5's (`sb/errors_format.h`). v1.39.2 differs in one row of this table:
+// it also makes `bset_bad_csum` FSCK_AUTOFIX.
 const AUTOFIX: FsckFlags = FsckFlags::AUTOFIX;
 
 fsck_errs! {
@@ -71,30 +73,30 @@ fsck_errs! {
     BtreeNodeBadMagic = 32, "btree_node_bad_magic", NONE;
     BtreeNodeBadSeq = 33, "btree_node_bad_seq", NONE;
     BtreeNodeUnsupportedVersion = 34, "btree_node_unsupported_version", NONE;
-    BtreeNodeDataMissing = 37, "btree_node_data_missing", NONE;
+    BtreeNodeDataMissing = 37, "btree_node_data_missing", AUTOFIX;
     BtreeNodeReplicasDataMismatch = 40, "btree_node_replicas_data_mismatch", NONE;
     BsetBadCsum = 42, "bset_bad_csum", NONE;
-    BsetBlacklistedJournalSeq = 47, "bset_blacklisted_journal_seq", NONE;
+    BsetBlacklistedJournalSeq = 47, "bset_blacklisted_journal_seq", AUTOFIX;
     BtreeNodeBadBtree = 49, "btree_node_bad_btree", NONE;
     BtreeNodeBadLevel = 50, "btree_node_bad_level", NONE;
     BtreeNodeBadMinKey = 51, "btree_node_bad_min_key", NONE;
     BtreeNodeBadMaxKey = 52, "btree_node_bad_max_key", NONE;
-    BtreeNodeBkeyOutOfOrder = 57, "btree_node_bkey_out_of_order", NONE;
-    BtreeRootReadError = 59, "btree_root_read_error", NONE;
-    BtreeNodeReadError = 62, "btree_node_read_error", NONE;
-    BtreeNodeTopologyBadMinKey = 63, "btree_node_topology_bad_min_key", NONE;
-    BtreeNodeTopologyBadMaxKey = 64, "btree_node_topology_bad_max_key", NONE;
+    BtreeNodeBkeyOutOfOrder = 57, "btree_node_bkey_out_of_order", AUTOFIX;
+    BtreeRootReadError = 59, "btree_root_read_error", AUTOFIX;
+    BtreeNodeReadError = 62, "btree_node_read_error", AUTOFIX;
+    BtreeNodeTopologyBadMinKey = 63, "btree_node_topology_bad_min_key", AUTOFIX;
+    BtreeNodeTopologyBadMaxKey = 64, "btree_node_topology_bad_max_key", AUTOFIX;
     AllocKeyDataTypeWrong = 106, "alloc_key_data_type_wrong", AUTOFIX;
     AllocKeyGenWrong = 107, "alloc_key_gen_wrong", AUTOFIX;
     AllocKeyDirtySectorsWrong = 108, "alloc_key_dirty_sectors_wrong", AUTOFIX;
-    NeedDiscardKeyWrong = 114, "need_discard_key_wrong", NONE;
-    FreespaceKeyWrong = 115, "freespace_key_wrong", NONE;
+    NeedDiscardKeyWrong = 114, "need_discard_key_wrong", AUTOFIX;
+    FreespaceKeyWrong = 115, "freespace_key_wrong", AUTOFIX;
     PtrToMissingAllocKey = 148, "ptr_to_missing_alloc_key", AUTOFIX;
-    PtrGenNewerThanBucketGen = 152, "ptr_gen_newer_than_bucket_gen", NONE;
+    PtrGenNewerThanBucketGen = 152, "ptr_gen_newer_than_bucket_gen", AUTOFIX;
     PtrBucketDataTypeMismatch = 155, "ptr_bucket_data_type_mismatch", NONE;
     InodeWrongNlink = 209, "inode_wrong_nlink", AUTOFIX;
     InodeUnreachable = 210, "inode_unreachable", AUTOFIX;
-    DirentToMissingInode = 229, "dirent_to_missing_inode", NONE;
+    DirentToMissingInode = 229, "dirent_to_missing_inode", AUTOFIX;
     JournalEntryDupSameDevice = 246, "journal_entry_dup_same_device", NONE;
     JournalBucketSeqNotMonotonic = 358, "journal_bucket_seq_not_monotonic", NONE;
     // bcsim's own errors, for damage bcachefs repairs without reporting it. sb_copy_damaged: a
@@ -164,5 +166,38 @@ mod tests {
         assert_eq!(FsckErr::FreespaceKeyWrong.id(), 115);
         assert_eq!(FsckErr::JournalBucketSeqNotMonotonic.id(), 358);
         assert!(FsckErr::PtrToMissingAllocKey.flags().contains(FsckFlags::AUTOFIX));
+    }
+
+    /// The errors a mount under the default `errors=fix_safe` repairs by itself are the ones
+    /// bcachefs marks FSCK_AUTOFIX: read from v1.37.5's table, row by row.
+    #[test]
+    fn autofix_flags_match_bcachefs() {
+        let autofix: Vec<&str> = FsckErr::ALL
+            .iter()
+            .filter(|e| e.id() < BCSIM_FIRST_ID && e.flags().contains(FsckFlags::AUTOFIX))
+            .map(|e| e.name())
+            .collect();
+        assert_eq!(
+            autofix,
+            [
+                "btree_node_data_missing",
+                "bset_blacklisted_journal_seq",
+                "btree_node_bkey_out_of_order",
+                "btree_root_read_error",
+                "btree_node_read_error",
+                "btree_node_topology_bad_min_key",
+                "btree_node_topology_bad_max_key",
+                "alloc_key_data_type_wrong",
+                "alloc_key_gen_wrong",
+                "alloc_key_dirty_sectors_wrong",
+                "need_discard_key_wrong",
+                "freespace_key_wrong",
+                "ptr_to_missing_alloc_key",
+                "ptr_gen_newer_than_bucket_gen",
+                "inode_wrong_nlink",
+                "inode_unreachable",
+                "dirent_to_missing_inode",
+            ]
+        );
     }
 }
