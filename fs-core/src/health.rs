@@ -106,7 +106,9 @@ impl FsHealth {
         self.state.lock().first_noted.get_or_insert_with(|| ErrorRecord::of(err));
     }
 
-    /// Sets what a filesystem error does once recovery is over (`errors=`).
+    /// Sets what a filesystem error does once recovery is over (`errors=`). `fix_safe` acts as
+    /// `ro` here, as in bcachefs's `bch2_inconsistent_error`: what it adds concerns fsck errors,
+    /// which the recovery passes handle.
     pub fn set_error_action(&self, action: ErrorAction) {
         self.errors.store(if action == ErrorAction::Continue { 0 } else { 1 }, Ordering::Release);
     }
@@ -118,7 +120,7 @@ impl FsHealth {
         self.running.store(true, Ordering::Release);
     }
 
-    /// A filesystem error (`bch2_fs_error`): noted, and with `errors=ro` on a running
+    /// A filesystem error (`bch2_fs_error`): noted, and with `errors=ro` or `fix_safe` on a running
     /// filesystem, emergency read-only. Returns true if the filesystem is read-only now.
     pub fn fs_error(&self, err: &Error) -> bool {
         self.note(err);

@@ -117,7 +117,9 @@ macro_rules! options {
     };
 }
 
-const ERRORS_ACTIONS: &[&str] = &["continue", "ro", "panic"];
+/// `errors=` in bcachefs's order (`BCH_ERROR_ACTIONS`), which is also how the superblock
+/// stores it: 1, the default, is `fix_safe` in both.
+const ERRORS_ACTIONS: &[&str] = &["continue", "fix_safe", "panic", "ro"];
 const FIX_ERRORS: &[&str] = &["exit", "yes", "no", "ask"];
 /// `degraded=` as of bcachefs v1.39 (a bare `degraded` is `yes`, `nodegraded` is `no`).
 const DEGRADED: &[&str] = &["no", "yes", "very", "ask"];
@@ -141,7 +143,7 @@ options! {
     ForegroundTarget = 3, "foreground_target", OptType::Target, Default::Str(""),
         FS_FORMAT_MOUNT_RUNTIME, "Device or label group for foreground writes (empty: any device)";
     Errors = 4, "errors", OptType::Enum(ERRORS_ACTIONS), Default::U64(1),
-        FS_FORMAT_MOUNT_RUNTIME, "Action on a filesystem error: continue, ro (emergency read-only) or panic";
+        FS_FORMAT_MOUNT_RUNTIME, "Action on a filesystem error: continue; fix_safe (repair what fsck marks safe to repair, else as ro); panic; ro (emergency read-only)";
     Degraded = 5, "degraded", OptType::Enum(DEGRADED), Default::U64(0),
         OptFlags::MOUNT, "Mount with member devices missing: no; yes (every journal entry and btree node still has a replica); very (also without the journal entries that have none); ask (as yes: nobody to ask)";
     Fsck = 6, "fsck", OptType::Bool, Default::U64(0),
@@ -348,8 +350,29 @@ pub enum Behavior {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ErrorAction {
     Continue,
+    /// bcachefs's default: an fsck error marked FSCK_AUTOFIX is repaired during any mount;
+    /// any other filesystem error is treated as under `ro`.
+    FixSafe,
     Ro,
     Panic,
+}
+
+impl ErrorAction {
+    /// The action an `errors` value stands for (its index in `ERRORS_ACTIONS`).
+    pub fn from_value(v: u64) -> ErrorAction {
+        match v {
+            0 => ErrorAction::Continue,
+            1 => ErrorAction::FixSafe,
+            2 => ErrorAction::Panic,
+            _ => ErrorAction::Ro,
+        }
+    }
+
+    /// Whether an fsck error bcachefs marks FSCK_AUTOFIX is repaired without being asked
+    /// (`__bch2_fsck_err`: under `continue` or `fix_safe`).
+    pub fn autofixes(self) -> bool {
+        matches!(self, ErrorAction::Continue | ErrorAction::FixSafe)
+    }
 }
 
 /// A full set of option values, one per table row.
@@ -410,11 +433,7 @@ impl Options {
     }
 
     pub fn errors(&self) -> ErrorAction {
-        match self.u64(OptId::Errors) {
-            0 => ErrorAction::Continue,
-            2 => ErrorAction::Panic,
-            _ => ErrorAction::Ro,
-        }
+        ErrorAction::from_value(self.u64(OptId::Errors))
     }
 
     pub fn btree_node_size(&self) -> u64 {
@@ -673,7 +692,7 @@ mod tests {
             assert_eq!(OptId::from_name(d.name), Some(d.id));
         }
         assert_eq!(opts.behavior(), Behavior::Fixed);
-        assert_eq!(opts.errors(), ErrorAction::Ro);
+        assert_eq!(opts.errors(), ErrorAction::FixSafe);
         assert_eq!(opts.btree_node_size(), 256 << 10);
     }
 
@@ -691,7 +710,10 @@ mod tests {
 
         let e = parse_opts("errors=maybe", OptContext::Mount).unwrap_err();
         assert_eq!(e.code(), ErrCode::OptionValueInvalid);
-        assert!(e.to_string().contains("errors") && e.to_string().contains("continue|ro|panic"), "{e}");
+        assert!(
+            e.to_string().contains("errors") && e.to_string().contains("continue|fix_safe|panic|ro"),
+            "{e}"
+        );
 
         let e = parse_opts("metadata_replicas=9", OptContext::Runtime).unwrap_err();
         assert!(e.to_string().contains("1..=4"), "{e}");

@@ -28,15 +28,16 @@ fn opts(dir: &std::path::Path, seed: u64) -> Opts1107 {
 /// alloc_read's walk reaches the left neighbour through the duplicated pointer with nothing
 /// logged, cannot leave it forward (its key ends before the range), and stops typed, naming the
 /// leaf it reached, where bcachefs's iterator would loop. The fixed profile compares the header
-/// with the lookup's pointer too and refuses the node: the header line and the scheduled
-/// check_topology are in the log. No profile gets as far as going read-write.
+/// with the lookup's pointer too and refuses the node, a topology error: recovery rewinds to
+/// check_topology, which under errors=ro may not drop the pointer, and the mount stops there.
+/// No profile gets as far as going read-write.
 #[test]
-fn unrepaired_set_stops_at_alloc_read_per_profile() {
+fn unrepaired_set_stops_before_going_rw_per_profile() {
     let dir = tempfile::tempdir().unwrap();
     let o = opts(dir.path(), 1107);
     let built = build_1107(&o, &mut |_| {}).unwrap();
-    for behavior in ["v1.37.5", "v1.39", "fixed"] {
-        let mut mopts = parse_mount_opts(&format!("degraded,behavior={behavior}")).unwrap();
+    for (behavior, errors) in [("v1.37.5", ""), ("v1.39", ""), ("fixed", ",errors=ro")] {
+        let mut mopts = parse_mount_opts(&format!("degraded,behavior={behavior}{errors}")).unwrap();
         let log = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
         mopts.failed_log = Some(log.clone());
         let Err(e) = mount(open_device_set(&built.images, true).unwrap(), &mopts) else {
@@ -44,17 +45,23 @@ fn unrepaired_set_stops_at_alloc_read_per_profile() {
         };
         let log = log.lock().unwrap().clone();
         let case = format!("{behavior}: {e}\n{log:#?}");
-        assert_eq!(e.code(), ErrCode::BtreeNeedTopologyRepair, "{case}");
-        assert!(e.to_string().starts_with("alloc_read: "), "{case}");
         assert!(log.iter().any(|l| l.starts_with("Journal keys: ")), "{case}");
         assert!(!log.iter().any(|l| l == "going read-write"), "{case}");
         let header_lines =
             log.iter().filter(|l| l.starts_with("btree node header doesn't match ptr")).count();
         if behavior == "fixed" {
-            assert!(e.to_string().contains("header doesn't match ptr: btree=alloc level=0"), "{case}");
+            assert_eq!(e.code(), ErrCode::FsckErrorsNotFixed, "{case}");
             assert_eq!(header_lines, 1, "{case}");
-            assert!(log.iter().any(|l| l.starts_with("check_topology scheduled: btree alloc")), "{case}");
+            let rewind = log.iter().position(|l| {
+                l == "running recovery pass check_topology (4), currently at alloc_read (0) - rewinding"
+            });
+            let not_fixed = log.iter().position(|l| {
+                l.contains("its pointer leads to another node") && l.ends_with("lost, not fixing")
+            });
+            assert!(rewind.is_some() && rewind < not_fixed, "{case}");
         } else {
+            assert_eq!(e.code(), ErrCode::BtreeNeedTopologyRepair, "{case}");
+            assert!(e.to_string().starts_with("alloc_read: "), "{case}");
             assert!(e.to_string().contains("leaf walk does not advance"), "{case}");
             assert!(e.to_string().contains("the leaf reached for "), "{case}");
             assert_eq!(header_lines, 0, "{case}");
@@ -62,19 +69,41 @@ fn unrepaired_set_stops_at_alloc_read_per_profile() {
     }
 }
 
-/// After `fsck -y`, the set mounts degraded and holds the workload's files exactly as after
-/// some prefix of its operations that includes every fsynced one: the damage costs alloc keys,
-/// which fsck rebuilds, and never file data (data_replicas=2 covers the failed member).
+/// After `fsck -y`, or after the fixed profile's plain mount (errors=fix_safe) repaired it, the
+/// set mounts degraded and holds the workload's files exactly as after some prefix of its
+/// operations that includes every fsynced one: the damage costs alloc keys, which the repair
+/// rebuilds, and never file data (data_replicas=2 covers the failed member). Either way `fsck
+/// -n` finds nothing left.
 #[test]
 fn repaired_set_keeps_every_fsynced_file() {
+    for by_fsck in [true, false] {
+        check_repaired_set(by_fsck);
+    }
+}
+
+fn check_repaired_set(by_fsck: bool) {
     let dir = tempfile::tempdir().unwrap();
     let seed = 1107;
     let o = opts(dir.path(), seed);
     let built = build_1107(&o, &mut |_| {}).unwrap();
     let degraded = parse_mount_opts("degraded").unwrap();
-    let fix = FsckOpts { mode: FixMode::Yes, force: true, mount: degraded.clone() };
-    let report = fsck(open_device_set(&built.images, true).unwrap(), &fix).unwrap();
-    assert_eq!(report.exit_code(), 1, "{:#?}", report.problems.iter().take(5).collect::<Vec<_>>());
+    if by_fsck {
+        let fix = FsckOpts { mode: FixMode::Yes, force: true, mount: degraded.clone() };
+        let report = fsck(open_device_set(&built.images, true).unwrap(), &fix).unwrap();
+        assert_eq!(report.exit_code(), 1, "{:#?}", report.problems.iter().take(5).collect::<Vec<_>>());
+    } else {
+        let m = mount(open_device_set(&built.images, true).unwrap(), &degraded).unwrap();
+        assert!(m.log.iter().any(|l| l.ends_with("- rewinding")), "{:#?}", m.log);
+        m.fs.unmount().unwrap();
+    }
+    let check = FsckOpts { mode: FixMode::No, force: true, mount: degraded.clone() };
+    let report = fsck(open_device_set(&built.images, true).unwrap(), &check).unwrap();
+    assert_eq!(
+        report.exit_code(),
+        0,
+        "by fsck {by_fsck}: {:#?}",
+        report.problems.iter().take(5).collect::<Vec<_>>()
+    );
     let mut fs = mount(open_device_set(&built.images, true).unwrap(), &degraded).unwrap().fs;
     let ops = generate(seed, built.ops);
     let prefixes = matching_prefixes(&mut fs, &ops, built.last_fsync_after, built.ops_run).unwrap();

@@ -200,7 +200,7 @@ fn format_refusals_change_nothing() {
     fails(
         &bcsim(&["format", "-o", "errors=maybe", "--size", "1G", "a.img"], d.path()),
         16,
-        "continue|ro|panic",
+        "continue|fix_safe|panic|ro",
     );
     fails(
         &bcsim(&["format", "-o", "frobnicate", "--size", "1G", "a.img"], d.path()),
@@ -255,9 +255,10 @@ fn demo_formats_runs_crashes_recovers_and_checks() {
     // #1107 and #1108, a verdict line per profile.
     let line =
         |start: &str| out.stdout.lines().find(|l| l.trim_start().starts_with(start)).unwrap_or_default();
-    for p in ["v1.37.5 ", "v1.39 ", "fixed "] {
+    for p in ["v1.37.5 ", "v1.39 "] {
         assert!(line(p).contains("[btree_need_topology_repair] (exit 8)"), "#1107 {p}: {}", out.stdout);
     }
+    assert!(line("fixed ").contains("mounts (exit 0), after rewinding to check_topology"), "{}", out.stdout);
     assert!(line("fsck -y -o degraded").ends_with("mounts (exit 0)"), "{}", out.stdout);
     assert!(line("reported   v1.37.5").contains("allocator stuck in journal replay"), "{}", out.stdout);
     assert!(line("reported   v1.39").contains("mounts (exit 0) after discard: dev 4"), "{}", out.stdout);
@@ -525,7 +526,7 @@ fn run_crash_then_mount_recovers() {
     assert_eq!(bcsim(&["mount", "-o", "errors=continue", "a.img", "b.img"], d.path()).code, 0);
     let sb = bcsim(&["show-super", "--json", "-f", "options", "a.img"], d.path());
     let sb: serde_json::Value = serde_json::from_str(&sb.stdout).unwrap();
-    assert_eq!(sb["options"]["errors"], "ro", "a mount option was written into the superblock");
+    assert_eq!(sb["options"]["errors"], "fix_safe", "a mount option was written into the superblock");
 }
 
 /// Runs `command` on a.img and b.img with a reader and with none: with none it ends quietly,
@@ -1008,8 +1009,11 @@ fn repro_1107_builds_the_same_set_and_recovery_meets_its_damage() {
     let out = bcsim(&[&["mount"][..], &imgs].concat(), d.path());
     assert_eq!(out.code, 8, "{}{}", out.stdout, out.stderr);
     assert!(out.stderr.contains("degraded"), "{}", out.stderr);
-    for profile in ["v1.37.5", "v1.39", "fixed"] {
-        let opt = format!("degraded,behavior={profile}");
+    // v1.37.5 and v1.39 stop where bcachefs's leaf walk would loop; the fixed profile under
+    // errors=ro rewinds to check_topology and stops there with the error not fixed. None of
+    // them writes.
+    for (profile, errors) in [("v1.37.5", ""), ("v1.39", ""), ("fixed", ",errors=ro")] {
+        let opt = format!("degraded,behavior={profile}{errors}");
         let out = bcsim(&[&["mount", "-o", opt.as_str()][..], &imgs].concat(), d.path());
         assert_eq!(out.code, 8, "{profile}: {}{}", out.stdout, out.stderr);
         let log: Vec<&str> = out.stdout.lines().collect();
@@ -1019,7 +1023,16 @@ fn repro_1107_builds_the_same_set_and_recovery_meets_its_damage() {
         let keys_line = log.iter().position(|l| l.starts_with("Journal keys: "));
         assert_eq!(not_monotonic.len(), 5, "{profile}: {}", out.stdout);
         assert!(keys_line.is_some_and(|k| not_monotonic.iter().all(|&i| i < k)), "{profile}: {}", out.stdout);
-        assert!(out.stderr.contains("[btree_need_topology_repair]"), "{profile}: {}", out.stderr);
+        let want = if errors.is_empty() {
+            "[btree_need_topology_repair]"
+        } else {
+            "run fsck or set errors=fix_safe to allow self-healing [fsck_errors_not_fixed]"
+        };
+        assert!(out.stderr.contains(want), "{profile}: {}", out.stderr);
+        let rewound = out
+            .stdout
+            .contains("running recovery pass check_topology (4), currently at alloc_read (0) - rewinding");
+        assert_eq!(rewound, profile == "fixed", "{profile}: {}", out.stdout);
     }
     // fsck reports what the failed mounts left untouched, and repairs it: check_topology drops
     // the duplicated pointer's range for an empty node, and check_allocations rebuilds the
@@ -1039,6 +1052,31 @@ fn repro_1107_builds_the_same_set_and_recovery_meets_its_damage() {
     assert_eq!(out.code, 0, "clean after fsck -y: {}{}", out.stdout, out.stderr);
     let out = bcsim(&[&["mount", "-o", "degraded"][..], &imgs].concat(), d.path());
     assert_eq!(out.code, 0, "{}{}", out.stdout, out.stderr);
+
+    // Under the default errors=fix_safe, a plain fixed-profile mount of the other set heals
+    // itself: the topology error rewinds recovery to check_topology, which drops the pointer
+    // (FSCK_AUTOFIX) and flags the alloc btree's lost data; check_allocations then rebuilds
+    // the lost alloc keys, all before going read-write. It leaves nothing for fsck.
+    let imgs2: Vec<String> = imgs.iter().map(|i| i.replace("set1/", "set2/")).collect();
+    let imgs2: Vec<&str> = imgs2.iter().map(String::as_str).collect();
+    let out = bcsim(&[&["mount", "-o", "degraded"][..], &imgs2].concat(), d.path());
+    assert_eq!(out.code, 0, "{}{}", out.stdout, out.stderr);
+    let at = |needle: &str| out.stdout.find(needle).unwrap_or_else(|| panic!("{needle}: {}", out.stdout));
+    let order = [
+        "Journal keys: ",
+        "btree node header doesn't match ptr: btree=alloc level=0",
+        "currently at alloc_read (0) - rewinding",
+        "its pointer leads to another node",
+        "flagging btree alloc lost data",
+        "but missing in alloc btree, fixing",
+        "going read-write",
+        "journal_replay: ",
+    ];
+    for w in order.windows(2) {
+        assert!(at(w[0]) < at(w[1]), "{} before {}: {}", w[0], w[1], out.stdout);
+    }
+    let out = bcsim(&[&["fsck", "-nf", "-o", "degraded"][..], &imgs2].concat(), d.path());
+    assert_eq!(out.code, 0, "clean after the self-healing mount: {}{}", out.stdout, out.stderr);
 }
 
 /// A #1107 build whose images could not fit is refused before anything is written: one line

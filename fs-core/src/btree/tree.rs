@@ -397,7 +397,7 @@ impl Btrees {
                 // split through it) fails with this error, until check_topology repairs it.
                 if self.topology_errors == 1 {
                     self.log.push(format!(
-                        "check_topology scheduled: btree {} has a node its pointer does not describe (fsck repairs it)",
+                        "check_topology scheduled: btree {} has a node its pointer does not describe (check_topology repairs it)",
                         exp.btree
                     ));
                 }

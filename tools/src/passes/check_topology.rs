@@ -14,6 +14,8 @@ use fs_core::bpos::{Bpos, BtreeId};
 use fs_core::btree::{Btrees, NodeInfo, READ_AROUND};
 use fs_core::error::{ErrCode, Result};
 use fs_core::fsck_err::FsckErr;
+use fs_core::recovery_pass::RecoveryPass;
+use std::collections::BTreeSet;
 
 use super::{Finding, Mode, Problem, RecoveryCtx};
 
@@ -24,8 +26,10 @@ const DROPPED: [FsckErr; 3] =
 pub(super) fn run(ctx: &mut RecoveryCtx) -> Result<()> {
     let mut findings = Vec::new();
     let mut read_around = Vec::new();
-    let (nodes, absent) = ctx
-        .with_view(|v| Ok((check(v.t, &mut findings, &mut read_around)?, v.t.take_absent_replica_reads())))?;
+    let mut lost = BTreeSet::new();
+    let (nodes, absent) = ctx.with_view(|v| {
+        Ok((check(v.t, &mut findings, &mut read_around, &mut lost)?, v.t.take_absent_replica_reads()))
+    })?;
     if ctx.set_ref()?.missing().is_empty() {
         findings.extend(short_replicas(ctx, &nodes)?);
     }
@@ -38,7 +42,10 @@ pub(super) fn run(ctx: &mut RecoveryCtx) -> Result<()> {
     if unfixed && ctx.mode != Mode::Check {
         // The empty nodes are in memory only: stopping before the filesystem may write keeps
         // them there.
-        ctx.stop = Some("btree nodes that cannot be read or trusted are dropped only by fsck -y".to_owned());
+        ctx.stop = Some(
+            "btree nodes that cannot be read or trusted are dropped only by fsck -y or a mount with errors=fix_safe"
+                .to_owned(),
+        );
     }
     ctx.keys_per_btree.clear();
     for n in nodes.iter().filter(|n| n.level == 0) {
@@ -54,7 +61,30 @@ pub(super) fn run(ctx: &mut RecoveryCtx) -> Result<()> {
     }
     let fixes = ctx.record(findings);
     debug_assert!(fixes.is_empty(), "topology repairs are made in the btrees, not as updates");
+    if ctx.stop.is_none() {
+        lost_data(ctx, &lost);
+    }
     Ok(())
+}
+
+/// The btrees that lost nodes lost keys: the passes that rebuild what follows from them run in
+/// this recovery, as `bch2_btree_lost_data` asks for them. check_allocations rebuilds the alloc
+/// info of every bucket (the lost nodes' own buckets included), and for the alloc btrees,
+/// check_alloc_info checks their freespace and need_discard entries. A pass that runs anyway
+/// (fsck) is not asked for again, and nothing is logged for it.
+fn lost_data(ctx: &mut RecoveryCtx, lost: &BTreeSet<BtreeId>) {
+    for &btree in lost {
+        ctx.log.push(format!("flagging btree {btree} lost data"));
+        let mut passes = vec![RecoveryPass::CheckAllocations];
+        if matches!(btree, BtreeId::Alloc | BtreeId::Freespace | BtreeId::NeedDiscard) {
+            passes.push(RecoveryPass::CheckAllocInfo);
+        }
+        for pass in passes {
+            if !ctx.requested(pass) {
+                ctx.run_explicit(pass, false);
+            }
+        }
+    }
 }
 
 /// Nodes a degraded mount wrote short of `metadata_replicas` (run with every member present):
@@ -93,10 +123,12 @@ fn check(
     t: &mut Btrees,
     findings: &mut Vec<Finding>,
     read_around: &mut Vec<String>,
+    lost_btrees: &mut BTreeSet<BtreeId>,
 ) -> Result<Vec<NodeInfo>> {
     let mut all = Vec::new();
     for &btree in BtreeId::ALL {
         for lost in t.drop_unreadable(btree)? {
+            lost_btrees.insert(btree);
             let (err, what) = if lost.error.matches(ErrCode::BtreeNodeBadMinKey) {
                 (FsckErr::BtreeNodeTopologyBadMinKey, "its pointer leads to another node")
             } else if lost.error.matches(ErrCode::BtreeNodeBadMaxKey)

@@ -31,7 +31,7 @@ use allocator::{Allocator, BtreeNodeAlloc};
 use fs_core::bkey::{AllocV4, Bkey};
 use fs_core::bpos::{Bpos, BtreeId};
 use fs_core::btree::{BtreeConfig, Btrees, KeyOverlay, NodeInfo};
-use fs_core::error::{Error, Result};
+use fs_core::error::{ErrCode, Error, Result};
 use fs_core::fsck_err::{FsckErr, FsckFlags};
 use fs_core::health::FsHealth;
 use fs_core::opts::LiveOpts;
@@ -244,6 +244,9 @@ pub struct RecoveryCtx {
     pub(crate) manual_wait_clock: bool,
     /// How many fsck errors of each type a mount has logged, for the ratelimit.
     pub(crate) fsck_errs_logged: BTreeMap<FsckErr, u64>,
+    /// Passes asked for while this run went on (`bch2_run_explicit_recovery_pass`): they run
+    /// whatever their flags say.
+    pub(crate) explicit: Vec<RecoveryPass>,
 }
 
 /// The btrees as a pass reads them: through the journal keys until replay has run.
@@ -346,13 +349,15 @@ impl RecoveryCtx {
             control: None,
             manual_wait_clock: false,
             fsck_errs_logged: BTreeMap::new(),
+            explicit: Vec::new(),
         }
     }
 
     /// Whether `pass` runs, given its flags and the passes that require it.
-    fn requested(&self, pass: RecoveryPass) -> bool {
+    pub(crate) fn requested(&self, pass: RecoveryPass) -> bool {
         let flags = pass.flags();
         flags.contains(PassFlags::ALWAYS)
+            || self.explicit.contains(&pass)
             || (self.fsck && flags.contains(PassFlags::FSCK))
             || (self.unclean && flags.contains(PassFlags::UNCLEAN))
             || RecoveryPass::ALL.iter().any(|&p| requires(p).contains(&pass) && self.requested(p))
@@ -402,7 +407,13 @@ impl RecoveryCtx {
             Mode::Check => false,
             Mode::Fix => true,
             Mode::Preen => err.flags().contains(FsckFlags::AUTOFIX),
-            Mode::Mount { fix_errors } => fix_errors == FixErrors::Yes,
+            // `__bch2_fsck_err`: under errors=fix_safe (the default) or continue, an error
+            // marked FSCK_AUTOFIX is repaired in any mount, fsck passes or not.
+            Mode::Mount { fix_errors } => {
+                fix_errors == FixErrors::Yes
+                    || (err.flags().contains(FsckFlags::AUTOFIX)
+                        && self.opts.with(fs_core::opts::Options::errors).autofixes())
+            }
         }
     }
 
@@ -478,8 +489,55 @@ impl RecoveryCtx {
         self.log.extend(lines);
     }
 
+    /// Asks for `pass` while the run goes on, as `bch2_run_explicit_recovery_pass` does, and
+    /// logs it as bcachefs does (with bcsim's persistent pass ids). A pass later in the table
+    /// than the one running just runs when its turn comes; for one already behind, the caller
+    /// rewinds ([`RecoveryCtx::rewind_to`]).
+    pub(crate) fn run_explicit(&mut self, pass: RecoveryPass, rewind: bool) {
+        if !self.explicit.contains(&pass) {
+            self.explicit.push(pass);
+        }
+        let current = RecoveryPass::from_name(self.pass_name);
+        let (cur_name, cur_id) = current.map_or(("none", 0), |c| (c.name(), c.id()));
+        self.log.push(format!(
+            "running recovery pass {} ({}), currently at {cur_name} ({cur_id}){}",
+            pass.name(),
+            pass.id(),
+            if rewind { " - rewinding" } else { "" }
+        ));
+    }
+
+    /// The pass to go back to after `pass` failed with `err`, if recovery should rewind there.
+    ///
+    /// A topology error raised while the filesystem may not write yet asks for check_topology
+    /// (`__bch2_topology_error`), and recovery starts again from that pass
+    /// (`restart_recovery`). Once the filesystem may write, bcachefs only logs that it would
+    /// need the pass; so does bcsim (the error stands). Each pass is rewound to at most once
+    /// per run: bcachefs has no such bound, but a repair that did not remove the error would
+    /// otherwise go round for ever.
+    fn rewind_for(&self, pass: RecoveryPass, err: &Error) -> Option<RecoveryPass> {
+        let to = RecoveryPass::CheckTopology;
+        let topology_error = match (&self.fs, &self.btrees) {
+            (Some(fs), _) => fs.btrees().topology_errors() > 0,
+            (None, Some(t)) => t.topology_errors() > 0,
+            (None, None) => false,
+        };
+        let before_rw = index(pass) < index(RecoveryPass::SetMayGoRw);
+        let ran = self.outcomes.iter().any(|(p, o)| *p == to && *o == PassOutcome::Ran);
+        (matches!(self.mode, Mode::Mount { .. })
+            && err.code() == ErrCode::BtreeNeedTopologyRepair
+            && topology_error
+            && before_rw
+            && index(to) < index(pass)
+            && !ran
+            && !self.explicit.contains(&to))
+        .then_some(to)
+    }
+
     pub(crate) fn run_passes(&mut self) -> Result<()> {
-        for &pass in RecoveryPass::ALL {
+        let mut at = 0;
+        while let Some(&pass) = RecoveryPass::ALL.get(at) {
+            at += 1;
             let outcome = match implementation(pass) {
                 PassImpl::NotModelled(why) => PassOutcome::NotModelled(why),
                 PassImpl::Runs(_) if self.stop.is_some() => {
@@ -497,6 +555,13 @@ impl RecoveryCtx {
                     self.flush_log();
                     let ran = run(self).map_err(|e| e.prefix(pass.name()));
                     self.take_btree_log();
+                    if let Some(to) = ran.as_ref().err().and_then(|e| self.rewind_for(pass, e)) {
+                        self.run_explicit(to, true);
+                        self.flush_log();
+                        self.outcomes.retain(|(p, _)| index(*p) < index(to));
+                        at = index(to);
+                        continue;
+                    }
                     self.flush_log();
                     ran?;
                     PassOutcome::Ran
@@ -541,8 +606,14 @@ impl RecoveryCtx {
         let Mode::Mount { fix_errors } = self.mode else { return Ok(()) };
         let left = self.problems.iter().filter(|p| !p.fixed).count();
         match fix_errors {
+            // A mount without fsck passes asked for: as bcachefs says when an error it may not
+            // fix shuts it down.
+            FixErrors::Exit if left > 0 && !self.fsck => Err(Error::new(
+                ErrCode::FsckErrorsNotFixed,
+                format!("{left} errors left unfixed: run fsck or set errors=fix_safe to allow self-healing"),
+            )),
             FixErrors::Exit if left > 0 => Err(Error::new(
-                fs_core::error::ErrCode::FsckErrorsNotFixed,
+                ErrCode::FsckErrorsNotFixed,
                 format!("{left} errors left unfixed (fix_errors=exit; mount with fix_errors=yes to repair)"),
             )),
             FixErrors::Ask if left > 0 => {
@@ -562,6 +633,11 @@ impl RecoveryCtx {
         }
         Ok(())
     }
+}
+
+/// Where `pass` is in the table.
+fn index(pass: RecoveryPass) -> usize {
+    RecoveryPass::ALL.iter().position(|&p| p == pass).unwrap_or(usize::MAX)
 }
 
 /// Passes that write: not run by a check that writes nothing.

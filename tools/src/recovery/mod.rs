@@ -332,7 +332,7 @@ pub(crate) fn recover(
     let health = ctx.health.clone();
     live.subscribe(move |id, v| {
         if id == OptId::Errors {
-            health.set_error_action(if v.as_u64() == 0 { ErrorAction::Continue } else { ErrorAction::Ro });
+            health.set_error_action(ErrorAction::from_value(v.as_u64()));
         }
     });
     let opened = if ctx.unclean { open_unclean(&mut ctx, mopts) } else { open_clean(&mut ctx) };
