@@ -69,26 +69,28 @@ fn unrepaired_set_stops_before_going_rw_per_profile() {
     }
 }
 
-/// After `fsck -y`, or after the fixed profile's plain mount (errors=fix_safe) repaired it, the
-/// set mounts degraded and holds the workload's files exactly as after some prefix of its
+/// After `fsck -y`, after `fsck -p` (every error that repair needs is FSCK_AUTOFIX in bcachefs's
+/// table), or after the fixed profile's plain mount (errors=fix_safe) repaired it, the set
+/// mounts degraded and holds the workload's files exactly as after some prefix of its
 /// operations that includes every fsynced one: the damage costs alloc keys, which the repair
 /// rebuilds, and never file data (data_replicas=2 covers the failed member). Either way `fsck
 /// -n` finds nothing left.
 #[test]
 fn repaired_set_keeps_every_fsynced_file() {
-    for by_fsck in [true, false] {
-        check_repaired_set(by_fsck);
+    for how in [Some(FixMode::Yes), Some(FixMode::Preen), None] {
+        check_repaired_set(how);
     }
 }
 
-fn check_repaired_set(by_fsck: bool) {
+/// Repairs a fresh set with fsck in mode `how`, or with a plain mount for `None`, and checks it.
+fn check_repaired_set(how: Option<FixMode>) {
     let dir = tempfile::tempdir().unwrap();
     let seed = 1107;
     let o = opts(dir.path(), seed);
     let built = build_1107(&o, &mut |_| {}).unwrap();
     let degraded = parse_mount_opts("degraded").unwrap();
-    if by_fsck {
-        let fix = FsckOpts { mode: FixMode::Yes, force: true, mount: degraded.clone() };
+    if let Some(mode) = how {
+        let fix = FsckOpts { mode, force: true, mount: degraded.clone() };
         let report = fsck(open_device_set(&built.images, true).unwrap(), &fix).unwrap();
         assert_eq!(report.exit_code(), 1, "{:#?}", report.problems.iter().take(5).collect::<Vec<_>>());
     } else {
@@ -101,7 +103,7 @@ fn check_repaired_set(by_fsck: bool) {
     assert_eq!(
         report.exit_code(),
         0,
-        "by fsck {by_fsck}: {:#?}",
+        "repaired by {how:?}: {:#?}",
         report.problems.iter().take(5).collect::<Vec<_>>()
     );
     let mut fs = mount(open_device_set(&built.images, true).unwrap(), &degraded).unwrap().fs;
