@@ -155,6 +155,7 @@ errcodes! {
     BtreeNodeBadLevel = "btree_node_bad_level", BtreeNodeReadErr, "btree node level wrong";
     BtreeNodeBadMinKey = "btree_node_bad_min_key", BtreeNodeReadErr, "btree node min_key wrong";
     BtreeNodeBadMaxKey = "btree_node_bad_max_key", BtreeNodeReadErr, "btree node max_key wrong";
+    BtreeNodeReadErrCached = "btree_node_read_err_cached", BtreeNodeReadErr, "a read of this btree node failed before and is cached as failed";
     BtreeNodeDataMissing = "btree_node_data_missing", BtreeNodeReadErr, "btree node has less data than its pointer says";
     BsetBadCsum = "bset_bad_csum", BtreeNodeReadErr, "bset checksum mismatch";
     BtreeKeyCacheCoherency = "btree_key_cache_coherency", Eio, "a dirty key cache entry has no live key in the btree (key cache coherency violated)";

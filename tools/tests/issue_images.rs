@@ -37,15 +37,19 @@ const ISSUE_1107: IssueSet = IssueSet {
     dump: &["dump"],
     images: &["hdd0.img", "hdd1.img", "hdd2.img", "hdd3.img", "hdd4.img", "nvme0.img", "nvme1.img"],
     script: &[
-        ("expect.mount.v1.37.5", &["mount", "-o", "degraded,behavior=v1.37.5"]),
-        ("expect.mount.v1.39", &["mount", "-o", "degraded,behavior=v1.39"]),
+        ("expect.mount.v1.37.5.errors-ro", &["mount", "-o", "degraded,behavior=v1.37.5,errors=ro"]),
+        ("expect.mount.v1.39.errors-ro", &["mount", "-o", "degraded,behavior=v1.39,errors=ro"]),
         ("expect.mount.fixed.errors-ro", &["mount", "-o", "degraded,behavior=fixed,errors=ro"]),
         ("expect.fsck-y", &["fsck", "-y", "-o", "degraded"]),
         ("expect.fsck-nf", &["fsck", "-nf", "-o", "degraded"]),
         ("expect.mount.after", &["mount", "-o", "degraded"]),
     ],
-    // Under the default errors=fix_safe the fixed profile repairs the set as it mounts.
-    fresh: &[("expect.mount.fixed", &["mount", "-o", "degraded,behavior=fixed"])],
+    // Under the default errors=fix_safe every profile repairs the set as it mounts.
+    fresh: &[
+        ("expect.mount.v1.37.5", &["mount", "-o", "degraded,behavior=v1.37.5"]),
+        ("expect.mount.v1.39", &["mount", "-o", "degraded,behavior=v1.39"]),
+        ("expect.mount.fixed", &["mount", "-o", "degraded,behavior=fixed"]),
+    ],
 };
 
 /// The #1108 set at `--scale 64` (the report's bucket counts divided by 64), dumped with only

@@ -433,7 +433,8 @@ fn with_duplicated_pointer(s: &Setup) -> (Vec<Root>, Vec<Bkey>, NodeInfo, NodeIn
 }
 
 /// A pointer carrying its left neighbour's seq, its own range kept, reaches the neighbour once
-/// that is cached through its own pointer: the node cache is indexed by seq. bcachefs compares
+/// that is cached through its own pointer (here by a point lookup, which does not read ahead):
+/// the node cache is indexed by seq. bcachefs compares
 /// the header with the node's own key, which matches, so v1.37.5 and v1.39 log nothing, with
 /// header checks on or off; their walk then cannot leave the neighbour forward (its key ends
 /// before the range) and stops typed, naming the leaf it reached, where bcachefs's iterator
@@ -448,6 +449,7 @@ fn duplicated_pointer_to_a_cached_neighbour_per_profile() {
         for check_headers in [false, true] {
             let mut t = s.open(roots.clone(), behavior);
             t.set_check_headers(check_headers);
+            t.get(BtreeId::Alloc, left.min_key).unwrap();
             let e = walked(&mut t, BtreeId::Alloc).unwrap_err();
             assert_eq!(e.code(), ErrCode::BtreeNeedTopologyRepair, "{e}");
             let log = t.take_log();
@@ -472,6 +474,38 @@ fn duplicated_pointer_to_a_cached_neighbour_per_profile() {
                 }
             }
         }
+    }
+}
+
+/// A walk from a cold cache reads ahead before it goes down to the first leaf: the duplicated
+/// pointer, which carries the first leaf's seq, is read first and fails (the node it reaches
+/// begins at POS_MIN), and that failure is kept under the seq. The first leaf's own pointer
+/// then gets `btree_node_read_err_cached`, in every profile, and the alloc btree is flagged as
+/// having lost data, once. check_topology's read of every pointer forgets the failure: the
+/// first leaf reads through its own pointer, and only the duplicate is dropped.
+#[test]
+fn read_ahead_through_a_duplicated_pointer_fails_the_seq() {
+    let s = Setup::new(1, 1);
+    let (roots, _, left, victim) = with_duplicated_pointer(&s);
+    for behavior in [Behavior::V1_37_5, Behavior::V1_39, Behavior::Fixed] {
+        let mut t = s.open(roots.clone(), behavior);
+        let e = walked(&mut t, BtreeId::Alloc).unwrap_err();
+        let log = t.take_log();
+        let case = format!("{behavior:?}: {e} {log:?}");
+        assert_eq!(e.code(), ErrCode::BtreeNodeReadErrCached, "{case}");
+        assert!(e.to_string().contains("doesn't match ptr"), "{case}");
+        let read_error =
+            format!("btree node read error at btree alloc level 0 {}..{}", victim.min_key, victim.max_key);
+        assert!(log.first().is_some_and(|l| l.starts_with(&read_error)), "{case}");
+        assert_eq!(log.get(1).map(String::as_str), Some("flagging btree alloc lost data"), "{case}");
+        assert_eq!(t.take_lost_data().into_iter().collect::<Vec<_>>(), [BtreeId::Alloc], "{case}");
+        // Again: the failure is cached, nothing is read or flagged anew.
+        assert_eq!(walked(&mut t, BtreeId::Alloc).unwrap_err().code(), ErrCode::BtreeNodeReadErrCached);
+        assert!(t.take_log().is_empty() && t.take_lost_data().is_empty(), "{case}");
+        let lost = t.drop_unreadable(BtreeId::Alloc).unwrap();
+        let dropped: Vec<_> = lost.iter().map(|l| (l.min_key, l.max_key)).collect();
+        assert_eq!(dropped, [(victim.min_key, victim.max_key)], "{case}");
+        assert!(t.get(BtreeId::Alloc, left.min_key).is_ok(), "{case}");
     }
 }
 

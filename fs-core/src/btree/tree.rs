@@ -48,6 +48,10 @@ type NodeMap = HashMap<u64, Node, std::hash::BuildHasherDefault<SeqHasher>>;
 
 /// The words the log line of a node read past a bad replica carries, which marks the node
 /// for a rewrite from the good one.
+/// Leaves a walk reads ahead of the one it goes down to: bcachefs's `btree_path_prefetch`
+/// from a level-1 node before the filesystem has started.
+const PREFETCH_SIBLINGS: usize = 16;
+
 pub const READ_AROUND: &str = "read from another replica";
 
 /// A btree root as persisted (journal `btree_root` entries, the superblock clean section).
@@ -124,6 +128,12 @@ pub struct Btrees {
     absent_replica_reads: u64,
     /// Topology errors per btree, and the first one's log line.
     topology_by_btree: std::collections::BTreeMap<BtreeId, (u64, String)>,
+    /// Prefetch reads that failed, by the seq they were read under, with the error: a lookup
+    /// of that seq gets `btree_node_read_err_cached` until check_topology drops them.
+    prefetch_failed: HashMap<u64, String>,
+    /// Btrees a failed prefetch read lost data of (`bch2_btree_lost_data`), for recovery to
+    /// rebuild; taken by [`Btrees::take_lost_data`].
+    lost_data: std::collections::BTreeSet<BtreeId>,
     blacklisted: Box<dyn Fn(u64) -> bool + Send + Sync>,
     log: Vec<String>,
     /// No eviction scan until the cache holds more nodes than this: set when a scan found too
@@ -179,6 +189,8 @@ impl Btrees {
             topology_errors: 0,
             absent_replica_reads: 0,
             topology_by_btree: std::collections::BTreeMap::new(),
+            prefetch_failed: HashMap::new(),
+            lost_data: std::collections::BTreeSet::new(),
             blacklisted: Box::new(|_| false),
             log: Vec::new(),
             evict_scan_above: 0,
@@ -301,6 +313,72 @@ impl Btrees {
         Ok(node)
     }
 
+    /// Before a walk goes down from level-1 node `parent` to the leaf covering `pos`, reads the
+    /// leaves to its right that are not cached, each through its own pointer, as bcachefs's
+    /// `btree_path_prefetch` does during recovery (16 of them from a level-1 node). A read
+    /// that fails is kept under the pointer's seq, as bcachefs keeps the failed node in its
+    /// cache: every pointer carrying that seq then gets `btree_node_read_err_cached`. The
+    /// failure is logged and the btree flagged as having lost data, which recovery repairs
+    /// (`bch2_btree_lost_data`). Errors of the devices themselves are not kept: the read that
+    /// needs the node tries again.
+    fn prefetch_siblings(&mut self, btree: BtreeId, parent: u64, pos: Bpos) -> Result<()> {
+        let p = self.node(parent)?;
+        let level = p.hdr.level.saturating_sub(1);
+        let NodeKeys::Interior(children) = &p.keys else { return Ok(()) };
+        // The children are keyed by max_key: the one covering `pos` is the first at or after
+        // it, and the siblings are the ones after that.
+        let covering_ends_at_pos = children.get(&pos).is_some();
+        let wanted: Vec<(Expected, Vec<ExtentPtr>)> = children
+            .range((std::ops::Bound::Excluded(pos), std::ops::Bound::Unbounded))
+            .skip(usize::from(!covering_ends_at_pos))
+            .take(PREFETCH_SIBLINGS)
+            .filter(|(_, c)| {
+                !self.nodes.contains_key(&c.ptr.seq) && !self.prefetch_failed.contains_key(&c.ptr.seq)
+            })
+            .map(|(&max_key, c)| {
+                let exp = Expected {
+                    btree,
+                    level,
+                    min_key: c.ptr.min_key,
+                    max_key,
+                    seq: c.ptr.seq,
+                    sectors_written: c.ptr.sectors_written,
+                };
+                (exp, c.ptr.ptrs.clone())
+            })
+            .collect();
+        for (exp, ptrs) in &wanted {
+            // Checked again as each is read: an earlier sibling may carry the same seq.
+            if self.nodes.contains_key(&exp.seq) || self.prefetch_failed.contains_key(&exp.seq) {
+                continue;
+            }
+            match self.read(ptrs, exp) {
+                Ok(mut node) => {
+                    // Wanted next: not the first to go when the cache is over its bound.
+                    node.last_used = self.clock;
+                    self.nodes.insert(exp.seq, node);
+                }
+                Err(e) if e.matches(ErrCode::BtreeNodeReadErr) => {
+                    self.log.push(format!(
+                        "btree node read error at btree {btree} level {level} {}..{}: {e}",
+                        exp.min_key, exp.max_key
+                    ));
+                    if self.lost_data.insert(btree) {
+                        self.log.push(format!("flagging btree {btree} lost data"));
+                    }
+                    self.prefetch_failed.insert(exp.seq, e.to_string());
+                }
+                Err(_) => {}
+            }
+        }
+        Ok(())
+    }
+
+    /// Btrees a failed prefetch read flagged as having lost data since the last call.
+    pub fn take_lost_data(&mut self) -> std::collections::BTreeSet<BtreeId> {
+        std::mem::take(&mut self.lost_data)
+    }
+
     /// The child of interior node `parent` covering `pos`, read into the cache if needed.
     fn child(&mut self, btree: BtreeId, parent: u64, pos: Bpos) -> Result<u64> {
         self.child_in(btree, parent, pos, None, true)
@@ -344,7 +422,17 @@ impl Btrees {
             sectors_written: child.ptr.sectors_written,
         };
         // The cache is indexed by seq alone (`btree_ptr_hash_val`): a pointer carrying another
-        // node's seq finds that node here, whatever range the pointer claims.
+        // node's seq finds that node here, whatever range the pointer claims, and so finds a
+        // failed prefetch read under it.
+        if let Some(e) = self.prefetch_failed.get(&exp.seq) {
+            return Err(Error::new(
+                ErrCode::BtreeNodeReadErrCached,
+                format!("btree node read error cached: {e}"),
+            )
+            .btree(btree)
+            .level(level)
+            .pos(max_key));
+        }
         if let Some(cached) = self.nodes.get(&exp.seq) {
             let (hdr, key) = (cached.hdr, cached.key);
             if check {
@@ -409,6 +497,12 @@ impl Btrees {
     /// The leaf covering `pos`, without recording the path; `None` for an empty btree. This is
     /// the hot path of every insert and lookup.
     fn leaf(&mut self, btree: BtreeId, pos: Bpos) -> Result<Option<u64>> {
+        self.leaf_with(btree, pos, false)
+    }
+
+    /// [`Btrees::leaf`]; with `prefetch`, a descent from a level-1 node first reads the next
+    /// [`PREFETCH_SIBLINGS`] leaves (`BTREE_ITER_prefetch`, for walks).
+    fn leaf_with(&mut self, btree: BtreeId, pos: Bpos, prefetch: bool) -> Result<Option<u64>> {
         if let Some(l) = self.last_leaf.filter(|l| l.btree == btree && l.min <= pos && pos <= l.max) {
             self.clock += 1;
             if let Some(n) = self.nodes.get_mut(&l.seq) {
@@ -434,6 +528,9 @@ impl Btrees {
                     max: range.1,
                 });
                 return Ok(Some(seq));
+            }
+            if prefetch && n.hdr.level == 1 {
+                self.prefetch_siblings(btree, seq, pos)?;
             }
             seq = self.child_in(btree, seq, pos, Some(&mut range), true)?;
         }
@@ -542,7 +639,7 @@ impl Btrees {
     /// leaf's entries in one go.
     pub(super) fn leaf_entries(&mut self, btree: BtreeId, pos: Bpos) -> Result<Option<(NodeKey, &LeafMap)>> {
         self.maybe_evict();
-        let Some(leaf) = self.leaf(btree, pos)? else { return Ok(None) };
+        let Some(leaf) = self.leaf_with(btree, pos, true)? else { return Ok(None) };
         let n = self.node_mut(leaf)?;
         let key = n.key;
         match n.leaf_mut() {
@@ -1147,6 +1244,9 @@ impl Btrees {
     /// dropped the same way, except that its placeholder takes a new seq and the parent points
     /// to it: the node reached keeps its own place. Returns the nodes lost.
     pub fn drop_unreadable(&mut self, btree: BtreeId) -> Result<Vec<LostNode>> {
+        // Failed reads are forgotten (bcachefs evicts them here): each pointer is read again
+        // and judged for itself.
+        self.prefetch_failed.clear();
         let mut lost = Vec::new();
         let root = match self.root(btree) {
             Ok(Some(seq)) => seq,

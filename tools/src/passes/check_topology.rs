@@ -14,7 +14,6 @@ use fs_core::bpos::{Bpos, BtreeId};
 use fs_core::btree::{Btrees, NodeInfo, READ_AROUND};
 use fs_core::error::{ErrCode, Result};
 use fs_core::fsck_err::FsckErr;
-use fs_core::recovery_pass::RecoveryPass;
 use std::collections::BTreeSet;
 
 use super::{Finding, Mode, Problem, RecoveryCtx};
@@ -67,23 +66,12 @@ pub(super) fn run(ctx: &mut RecoveryCtx) -> Result<()> {
     Ok(())
 }
 
-/// The btrees that lost nodes lost keys: the passes that rebuild what follows from them run in
-/// this recovery, as `bch2_btree_lost_data` asks for them. check_allocations rebuilds the alloc
-/// info of every bucket (the lost nodes' own buckets included), and for the alloc btrees,
-/// check_alloc_info checks their freespace and need_discard entries. A pass that runs anyway
-/// (fsck) is not asked for again, and nothing is logged for it.
+/// The btrees that lost nodes lost keys: flagged, and the passes that rebuild what follows
+/// from that asked for ([`RecoveryCtx::lost_data`]).
 fn lost_data(ctx: &mut RecoveryCtx, lost: &BTreeSet<BtreeId>) {
     for &btree in lost {
         ctx.log.push(format!("flagging btree {btree} lost data"));
-        let mut passes = vec![RecoveryPass::CheckAllocations];
-        if matches!(btree, BtreeId::Alloc | BtreeId::Freespace | BtreeId::NeedDiscard) {
-            passes.push(RecoveryPass::CheckAllocInfo);
-        }
-        for pass in passes {
-            if !ctx.requested(pass) {
-                ctx.run_explicit(pass, false);
-            }
-        }
+        ctx.lost_data(btree);
     }
 }
 

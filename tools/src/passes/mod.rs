@@ -476,6 +476,15 @@ impl RecoveryCtx {
         crate::recovery::flush_live(&self.log, &mut self.log_printed, self.live_log.as_ref());
     }
 
+    /// The btrees that failed node reads flagged as having lost data during a pass.
+    fn take_lost_data(&mut self) -> std::collections::BTreeSet<BtreeId> {
+        match (&self.fs, &mut self.btrees) {
+            (Some(fs), _) => fs.btrees().take_lost_data(),
+            (None, Some(t)) => t.take_lost_data(),
+            (None, None) => std::collections::BTreeSet::new(),
+        }
+    }
+
     /// Moves what the btrees logged during a pass (topology errors such as `btree node header
     /// doesn't match ptr`, nodes read from another replica) into the run's log when the pass
     /// ends, failed or not; bcachefs prints them as they happen. check_topology takes its own
@@ -492,7 +501,7 @@ impl RecoveryCtx {
     /// Asks for `pass` while the run goes on, as `bch2_run_explicit_recovery_pass` does, and
     /// logs it as bcachefs does (with bcsim's persistent pass ids). A pass later in the table
     /// than the one running just runs when its turn comes; for one already behind, the caller
-    /// rewinds ([`RecoveryCtx::rewind_to`]).
+    /// rewinds (`rewind_for`).
     pub(crate) fn run_explicit(&mut self, pass: RecoveryPass, rewind: bool) {
         if !self.explicit.contains(&pass) {
             self.explicit.push(pass);
@@ -507,26 +516,46 @@ impl RecoveryCtx {
         ));
     }
 
-    /// The pass to go back to after `pass` failed with `err`, if recovery should rewind there.
+    /// Asks for the passes that rebuild what `btree` lost (`bch2_btree_lost_data`):
+    /// check_allocations rebuilds the alloc info of every bucket (lost nodes' own buckets
+    /// included), and for the alloc btrees check_alloc_info checks their freespace and
+    /// need_discard entries. A pass that runs anyway (fsck) is not asked for again, and nothing
+    /// is logged for it. check_topology, which bcachefs also asks for, is the caller's to
+    /// rewind to.
+    pub(crate) fn lost_data(&mut self, btree: BtreeId) {
+        let mut passes = vec![RecoveryPass::CheckAllocations];
+        if matches!(btree, BtreeId::Alloc | BtreeId::Freespace | BtreeId::NeedDiscard) {
+            passes.push(RecoveryPass::CheckAllocInfo);
+        }
+        for pass in passes {
+            if !self.requested(pass) {
+                self.run_explicit(pass, false);
+            }
+        }
+    }
+
+    /// The pass to go back to after `pass` ran (`err` if it failed), having found the btrees
+    /// `lost` lost data, if recovery should rewind there.
     ///
-    /// A topology error raised while the filesystem may not write yet asks for check_topology
-    /// (`__bch2_topology_error`), and recovery starts again from that pass
-    /// (`restart_recovery`). Once the filesystem may write, bcachefs only logs that it would
-    /// need the pass; so does bcsim (the error stands). Each pass is rewound to at most once
-    /// per run: bcachefs has no such bound, but a repair that did not remove the error would
-    /// otherwise go round for ever.
-    fn rewind_for(&self, pass: RecoveryPass, err: &Error) -> Option<RecoveryPass> {
+    /// A topology error, or a node read that failed and lost data, asks for check_topology
+    /// (`__bch2_topology_error`, `bch2_btree_lost_data`); while the filesystem may not write
+    /// yet, recovery starts again from that pass (`restart_recovery`). Once the filesystem may
+    /// write, bcachefs only logs that it would need the pass; so does bcsim (the error stands).
+    /// Each pass is rewound to at most once per run: bcachefs has no such bound, but a repair
+    /// that did not remove the error would otherwise go round for ever.
+    fn rewind_for(&self, pass: RecoveryPass, err: Option<&Error>, lost: bool) -> Option<RecoveryPass> {
         let to = RecoveryPass::CheckTopology;
         let topology_error = match (&self.fs, &self.btrees) {
             (Some(fs), _) => fs.btrees().topology_errors() > 0,
             (None, Some(t)) => t.topology_errors() > 0,
             (None, None) => false,
         };
+        let topology_failure =
+            err.is_some_and(|e| e.code() == ErrCode::BtreeNeedTopologyRepair) && topology_error;
         let before_rw = index(pass) < index(RecoveryPass::SetMayGoRw);
         let ran = self.outcomes.iter().any(|(p, o)| *p == to && *o == PassOutcome::Ran);
         (matches!(self.mode, Mode::Mount { .. })
-            && err.code() == ErrCode::BtreeNeedTopologyRepair
-            && topology_error
+            && (topology_failure || lost)
             && before_rw
             && index(to) < index(pass)
             && !ran
@@ -555,7 +584,11 @@ impl RecoveryCtx {
                     self.flush_log();
                     let ran = run(self).map_err(|e| e.prefix(pass.name()));
                     self.take_btree_log();
-                    if let Some(to) = ran.as_ref().err().and_then(|e| self.rewind_for(pass, e)) {
+                    let lost = self.take_lost_data();
+                    for &btree in &lost {
+                        self.lost_data(btree);
+                    }
+                    if let Some(to) = self.rewind_for(pass, ran.as_ref().err(), !lost.is_empty()) {
                         self.run_explicit(to, true);
                         self.flush_log();
                         self.outcomes.retain(|(p, _)| index(*p) < index(to));
