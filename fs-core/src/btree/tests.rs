@@ -434,11 +434,10 @@ fn with_duplicated_pointer(s: &Setup) -> (Vec<Root>, Vec<Bkey>, NodeInfo, NodeIn
 
 /// A pointer carrying its left neighbour's seq, its own range kept, reaches the neighbour once
 /// that is cached through its own pointer (here by a point lookup, which does not read ahead):
-/// the node cache is indexed by seq. bcachefs compares
-/// the header with the node's own key, which matches, so v1.37.5 and v1.39 log nothing, with
-/// header checks on or off; their walk then cannot leave the neighbour forward (its key ends
-/// before the range) and stops typed, naming the leaf it reached, where bcachefs's iterator
-/// would loop. The fixed profile compares the header with the lookup's pointer too, at any
+/// the node cache is indexed by seq. bcachefs compares the header with the node's own key,
+/// which matches, so v1.37.5 and v1.39 log nothing, with header checks on or off; their walk
+/// then cannot leave the neighbour forward (its key ends before the range) and stops typed,
+/// naming the leaf it reached, where bcachefs's iterator would loop. The fixed profile compares the header with the lookup's pointer too, at any
 /// time, and refuses the node with the header line.
 #[test]
 fn duplicated_pointer_to_a_cached_neighbour_per_profile() {

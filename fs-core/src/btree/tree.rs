@@ -46,12 +46,12 @@ impl std::hash::Hasher for SeqHasher {
 
 type NodeMap = HashMap<u64, Node, std::hash::BuildHasherDefault<SeqHasher>>;
 
-/// The words the log line of a node read past a bad replica carries, which marks the node
-/// for a rewrite from the good one.
 /// Leaves a walk reads ahead of the one it goes down to: bcachefs's `btree_path_prefetch`
 /// from a level-1 node before the filesystem has started.
 const PREFETCH_SIBLINGS: usize = 16;
 
+/// The words the log line of a node read past a bad replica carries, which marks the node
+/// for a rewrite from the good one.
 pub const READ_AROUND: &str = "read from another replica";
 
 /// A btree root as persisted (journal `btree_root` entries, the superblock clean section).
