@@ -476,6 +476,30 @@ fn duplicated_pointer_to_a_cached_neighbour_per_profile() {
     }
 }
 
+/// A write of a node whose header no longer matches its own key (v1.37.5 uses such a node)
+/// updates the parent's pointer at the node's own key, as bcachefs does: the parent keeps one
+/// slot per leaf, and the tree read back from disk holds every key, the new one included.
+#[test]
+fn a_written_node_updates_the_pointer_at_its_own_key() {
+    let s = Setup::new(1, 1);
+    let (roots, all) = written_tree(&s);
+    let mut t = s.open(roots, Behavior::V1_37_5);
+    let leaves =
+        |t: &mut Btrees| t.node_infos(BtreeId::Alloc).unwrap().iter().filter(|n| n.level == 0).count();
+    let before = leaves(&mut t);
+    let pos = all[500].pos;
+    assert!(t.get(BtreeId::Alloc, pos).unwrap().is_some());
+    assert!(t.corrupt_cached_header(BtreeId::Alloc, 0, pos).unwrap());
+    let new = Bkey { val: vec![7; 8].into(), ..all[500].clone() };
+    t.insert(BtreeId::Alloc, new.clone(), 2).unwrap();
+    t.write_dirty().unwrap();
+    assert_eq!(leaves(&mut t), before, "the parent gained a slot");
+    let mut want = all.clone();
+    want[500] = new;
+    let mut reread = s.open(t.roots(), Behavior::V1_37_5);
+    assert_eq!(contents(&mut reread, BtreeId::Alloc), want);
+}
+
 /// A walk from a cold cache reads ahead before it goes down to the first leaf: the duplicated
 /// pointer, which carries the first leaf's seq, is read first and fails (the node it reaches
 /// begins at POS_MIN), and that failure is kept under the seq. The first leaf's own pointer

@@ -1098,11 +1098,15 @@ impl Btrees {
         }
     }
 
-    /// Points the parent of node `seq` at the node as it now is on disk.
+    /// Points the parent of node `seq` at the node as it now is on disk. The pointer is found
+    /// and rebuilt from the node's own key (`b->key`), not from its header, as bcachefs's
+    /// `btree_node_write_update_key` does: the two differ only for a node whose header no
+    /// longer matches its pointer, which v1.37.5 and v1.39 go on using and writing.
     fn update_parent_ptr(&mut self, seq: u64) -> Result<()> {
         self.last_leaf = None;
         let n = self.node(seq)?;
-        let (btree, level, max_key, ptr) = (n.hdr.btree, n.hdr.level, n.hdr.max_key, n.ptr());
+        let (btree, level, max_key) = (n.hdr.btree, n.hdr.level, n.key.max_key);
+        let ptr = BtreePtrV2 { min_key: n.key.min_key, ..n.ptr() };
         if self.root_seq.get(slot(btree)).copied().flatten() == Some(seq) {
             return Ok(());
         }
